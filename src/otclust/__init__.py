@@ -1,0 +1,11 @@
+"""otclust: deep clustering of images with optimal-transport pseudo-labels.
+
+The flagship method is CLOT; DRC, OT k-means, SeLa, SwAV, DeepCluster and DeeperCluster share its
+data, training engine, metrics and command line. Start with `otclust fit --help` or `OTClust`.
+"""
+
+__version__ = "0.1.0"
+
+from otclust.estimator import OTClust  # noqa: E402
+
+__all__ = ["OTClust", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from otclust.cli import main
+
+sys.exit(main())

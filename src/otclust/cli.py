@@ -1,0 +1,55 @@
+"""`otclust` command line: one module per subcommand in otclust.commands.
+
+User mistakes (UserError) end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from otclust.errors import UserError
+
+COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otclust",
+        description="Cluster unlabeled images into K groups by training a network whose pseudo-labels come from optimal transport.",
+        epilog="Run 'otclust COMMAND --help' for the options of each command.",
+    )
+    from otclust import __version__
+
+    parser.add_argument("--version", action="version", version=f"otclust {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"otclust.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"otclust.commands.{name}":
+                continue  # not part of this installation yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except UserError as error:
+        print(f"otclust: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("otclust: interrupted; the last completed epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

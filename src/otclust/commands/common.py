@@ -1,0 +1,84 @@
+"""Options and steps shared by the subcommands that train or load models."""
+
+from __future__ import annotations
+
+import argparse
+
+from otclust.config import FitConfig, coerce_param, load_config_file
+from otclust.errors import UserError
+
+
+def add_data_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    from otclust.data import DATASET_NAMES
+
+    parser.add_argument(
+        "--data",
+        default=None,
+        required=required,
+        metavar="NAME[:PATH]",
+        help=f"data set: {', '.join(DATASET_NAMES)}; e.g. digits, fashion-mnist, cifar10:DIR, folder:DIR, features:X.npy (default: digits)",
+    )
+    parser.add_argument("--split", default=None, help="which part of the data: all (train and test joined, the papers' protocol; default), train, test")
+    parser.add_argument("--download", action="store_true", default=None, help="download the data set if it is missing (needs a network)")
+    parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size (default: their most common size)")
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    from otclust.methods import METHOD_MODULES
+    from otclust.models import BACKBONES
+
+    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of settings (see configs/); flags given on the command line win")
+    parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
+    add_data_options(parser)
+    parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: 10)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 256)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (default: 1e-4)")
+    parser.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"], help="learning-rate schedule (default: cosine)")
+    parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs (default: 0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    parser.add_argument("--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    parser.add_argument("--eval-every", type=int, default=None, help="score the clustering every N epochs (default: 1)")
+    parser.add_argument(
+        "--cluster-proportions",
+        default=None,
+        metavar="uniform|auto|P1,P2,..|FILE",
+        help="cluster sizes for the OT constraint: uniform (default), auto (estimated while training), or known sizes (any order)",
+    )
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param lam=20 (repeatable)")
+    parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable)")
+
+
+def _parse_pairs(pairs: list[str], flag: str) -> dict:
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got '{pair}'")
+        values[key.strip().replace("-", "_")] = coerce_param(raw)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    """Defaults < the method's own defaults < --config file < flags given on the command line."""
+    from otclust.methods import get_method_class
+
+    file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    method_name = args.method or file_values.get("method") or FitConfig.method
+    values = dict(get_method_class(method_name).default_config)
+    values.update(file_values)
+    values["method"] = method_name
+    for field in ("data", "split", "clusters", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "eval_every", "cluster_proportions", "download", "image_size"):
+        value = getattr(args, field, None)
+        if value is not None:
+            values[field] = value
+    params = dict(values.get("params") or {})
+    params.update(_parse_pairs(args.param, "--param"))
+    values["params"] = params
+    augment = dict(values.get("augment") or {})
+    augment.update(_parse_pairs(args.augment, "--augment"))
+    values["augment"] = augment
+    return FitConfig(**values).validate()

@@ -1,0 +1,42 @@
+"""otclust evaluate: score a trained model on labelled data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from otclust.commands.common import add_data_options
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a trained model (ACC/NMI/ARI) on labelled data",
+        description="Predict clusters with a trained model and score them against the data's labels (Hungarian-matched ACC, NMI, ARI). Prints the scores and writes them as JSON.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="model.pt of a run folder")
+    add_data_options(parser)
+    parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from otclust.commands.predict import load_data_for_model
+    from otclust.engine import load_trained, predict_in_batches, select_device
+    from otclust.errors import UserError
+    from otclust.metrics import evaluate_clustering
+
+    method, config = load_trained(args.checkpoint, device=args.device)
+    dataset = load_data_for_model(args, method, config)
+    if dataset.labels is None:
+        raise UserError(f"{dataset.name} has no labels, so it cannot be scored: use 'otclust predict' to get its clusters")
+    device = select_device(args.device)
+    proba = predict_in_batches(method, dataset.data, device, args.batch_size, description="predicting")
+    metrics = {"checkpoint": str(args.checkpoint), "data": dataset.name, "n_samples": len(proba), **evaluate_clustering(dataset.labels, proba.argmax(axis=1))}
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation.json"
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  ({len(proba)} samples of {dataset.name})")
+    print(f"written: {out}")
+    return 0

@@ -1,0 +1,70 @@
+"""otclust fit: train a method on a data set and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from otclust.commands.common import add_training_options, config_from_args
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fit",
+        help="train a clustering model on a data set and write a run folder",
+        description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint every epoch), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist) and assignments.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_options(parser)
+    parser.add_argument("--eval-split", default=None, help="score on this split instead of the training data (e.g. --split train --eval-split test)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/METHOD-DATA-seedS)")
+    parser.add_argument("--overwrite", action="store_true", help="replace otclust's files in an existing --out folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch is still printed)")
+    parser.add_argument("--report", action="store_true", help="write OUT/report.html with figures when training ends")
+    parser.set_defaults(run=run)
+
+
+def default_out(config) -> Path:
+    data_name = config.data.split(":", 1)[0]
+    return Path("runs") / f"{config.method}-{data_name}-seed{config.seed}"
+
+
+def run(args) -> int:
+    from otclust.data import load_dataset
+    from otclust.engine import Trainer
+    from otclust.runs import prepare_output_folder
+
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else default_out(config)
+    if not args.resume:
+        prepare_output_folder(out, overwrite=args.overwrite, check_only=True)
+    dataset = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size)
+    eval_dataset = None
+    if args.eval_split and args.eval_split != config.split:
+        eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size)
+    out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
+    trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+    result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
+    print(format_metrics_table(result.metrics))
+    print(f"run folder: {out}")
+    if args.report:
+        from otclust.report import write_report
+
+        print(f"report: {write_report(out)}")
+    return 0
+
+
+def format_metrics_table(metrics: dict) -> str:
+    """A small Markdown table of the final scores, readable in a terminal and pasteable in docs."""
+    header = "| method | data | K | ACC | NMI | ARI | seconds |"
+    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+
+    def fmt(key):
+        return f"{metrics[key]:.4f}" if key in metrics else "n/a"
+
+    row = f"| {metrics['method']} | {metrics['data']} | {metrics['clusters']} | {fmt('acc')} | {fmt('nmi')} | {fmt('ari')} | {metrics['seconds']:.1f} |"
+    lines = [header, rule, row]
+    if "note" in metrics:
+        lines.append(f"note: {metrics['note']}")
+    return "\n".join(lines)

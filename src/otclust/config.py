@@ -1,0 +1,85 @@
+"""The settings of one training run: what the CLI, YAML files and the estimator all fill in.
+
+Method hyper-parameters live in `params` and are checked against the method's own `Params`
+dataclass when the method is built, so a typo fails at once with the list of valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from otclust.errors import UserError
+
+
+@dataclass
+class FitConfig:
+    method: str = "clot"
+    data: str = "digits"
+    split: str = "all"  # train and test joined, as the papers evaluate
+    clusters: int = 10
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backbone: str = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    eval_every: int = 1
+    cluster_proportions: str = "uniform"  # uniform | auto | comma-separated sizes | path to a file
+    augment: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    download: bool = False
+    image_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "FitConfig":
+        if self.clusters < 2:
+            raise UserError(f"--clusters must be at least 2, got {self.clusters}")
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
+        if self.split not in ("all", "train", "test", "unlabeled", "train+unlabeled"):
+            raise UserError(f"--split must be all, train or test, got '{self.split}'")
+        return self
+
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML file of FitConfig fields; unknown keys are an error, not silently ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings, e.g. 'epochs: 20'")
+    unknown = sorted(set(values) - CONFIG_FIELDS)
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(unknown)} in {path}: valid ones are {', '.join(sorted(CONFIG_FIELDS))}")
+    return values
+
+
+def coerce_param(raw: str):
+    """Turn the text of --param key=value into a number, bool, list or string, as YAML would."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw

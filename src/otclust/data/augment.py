@@ -1,0 +1,219 @@
+"""Batched, on-device augmentation of uint8 image batches.
+
+Every view is made for the whole batch at once with tensor ops (one affine_grid + grid_sample for
+all geometric changes, per-sample factors for photometric ones), so augmentation runs where the
+model runs and costs little next to it; per-image PIL transforms would dominate a CPU step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Strength of each random change; 0 (or a range of (1, 1)) switches it off."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction kept by the random resized crop
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation_degrees: float = 0.0
+    hflip_prob: float = 0.5
+    brightness: float = 0.4  # colour jitter strengths, as torchvision's ColorJitter
+    contrast: float = 0.4
+    saturation: float = 0.4
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2  # RGB only
+    blur_prob: float = 0.0
+    noise_std: float = 0.0  # additive Gaussian noise, in units of [0, 1] intensities
+    erase_prob: float = 0.0  # random erasing of one rectangle (Cutout), 1/16..1/4 of the image
+
+
+def default_augment_config(channels: int, image_size: tuple[int, int]) -> AugmentConfig:
+    """Presets that suit the data: SimCLR-like for colour photos, milder for small grayscale images.
+
+    Small grayscale images (digits, Fashion-MNIST) lose their identity under strong crops, and
+    colour jitter has nothing to act on; shifts, small rotations, contrast and erasing keep the
+    class while changing the pixels.
+    """
+    if channels == 3:
+        return AugmentConfig(blur_prob=0.5 if min(image_size) >= 64 else 0.0)
+    return AugmentConfig(
+        crop_scale=(0.6, 1.0),
+        aspect_ratio=(0.8, 1.25),
+        rotation_degrees=10.0,
+        hflip_prob=0.0 if min(image_size) <= 8 else 0.5,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.0,
+        jitter_prob=0.8,
+        grayscale_prob=0.0,
+        noise_std=0.05,
+        erase_prob=0.3 if min(image_size) > 8 else 0.0,
+    )
+
+
+def augment_config_from_dict(values: dict | None, channels: int, image_size: tuple[int, int]) -> AugmentConfig:
+    config = default_augment_config(channels, image_size)
+    for key, value in (values or {}).items():
+        if not hasattr(config, key):
+            from otclust.errors import UserError
+
+            known = ", ".join(asdict(config))
+            raise UserError(f"unknown augmentation setting '{key}': use one of {known}")
+        setattr(config, key, tuple(value) if isinstance(value, list) else value)
+    return config
+
+
+class Normalizer:
+    """uint8 images -> float tensors standardised with the training data's channel statistics."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255.0)
+
+    def standardize(self, unit_images: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(unit_images.device)
+        std = self.std.to(unit_images.device)
+        return (unit_images - mean) / std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.standardize(self.to_unit(images))
+
+
+class BatchAugmenter:
+    """Makes one random view of a uint8 batch per call; returns standardised float images."""
+
+    def __init__(self, config: AugmentConfig, normalizer: Normalizer):
+        self.config = config
+        self.normalizer = normalizer
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.normalizer.to_unit(images)
+        x = self._geometric(x, generator)
+        x = self._photometric(x, generator)
+        return self.normalizer.standardize(x)
+
+    def _uniform(self, n, low, high, x, generator):
+        return torch.rand(n, device=x.device, generator=generator) * (high - low) + low
+
+    def _bernoulli(self, n, p, x, generator):
+        return torch.rand(n, device=x.device, generator=generator) < p
+
+    def _geometric(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """Random resized crop, rotation and flip as one affine warp per sample."""
+        c = self.config
+        n = x.shape[0]
+        area = self._uniform(n, c.crop_scale[0], c.crop_scale[1], x, generator)
+        log_ratio = self._uniform(n, math.log(c.aspect_ratio[0]), math.log(c.aspect_ratio[1]), x, generator)
+        ratio = torch.exp(log_ratio)
+        scale_x = torch.sqrt(area * ratio).clamp(max=1.0)
+        scale_y = torch.sqrt(area / ratio).clamp(max=1.0)
+        # The crop centre may move as far as the crop still fits inside the image.
+        shift_x = (1 - scale_x) * self._uniform(n, -1.0, 1.0, x, generator)
+        shift_y = (1 - scale_y) * self._uniform(n, -1.0, 1.0, x, generator)
+        angle = self._uniform(n, -c.rotation_degrees, c.rotation_degrees, x, generator) * (math.pi / 180)
+        flip = torch.where(self._bernoulli(n, c.hflip_prob, x, generator), -1.0, 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [
+                torch.stack([scale_x * cos * flip, -scale_y * sin, shift_x], dim=1),
+                torch.stack([scale_x * sin * flip, scale_y * cos, shift_y], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _photometric(self, x: torch.Tensor, generator) -> torch.Tensor:
+        c = self.config
+        n = x.shape[0]
+        shape = (n, 1, 1, 1)
+        jitter = self._bernoulli(n, c.jitter_prob, x, generator).view(shape)
+        if c.brightness > 0:
+            factor = self._uniform(n, 1 - c.brightness, 1 + c.brightness, x, generator).view(shape)
+            x = torch.where(jitter, x * factor, x)
+        if c.contrast > 0:
+            factor = self._uniform(n, 1 - c.contrast, 1 + c.contrast, x, generator).view(shape)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = torch.where(jitter, (x - mean) * factor + mean, x)
+        if x.shape[1] == 3:
+            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+            if c.saturation > 0:
+                factor = self._uniform(n, 1 - c.saturation, 1 + c.saturation, x, generator).view(shape)
+                x = torch.where(jitter, (x - gray) * factor + gray, x)
+            if c.grayscale_prob > 0:
+                to_gray = self._bernoulli(n, c.grayscale_prob, x, generator).view(shape)
+                x = torch.where(to_gray, gray, x)
+        x = x.clamp_(0.0, 1.0)
+        if c.blur_prob > 0:
+            x = self._blur(x, generator)
+        if c.noise_std > 0:
+            noise = torch.randn(x.shape, device=x.device, generator=generator) * c.noise_std
+            x = (x + noise).clamp_(0.0, 1.0)
+        if c.erase_prob > 0:
+            x = self._erase(x, generator)
+        return x
+
+    def _blur(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """Gaussian blur of a random subset, sigma drawn once per batch (one conv for all)."""
+        n, channels, height, _ = x.shape
+        sigma = float(self._uniform(1, 0.1, 2.0, x, generator))
+        radius = max(1, int(round(0.05 * height)))
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+        vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+        blurred = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+        blurred = F.conv2d(F.conv2d(blurred, horizontal, groups=channels), vertical, groups=channels)
+        chosen = self._bernoulli(n, self.config.blur_prob, x, generator).view(n, 1, 1, 1)
+        return torch.where(chosen, blurred, x)
+
+    def _erase(self, x: torch.Tensor, generator) -> torch.Tensor:
+        n, _, height, width = x.shape
+        area = self._uniform(n, 1 / 16, 1 / 4, x, generator)
+        erase_h = (torch.sqrt(area) * height).long().clamp(min=1)
+        erase_w = (torch.sqrt(area) * width).long().clamp(min=1)
+        top = (self._uniform(n, 0, 1, x, generator) * (height - erase_h + 1)).long()
+        left = (self._uniform(n, 0, 1, x, generator) * (width - erase_w + 1)).long()
+        rows = torch.arange(height, device=x.device).view(1, -1, 1)
+        cols = torch.arange(width, device=x.device).view(1, 1, -1)
+        inside = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + erase_h).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + erase_w).view(-1, 1, 1))
+        )
+        chosen = self._bernoulli(n, self.config.erase_prob, x, generator).view(-1, 1, 1)
+        mask = (inside & chosen).unsqueeze(1)
+        return x.masked_fill(mask, 0.0)
+
+
+class FeatureAugmenter:
+    """Views of precomputed feature vectors: Gaussian noise and random masking of coordinates.
+
+    Features have no geometry to crop or flip, so small perturbations are the only invariance
+    that can be asked of them.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, noise_std: float = 0.1, drop_prob: float = 0.1):
+        self.mean = mean
+        self.std = std
+        self.noise_std = noise_std
+        self.drop_prob = drop_prob
+
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean.to(features.device)) / self.std.to(features.device)
+
+    def __call__(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.standardize(features)
+        noise = torch.randn(x.shape, device=x.device, generator=generator) * self.noise_std
+        keep = torch.rand(x.shape, device=x.device, generator=generator) >= self.drop_prob
+        return (x + noise) * keep

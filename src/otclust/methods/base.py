@@ -1,0 +1,178 @@
+"""The contract between a clustering method and the training engine.
+
+A method owns its networks, its augmentations and its losses; the engine owns the loop, the
+optimizer, devices, checkpoints and metrics. A method implements `training_step` (one batch to
+a dict of losses) and `cluster_logits` (standardised inputs to K cluster scores); hooks let
+methods that need whole-data passes (DeepCluster's k-means, SeLa's labelling) run them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, augment_config_from_dict
+from otclust.errors import UserError
+from otclust.models import build_backbone
+from otclust.ot.priors import estimate_sizes, match_prior_to_mass
+
+
+@dataclass
+class InputSpec:
+    """What the model was trained on: predict converts new data to this before the forward pass."""
+
+    n_samples: int
+    channels: int | None = None
+    image_size: tuple[int, int] | None = None
+    feature_dim: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def is_features(self) -> bool:
+        return self.feature_dim is not None
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "InputSpec":
+        data = dataset.data
+        if dataset.is_features:
+            values = data.double()
+            return cls(n_samples=len(data), feature_dim=int(data.shape[1]), mean=values.mean(0).tolist(), std=values.std(0).clamp(min=1e-6).tolist())
+        # Channel statistics from a bounded sample: exact enough and cheap on large sets.
+        sample = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:10000]].double() / 255.0
+        mean = sample.mean(dim=(0, 2, 3))
+        std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
+        return cls(n_samples=len(data), channels=int(data.shape[1]), image_size=(int(data.shape[2]), int(data.shape[3])), mean=mean.tolist(), std=std.tolist())
+
+
+@dataclass
+class NoParams:
+    """A method without hyper-parameters of its own."""
+
+
+def build_params(params_class: type, values: dict, method_name: str):
+    """Fill a method's Params dataclass from a dict, rejecting unknown names and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(params_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise UserError(f"unknown parameter(s) {', '.join(unknown)} for method '{method_name}': valid ones are {valid}")
+    hints = typing.get_type_hints(params_class)
+    checked = {}
+    for key, value in values.items():
+        expected = hints[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected in (int, float, bool, str) and not isinstance(value, expected):
+            raise UserError(f"parameter '{key}' of method '{method_name}' must be {expected.__name__}, got {value!r}")
+        checked[key] = value
+    return params_class(**checked)
+
+
+class ClusteringMethod(nn.Module):
+    """Base of every method. Subclasses set `name`, `Params`, and implement the two abstract calls."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type] = NoParams
+    # Methods without a trained network (k-means) set this False; the engine then skips the loop.
+    trainable: ClassVar[bool] = True
+    # FitConfig values this method runs best with (epochs, lr...), below --config files and flags.
+    default_config: ClassVar[dict] = {}
+
+    def __init__(self, n_clusters: int, spec: InputSpec, params, backbone: str = "auto", augment: dict | None = None):
+        super().__init__()
+        self.n_clusters = n_clusters
+        self.spec = spec
+        self.params = params
+        self.backbone_name = backbone
+        self.augment_settings = dict(augment or {})
+        if spec.is_features:
+            mean = torch.tensor(spec.mean, dtype=torch.float32)
+            std = torch.tensor(spec.std, dtype=torch.float32)
+            self.augmenter = FeatureAugmenter(mean, std)
+            self.standardize = self.augmenter.standardize
+        else:
+            normalizer = Normalizer(spec.mean, spec.std)
+            self.augmenter = BatchAugmenter(augment_config_from_dict(augment, spec.channels, spec.image_size), normalizer)
+            self.standardize = normalizer
+        # Target cluster sizes for OT-based methods; the engine installs the run's prior.
+        self.prior_mode = "uniform"
+        self.register_buffer("cluster_prior", torch.full((n_clusters,), 1.0 / n_clusters))
+        # Running mean of the predicted cluster masses: matches a known prior to clusters and
+        # estimates sizes in 'auto' mode.
+        self.register_buffer("predicted_mass", torch.full((n_clusters,), 1.0 / n_clusters))
+
+    def make_backbone(self) -> nn.Module:
+        return build_backbone(self.backbone_name, self.spec.channels, self.spec.image_size, self.spec.feature_dim)
+
+    # --- what every method implements ---------------------------------------------------
+    def training_step(self, batch: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch of raw data (uint8 images or float features) -> {'loss': total, ...parts}."""
+        raise NotImplementedError
+
+    def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised inputs -> N x K scores whose softmax is the cluster probability."""
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised inputs -> the feature vectors shown in reports (default: backbone output)."""
+        return self.backbone(x)
+
+    # --- hooks (optional) -----------------------------------------------------------------
+    def on_fit_start(self, trainer) -> None:
+        """Called once before the first epoch (and after a resume), with the trainer's data in place."""
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        """Called before each epoch; whole-data labelling steps (k-means, SeLa) go here."""
+
+    def on_epoch_end(self, trainer, epoch: int, losses: dict[str, float]) -> None:
+        """Called after each epoch with the epoch's mean losses."""
+
+    def fit_without_training(self, trainer) -> None:
+        """For methods with trainable = False: compute the clustering in one go."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Groups for the optimizer; override to give e.g. cluster centres another learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def method_state(self) -> dict:
+        """Non-parameter state to checkpoint (pseudo-labels, queues); tensors or plain values."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    # --- shared by all ---------------------------------------------------------------------
+    def set_cluster_prior(self, mode: str, sizes: torch.Tensor | None) -> None:
+        self.prior_mode = mode
+        if sizes is not None:
+            self.cluster_prior.copy_(sizes)
+
+    @torch.no_grad()
+    def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:
+        """Column marginal b for this batch's OT problem, given the batch's predicted probabilities."""
+        self.predicted_mass.mul_(0.9).add_(0.1 * probs.float().mean(dim=0))
+        if self.prior_mode == "known":
+            return match_prior_to_mass(self.cluster_prior, self.predicted_mass)
+        if self.prior_mode == "auto":
+            return estimate_sizes(self.predicted_mass)
+        return self.cluster_prior
+
+    @torch.no_grad()
+    def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw batch -> N x K cluster probabilities (no augmentation)."""
+        return torch.softmax(self.cluster_logits(self.standardize(batch)).float(), dim=1)
+
+    @torch.no_grad()
+    def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.standardize(batch)).float()
+
+    def views(self, batch: torch.Tensor, count: int = 2) -> list[torch.Tensor]:
+        return [self.augmenter(batch) for _ in range(count)]

@@ -1,0 +1,103 @@
+"""CLOT: contrastive learning-driven and optimal-transport-based clustering (Aburidi & Marcia).
+
+Each batch, two augmented views a and b pass through one backbone. The cluster head gives
+probabilities P_a, P_b; the pseudo-labels Q = diag(u) P^lambda diag(v) are the entropic OT plan
+between the batch and the clusters (rows 1/N, columns the cluster-size prior), which rules out
+putting everything in one cluster. The network learns each view's Q from the other view's
+prediction (transformation invariance), and a SimCLR projection head adds NT-Xent on z_a, z_b.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from otclust.losses import nt_xent_loss, soft_cross_entropy
+from otclust.methods.base import ClusteringMethod
+from otclust.models import ClusterHead, ProjectionHead
+from otclust.ot import sinkhorn
+
+
+@dataclass
+class ClotParams:
+    lam: float = 20.0  # lambda of P^lambda; the Sinkhorn eps is 1 / lam
+    sinkhorn_iters: int = 200  # a cap: Sinkhorn stops earlier once the marginals are met
+    sinkhorn_tol: float = 1e-2  # relative marginal error at which Sinkhorn stops
+    temperature: float = 0.5  # NT-Xent tau
+    cluster_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    projection_dim: int = 128
+    n_heads: int = 1  # several heads; the one with the lowest loss predicts (no labels used)
+    head: str = "linear"  # linear | cosine (L2-normalised features and prototypes)
+    head_temperature: float = 0.1  # logit scale 1/T of the cosine head
+
+
+class CosineClusterHead(nn.Module):
+    """Prototypes on the unit sphere scored by cosine similarity / T (as SwAV's prototypes)."""
+
+    def __init__(self, in_dim: int, n_clusters: int, n_heads: int, temperature: float):
+        super().__init__()
+        self.prototypes = nn.ParameterList([nn.Parameter(torch.randn(n_clusters, in_dim) / in_dim**0.5) for _ in range(n_heads)])
+        self.temperature = temperature
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        unit = F.normalize(features, dim=1)
+        return [unit @ F.normalize(p, dim=1).T / self.temperature for p in self.prototypes]
+
+
+class Clot(ClusteringMethod):
+    name = "clot"
+    Params = ClotParams
+
+    def __init__(self, n_clusters, spec, params: ClotParams, backbone="auto", augment=None):
+        super().__init__(n_clusters, spec, params, backbone, augment)
+        self.backbone = self.make_backbone()
+        dim = self.backbone.out_dim
+        if params.head == "linear":
+            self.cluster_head = ClusterHead(dim, n_clusters, n_heads=params.n_heads)
+        elif params.head == "cosine":
+            self.cluster_head = CosineClusterHead(dim, n_clusters, params.n_heads, params.head_temperature)
+        else:
+            from otclust.errors import UserError
+
+            raise UserError(f"clot parameter head must be 'linear' or 'cosine', got '{params.head}'")
+        self.projection_head = ProjectionHead(dim, out_dim=params.projection_dim)
+        # Running loss of each head, so prediction uses the best one without looking at labels.
+        self.register_buffer("head_loss", torch.zeros(params.n_heads))
+
+    @torch.no_grad()
+    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Q for one view: Sinkhorn on log P with eps = 1/lambda, rows rescaled to sum to 1."""
+        log_p = torch.log_softmax(logits.detach().float(), dim=1)
+        sizes = self.target_marginal(log_p.exp())
+        plan = sinkhorn(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol).plan
+        return plan * plan.shape[0]
+
+    def training_step(self, batch, indices):
+        p = self.params
+        view_a, view_b = self.views(batch, 2)
+        # One forward for both views: half the kernel launches, same batch-norm statistics.
+        features = self.backbone(torch.cat([view_a, view_b]))
+        z_a, z_b = self.projection_head(features).chunk(2)
+        head_losses = []
+        for logits in self.cluster_head(features):
+            logits_a, logits_b = logits.chunk(2)
+            q_a, q_b = self.pseudo_labels(logits_a), self.pseudo_labels(logits_b)
+            head_losses.append(0.5 * (soft_cross_entropy(logits_a, q_b) + soft_cross_entropy(logits_b, q_a)))
+        head_losses = torch.stack(head_losses)
+        with torch.no_grad():
+            first = bool((self.head_loss == 0).all())
+            self.head_loss.copy_(head_losses.detach() if first else 0.9 * self.head_loss + 0.1 * head_losses.detach())
+        cluster_loss = head_losses.mean()
+        contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature)
+        loss = p.cluster_weight * cluster_loss + p.contrastive_weight * contrastive_loss
+        return {"loss": loss, "cluster": cluster_loss.detach(), "contrastive": contrastive_loss.detach()}
+
+    def best_head(self) -> int:
+        return int(torch.argmin(self.head_loss)) if len(self.head_loss) > 1 else 0
+
+    def cluster_logits(self, x):
+        return self.cluster_head(self.backbone(x))[self.best_head()]

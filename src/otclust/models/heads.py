@@ -1,0 +1,39 @@
+"""Heads that sit on a backbone's feature vector; composable so methods can mix them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ClusterHead(nn.Module):
+    """One or more K-way linear classifiers; returns a list of logits, one per head.
+
+    Several heads trained side by side (IIC/SCAN) give a choice among clusterings that is made
+    by the lowest training loss, never by labels.
+    """
+
+    def __init__(self, in_dim: int, n_clusters: int, n_heads: int = 1, hidden_dim: int | None = None):
+        super().__init__()
+
+        def make_head() -> nn.Module:
+            if hidden_dim is None:
+                return nn.Linear(in_dim, n_clusters)
+            return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, n_clusters))
+
+        self.heads = nn.ModuleList([make_head() for _ in range(n_heads)])
+        self.n_clusters = n_clusters
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [head(features) for head in self.heads]
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's MLP (Linear-BN-ReLU-Linear) to the space where the contrastive loss is taken."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)

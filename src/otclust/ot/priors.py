@@ -1,0 +1,71 @@
+"""Cluster-size priors: the column marginal b of the OT problems.
+
+--cluster-proportions takes 'uniform' (equal sizes, the default of SeLa/SwAV/CLOT), a known prior
+(comma-separated numbers or a file of them), or 'auto'. A known prior is a multiset of sizes, not
+tied to cluster indices (Genevay et al. point out that a k-means start can give the 80% size to
+the wrong cluster), so it is matched to the clusters by rank of their predicted mass: the largest
+size goes to the cluster the model currently fills most.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from otclust.errors import UserError
+
+
+def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Tensor | None]:
+    """Returns (mode, sizes) with mode in {'uniform', 'known', 'auto'}; sizes sum to 1 when known."""
+    spec = str(spec).strip()
+    if spec in ("", "uniform"):
+        return "uniform", None
+    if spec == "auto":
+        return "auto", None
+    text = spec
+    if not any(ch == "," for ch in spec) and Path(spec).is_file():
+        text = Path(spec).read_text().replace("\n", ",")
+    elif not any(ch == "," for ch in spec) and not _is_number(spec):
+        raise UserError(f"--cluster-proportions '{spec}' is neither uniform, auto, a list like 0.5,0.3,0.2, nor an existing file")
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--cluster-proportions must hold numbers separated by commas, got '{spec}'") from None
+    if len(values) != n_clusters:
+        raise UserError(f"--cluster-proportions gives {len(values)} sizes but --clusters is {n_clusters}: give one size per cluster")
+    if any(v <= 0 for v in values):
+        raise UserError("--cluster-proportions must all be positive")
+    sizes = torch.tensor(values, dtype=torch.float64)
+    return "known", (sizes / sizes.sum()).float()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def match_prior_to_mass(sizes: torch.Tensor, predicted_mass: torch.Tensor) -> torch.Tensor:
+    """Give the k-th largest size to the cluster with the k-th largest predicted mass.
+
+    Sorting both is the optimal matching for any cost convex in the difference of masses, and
+    costs O(K log K), so it can run every step.
+    """
+    order = torch.argsort(predicted_mass, descending=True)
+    matched = torch.empty_like(sizes)
+    matched[order] = torch.sort(sizes.to(predicted_mass.device), descending=True).values
+    return matched
+
+
+def estimate_sizes(predicted_mass: torch.Tensor, floor: float = 0.2) -> torch.Tensor:
+    """'auto' sizes: the model's own running cluster masses, kept above floor/K each.
+
+    The floor keeps the OT constraint from letting a cluster die out, which is the collapse the
+    constraint exists to prevent; above it, clusters may grow to the sizes the data suggest.
+    """
+    k = predicted_mass.numel()
+    sizes = predicted_mass.float().clamp(min=floor / k)
+    return sizes / sizes.sum()

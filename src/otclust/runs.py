@@ -1,0 +1,113 @@
+"""The run folder: what a training run leaves behind, written so that nothing is half-written
+and nothing of the user's is overwritten without --overwrite.
+
+Layout: config.yaml, model.pt (checkpoint, rewritten atomically every epoch), metrics.jsonl
+(one row per epoch), metrics.json (final), assignments.csv (one row per sample).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from otclust.errors import UserError
+
+RUN_FILES = ("config.yaml", "model.pt", "metrics.jsonl", "metrics.json", "assignments.csv", "report.html")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool = False, check_only: bool = False) -> Path:
+    """Check the output folder before any work starts, so a long run cannot fail at its end.
+
+    With check_only nothing is created or removed (used before the data are loaded).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose another --out")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / "model.pt").is_file():
+            raise UserError(f"cannot resume: {out / 'model.pt'} does not exist; start a new run without --resume")
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        what = f"it holds {', '.join(existing)}" if existing else "it is not empty"
+        raise UserError(f"output folder {out} already exists and {what}: pass --overwrite, or choose another --out")
+    if check_only:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        # Only otclust's own files go; anything else the user keeps there stays.
+        for name in existing:
+            (out / name).unlink()
+    return out
+
+
+class RunWriter:
+    """Writes the files of one run folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / "model.pt"
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def write_history(self, history: list[dict]) -> None:
+        # Rewritten whole each epoch so a resumed run never holds rows of epochs it redid.
+        atomic_write_text(self.folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+    def write_final_metrics(self, metrics: dict) -> None:
+        atomic_write_text(self.folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    def write_assignments(self, proba: np.ndarray, labels: np.ndarray | None, paths: list[str] | None) -> None:
+        write_assignments_csv(self.folder / "assignments.csv", proba, labels, paths)
+
+
+def write_assignments_csv(path: Path, proba: np.ndarray, labels: np.ndarray | None = None, paths: list[str] | None = None) -> None:
+    """One row per sample: index, path (if known), cluster, confidence, label (if known)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["index"] + (["path"] if paths is not None else []) + ["cluster", "confidence"] + (["label"] if labels is not None else [])
+    writer.writerow(header)
+    clusters = proba.argmax(axis=1)
+    confidence = proba.max(axis=1)
+    for i in range(len(proba)):
+        row = [i] + ([paths[i]] if paths is not None else []) + [int(clusters[i]), f"{confidence[i]:.4f}"]
+        if labels is not None:
+            row.append(int(labels[i]))
+        writer.writerow(row)
+    atomic_write_text(Path(path), buffer.getvalue())

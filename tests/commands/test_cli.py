@@ -1,0 +1,79 @@
+"""The command line as a user meets it: exit codes, one-line errors, files written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from otclust.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "otclust", *args], capture_output=True, text=True)
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("fit", "evaluate", "predict"):
+        assert command in result.stdout
+    fit_help = run_cli("fit", "--help").stdout
+    for flag in ("--method", "--data", "--clusters", "--epochs", "--batch-size", "--seed", "--out", "--resume", "--config", "--param"):
+        assert flag in fit_help
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["fit", "--data", "nosuchdata", "--epochs", "1"], "unknown"),
+        (["fit", "--clusters", "1", "--epochs", "1"], "at least 2"),
+        (["fit", "--config", "/nonexistent.yaml"], "not found"),
+        (["fit", "--param", "oops", "--epochs", "1"], "KEY=VALUE"),
+        (["evaluate", "--checkpoint", "/nonexistent/model.pt"], "checkpoint not found"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fragment):
+    result = run_cli(*args, *(["--out", str(tmp_path / "run")] if args[0] == "fit" else []))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0]
+
+
+def test_fit_evaluate_predict_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    features = np.concatenate([np.random.default_rng(0).normal(c * 4, 1, size=(50, 5)) for c in range(3)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    np.save(tmp_path / "x.labels.npy", np.repeat(np.arange(3), 50))
+    data = f"features:{tmp_path / 'x.npy'}"
+    code = main(["fit", "--data", data, "--clusters", "3", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert "| clot |" in capsys.readouterr().out
+    for name in ("config.yaml", "model.pt", "metrics.jsonl", "metrics.json", "assignments.csv"):
+        assert (out / name).is_file()
+    # An existing run folder is not overwritten by accident.
+    assert main(["fit", "--data", data, "--clusters", "3", "--epochs", "1", "--out", str(out)]) == 2
+    assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", data]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["acc"] > 0.5
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", data, "--out", str(preds)]) == 0
+    lines = preds.read_text().splitlines()
+    assert lines[0] == "index,cluster,confidence" and len(lines) == 151
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", data, "--out", str(preds)]) == 2
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    from otclust.commands.common import config_from_args
+    from otclust.cli import build_parser
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("epochs: 7\nclusters: 4\nparams:\n  lam: 5\n")
+    args = build_parser().parse_args(["fit", "--config", str(config_file), "--clusters", "6", "--param", "temperature=0.2"])
+    config = config_from_args(args)
+    assert (config.epochs, config.clusters) == (7, 6)
+    assert config.params == {"lam": 5, "temperature": 0.2}
+    config_file.write_text("epoch: 7\n")
+    with pytest.raises(Exception, match="unknown setting"):
+        config_from_args(build_parser().parse_args(["fit", "--config", str(config_file)]))

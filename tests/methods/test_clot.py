@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+
+from otclust.config import FitConfig
+from otclust.engine import Trainer
+from otclust.estimator import dataset_from_array
+from otclust.methods.clot import Clot, ClotParams
+
+
+def test_pseudo_labels_are_balanced_and_follow_the_predictions():
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(4, spec, ClotParams(lam=20, sinkhorn_iters=1000, sinkhorn_tol=1e-3))
+    torch.manual_seed(0)
+    logits = torch.randn(64, 4) * 3
+    logits[:, 0] += 5  # the network prefers cluster 0 for everyone: the collapse OT must prevent
+    q = method.pseudo_labels(logits)
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-3)
+    assert torch.allclose(q.sum(0), torch.full((4,), 16.0), rtol=1e-2)
+    # Within the balance constraint, samples that prefer a cluster more are sent to it more.
+    margin = logits[:, 1] - logits[:, 0]
+    top = torch.argsort(margin, descending=True)[:8]
+    assert q[top, 1].mean() > q[:, 1].mean()
+
+
+def test_clot_few_steps_loss_goes_down_and_no_collapse(blob_images):
+    images, labels = blob_images
+    dataset = dataset_from_array(images)
+    dataset.labels = labels
+    config = FitConfig(method="clot", clusters=3, epochs=8, batch_size=60, lr=3e-3, seed=0, eval_every=8)
+    result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert len(np.unique(result.labels)) == 3
+    assert result.metrics["acc"] > 0.6
+
+
+def test_multiple_heads_predict_with_the_lowest_loss_head(blob_images):
+    images, _ = blob_images
+    dataset = dataset_from_array(images)
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, params={"n_heads": 3}, eval_every=1)
+    result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
+    method = result.method
+    assert method.best_head() == int(torch.argmin(method.head_loss))
+    x = method.standardize(dataset.data[:5])
+    method.eval()
+    assert torch.equal(method.cluster_logits(x), method.cluster_head(method.backbone(x))[method.best_head()])
