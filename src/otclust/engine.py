@@ -58,10 +58,17 @@ def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
     return method
 
 
-def iterate_batches(data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
-    """Yields (batch, indices) from a tensor; shuffling happens on the tensor's own device."""
-    n = len(data)
-    order = torch.randperm(n, device=data.device) if shuffle else torch.arange(n, device=data.device)
+def iterate_batches(data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False, order: torch.Tensor | None = None):
+    """Yields (batch, indices) from a tensor; shuffling happens on the tensor's own device.
+
+    `order` (indices, possibly repeating) replaces the shuffle when a method picks its samples.
+    """
+    if order is None:
+        n = len(data)
+        order = torch.randperm(n, device=data.device) if shuffle else torch.arange(n, device=data.device)
+    else:
+        order = order.to(data.device)
+        n = len(order)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         indices = order[start : start + batch_size]
@@ -209,7 +216,10 @@ class Trainer:
         batch_size = min(config.batch_size, n)
         steps = n // batch_size
         totals: dict[str, float] = {}
-        batches = self.iterate_batches(self.train_data, batch_size, shuffle=True, drop_last=True)
+        order = method.epoch_order(self, epoch)
+        if order is not None:
+            steps = len(order) // batch_size
+        batches = iterate_batches(self.train_data, batch_size, shuffle=True, drop_last=True, order=order)
         if self.progress:
             from tqdm.auto import tqdm
 

@@ -133,6 +133,13 @@ class ClusteringMethod(nn.Module):
     def on_epoch_end(self, trainer, epoch: int, losses: dict[str, float]) -> None:
         """Called after each epoch with the epoch's mean losses."""
 
+    def epoch_order(self, trainer, epoch: int) -> torch.Tensor | None:
+        """Sample indices for this epoch's batches; None means a uniform random permutation.
+
+        DeepCluster overrides it to sample uniformly over pseudo-labels.
+        """
+        return None
+
     def fit_without_training(self, trainer) -> None:
         """For methods with trainable = False: compute the clustering in one go."""
         raise NotImplementedError
