@@ -1,0 +1,131 @@
+"""Where the time of one training step goes, for any method.
+
+    python benchmarks/train_step.py --data fashion-mnist --methods clot --batch-size 256 --steps 20
+
+Phases: augmentation (the method's augmenter), forward (the method's top-level networks), OT
+(every Sinkhorn call), loss and other work inside training_step, backward, optimizer. The goal
+of issue 6 is that everything but the network's own forward + backward stays under 15% of the
+step on CPU. Prints one Markdown row per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from otclust.config import FitConfig  # noqa: E402
+from otclust.data import load_dataset  # noqa: E402
+from otclust.engine import Trainer, build_method  # noqa: E402
+from otclust.methods import InputSpec, available_methods, get_method_class  # noqa: E402
+
+
+class Timed:
+    """Wraps a callable object, adding its wall time to a named phase."""
+
+    def __init__(self, inner, phase, timers):
+        self.inner, self.phase, self.timers = inner, phase, timers
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.timers[self.phase] += time.perf_counter() - started
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def instrument(method, timers):
+    method.augmenter = Timed(method.augmenter, "augment", timers)
+    module = sys.modules[type(method).__module__]
+    if hasattr(module, "sinkhorn"):
+        module.sinkhorn = Timed(module.sinkhorn, "ot", timers)
+    starts = {}
+
+    def pre(mod, _inputs):
+        starts[id(mod)] = time.perf_counter()
+
+    def post(mod, _inputs, _output):
+        timers["forward"] += time.perf_counter() - starts.pop(id(mod))
+
+    for child in method.children():
+        if any(p.requires_grad for p in child.parameters()):
+            child.register_forward_pre_hook(pre)
+            child.register_forward_hook(post)
+
+
+def profile(name, dataset, batch_size, steps, warmup=3):
+    config = FitConfig(method=name, clusters=10, batch_size=batch_size, epochs=1)
+    spec = InputSpec.from_dataset(dataset)
+    method = build_method(config, spec)
+    trainer = Trainer(config, progress=False, log=lambda m: None)
+    trainer.method = method
+    trainer.train_data = dataset.data
+    if not method.trainable:
+        return None
+    method.on_fit_start(trainer)
+    method.on_epoch_start(trainer, 0)
+    optimizer = torch.optim.Adam(method.parameter_groups(), lr=config.lr)
+    timers = defaultdict(float)
+    instrument(method, timers)
+    generator = torch.Generator().manual_seed(0)
+    total = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            timers.clear()
+            total = 0.0
+        indices = torch.randint(0, len(dataset.data), (batch_size,), generator=generator)
+        batch = dataset.data[indices]
+        started = time.perf_counter()
+        inner_before = sum(timers.values())
+        parts = method.training_step(batch, indices)
+        step_time = time.perf_counter() - started
+        timers["loss+other"] += step_time - (sum(timers.values()) - inner_before)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        t1 = time.perf_counter()
+        optimizer.step()
+        t2 = time.perf_counter()
+        timers["backward"] += t1 - t0
+        timers["optimizer"] += t2 - t1
+        total += t2 - started
+    return {k: v / steps for k, v in timers.items()}, total / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--methods", default="clot", help="comma-separated, or 'all'")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.data)
+    names = available_methods() if args.methods == "all" else args.methods.split(",")
+    phases = ["augment", "forward", "ot", "loss+other", "backward", "optimizer"]
+    print(f"| method | ms/step | " + " | ".join(f"{p} %" for p in phases) + " | outside fwd+bwd % |")
+    print("| --- | --- | " + " | ".join("---" for _ in phases) + " | --- |")
+    for name in names:
+        measured = profile(name, dataset, args.batch_size, args.steps)
+        if measured is None:
+            print(f"| {name} | (no training step) |" + " |" * (len(phases) + 1))
+            continue
+        timers, per_step = measured
+        share = {p: 100 * timers.get(p, 0.0) / per_step for p in phases}
+        outside = 100 - share["forward"] - share["backward"]
+        print(f"| {name} | {1000 * per_step:.1f} | " + " | ".join(f"{share[p]:.1f}" for p in phases) + f" | {outside:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
