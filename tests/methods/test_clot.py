@@ -47,3 +47,16 @@ def test_multiple_heads_predict_with_the_lowest_loss_head(blob_images):
     x = method.standardize(dataset.data[:5])
     method.eval()
     assert torch.equal(method.cluster_logits(x), method.cluster_head(method.backbone(x))[method.best_head()])
+
+
+def test_overclustering_head_and_selflabel_phase_run(blob_images):
+    images, labels = blob_images
+    dataset = dataset_from_array(images)
+    dataset.labels = labels
+    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, eval_every=4, params={"overcluster_factor": 3, "selflabel_epochs": 1, "selflabel_threshold": 0.5})
+    result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
+    assert result.method.overcluster_head.heads[0].out_features == 9
+    assert "loss_contrastive" in result.history[0] and "loss_selflabel" not in result.history[0]
+    last = result.history[-1]
+    assert "loss_selflabel" in last and last["loss_confident"] > 0
+    assert len(np.unique(result.labels)) == 3

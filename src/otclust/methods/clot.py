@@ -33,6 +33,9 @@ class ClotParams:
     n_heads: int = 1  # several heads; the one with the lowest loss predicts (no labels used)
     head: str = "linear"  # linear | cosine (L2-normalised features and prototypes)
     head_temperature: float = 0.1  # logit scale 1/T of the cosine head
+    overcluster_factor: int = 0  # >1 adds an auxiliary head with factor*K clusters (PICA/DRC style)
+    selflabel_epochs: int = 0  # last epochs spent on SCAN-style self-labelling of confident samples
+    selflabel_threshold: float = 0.99  # confidence above which a sample's argmax becomes its label
 
 
 class CosineClusterHead(nn.Module):
@@ -65,18 +68,30 @@ class Clot(ClusteringMethod):
 
             raise UserError(f"clot parameter head must be 'linear' or 'cosine', got '{params.head}'")
         self.projection_head = ProjectionHead(dim, out_dim=params.projection_dim)
+        self.overcluster_head = None
+        if params.overcluster_factor > 1:
+            self.overcluster_head = ClusterHead(dim, params.overcluster_factor * n_clusters)
         # Running loss of each head, so prediction uses the best one without looking at labels.
         self.register_buffer("head_loss", torch.zeros(params.n_heads))
+        self.selflabelling = False
+
+    def on_epoch_start(self, trainer, epoch):
+        self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
 
     @torch.no_grad()
-    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """Q for one view: Sinkhorn on log P with eps = 1/lambda, rows rescaled to sum to 1."""
+    def pseudo_labels(self, logits: torch.Tensor, follow_prior: bool = True) -> torch.Tensor:
+        """Q for one view: Sinkhorn on log P with eps = 1/lambda, rows rescaled to sum to 1.
+
+        follow_prior=False (auxiliary over-clustering head) uses equal sizes over its own clusters.
+        """
         log_p = torch.log_softmax(logits.detach().float(), dim=1)
-        sizes = self.target_marginal(log_p.exp())
+        sizes = self.target_marginal(log_p.exp()) if follow_prior else None
         plan = sinkhorn(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol).plan
         return plan * plan.shape[0]
 
     def training_step(self, batch, indices):
+        if self.selflabelling:
+            return self.selflabel_step(batch)
         p = self.params
         view_a, view_b = self.views(batch, 2)
         # One forward for both views: half the kernel launches, same batch-norm statistics.
@@ -92,9 +107,36 @@ class Clot(ClusteringMethod):
             first = bool((self.head_loss == 0).all())
             self.head_loss.copy_(head_losses.detach() if first else 0.9 * self.head_loss + 0.1 * head_losses.detach())
         cluster_loss = head_losses.mean()
+        if self.overcluster_head is not None:
+            over_a, over_b = self.overcluster_head(features)[0].chunk(2)
+            q_a, q_b = self.pseudo_labels(over_a, follow_prior=False), self.pseudo_labels(over_b, follow_prior=False)
+            cluster_loss = cluster_loss + 0.5 * (soft_cross_entropy(over_a, q_b) + soft_cross_entropy(over_b, q_a))
         contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature)
         loss = p.cluster_weight * cluster_loss + p.contrastive_weight * contrastive_loss
         return {"loss": loss, "cluster": cluster_loss.detach(), "contrastive": contrastive_loss.detach()}
+
+    def selflabel_step(self, batch):
+        """SCAN's self-labelling: confident samples (un-augmented) teach their augmented view.
+
+        Class weights inverse to the confident counts keep large clusters from absorbing small ones.
+        """
+        with torch.no_grad():
+            weak_logits = self.cluster_head(self.backbone(self.standardize(batch)))
+        strong_logits = self.cluster_head(self.backbone(self.views(batch, 1)[0]))
+        losses = []
+        confident_share = []
+        for weak, strong in zip(weak_logits, strong_logits):
+            confidence, target = torch.softmax(weak.float(), dim=1).max(dim=1)
+            mask = confidence > self.params.selflabel_threshold
+            confident_share.append(mask.float().mean())
+            if not mask.any():
+                losses.append(strong.sum() * 0.0)
+                continue
+            counts = torch.bincount(target[mask], minlength=self.n_clusters).float()
+            weight = torch.where(counts > 0, counts.sum() / (counts * self.n_clusters).clamp(min=1), torch.zeros_like(counts))
+            losses.append(F.cross_entropy(strong[mask].float(), target[mask], weight=weight))
+        loss = torch.stack(losses).mean()
+        return {"loss": loss, "selflabel": loss.detach(), "confident": torch.stack(confident_share).mean()}
 
     def best_head(self) -> int:
         return int(torch.argmin(self.head_loss)) if len(self.head_loss) > 1 else 0
