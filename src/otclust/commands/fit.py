@@ -51,7 +51,7 @@ def run(args) -> int:
     if args.report:
         from otclust.report import write_report
 
-        print(f"report: {write_report(out)}")
+        print(f"report: {write_report(out, device=config.device)}")
     return 0
 
 

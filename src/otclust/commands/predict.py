@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from otclust.commands.common import add_data_options
 
+ASSIGN_HELP = (
+    "argmax (default): each image goes to its most probable cluster, trusting its own prediction; right for any set, "
+    "small or skewed. balanced: one Sinkhorn solve over the whole predicted set (sinkhorn(log P, eps, b = the model's "
+    "cluster prior)), then each image to the argmax of its row of the plan, so the cluster sizes follow the prior: "
+    "useful for a large set known to be balanced like the training data, harmful for a small set or one whose "
+    "classes are skewed, where it moves images into clusters they do not belong to"
+)
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="assign images to the clusters of a trained model and write a CSV",
-        description="Assign each image of --data to a cluster of a trained model. Writes one CSV row per image: path (or index), cluster, confidence.",
+        help="assign images to the clusters of a trained model and write a CSV (and optionally sort the files into folders)",
+        description=(
+            "Assign each image of --data to a cluster of a trained model, in batches. Writes one CSV row per image: "
+            "index, path (for image files), cluster, confidence (the model's probability of that cluster). Images of "
+            "another size or colour mode than the training data are converted as the training data were, with a note. "
+            "--export DIR also copies (or links) each image into DIR/cluster_XX/. See docs/reports.md for argmax vs balanced."
+        ),
     )
     parser.add_argument("--checkpoint", required=True, help="model.pt of a run folder")
     add_data_options(parser)
     parser.add_argument("--out", required=True, help="CSV file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out, and otclust's cluster folders in --export, if they exist")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    parser.add_argument("--assign", choices=["argmax", "balanced"], default="argmax", help=ASSIGN_HELP)
+    parser.add_argument("--eps", type=float, default=0.05, help="entropic temperature of --assign balanced, in log-probability units (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05)")
+    parser.add_argument("--export", default=None, metavar="DIR", help="copy each image into DIR/cluster_XX/ (image files only, e.g. --data folder:PATH)")
+    parser.add_argument("--link", action="store_true", help="with --export: make symbolic links to the images instead of copies")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="images whose confidence is below P are marked uncertain in the CSV and exported to DIR/uncertain/ instead of their cluster folder",
+    )
     parser.set_defaults(run=run)
 
 
@@ -45,19 +74,145 @@ def load_data_for_model(args, method, config):
     return dataset
 
 
+def model_prior(method, proba: np.ndarray):
+    """The cluster sizes the model was trained towards, as the balanced assignment's column marginal."""
+    import torch
+
+    from otclust.ot.priors import estimate_sizes, match_prior_to_mass
+
+    if method.prior_mode == "known":
+        # A known prior is a multiset of sizes, matched to clusters by rank of their mass (as in training).
+        return match_prior_to_mass(method.cluster_prior.cpu(), torch.from_numpy(proba.mean(axis=0)).float())
+    if method.prior_mode == "auto":
+        return estimate_sizes(method.predicted_mass.cpu())
+    return method.cluster_prior.cpu().float()
+
+
+def balanced_assignment(proba: np.ndarray, prior, eps: float = 0.05) -> np.ndarray:
+    """Cluster per row: argmax of the Sinkhorn plan between the set (rows 1/N) and the prior."""
+    import torch
+
+    from otclust.ot import sinkhorn
+
+    log_p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float32)).clamp_min(1e-30).log()
+    b = torch.as_tensor(prior, dtype=torch.float32)
+    b = b / b.sum()
+    plan = sinkhorn(log_p, eps=eps, b=b, n_iters=2000, tol=1e-3).plan
+    return plan.argmax(dim=1).numpy()
+
+
+def check_export_dir(export: Path, overwrite: bool) -> None:
+    from otclust.errors import UserError
+
+    if export.exists() and not export.is_dir():
+        raise UserError(f"--export {export} is a file: choose a folder")
+    if export.is_dir() and any(export.iterdir()) and not overwrite:
+        raise UserError(f"--export folder {export} is not empty: pass --overwrite to replace otclust's cluster folders in it, or choose another folder")
+
+
+def _clear_export_dir(export: Path) -> None:
+    """Remove the files of cluster_XX/ and uncertain/ (what an earlier export wrote), nothing else."""
+    for sub in export.iterdir():
+        if sub.is_dir() and not sub.is_symlink() and (sub.name.startswith("cluster_") or sub.name == "uncertain"):
+            for item in sub.iterdir():
+                if item.is_file() or item.is_symlink():
+                    item.unlink()
+            if not any(sub.iterdir()):
+                sub.rmdir()
+
+
+def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray, export: Path, n_clusters: int, link: bool, progress: bool = True) -> dict[str, int]:
+    """Copy (or symlink) each image into export/cluster_XX/ or export/uncertain/; returns counts per folder."""
+    width = max(2, len(str(n_clusters - 1)))
+    export.mkdir(parents=True, exist_ok=True)
+    used: dict[Path, set[str]] = {}
+    counts: dict[str, int] = {}
+    items = range(len(paths))
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="linking" if link else "copying", leave=False, file=sys.stderr)
+    for i in items:
+        source = Path(paths[i])
+        folder = export / ("uncertain" if uncertain[i] else f"cluster_{int(clusters[i]):0{width}d}")
+        names = used.setdefault(folder, set())
+        if not names:
+            folder.mkdir(exist_ok=True)
+        name = source.name
+        if name in names:  # same file name from two class subfolders: keep both
+            name = f"{source.stem}-{i}{source.suffix}"
+        names.add(name)
+        target = folder / name
+        if link:
+            os.symlink(source.resolve(), target)
+        else:
+            shutil.copy2(source, target)
+        counts[folder.name] = counts.get(folder.name, 0) + 1
+    return counts
+
+
+def write_predictions_csv(path: Path, clusters: np.ndarray, confidence: np.ndarray, paths: list[str] | None, uncertain: np.ndarray | None) -> None:
+    from otclust.runs import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index"] + (["path"] if paths is not None else []) + ["cluster", "confidence"] + (["uncertain"] if uncertain is not None else []))
+    for i in range(len(clusters)):
+        row = [i] + ([paths[i]] if paths is not None else []) + [int(clusters[i]), f"{confidence[i]:.4f}"]
+        if uncertain is not None:
+            row.append(int(uncertain[i]))
+        writer.writerow(row)
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
 def run(args) -> int:
     from otclust.engine import load_trained, predict_in_batches, select_device
     from otclust.errors import UserError
-    from otclust.runs import write_assignments_csv
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a CSV file name")
+    if args.min_confidence is not None and not 0 < args.min_confidence <= 1:
+        raise UserError(f"--min-confidence must be in (0, 1], got {args.min_confidence}")
+    if args.eps <= 0:
+        raise UserError(f"--eps must be positive, got {args.eps}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.link and not args.export:
+        raise UserError("--link only applies with --export DIR")
+    export = Path(args.export) if args.export else None
+    if export is not None:
+        check_export_dir(export, args.overwrite)
+
     method, config = load_trained(args.checkpoint, device=args.device)
     dataset = load_data_for_model(args, method, config)
+    if export is not None and dataset.paths is None:
+        raise UserError(f"--export needs image files, and {dataset.name} has none (it is held in memory): use --data folder:PATH, or drop --export")
     proba = predict_in_batches(method, dataset.data, select_device(args.device), args.batch_size, description="predicting")
+    k = proba.shape[1]
+    if args.assign == "balanced":
+        if len(proba) < 20 * k:
+            print(f"note: balanced assignment of only {len(proba)} samples into {k} clusters forces the prior's sizes on a small set; "
+                  "--assign argmax is safer unless you know the set is balanced", file=sys.stderr)
+        clusters = balanced_assignment(proba, model_prior(method, proba), args.eps)
+        moved = int((clusters != proba.argmax(axis=1)).sum())
+        print(f"balanced assignment: {moved} of {len(proba)} samples moved from their most probable cluster")
+    else:
+        clusters = proba.argmax(axis=1)
+    confidence = proba[np.arange(len(proba)), clusters]
+    uncertain = None if args.min_confidence is None else confidence < args.min_confidence
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_assignments_csv(out, proba, None, dataset.paths)
-    sizes = np.bincount(proba.argmax(axis=1), minlength=proba.shape[1])
-    print(f"{len(proba)} samples assigned to {int((sizes > 0).sum())} of {proba.shape[1]} clusters; written: {out}")
+    write_predictions_csv(out, clusters, confidence, dataset.paths, uncertain)
+    sizes = np.bincount(clusters, minlength=k)
+    print(f"{len(proba)} samples assigned to {int((sizes > 0).sum())} of {k} clusters; written: {out}")
+    if uncertain is not None:
+        print(f"{int(uncertain.sum())} samples below confidence {args.min_confidence:g}" + (" go to uncertain/" if export is not None else " (marked in the 'uncertain' column)"))
+    if export is not None:
+        if args.overwrite and export.is_dir():
+            _clear_export_dir(export)
+        counts = export_images(dataset.paths, clusters, uncertain if uncertain is not None else np.zeros(len(clusters), dtype=bool), export, k, args.link)
+        print(f"{'linked' if args.link else 'copied'} {sum(counts.values())} images into {len(counts)} folders of {export}")
     return 0

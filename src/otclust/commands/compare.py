@@ -1,0 +1,200 @@
+"""otclust compare: several methods on one data set, several seeds each, one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from otclust.commands.common import add_data_options
+
+TABLES = ["comparison.md", "comparison.csv", "runs.csv"]
+
+
+def add_parser(subparsers) -> None:
+    from otclust.models import BACKBONES
+
+    parser = subparsers.add_parser(
+        "compare",
+        help="run several methods with several seeds on one data set and tabulate mean ± std",
+        description=(
+            "Run each method of --methods on --data with seeds 0..S-1, each with its recipe "
+            "CONFIGS_DIR/<method>-<data>.yaml when there is one (else the method's defaults), and write "
+            "OUT/comparison.md and OUT/comparison.csv: mean ± std of ACC, NMI, ARI and minutes per run, "
+            "one row per method, the k-means baseline first. Each run's folder is OUT/<method>/seed<S>. "
+            "Methods not implemented in this installation are skipped and listed; a failing run is "
+            "reported in the table instead of stopping the comparison."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data_options(parser)
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every implemented method)")
+    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    parser.add_argument("--out", default=None, help="folder for the tables and the run folders (default: runs/compare-DATA)")
+    parser.add_argument("--configs-dir", default="configs", help="folder of <method>-<data>.yaml recipes")
+    budget = parser.add_argument_group("budget (applied to every method)")
+    budget.add_argument("--epochs-scale", type=float, default=None, metavar="F", help="multiply each recipe's epochs by F (e.g. 0.1 for a quick look)")
+    budget.add_argument("--epochs", type=int, default=None, help="train every method for this many epochs instead of its recipe's")
+    budget.add_argument("--batch-size", type=int, default=None, help="images per step for every method")
+    parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: the recipe's, else 10)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network for every method (default: each recipe's choice)")
+    parser.add_argument("--cluster-proportions", default=None, metavar="uniform|auto|P1,P2,..|FILE", help="cluster-size prior for every method")
+    parser.add_argument("--eval-every", type=int, default=None, help="score every N epochs (the last epoch is always scored)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every run and replace the tables in --out")
+    parser.add_argument("--resume", action="store_true", help="keep the runs of --out that already finished with the same settings; run the rest")
+    parser.add_argument("--verbose", action="store_true", help="print each run's epoch lines too")
+    parser.set_defaults(run=run)
+
+
+def ordered_methods(text: str) -> tuple[list[str], list[str]]:
+    """(methods to run, k-means first; methods named but not implemented here)."""
+    from otclust.errors import UserError
+    from otclust.methods import METHOD_MODULES, available_methods
+
+    available = available_methods()
+    if text.strip() == "all":
+        names = list(available)
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--methods is empty: give names like kmeans,clot or 'all'")
+    unknown = [n for n in names if n not in METHOD_MODULES]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}: known methods are {', '.join(METHOD_MODULES)}")
+    names = list(dict.fromkeys(names))
+    if "kmeans" in names:
+        names = ["kmeans"] + [n for n in names if n != "kmeans"]
+    return [n for n in names if n in available], [n for n in names if n not in available]
+
+
+def method_config(args, method: str, data: str):
+    """The FitConfig of one method: its defaults < its recipe file < the options of compare."""
+    from otclust.commands.common import config_from_args
+    from otclust.data import parse_spec
+
+    data_name = parse_spec(data)[0]
+    recipe = Path(args.configs_dir) / f"{method}-{data_name}.yaml"
+    namespace = argparse.Namespace(
+        config=str(recipe) if recipe.is_file() else None,
+        method=method,
+        data=data,
+        split=args.split,
+        download=args.download,
+        image_size=args.image_size,
+        clusters=args.clusters,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        backbone=args.backbone,
+        cluster_proportions=args.cluster_proportions,
+        eval_every=args.eval_every,
+        param=[],
+        augment=[],
+    )
+    config = config_from_args(namespace)
+    if args.epochs_scale is not None:
+        config.epochs = max(1, round(config.epochs * args.epochs_scale))
+        config.warmup_epochs = min(round(config.warmup_epochs * args.epochs_scale), config.epochs - 1)
+    return config, (recipe if recipe.is_file() else None)
+
+
+def run(args) -> int:
+    from otclust import experiments
+    from otclust.data import parse_spec
+    from otclust.errors import UserError
+    from otclust.methods import get_method_class
+
+    data = args.data or "digits"
+    data_name = parse_spec(data)[0]
+    seeds = experiments.parse_seeds(args.seeds)
+    if args.epochs_scale is not None and args.epochs_scale <= 0:
+        raise UserError(f"--epochs-scale must be positive, got {args.epochs_scale}")
+    if args.configs_dir != "configs" and not Path(args.configs_dir).is_dir():
+        raise UserError(f"--configs-dir {args.configs_dir} is not a folder")
+    methods, skipped = ordered_methods(args.methods)
+    if not methods:
+        raise UserError(f"{', '.join(skipped)}: not implemented in this installation; choose among {', '.join(experiments_available())}")
+    configs = {m: method_config(args, m, data) for m in methods}  # bad options fail here, before any run
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{data_name}"
+    experiments.check_outputs(out, TABLES, args.overwrite, args.resume)
+    out.mkdir(parents=True, exist_ok=True)
+
+    for name in skipped:
+        print(f"skipped {name}: not implemented in this installation")
+    total = len(methods) * len(seeds)
+    print(f"comparing {', '.join(methods)} on {data} with seeds {', '.join(map(str, seeds))}: {total} runs; tables in {out}")
+    cache = experiments.DataCache()
+    outcomes: list[experiments.RunOutcome] = []
+    done = 0
+    for method in methods:
+        config, recipe = configs[method]
+        where = f"recipe {recipe}" if recipe else "method defaults"
+        for seed in seeds:
+            done += 1
+            run_config = _with_seed(config, seed)
+            outcome = experiments.run_one(run_config, out / method / f"seed{seed}", method, cache, overwrite=args.overwrite, reuse=args.resume, verbose=args.verbose)
+            outcomes.append(outcome)
+            budget = f", {config.epochs} epochs" if get_method_class(method).trainable else ""
+            print(f"[{done}/{total}] {method} seed {seed} ({where}{budget}): {outcome.describe()}", flush=True)
+            tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes)
+    print()
+    print(tables["comparison.md"])
+    print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}")
+    failed = sum(not o.ok for o in outcomes)
+    if failed:
+        print(f"{failed} of {total} runs failed: see the table", file=sys.stderr)
+    return 0
+
+
+def experiments_available() -> list[str]:
+    from otclust.methods import available_methods
+
+    return available_methods()
+
+
+def _with_seed(config, seed: int):
+    import dataclasses
+
+    return dataclasses.replace(config, seed=seed, params=dict(config.params), augment=dict(config.augment))
+
+
+def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes) -> dict[str, str]:
+    """Build (and write, after every run, so an interrupted comparison keeps what it has) the tables."""
+    from otclust import experiments
+    from otclust.methods import get_method_class
+    from otclust.runs import atomic_write_text
+
+    rows_md, rows_csv = [], []
+    for method in methods:
+        if not any(o.group == method for o in outcomes):
+            continue
+        summary = experiments.summarize(outcomes, method)
+        config, recipe = configs[method]
+        recipe_text = recipe.name if recipe else "defaults"
+        epochs = config.epochs if get_method_class(method).trainable else "-"  # k-means trains no network
+        rows_md.append([method, recipe_text, str(epochs), *experiments.summary_cells(summary)])
+        rows_csv.append({"method": method, "recipe": str(recipe) if recipe else "", "epochs": epochs, **experiments.summary_csv_fields(summary)})
+    for name in skipped:
+        rows_md.append([name, "-", "-", "n/a", "n/a", "n/a", "n/a", "skipped: not implemented"])
+        rows_csv.append({"method": name, "recipe": "", "epochs": "", **experiments.summary_csv_fields(experiments.Summary(name, 0, 0, {}, {}, ["not implemented"]))})
+    header = ["method", "recipe", "epochs", "ACC", "NMI", "ARI", "minutes/run", "runs"]
+    lines = [
+        f"# Comparison on {data}",
+        "",
+        f"Mean ± std over seeds {', '.join(map(str, seeds))} (std over the runs that finished; 0 for a single run). "
+        "ACC is Hungarian-matched accuracy; minutes are wall-clock training time per run.",
+        "",
+        experiments.markdown_table(header, rows_md),
+    ]
+    if outcomes and all("acc" not in o.metrics for o in outcomes if o.ok):
+        lines += ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
+    lines += ["", f"Per-run scores: runs.csv; run folders: <method>/seed<S>/ in {out}."]
+    tables = {
+        "comparison.md": "\n".join(lines) + "\n",
+        "comparison.csv": experiments.csv_text(rows_csv),
+        "runs.csv": experiments.csv_text(experiments.runs_csv_rows(outcomes, "method")),
+    }
+    for name, text in tables.items():
+        atomic_write_text(out / name, text)
+    return tables

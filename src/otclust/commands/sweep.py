@@ -1,0 +1,131 @@
+"""otclust sweep: one hyper-parameter over several values and seeds, ACC against the value."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from otclust.commands.common import add_training_options
+
+TABLES = ["sweep.csv", "sweep.md", "runs.csv", "sweep.png"]
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train for each value of one hyper-parameter and several seeds; plot ACC against it",
+        description=(
+            "Run `otclust fit` for every value of --values and every seed: --param NAME (no '=') names what "
+            "is swept, a method parameter (e.g. eps, lam) or a fit setting (lr, batch-size, epochs, ...). "
+            "Writes OUT/sweep.csv and OUT/sweep.md (mean ± std of ACC/NMI/ARI per value), OUT/runs.csv "
+            "(one row per run) and OUT/sweep.png (ACC with std error bars against the value, log axis when "
+            "the values span more than 10x). Each run's folder is OUT/NAME=VALUE/seed<S>. Every other "
+            "option is the same as for `otclust fit`, including --param KEY=VALUE for fixed parameters."
+        ),
+        epilog="example: otclust sweep --method ot-kmeans --data digits --param eps --values 0.003,0.01,0.03,0.1 --seeds 3 --out runs/sweep-eps",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_options(parser)
+    parser.add_argument("--values", required=True, help="comma-separated values of the swept parameter, e.g. 0.003,0.01,0.03,0.1")
+    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    parser.add_argument("--out", default=None, help="folder for the tables, the plot and the run folders (default: runs/sweep-METHOD-NAME)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every run and replace the tables in --out")
+    parser.add_argument("--resume", action="store_true", help="keep the runs of --out that already finished with the same settings; run the rest")
+    parser.add_argument("--verbose", action="store_true", help="print each run's epoch lines too")
+    parser.set_defaults(run=run)
+
+
+def split_swept_name(params: list[str]) -> tuple[str, list[str]]:
+    """--param entries: the single one without '=' is swept; the KEY=VALUE ones are fixed."""
+    from otclust.errors import UserError
+
+    names = [p for p in params if "=" not in p]
+    fixed = [p for p in params if "=" in p]
+    if len(names) != 1:
+        found = f"got {', '.join(names)}" if names else "got none"
+        raise UserError(f"name exactly one swept parameter as --param NAME (without '='), e.g. --param eps --values 0.01,0.1; {found}")
+    return names[0].strip(), fixed
+
+
+def run(args) -> int:
+    import sys
+
+    from otclust import experiments
+    from otclust.commands.common import config_from_args
+    from otclust.errors import UserError
+    from otclust.report import plot_sweep
+
+    if args.seed is not None:
+        raise UserError("sweep takes its seeds from --seeds (a count or a list), not --seed")
+    name, fixed = split_swept_name(args.param)
+    base = config_from_args(_with_params(args, fixed))
+    experiments.check_swept_name(base, name)
+    raw_values = [v.strip() for v in args.values.split(",") if v.strip()]
+    values = experiments.parse_values(args.values)
+    seeds = experiments.parse_seeds(args.seeds)
+    configs = {raw: experiments.with_value(base, name, value) for raw, value in zip(raw_values, values)}  # bad values fail here
+    key = name.replace("-", "_")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{base.method}-{key}"
+    experiments.check_outputs(out, TABLES, args.overwrite, args.resume)
+    out.mkdir(parents=True, exist_ok=True)
+
+    total = len(values) * len(seeds)
+    print(f"sweeping {key} over {', '.join(raw_values)} for {base.method} on {base.data}, seeds {', '.join(map(str, seeds))}: {total} runs in {out}")
+    cache = experiments.DataCache()
+    outcomes: list[experiments.RunOutcome] = []
+    done = 0
+    for raw in raw_values:
+        for seed in seeds:
+            done += 1
+            config = dataclasses.replace(configs[raw], seed=seed, params=dict(configs[raw].params), augment=dict(configs[raw].augment))
+            outcome = experiments.run_one(config, out / f"{key}={raw}" / f"seed{seed}", raw, cache, overwrite=args.overwrite, reuse=args.resume, verbose=args.verbose)
+            outcomes.append(outcome)
+            print(f"[{done}/{total}] {key}={raw} seed {seed}: {outcome.describe()}", flush=True)
+            write_tables(out, key, base, raw_values, values, seeds, outcomes)
+    summaries = [experiments.summarize(outcomes, raw) for raw in raw_values]
+    plotted = plot_sweep(out / "sweep.png", key, values, summaries)
+    md = write_tables(out, key, base, raw_values, values, seeds, outcomes, plotted)
+    print()
+    print(md)
+    if not plotted:
+        print("no ACC to plot: the data have no labels (or every run failed)", file=sys.stderr)
+    print(f"\nwritten: {out / 'sweep.csv'}, {out / 'sweep.md'}" + (f", {out / 'sweep.png'}" if plotted else ""))
+    return 0
+
+
+def _with_params(args, fixed: list[str]):
+    namespace = argparse.Namespace(**vars(args))
+    namespace.param = fixed
+    return namespace
+
+
+def write_tables(out: Path, key: str, base, raw_values: list[str], values: list, seeds: list[int], outcomes, plotted: bool = False) -> str:
+    from otclust import experiments
+    from otclust.runs import atomic_write_text
+
+    rows_md, rows_csv = [], []
+    for raw in raw_values:
+        if not any(o.group == raw for o in outcomes):
+            continue
+        summary = experiments.summarize(outcomes, raw)
+        rows_md.append([raw, *experiments.summary_cells(summary)])
+        rows_csv.append({"param": key, "value": raw, **experiments.summary_csv_fields(summary)})
+    lines = [
+        f"# Sweep of {key}: {base.method} on {base.data}",
+        "",
+        f"Each value trained for {base.epochs} epochs with K = {base.clusters} and seeds {', '.join(map(str, seeds))}; "
+        "mean ± std over the runs that finished.",
+        "",
+        experiments.markdown_table([key, "ACC", "NMI", "ARI", "minutes/run", "runs"], rows_md),
+    ]
+    if plotted:
+        lines += ["", f"![ACC against {key}](sweep.png)"]
+    if outcomes and all("acc" not in o.metrics for o in outcomes if o.ok):
+        lines += ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
+    lines += ["", f"Per-run scores: runs.csv; run folders: {key}=VALUE/seed<S>/."]
+    md = "\n".join(lines) + "\n"
+    atomic_write_text(out / "sweep.md", md)
+    atomic_write_text(out / "sweep.csv", experiments.csv_text(rows_csv))
+    atomic_write_text(out / "runs.csv", experiments.csv_text(experiments.runs_csv_rows(outcomes, key)))
+    return md

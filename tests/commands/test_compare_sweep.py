@@ -1,0 +1,126 @@
+"""otclust sweep and compare on tiny runs: tables, plot, run folders, recipes, skipped methods and
+failing runs reported instead of crashing."""
+
+import csv
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import otclust.methods
+from otclust.cli import main
+from otclust.config import FitConfig
+from otclust.errors import UserError
+from otclust.experiments import check_swept_name, parse_seeds, parse_values, with_value
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(c * 4, 1, size=(40, 5)) for c in range(3)]).astype(np.float32)
+    np.save(root / "x.npy", features)
+    np.save(root / "x.labels.npy", np.repeat(np.arange(3), 40))
+    return f"features:{root / 'x.npy'}"
+
+
+TINY = ["--clusters", "3", "--epochs", "1", "--batch-size", "40", "--device", "cpu"]
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_sweep_writes_tables_plot_and_one_folder_per_run(blobs, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--param", "lam", "--values", "5,50", "--seeds", "2", "--param", "temperature=0.4", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4] lam=50 seed 1" in printed and "| lam |" in printed
+    rows = read_csv(out / "sweep.csv")
+    assert [r["value"] for r in rows] == ["5", "50"]
+    assert all(r["ok"] == "2" and 0 <= float(r["acc_mean"]) <= 1 and float(r["acc_std"]) >= 0 for r in rows)
+    assert len(read_csv(out / "runs.csv")) == 4
+    with Image.open(out / "sweep.png") as image:
+        image.verify()
+    assert "![ACC against lam](sweep.png)" in (out / "sweep.md").read_text()
+    config = yaml.safe_load((out / "lam=50" / "seed1" / "config.yaml").read_text())
+    assert config["params"] == {"lam": 50.0, "temperature": 0.4} and config["seed"] == 1
+    # Rerunning needs --overwrite, or --resume, which keeps the finished runs.
+    assert main(args) == 2
+    assert main(args + ["--resume"]) == 0
+    assert capsys.readouterr().out.count("(reused)") == 4
+
+
+def test_sweep_mistakes_fail_before_any_run(blobs, tmp_path, capsys):
+    base = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--out", str(tmp_path / "s")]
+    assert main(base + ["--values", "1,2"]) == 2
+    assert "--param NAME" in capsys.readouterr().err
+    assert main(base + ["--param", "nosuch", "--values", "1,2"]) == 2
+    assert "cannot sweep 'nosuch'" in capsys.readouterr().err
+    assert main(base + ["--param", "batch-size", "--values", "a,b"]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_swept_values_reach_fit_settings_and_method_parameters():
+    config = FitConfig(method="clot")
+    assert with_value(config, "batch-size", 64.0).batch_size == 64
+    assert with_value(config, "lr", 1).lr == 1.0
+    assert with_value(config, "lam", 5).params == {"lam": 5}
+    assert config.params == {}
+    check_swept_name(config, "lam")
+    check_swept_name(config, "weight_decay")
+    with pytest.raises(UserError):
+        check_swept_name(config, "eps")
+    assert parse_values("0.003,0.01,linear") == [0.003, 0.01, "linear"]
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
+    with pytest.raises(UserError):
+        parse_seeds("0,0")
+
+
+def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(otclust.methods, "available_methods", lambda: ["clot"])
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "clot-features.yaml").write_text("method: clot\nepochs: 4\nparams:\n  lam: 7\n")
+    from otclust.engine import Trainer
+
+    original_fit = Trainer.fit
+
+    def fit_failing_for_seed_1(self, *args, **kwargs):
+        if self.config.seed == 1:
+            raise RuntimeError("boom")
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_failing_for_seed_1)
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", blobs, "--methods", "clot,kmeans", "--seeds", "2", "--epochs-scale", "0.25", "--clusters", "3", "--batch-size", "40", "--device", "cpu", "--configs-dir", str(recipes), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipped kmeans: not implemented" in printed
+    assert "[2/2] clot seed 1" in printed and "FAILED: RuntimeError: boom" in printed
+    table = (out / "comparison.md").read_text()
+    assert "| method | recipe | epochs | ACC |" in printed  # the table, printed at the end
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[2].startswith("| clot | clot-features.yaml | 1 |")  # 4 epochs x 0.25
+    assert "1/2 runs; failed: seed 1: RuntimeError: boom" in lines[2]
+    assert lines[3].startswith("| kmeans |") and "not implemented" in lines[3]
+    rows = read_csv(out / "comparison.csv")
+    assert [r["method"] for r in rows] == ["clot", "kmeans"]
+    assert rows[0]["ok"] == "1" and float(rows[0]["acc_std"]) == 0.0
+    assert yaml.safe_load((out / "clot" / "seed0" / "config.yaml").read_text())["params"] == {"lam": 7}
+    assert main(args) == 2  # tables exist: --overwrite or --resume
+
+
+def test_compare_orders_kmeans_first_and_rejects_unknown_names(monkeypatch, capsys):
+    from otclust.commands.compare import ordered_methods
+
+    monkeypatch.setattr(otclust.methods, "available_methods", lambda: ["clot", "kmeans"])
+    assert ordered_methods("clot,kmeans,drc") == (["kmeans", "clot"], ["drc"])
+    assert ordered_methods("all") == (["kmeans", "clot"], [])
+    with pytest.raises(UserError, match="unknown method"):
+        ordered_methods("clot,nosuch")
+    assert main(["compare", "--methods", "drc", "--seeds", "1"]) == 2
+    assert "not implemented" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+"""otclust predict: CSV, --export (copies, links, uncertain/), --assign balanced, and images that
+differ from the training data (converted as they were, with a note)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otclust.cli import main
+from otclust.commands.predict import balanced_assignment
+
+
+def write_image_folder(root, n_per=40, size=8, seed=0):
+    """Three classes of small grayscale images, with the same file names in each class folder."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(["bars", "stripes", "dots"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per):
+            img = rng.integers(0, 40, size=(size, size))
+            if label == 0:
+                img[:, 3:5] += 200
+            elif label == 1:
+                img[3:5, :] += 200
+            else:
+                img[1:3, 1:3] += 200
+                img[5:7, 5:7] += 200
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    data = write_image_folder(root / "images")
+    out = root / "run"
+    assert main(["fit", "--data", f"folder:{data}", "--clusters", "3", "--epochs", "1", "--batch-size", "40", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    return out / "model.pt", data
+
+
+def read_rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def files_under(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def test_export_copies_each_image_into_its_cluster_folder(trained, tmp_path, capsys):
+    model, data = trained
+    preds, export = tmp_path / "preds.csv", tmp_path / "sorted"
+    args = ["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(preds), "--export", str(export), "--device", "cpu", "--batch-size", "50"]
+    assert main(args) == 0
+    rows = read_rows(preds)
+    assert len(rows) == 120 and list(rows[0]) == ["index", "path", "cluster", "confidence"]
+    copies = files_under(export)
+    assert len(copies) == 120  # same file names from two class folders are both kept
+    for row in rows:
+        folder = export / f"cluster_{int(row['cluster']):02d}"
+        assert folder.is_dir()
+    for path in export.rglob("*.png"):
+        assert not path.is_symlink()
+    assert len(files_under(data)) == 120  # the originals stay
+    # A second export into the same folder needs --overwrite, which replaces only its own folders.
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (export / "keep.txt").write_text("mine")
+    assert main(args + ["--overwrite"]) == 0
+    assert (export / "keep.txt").read_text() == "mine"
+    assert len(files_under(export)) == 121
+
+
+def test_link_and_min_confidence_send_unsure_images_to_uncertain(trained, tmp_path):
+    model, data = trained
+    base = ["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "first.csv")]) == 0
+    threshold = float(np.median([float(r["confidence"]) for r in read_rows(tmp_path / "first.csv")]))
+    export = tmp_path / "links"
+    assert main(base + ["--out", str(tmp_path / "p.csv"), "--export", str(export), "--link", "--min-confidence", str(threshold)]) == 0
+    rows = read_rows(tmp_path / "p.csv")
+    assert list(rows[0]) == ["index", "path", "cluster", "confidence", "uncertain"]
+    unsure = [r for r in rows if r["uncertain"] == "1"]
+    assert 0 < len(unsure) < len(rows)
+    uncertain_files = list((export / "uncertain").iterdir())
+    assert len(uncertain_files) == len(unsure)
+    linked = [p for p in export.rglob("*") if p.is_symlink()]
+    assert len(linked) == 120
+    assert all(p.resolve().is_file() and p.resolve().is_relative_to(data.resolve()) for p in linked)
+    for row in rows:
+        if row["uncertain"] == "0":
+            assert float(row["confidence"]) >= threshold - 1e-4
+
+
+def test_export_of_data_without_files_is_a_user_error(tmp_path, capsys):
+    features = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "2", "--epochs", "1", "--batch-size", "30", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(out / "model.pt"), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"), "--export", str(tmp_path / "e")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--export needs image files" in err[0]
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "q.csv"), "--link"]) == 2
+
+
+def test_images_of_another_size_and_colour_are_converted_with_a_note(trained, tmp_path, capsys):
+    model, _ = trained
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        img = rng.integers(0, 40, size=(12, 12, 3))
+        img[:, 5:7] += 200
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="RGB").save(folder / f"{i}.png")
+    preds = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{folder}", "--out", str(preds), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "converted RGB images to grayscale" in out
+    assert "resized images from 12x12 to 8x8" in out
+    assert len(read_rows(preds)) == 12
+
+
+def test_balanced_assignment_follows_the_prior_and_argmax_does_not():
+    rng = np.random.default_rng(0)
+    n, k = 300, 3
+    # Every sample leans to cluster 0, but its second choice carries the real structure.
+    second = np.repeat(np.arange(k), n // k)
+    logits = rng.normal(0, 0.1, size=(n, k))
+    logits[np.arange(n), second] += 1.0
+    logits[:, 0] += 1.2
+    proba = torch.softmax(torch.from_numpy(logits), dim=1).numpy().astype(np.float32)
+    assert np.bincount(proba.argmax(1), minlength=k)[0] > 250
+    balanced = balanced_assignment(proba, torch.full((k,), 1.0 / k))
+    sizes = np.bincount(balanced, minlength=k)
+    assert np.abs(sizes - n / k).max() <= 0.05 * n
+    assert (balanced == second).mean() > 0.9
+    skewed = balanced_assignment(proba, torch.tensor([0.6, 0.2, 0.2]))
+    assert abs(np.bincount(skewed, minlength=k)[0] - 180) <= 15
+
+
+def test_balanced_cli_prints_how_many_moved(trained, tmp_path, capsys):
+    model, data = trained
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / "b.csv"), "--assign", "balanced", "--device", "cpu"]) == 0
+    assert "balanced assignment:" in capsys.readouterr().out
+    sizes = np.bincount([int(r["cluster"]) for r in read_rows(tmp_path / "b.csv")], minlength=3)
+    assert sizes.min() >= 25  # 120 images, uniform prior: about 40 each

@@ -1,0 +1,98 @@
+"""otclust report / fit --report: every figure is a valid PNG the page shows; missing labels,
+images or data leave parts out with a note instead of failing."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from otclust.cli import main
+
+
+def write_image_folder(root, n_per=40, size=8, seed=0):
+    """Three classes of small grayscale images (vertical bar, horizontal bar, two dots)."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(["bars", "stripes", "dots"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per):
+            img = rng.integers(0, 40, size=(size, size))
+            if label == 0:
+                img[:, 3:5] += 200
+            elif label == 1:
+                img[3:5, :] += 200
+            else:
+                img[1:3, 1:3] += 200
+                img[5:7, 5:7] += 200
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def check_page(run):
+    """Every PNG of figures/ is valid and linked from report.html; returns the figure names."""
+    page = (run / "report.html").read_text()
+    names = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert names
+    for name in names:
+        with Image.open(run / "figures" / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+        assert f'href="figures/{name}"' in page
+    # Embedded too, so the page works on its own: one data URI per figure.
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == len(names)
+    return names
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = write_image_folder(root / "images")
+    out = root / "run"
+    args = ["fit", "--data", f"folder:{data}", "--clusters", "3", "--epochs", "2", "--batch-size", "40", "--out", str(out), "--no-progress", "--report", "--device", "cpu"]
+    assert main(args) == 0
+    return out
+
+
+def test_fit_report_writes_every_figure_and_the_page_shows_them(image_run):
+    names = check_page(image_run)
+    for name in ("curves.png", "confusion.png", "tsne.png", "sizes.png"):
+        assert name in names
+    clusters = np.loadtxt(image_run / "assignments.csv", delimiter=",", skiprows=1, usecols=2, dtype=int)
+    grids = [n for n in names if n.startswith("cluster_")]
+    assert grids == [f"cluster_{c:02d}.png" for c in sorted(set(clusters))]
+    page = (image_run / "report.html").read_text()
+    assert "ACC" in page and "clot" in page
+    assert "no labels" not in page
+
+
+def test_report_command_refuses_to_overwrite_without_the_flag(image_run, capsys):
+    assert main(["report", str(image_run)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["report", str(image_run), "--overwrite", "--images", "3", "--max-points", "50", "--device", "cpu"]) == 0
+    check_page(image_run)
+    assert "50 of 120 samples" in (image_run / "report.html").read_text()
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_unlabeled_features_leave_out_label_parts_and_image_grids_with_notes(tmp_path):
+    features = np.concatenate([np.random.default_rng(1).normal(c * 4, 1, size=(30, 4)) for c in range(3)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "3", "--epochs", "1", "--batch-size", "30", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["report", str(out), "--device", "cpu"]) == 0
+    names = check_page(out)
+    assert names == ["curves.png", "sizes.png", "tsne.png"]
+    page = (out / "report.html").read_text()
+    assert "no labels: the confusion matrix is left out" in page
+    assert "feature vectors, not images: no image grids" in page
+
+    # The data moved away: what can be drawn from the run folder alone still is.
+    (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
+    assert main(["report", str(out), "--overwrite", "--device", "cpu"]) == 0
+    assert check_page(out) == ["curves.png", "sizes.png"]
+    assert "could not be loaded again" in (out / "report.html").read_text()
