@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otclust.distributed import all_reduce_mean, all_reduce_sum, is_distributed, world_size
 from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.methods.base import ClusteringMethod
 from otclust.models import ClusterHead, ProjectionHead
@@ -23,10 +24,11 @@ from otclust.ot import sinkhorn
 
 @dataclass
 class ClotParams:
-    lam: float = 20.0  # lambda of P^lambda; the Sinkhorn eps is 1 / lam
+    lam: float = 5.0  # lambda of P^lambda (Sinkhorn eps = 1/lam); 5 beat 20 on digits (docs/results.md)
     sinkhorn_iters: int = 200  # a cap: Sinkhorn stops earlier once the marginals are met
     sinkhorn_tol: float = 1e-2  # relative marginal error at which Sinkhorn stops
     temperature: float = 0.5  # NT-Xent tau
+    gather_negatives: bool = True  # several processes: NT-Xent negatives from the whole global batch
     cluster_weight: float = 1.0
     contrastive_weight: float = 1.0
     projection_dim: int = 128
@@ -83,11 +85,15 @@ class Clot(ClusteringMethod):
         """Q for one view: Sinkhorn on log P with eps = 1/lambda, rows rescaled to sum to 1.
 
         follow_prior=False (auxiliary over-clustering head) uses equal sizes over its own clusters.
+        With several processes the OT problem is the global batch's (column sums all-reduced, as
+        SwAV's distributed Sinkhorn); each process gets its rows of the global plan.
         """
         log_p = torch.log_softmax(logits.detach().float(), dim=1)
         sizes = self.target_marginal(log_p.exp()) if follow_prior else None
-        plan = sinkhorn(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol).plan
-        return plan * plan.shape[0]
+        distributed = is_distributed()
+        plan = sinkhorn(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol, distributed=distributed).plan
+        # Rows of the plan sum to 1 / (global batch size); the engine gives every process as many rows.
+        return plan * (plan.shape[0] * (world_size() if distributed else 1))
 
     def training_step(self, batch, indices):
         if self.selflabelling:
@@ -104,14 +110,15 @@ class Clot(ClusteringMethod):
             head_losses.append(0.5 * (soft_cross_entropy(logits_a, q_b) + soft_cross_entropy(logits_b, q_a)))
         head_losses = torch.stack(head_losses)
         with torch.no_grad():
+            batch_head_losses = all_reduce_mean(head_losses.detach())  # the global batch's, with several processes
             first = bool((self.head_loss == 0).all())
-            self.head_loss.copy_(head_losses.detach() if first else 0.9 * self.head_loss + 0.1 * head_losses.detach())
+            self.head_loss.copy_(batch_head_losses if first else 0.9 * self.head_loss + 0.1 * batch_head_losses)
         cluster_loss = head_losses.mean()
         if self.overcluster_head is not None:
             over_a, over_b = self.overcluster_head(features)[0].chunk(2)
             q_a, q_b = self.pseudo_labels(over_a, follow_prior=False), self.pseudo_labels(over_b, follow_prior=False)
             cluster_loss = cluster_loss + 0.5 * (soft_cross_entropy(over_a, q_b) + soft_cross_entropy(over_b, q_a))
-        contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature)
+        contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature, gather=p.gather_negatives)
         loss = p.cluster_weight * cluster_loss + p.contrastive_weight * contrastive_loss
         return {"loss": loss, "cluster": cluster_loss.detach(), "contrastive": contrastive_loss.detach()}
 
@@ -129,6 +136,9 @@ class Clot(ClusteringMethod):
             confidence, target = torch.softmax(weak.float(), dim=1).max(dim=1)
             mask = confidence > self.params.selflabel_threshold
             confident_share.append(mask.float().mean())
+            if is_distributed():
+                losses.append(self._global_selflabel_loss(strong, target, mask))
+                continue
             if not mask.any():
                 losses.append(strong.sum() * 0.0)
                 continue
@@ -137,6 +147,21 @@ class Clot(ClusteringMethod):
             losses.append(F.cross_entropy(strong[mask].float(), target[mask], weight=weight))
         loss = torch.stack(losses).mean()
         return {"loss": loss, "selflabel": loss.detach(), "confident": torch.stack(confident_share).mean()}
+
+    def _global_selflabel_loss(self, strong, target, mask):
+        """This process's share of the global batch's class-weighted cross-entropy: the class
+        counts and the weight total are all-reduced, so the mean over processes is the loss of
+        the single-process step on the global batch."""
+        counts = all_reduce_sum(torch.bincount(target[mask], minlength=self.n_clusters).float())
+        weight = torch.where(counts > 0, counts.sum() / (counts * self.n_clusters).clamp(min=1), torch.zeros_like(counts))
+        weight_total = float((counts * weight).sum())
+        if weight_total == 0 or not mask.any():
+            return strong.sum() * 0.0
+        local = F.cross_entropy(strong[mask].float(), target[mask], weight=weight, reduction="sum")
+        return local * world_size() / weight_total
+
+    def may_leave_parameters_unused(self) -> bool:
+        return self.params.selflabel_epochs > 0  # self-labelling skips the projection head
 
     def best_head(self) -> int:
         return int(torch.argmin(self.head_loss)) if len(self.head_loss) > 1 else 0

@@ -1,0 +1,151 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from otclust.config import FitConfig
+from otclust.engine import Trainer, embed_in_batches
+from otclust.errors import UserError
+from otclust.estimator import dataset_from_array
+from otclust.methods.base import InputSpec
+from otclust.methods.ot_kmeans import AeKMeans, AeKMeansParams, ConvAutoencoder, FullyConnectedAutoencoder, OtKMeans, OtKMeansParams, SoftKMeans, SoftKMeansParams
+
+
+@pytest.fixture
+def dataset(blob_images):
+    images, labels = blob_images
+    data = dataset_from_array(images)
+    data.labels = labels
+    return data
+
+
+def fit(dataset, method, epochs=6, **params):
+    config = FitConfig(method=method, clusters=3, epochs=epochs, batch_size=60, lr=1e-3, weight_decay=0.0, seed=0, eval_every=epochs, params=params)
+    return Trainer(config, progress=False, log=lambda m: None).fit(dataset)
+
+
+def fake_trainer(method, data, seed=0, epochs=5):
+    config = SimpleNamespace(seed=seed, epochs=epochs, eval_every=1)
+    return SimpleNamespace(config=config, train_data=data, embed=lambda d: embed_in_batches(method, d, torch.device("cpu")))
+
+
+def test_ot_kmeans_few_steps_loss_goes_down_and_all_clusters_are_used(dataset):
+    result = fit(dataset, "ot-kmeans", epochs=20)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert "loss_cluster" in result.history[-1] and "loss_reconstruction" in result.history[-1]
+    assert len(np.unique(result.labels)) == 3
+    assert result.metrics["acc"] > 0.9
+
+
+def test_soft_kmeans_few_steps_loss_goes_down_without_collapse(dataset):
+    # No cluster-size constraint: on these blobs soft k-means may merge two of the three
+    # classes (the paper's point), but it must not put everything in one cluster.
+    result = fit(dataset, "soft-kmeans", epochs=20)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert len(np.unique(result.labels)) >= 2
+    assert result.metrics["acc"] > 0.6
+
+
+def test_ot_kmeans_centers_start_at_kmeans_on_the_embeddings(dataset):
+    spec = InputSpec.from_dataset(dataset)
+    torch.manual_seed(0)
+    method = OtKMeans(3, spec, OtKMeansParams())
+    trainer = fake_trainer(method, dataset.data)
+    method.on_epoch_start(trainer, 0)
+    assert bool(method.centers_initialized)
+    embeddings = embed_in_batches(method, dataset.data, torch.device("cpu"))
+    reference = KMeans(n_clusters=3, n_init=10, random_state=0).fit(embeddings.astype(np.float64))
+    assert np.allclose(method.centers.detach().numpy(), reference.cluster_centers_, atol=1e-5)
+    # The centers are trained: a parameter that receives a gradient from the clustering loss.
+    assert any(p is method.center_param for p in method.parameters())
+    parts = method.training_step(dataset.data[:60], torch.arange(60))
+    parts["loss"].backward()
+    assert method.center_param.grad is not None and method.center_param.grad.abs().sum() > 0
+
+
+def test_pretraining_epochs_use_the_reconstruction_only(dataset):
+    result = fit(dataset, "ot-kmeans", epochs=3, pretrain_epochs=2)
+    assert [("loss_cluster" in row) for row in result.history] == [False, False, True]
+    assert bool(result.method.centers_initialized)
+    with pytest.raises(UserError):
+        fit(dataset, "soft-kmeans", epochs=2, pretrain_epochs=2)
+
+
+def test_ot_kmeans_plan_follows_the_cluster_size_prior(dataset):
+    spec = InputSpec.from_dataset(dataset)
+    method = OtKMeans(3, spec, OtKMeansParams(eps=1.0))
+    prior = torch.tensor([0.5, 0.3, 0.2])
+    method.set_cluster_prior("known", prior)
+    mass_before = method.predicted_mass.clone()
+    z = method.embed(method.standardize(dataset.data[:60]))
+    _, plan = method.clustering_loss(z)
+    assert not torch.equal(method.predicted_mass, mass_before)  # target_marginal was consulted
+    assert torch.allclose(plan.sum(1), torch.full((60,), 1 / 60), atol=1e-5)
+    assert torch.allclose(plan.sum(0).sort().values, prior.sort().values, rtol=2e-3)
+
+
+def test_soft_kmeans_plan_is_the_softmin_of_proposition_2(dataset):
+    spec = InputSpec.from_dataset(dataset)
+    method = SoftKMeans(3, spec, SoftKMeansParams(eps=0.5))
+    z = method.embed(method.standardize(dataset.data[:10]))
+    _, plan = method.clustering_loss(z)
+    expected = torch.softmax(-torch.cdist(z, method.centers) ** 2 / 0.5, dim=1) / 10
+    assert torch.allclose(plan, expected, atol=1e-5)
+
+
+def test_ae_kmeans_trains_the_autoencoder_and_assigns_to_the_nearest_kmeans_center(dataset):
+    result = fit(dataset, "ae-kmeans", epochs=4)
+    method = result.method
+    assert "loss_cluster" not in result.history[-1]
+    assert [row["loss"] for row in result.history][-1] < result.history[0]["loss"]
+    assert not any(p is method.centers for p in method.parameters())  # a buffer, set by k-means
+    method.eval()
+    with torch.no_grad():
+        z = method.embed(method.standardize(dataset.data))
+        nearest = torch.cdist(z, method.centers).argmin(1).numpy()
+    assert np.array_equal(result.labels, nearest)
+    reference = KMeans(n_clusters=3, n_init=10, random_state=0).fit(z.numpy().astype(np.float64))
+    assert np.allclose(np.sort(method.centers.numpy(), axis=0), np.sort(reference.cluster_centers_, axis=0), atol=1e-4)
+    assert len(np.unique(result.labels)) == 3
+
+
+def test_autoencoder_choice_and_shapes():
+    gray = InputSpec(n_samples=10, channels=1, image_size=(8, 8), mean=[0.5], std=[0.2])
+    rgb = InputSpec(n_samples=10, channels=3, image_size=(20, 20), mean=[0.5] * 3, std=[0.2] * 3)
+    features = InputSpec(n_samples=10, feature_dim=7, mean=[0.0] * 7, std=[1.0] * 7)
+    assert isinstance(AeKMeans(3, gray, AeKMeansParams()).autoencoder, FullyConnectedAutoencoder)
+    assert isinstance(AeKMeans(3, features, AeKMeansParams()).autoencoder, FullyConnectedAutoencoder)
+    conv = AeKMeans(3, rgb, AeKMeansParams())
+    assert isinstance(conv.autoencoder, ConvAutoencoder)
+    x = torch.randn(4, 3, 20, 20)
+    z = conv.embed(x)
+    assert z.shape == (4, 10)
+    assert conv.autoencoder.decode(z, x.shape).shape == x.shape
+    fc = AeKMeans(3, gray, AeKMeansParams(embedding_dim=5))
+    x = torch.randn(4, 1, 8, 8)
+    assert fc.autoencoder.decode(fc.embed(x), x.shape).shape == x.shape
+    assert fc.reconstruction_loss(x, fc.embed(x)).item() == pytest.approx(((fc.autoencoder.decode(fc.embed(x), x.shape) - x) ** 2).sum().item() / 4, rel=1e-5)
+    with pytest.raises(UserError):
+        AeKMeans(3, features, AeKMeansParams(autoencoder="conv"))
+    with pytest.raises(UserError):
+        AeKMeans(3, gray, AeKMeansParams(autoencoder="vae"))
+
+
+def test_centers_survive_a_state_dict_round_trip_and_logits_are_scaled_distances(dataset):
+    spec = InputSpec.from_dataset(dataset)
+    torch.manual_seed(0)
+    method = OtKMeans(3, spec, OtKMeansParams(center_lr_scale=10.0))
+    method.set_centers(torch.randn(3, 10))
+    method.centers_initialized.fill_(True)
+    copy = OtKMeans(3, spec, OtKMeansParams(center_lr_scale=10.0))
+    copy.load_state_dict(method.state_dict())
+    assert torch.allclose(copy.centers, method.centers) and bool(copy.centers_initialized)
+    method.eval()
+    x = method.standardize(dataset.data[:5])
+    z = method.embed(x)
+    expected = -(torch.cdist(z, method.centers) ** 2) / method.params.eps
+    assert torch.allclose(method.cluster_logits(x), expected, rtol=1e-3, atol=1e-2)
