@@ -31,6 +31,7 @@ class FitConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backbone: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
+    sync_batchnorm: bool = False  # several processes (torchrun): batch-norm statistics over the global batch (CUDA only)
     eval_every: int = 1
     cluster_proportions: str = "uniform"  # uniform | auto | comma-separated sizes | path to a file
     augment: dict = field(default_factory=dict)

@@ -5,6 +5,13 @@ method turns it into views and losses (`training_step`), the engine back-propaga
 on CUDA), steps the optimizer and the learning-rate schedule. After each epoch it predicts the
 whole evaluation set, scores it when labels exist (labels are never seen by the method),
 appends a row to the history and writes an atomic checkpoint.
+
+Launched by `torchrun` (several processes, usually one per GPU), the same loop is data parallel:
+every process holds the whole training set and draws the same permutation each epoch, and takes
+its slice of each global batch of --batch-size samples; the method runs wrapped in
+DistributedDataParallel (gradients averaged over processes); predictions are split over the
+processes and gathered; only rank 0 computes metrics, logs, shows progress bars and writes the
+run folder. Without torchrun nothing of this is active and a run is exactly what it was before.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from otclust import distributed as dist_utils
 from otclust.config import FitConfig
 from otclust.errors import UserError
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
@@ -58,10 +66,21 @@ def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
     return method
 
 
-def iterate_batches(data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False, order: torch.Tensor | None = None):
+def iterate_batches(
+    data: torch.Tensor,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool = False,
+    order: torch.Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+):
     """Yields (batch, indices) from a tensor; shuffling happens on the tensor's own device.
 
     `order` (indices, possibly repeating) replaces the shuffle when a method picks its samples.
+    With `world_size` > 1, each batch of `batch_size` (the global batch, a multiple of
+    world_size) is cut into world_size equal slices and this yields slice `rank` of each: the
+    processes must pass the same `order`.
     """
     if order is None:
         n = len(data)
@@ -70,8 +89,11 @@ def iterate_batches(data: torch.Tensor, batch_size: int, shuffle: bool, drop_las
         order = order.to(data.device)
         n = len(order)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
+    share = batch_size // world_size
     for start in range(0, stop, batch_size):
         indices = order[start : start + batch_size]
+        if world_size > 1:
+            indices = indices[rank * share : (rank + 1) * share]
         yield data[indices], indices
 
 
@@ -116,12 +138,21 @@ class Trainer:
 
     def __init__(self, config: FitConfig, out_dir: Path | None = None, progress: bool = True, log=None):
         self.config = config.validate()
-        self.out = RunWriter(out_dir) if out_dir is not None else None
-        self.progress = progress
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.device = select_device(config.device)
+        # Under torchrun this joins the process group; each process gets its GPU (cuda:LOCAL_RANK).
+        self.device = dist_utils.init_from_env(config.device)
+        self.distributed = dist_utils.is_initialized()
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.is_main = self.rank == 0
+        self.run_folder = Path(out_dir) if out_dir is not None else None
+        # Only rank 0 writes the run folder, logs and shows progress bars.
+        self.out = RunWriter(out_dir) if out_dir is not None and self.is_main else None
+        self.progress = progress and self.is_main
+        log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.log = log if self.is_main else (lambda message: None)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.method: ClusteringMethod | None = None
+        # What the training step calls: the method itself, or its DistributedDataParallel wrapper.
+        self.model: torch.nn.Module | None = None
         self.train_data: torch.Tensor | None = None  # the training set, on the device
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
@@ -143,6 +174,8 @@ class Trainer:
         if checkpoint is not None:
             spec = InputSpec(**checkpoint["spec"])
         self.method = method = build_method(config, spec).to(self.device)
+        if self.distributed:
+            self.method = method = self._prepare_distributed(method, dataset.n_samples)
         self.train_data = dataset.data.to(self.device)
         eval_data = eval_dataset.data.to(self.device) if eval_dataset is not dataset else self.train_data
         history: list[dict] = []
@@ -163,6 +196,7 @@ class Trainer:
             seconds_before = checkpoint.get("seconds", 0.0)
             _set_rng_state(checkpoint["rng"])
             self.log(f"resuming from epoch {start_epoch} of {config.epochs}")
+        self.model = self._wrap_for_training(method)
         if self.out is not None:
             self.out.write_config(config.to_dict())
         for note in dataset.notes:
@@ -178,14 +212,17 @@ class Trainer:
             for epoch in range(start_epoch, config.epochs):
                 epoch_started = time.perf_counter()
                 method.train()
+                self._seed_shared(epoch)
                 method.on_epoch_start(self, epoch)
                 losses = self._train_one_epoch(epoch, optimizer, scheduler, scaler)
+                self._sync_after_epoch(epoch)
                 method.on_epoch_end(self, epoch, losses)
                 row = {"epoch": epoch + 1, **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()}, "lr": optimizer.param_groups[0]["lr"]}
                 last = epoch + 1 == config.epochs
                 if (epoch + 1) % config.eval_every == 0 or last:
-                    proba = self.predict_proba(eval_data)
-                    row.update(_describe(proba, eval_dataset.labels))
+                    proba = self._predict_eval(eval_data)
+                    if self.is_main:
+                        row.update(_describe(proba, eval_dataset.labels))
                 row["seconds"] = round(time.perf_counter() - epoch_started, 3)
                 history.append(row)
                 self.log(_format_row(row, config.epochs))
@@ -193,21 +230,87 @@ class Trainer:
                     self.out.write_history(history)
                     self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
         seconds = seconds_before + time.perf_counter() - started
-        proba = self.predict_proba(eval_data, description="predicting")
+        proba = self._predict_eval(eval_data, description="predicting")
         labels = proba.argmax(axis=1)
         metrics = {"method": config.method, "data": config.data, "clusters": config.clusters, "epochs": config.epochs, "seed": config.seed, "n_samples": int(len(proba))}
-        if eval_dataset.labels is not None:
-            metrics.update(evaluate_clustering(eval_dataset.labels, labels))
-        else:
-            metrics["note"] = "no labels: ACC/NMI/ARI not computed"
-        metrics["nonempty_clusters"] = int(len(np.unique(labels)))
-        metrics["seconds"] = round(seconds, 2)
+        if self.is_main:
+            if eval_dataset.labels is not None:
+                metrics.update(evaluate_clustering(eval_dataset.labels, labels))
+            else:
+                metrics["note"] = "no labels: ACC/NMI/ARI not computed"
+            metrics["nonempty_clusters"] = int(len(np.unique(labels)))
+            metrics["seconds"] = round(seconds, 2)
+        if self.distributed:
+            # Every process returns rank 0's metrics and history (computed there only).
+            metrics, history = dist_utils.broadcast_object((metrics, history))
         if self.out is not None:
             if not method.trainable:
                 self._save_checkpoint(0, None, None, history, seconds)
             self.out.write_final_metrics(metrics)
             self.out.write_assignments(proba, eval_dataset.labels, eval_dataset.paths)
+        dist_utils.barrier()  # the run folder is complete when fit returns, on every process
         return FitResult(method=method, proba=proba, labels=labels, metrics=metrics, history=history)
+
+    # --- several processes --------------------------------------------------------------------
+    def _prepare_distributed(self, method: ClusteringMethod, n_samples: int) -> ClusteringMethod:
+        batch_size = min(self.config.batch_size, n_samples)
+        if self.world_size > 1 and batch_size % self.world_size != 0:
+            raise UserError(
+                f"--batch-size {batch_size} is the global batch and must be a multiple of the {self.world_size} processes "
+                f"(each takes an equal share): use e.g. {max(1, batch_size // self.world_size) * self.world_size}"
+            )
+        if self.config.sync_batchnorm and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise UserError(
+                    f"--sync-batchnorm needs CUDA GPUs: PyTorch {torch.__version__.split('+')[0]}'s SyncBatchNorm does not run on the CPU; "
+                    "drop the flag (each process then normalises with its own share of the batch)"
+                )
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        return method
+
+    def _wrap_for_training(self, method: ClusteringMethod) -> torch.nn.Module:
+        if self.config.sync_batchnorm and self.world_size == 1:
+            self.log("note: --sync-batchnorm has no effect in a single process")
+        if not (self.distributed and method.trainable):
+            return method
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: some steps leave parameters out (CLOT's self-labelling skips
+        # the projection head, SwAV freezes its prototypes for a while); a method says whether
+        # it may. Building the wrapper also copies rank 0's parameters and buffers everywhere.
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(method, device_ids=device_ids, find_unused_parameters=method.may_leave_parameters_unused())
+
+    def _seed_shared(self, epoch: int) -> None:
+        """Several processes: the same seed everywhere for the per-epoch hooks, so whole-data
+        steps (k-means, SeLa's labelling, custom sampling orders) agree between processes."""
+        if self.distributed:
+            seed_everything(_derived_seed(self.config.seed, epoch, 0))
+
+    def _seed_own(self, epoch: int) -> None:
+        """Several processes: a seed of this process's own for its augmentations."""
+        if self.distributed:
+            seed_everything(_derived_seed(self.config.seed, epoch, 1 + self.rank))
+
+    def _sync_after_epoch(self, epoch: int) -> None:
+        if not self.distributed:
+            return
+        # DDP copies rank 0's buffers at the start of each forward, so after the last step each
+        # process's batch-norm statistics include its own last batch: make them rank 0's again.
+        dist_utils.broadcast_buffers(self.method)
+        self._seed_shared(epoch)
+
+    def _predict_eval(self, data: torch.Tensor, description: str | None = None) -> np.ndarray:
+        """Cluster probabilities of the evaluation data: each process scores a slice, all get all."""
+        if not dist_utils.is_distributed():
+            return self.predict_proba(data, description=description)
+        chunk = math.ceil(len(data) / self.world_size)
+        shard = data[self.rank * chunk : (self.rank + 1) * chunk]
+        if len(shard):
+            proba = torch.from_numpy(self.predict_proba(shard, description=description))
+        else:
+            proba = torch.zeros((0, self.method.n_clusters))
+        return dist_utils.all_gather_rows(proba).numpy()
 
     def _train_one_epoch(self, epoch, optimizer, scheduler, scaler) -> dict[str, float]:
         config = self.config
@@ -219,14 +322,19 @@ class Trainer:
         order = method.epoch_order(self, epoch)
         if order is not None:
             steps = len(order) // batch_size
-        batches = iterate_batches(self.train_data, batch_size, shuffle=True, drop_last=True, order=order)
+        if self.distributed:
+            if order is None:  # the same permutation on every process, from the seed and the epoch
+                generator = torch.Generator().manual_seed(_derived_seed(config.seed, epoch, -1))
+                order = torch.randperm(n, generator=generator)
+            self._seed_own(epoch)
+        batches = iterate_batches(self.train_data, batch_size, shuffle=True, drop_last=True, order=order, rank=self.rank, world_size=self.world_size)
         if self.progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr)
         for step, (batch, indices) in enumerate(batches):
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                parts = method.training_step(batch, indices)
+                parts = self.model(batch, indices)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; try a smaller --lr")
@@ -239,6 +347,11 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
             if self.progress and hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        if dist_utils.is_distributed() and totals:
+            # The epoch's losses are those of the global batches: the mean over processes.
+            keys = sorted(totals)
+            means = dist_utils.all_reduce_mean(torch.tensor([totals[key] for key in keys], dtype=torch.float64, device=self.device))
+            totals = dict(zip(keys, means.tolist()))
         return {key: round(value / max(steps, 1), 5) for key, value in totals.items()}
 
     def _make_scheduler(self, optimizer, n_samples: int):
@@ -271,9 +384,23 @@ class Trainer:
         atomic_torch_save(state, self.out.checkpoint_path)
 
     def _load_own_checkpoint(self) -> dict:
-        if self.out is None:
+        if self.run_folder is None:
             raise UserError("resume needs an output folder with a checkpoint")
-        checkpoint = read_checkpoint(self.out.checkpoint_path)
+        path = RunWriter(self.run_folder).checkpoint_path
+        if not self.distributed:
+            checkpoint = read_checkpoint(path)
+        else:
+            # Rank 0 reads it and sends it to the others (their machines need not see the file).
+            answer = None
+            if self.is_main:
+                try:
+                    answer = ("ok", read_checkpoint(path))
+                except UserError as error:
+                    answer = ("error", str(error))
+            status, value = dist_utils.broadcast_object(answer)
+            if status == "error":
+                raise UserError(value)
+            checkpoint = value
         saved = checkpoint["config"]
         for key in ("method", "data", "clusters", "backbone"):
             if saved.get(key) != getattr(self.config, key):
@@ -309,6 +436,11 @@ def _format_row(row: dict, epochs: int) -> str:
         parts.append(f"clusters used {row['nonempty_clusters']}")
     parts.append(f"{row['seconds']:.1f}s")
     return "  ".join(parts)
+
+
+def _derived_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed for (run seed, epoch, stream) that does not collide with nearby run seeds."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, stream % 2**32]).generate_state(1)[0])
 
 
 def _get_rng_state() -> dict:

@@ -41,6 +41,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks")
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
+    parser.add_argument(
+        "--sync-batchnorm",
+        action="store_true",
+        default=None,
+        help="with several processes (torchrun): batch-norm statistics over the global batch instead of each process's share (SyncBatchNorm; CUDA GPUs only)",
+    )
     parser.add_argument("--eval-every", type=int, default=None, help="score the clustering every N epochs (default: 1)")
     parser.add_argument(
         "--cluster-proportions",
@@ -71,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     values = dict(get_method_class(method_name).default_config)
     values.update(file_values)
     values["method"] = method_name
-    for field in ("data", "split", "clusters", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "eval_every", "cluster_proportions", "download", "image_size"):
+    for field in ("data", "split", "clusters", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value

@@ -32,20 +32,25 @@ def default_out(config) -> Path:
 
 def run(args) -> int:
     from otclust.data import load_dataset
+    from otclust.distributed import env_rank
     from otclust.engine import Trainer
     from otclust.runs import prepare_output_folder
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config)
-    if not args.resume:
+    main = env_rank() == 0  # under torchrun only rank 0 touches the run folder
+    if main and not args.resume:
         prepare_output_folder(out, overwrite=args.overwrite, check_only=True)
     dataset = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size)
     eval_dataset = None
     if args.eval_split and args.eval_split != config.split:
         eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size)
-    out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
+    if main:
+        out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
     trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
     result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
+    if not trainer.is_main:
+        return 0
     print(format_metrics_table(result.metrics))
     print(f"run folder: {out}")
     if args.report:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, augment_config_from_dict
+from otclust.distributed import all_reduce_sum, is_distributed
 from otclust.errors import UserError
 from otclust.models import build_backbone
 from otclust.ot.priors import estimate_sizes, match_prior_to_mass
@@ -110,6 +111,11 @@ class ClusteringMethod(nn.Module):
     def make_backbone(self) -> nn.Module:
         return build_backbone(self.backbone_name, self.spec.channels, self.spec.image_size, self.spec.feature_dim)
 
+    def forward(self, batch: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training step. The engine calls the method through this (as `model(batch, indices)`)
+        because DistributedDataParallel only synchronises gradients of what runs in `forward`."""
+        return self.training_step(batch, indices)
+
     # --- what every method implements ---------------------------------------------------
     def training_step(self, batch: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batch of raw data (uint8 images or float features) -> {'loss': total, ...parts}."""
@@ -148,6 +154,15 @@ class ClusteringMethod(nn.Module):
         """Groups for the optimizer; override to give e.g. cluster centres another learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether some training steps leave parameters without a gradient (a part skipped or frozen).
+
+        With several processes the engine then has DistributedDataParallel look for such
+        parameters at every step (find_unused_parameters, one extra pass over the graph). A method
+        whose every step uses every parameter returns False.
+        """
+        return True
+
     def method_state(self) -> dict:
         """Non-parameter state to checkpoint (pseudo-labels, queues); tensors or plain values."""
         return {}
@@ -164,8 +179,18 @@ class ClusteringMethod(nn.Module):
 
     @torch.no_grad()
     def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:
-        """Column marginal b for this batch's OT problem, given the batch's predicted probabilities."""
-        self.predicted_mass.mul_(0.9).add_(0.1 * probs.float().mean(dim=0))
+        """Column marginal b for this batch's OT problem, given the batch's predicted probabilities.
+
+        With several processes the batch is the global one: its mean predicted mass is averaged
+        over the processes (an all_reduce), so every process returns the same b.
+        """
+        if is_distributed():
+            stats = torch.cat([probs.float().sum(dim=0), probs.new_tensor([probs.shape[0]], dtype=torch.float32)])
+            stats = all_reduce_sum(stats)
+            batch_mass = stats[:-1] / stats[-1]
+        else:
+            batch_mass = probs.float().mean(dim=0)
+        self.predicted_mass.mul_(0.9).add_(0.1 * batch_mass)
         if self.prior_mode == "known":
             return match_prior_to_mass(self.cluster_prior, self.predicted_mass)
         if self.prior_mode == "auto":
