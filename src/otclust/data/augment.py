@@ -94,9 +94,11 @@ class BatchAugmenter:
         self.config = config
         self.normalizer = normalizer
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`output_size` (H, W) resamples the crop to that size (SwAV's small multi-crop views);
+        None keeps the input size."""
         x = self.normalizer.to_unit(images)
-        x = self._geometric(x, generator)
+        x = self._geometric(x, generator, output_size)
         x = self._photometric(x, generator)
         return self.normalizer.standardize(x)
 
@@ -106,7 +108,7 @@ class BatchAugmenter:
     def _bernoulli(self, n, p, x, generator):
         return torch.rand(n, device=x.device, generator=generator) < p
 
-    def _geometric(self, x: torch.Tensor, generator) -> torch.Tensor:
+    def _geometric(self, x: torch.Tensor, generator, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Random resized crop, rotation and flip as one affine warp per sample."""
         c = self.config
         n = x.shape[0]
@@ -128,7 +130,8 @@ class BatchAugmenter:
             ],
             dim=1,
         )
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        shape = list(x.shape) if output_size is None else [n, x.shape[1], int(output_size[0]), int(output_size[1])]
+        grid = F.affine_grid(theta, shape, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _photometric(self, x: torch.Tensor, generator) -> torch.Tensor:
