@@ -31,12 +31,14 @@ def squared_distances(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.
     """N x K matrix of ||x_i - mu_k||^2, differentiable in both arguments.
 
     Uses the expansion |x|^2 + |mu|^2 - 2 x.mu (one matmul, no N x K x D tensor) rather than
-    cdist: cdist's square root has an infinite derivative at distance 0, which happens when a
-    center sits on a sample.
+    cdist(...)**2: the square root inside cdist has an infinite derivative at distance 0, which
+    happens when a center sits on a sample, and turns that gradient into NaN. The price is
+    cancellation when distances are tiny next to the norms (float32: absolute error ~1e-7 |x|^2).
     """
     if embeddings.dim() != 2 or centers.dim() != 2 or embeddings.shape[1] != centers.shape[1]:
         raise ValueError(
-            f"embeddings (N x D) and centers (K x D) must share D, got {tuple(embeddings.shape)} and {tuple(centers.shape)}"
+            "embeddings (N x D) and centers (K x D) must share D, "
+            f"got {tuple(embeddings.shape)} and {tuple(centers.shape)}"
         )
     x2 = (embeddings * embeddings).sum(dim=1, keepdim=True)
     m2 = (centers * centers).sum(dim=1)[None, :]

@@ -1,0 +1,148 @@
+"""The OT k-means loss: values against POT and closed forms, gradients against finite differences."""
+
+import numpy as np
+import pytest
+import torch
+
+import ot
+from otclust.ot import ot_kmeans_loss, soft_kmeans_loss
+
+torch.set_num_threads(1)
+
+
+def _problem(n=12, k=3, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mu = torch.randn(k, d, generator=g, dtype=torch.float64)
+    return x, mu
+
+
+def _sq_dist(x, mu):
+    return ((x[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
+
+
+def test_loss_equals_pot_transport_cost_with_weights():
+    x, mu = _problem(n=20, k=4)
+    w = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    eps = 0.3
+    loss, plan = ot_kmeans_loss(x, mu, eps, weights=w, tol=1e-12, n_iters=10000)
+    m = _sq_dist(x, mu).numpy()
+    a = np.full(20, 1 / 20)
+    ref_plan = ot.sinkhorn(a, w.numpy(), m, eps, stopThr=1e-12, numItermax=100000)
+    ref_value = ot.sinkhorn2(a, w.numpy(), m, eps, stopThr=1e-12, numItermax=100000)
+    assert float(ref_value) == pytest.approx(float((ref_plan * m).sum()), rel=1e-10)  # sinkhorn2 = <G, M>
+    assert float(loss) == pytest.approx(float(ref_value), rel=1e-8)
+    assert np.abs(plan.numpy() - ref_plan).max() < 1e-9
+    assert not plan.requires_grad
+    assert torch.allclose(plan.sum(1), torch.full((20,), 1 / 20, dtype=torch.float64))
+    assert torch.allclose(plan.sum(0), w, rtol=1e-10)
+    # with the entropy term: the full regularized value OT_eps of the paper
+    reg, _ = ot_kmeans_loss(x, mu, eps, weights=w, tol=1e-12, n_iters=10000, entropy=True)
+    ref_reg = (ref_plan * m).sum() + eps * (ref_plan * (np.log(ref_plan) - 1)).sum()
+    assert float(reg) == pytest.approx(float(ref_reg), rel=1e-8)
+
+
+def _reg_value(x, mu, eps, w=None):
+    with torch.no_grad():
+        return float(ot_kmeans_loss(x, mu, eps, weights=w, tol=1e-13, n_iters=100000, entropy=True)[0])
+
+
+@pytest.mark.parametrize("wrt", ["embeddings", "centers"])
+def test_gradient_is_that_of_the_regularized_value(wrt):
+    """Envelope theorem: autograd through the detached plan = d OT_eps, checked by finite differences."""
+    x, mu = _problem(n=10, k=3, d=2, seed=1)
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    eps = 0.5
+    x.requires_grad_(True)
+    mu.requires_grad_(True)
+    loss, _ = ot_kmeans_loss(x, mu, eps, weights=w, tol=1e-13, n_iters=100000)
+    loss.backward()
+    var = x if wrt == "embeddings" else mu
+    grad = var.grad.clone()
+    h = 1e-5
+    fd = torch.zeros_like(grad)
+    with torch.no_grad():
+        for idx in np.ndindex(*var.shape):
+            base = var[idx].item()
+            var[idx] = base + h
+            up = _reg_value(x.detach(), mu.detach(), eps, w)
+            var[idx] = base - h
+            down = _reg_value(x.detach(), mu.detach(), eps, w)
+            var[idx] = base
+            fd[idx] = (up - down) / (2 * h)
+    assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-8), (grad, fd)
+    # and it differs from the gradient of the unregularized transport cost <pi(theta), C(theta)>,
+    # so the test above can tell the two apart
+    with torch.no_grad():
+        def transport(z):
+            xx, mm = (z, mu.detach()) if wrt == "embeddings" else (x.detach(), z)
+            return float(ot_kmeans_loss(xx, mm, eps, weights=w, tol=1e-13, n_iters=100000)[0])
+
+        z = var.detach().clone()
+        z[0, 0] += h
+        up = transport(z)
+        z[0, 0] -= 2 * h
+        down = transport(z)
+    assert abs((up - down) / (2 * h) - float(grad[0, 0])) > 1e-4
+
+
+def test_float32_gradient_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    mu = torch.randn(5, 8, requires_grad=True)
+    losses = []
+    for _ in range(5):  # plain gradient descent on the centers (torch.optim takes seconds to import)
+        loss, plan = ot_kmeans_loss(x, mu, eps=0.1)
+        (grad,) = torch.autograd.grad(loss, mu)
+        with torch.no_grad():
+            mu -= 0.5 * grad
+        losses.append(float(loss.detach()))
+        assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
+    assert losses[-1] < losses[0]
+
+
+def test_large_eps_gives_the_independent_coupling():
+    """Proposition 1: eps -> inf makes pi -> (1/n) 1 w^T."""
+    x, mu = _problem(n=15, k=3)
+    w = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    _, plan = ot_kmeans_loss(x, mu, eps=1e4, weights=w)
+    assert torch.allclose(plan, torch.full((15, 1), 1 / 15, dtype=torch.float64) * w, rtol=1e-3)
+
+
+def test_soft_kmeans_is_the_one_marginal_closed_form():
+    x, mu = _problem(n=16, k=4, d=3)
+    eps = 0.7
+    cost = _sq_dist(x, mu)
+    pi = torch.softmax(-cost / eps, dim=1) / 16
+    loss, plan = soft_kmeans_loss(x, mu, eps)
+    assert torch.allclose(plan, pi, rtol=1e-12)
+    assert float(loss) == pytest.approx(float((pi * cost).sum()), rel=1e-12)
+    reg, _ = soft_kmeans_loss(x, mu, eps, entropy=True)
+    direct = (pi * cost).sum() + eps * (pi * (torch.log(pi) - 1)).sum()
+    assert float(reg) == pytest.approx(float(direct), rel=1e-12)
+    # the OT loss with its column constraint set to the soft k-means column sums is the same problem
+    ot_loss, ot_plan = ot_kmeans_loss(x, mu, eps, weights=pi.sum(0), tol=1e-12, n_iters=10000)
+    assert torch.allclose(ot_plan, pi, rtol=1e-8)
+
+
+def test_soft_kmeans_gradients():
+    x, mu = _problem(n=9, k=3, d=2, seed=3)
+    eps = 0.4
+    x.requires_grad_(True)
+    # entropy=True: envelope gradient, i.e. that of sum(pi.detach() * C)
+    reg, plan = soft_kmeans_loss(x, mu, eps, entropy=True)
+    (g_reg,) = torch.autograd.grad(reg, x)
+    (g_env,) = torch.autograd.grad((plan * _sq_dist(x, mu)).sum(), x)
+    assert torch.allclose(g_reg, g_env, rtol=1e-10)
+    # entropy=False: DKM differentiates through the softmax too
+    dkm, _ = soft_kmeans_loss(x, mu, eps)
+    (g_dkm,) = torch.autograd.grad(dkm, x)
+    pi = torch.softmax(-_sq_dist(x, mu) / eps, dim=1) / 9
+    (g_ref,) = torch.autograd.grad((pi * _sq_dist(x, mu)).sum(), x)
+    assert torch.allclose(g_dkm, g_ref, rtol=1e-10)
+    assert not torch.allclose(g_dkm, g_env, rtol=1e-3)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        ot_kmeans_loss(torch.randn(4, 3), torch.randn(2, 2), 0.1)
