@@ -25,3 +25,34 @@ def blob_images():
             images.append(np.clip(img, 0, 255))
             labels.append(label)
     return np.array(images, dtype=np.uint8), np.array(labels)
+
+
+@pytest.fixture
+def run_interrupted_and_resumed(tmp_path):
+    """Train `config` straight through, and again interrupted after `stop_after` epochs then
+    resumed from its checkpoint; returns (straight, resumed) FitResults for comparison."""
+    from otclust.engine import Trainer
+    from otclust.runs import prepare_output_folder
+
+    def quiet(_message):
+        pass
+
+    def run(config, dataset, stop_after: int = 2):
+        straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "straight"), progress=False, log=quiet).fit(dataset)
+        out = prepare_output_folder(tmp_path / "interrupted")
+        trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
+        original, done = trainer._train_one_epoch, {"epochs": 0}
+
+        def interrupt(*args, **kwargs):
+            if done["epochs"] == stop_after:
+                raise KeyboardInterrupt
+            done["epochs"] += 1
+            return original(*args, **kwargs)
+
+        trainer._train_one_epoch = interrupt
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(dataset)
+        resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(dataset, resume=True)
+        return straight, resumed
+
+    return run

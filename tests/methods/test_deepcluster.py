@@ -6,7 +6,6 @@ from otclust.config import FitConfig
 from otclust.engine import Trainer
 from otclust.estimator import dataset_from_array
 from otclust.methods.deepcluster import kmeans, split_empty_clusters, uniform_label_order
-from otclust.runs import prepare_output_folder
 
 
 @pytest.fixture
@@ -71,22 +70,8 @@ def test_epoch_order_is_uniform_over_pseudo_labels():
     assert len(torch.unique(big)) == len(big)
 
 
-def test_resume_restores_the_pseudo_labels_and_matches_an_uninterrupted_run(tmp_path, blobs):
+def test_resume_restores_the_pseudo_labels_and_matches_an_uninterrupted_run(run_interrupted_and_resumed, blobs):
     config = FitConfig(method="deepcluster", clusters=3, epochs=3, batch_size=40, seed=1, params={"pca_dim": 4})
-    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet).fit(blobs)
-    out = prepare_output_folder(tmp_path / "b")
-    trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
-    original, calls = trainer._train_one_epoch, {"n": 0}
-
-    def interrupt_after_two(*args, **kwargs):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    trainer._train_one_epoch = interrupt_after_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(blobs)
-    resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(blobs, resume=True)
+    straight, resumed = run_interrupted_and_resumed(config, blobs)
     assert torch.equal(resumed.method.pseudo_labels.cpu(), straight.method.pseudo_labels.cpu())
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)

@@ -60,24 +60,10 @@ def test_hierarchy_targets_and_heads(blob_images):
         DeeperCluster(3, InputSpec(n_samples=120, channels=1, image_size=(8, 6), mean=[0.2], std=[0.3]), DeeperClusterParams())
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, blobs):
+def test_resume_matches_an_uninterrupted_run(run_interrupted_and_resumed, blobs):
     from otclust.runs import prepare_output_folder
 
     config = FitConfig(method="deepercluster", clusters=3, epochs=3, batch_size=40, seed=1, params={"pca_dim": 4, "reassignment": 2})
-    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet).fit(blobs)
-    out = prepare_output_folder(tmp_path / "b")
-    trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
-    original, calls = trainer._train_one_epoch, {"n": 0}
-
-    def interrupt_after_two(*args, **kwargs):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    trainer._train_one_epoch = interrupt_after_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(blobs)
-    resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(blobs, resume=True)
+    straight, resumed = run_interrupted_and_resumed(config, blobs)
     assert torch.equal(resumed.method.subclusters.cpu(), straight.method.subclusters.cpu())
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)

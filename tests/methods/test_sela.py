@@ -8,7 +8,6 @@ from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
 from otclust.methods.sela import Sela, SelaParams
 from otclust.ot import sinkhorn
-from otclust.runs import prepare_output_folder
 
 
 @pytest.fixture
@@ -59,22 +58,8 @@ def test_label_updates_are_spread_over_the_epochs():
     assert torch.equal(torch.bincount(method.labels[0]), torch.tensor([5, 5]))
 
 
-def test_resume_restores_the_labels_and_matches_an_uninterrupted_run(tmp_path, blobs):
+def test_resume_restores_the_labels_and_matches_an_uninterrupted_run(run_interrupted_and_resumed, blobs):
     config = FitConfig(method="sela", clusters=3, epochs=3, batch_size=40, seed=1, params={"label_updates": 2})
-    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet).fit(blobs)
-    out = prepare_output_folder(tmp_path / "b")
-    trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
-    original, calls = trainer._train_one_epoch, {"n": 0}
-
-    def interrupt_after_two(*args, **kwargs):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    trainer._train_one_epoch = interrupt_after_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(blobs)
-    resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(blobs, resume=True)
+    straight, resumed = run_interrupted_and_resumed(config, blobs)
     assert torch.equal(resumed.method.labels.cpu(), straight.method.labels.cpu())
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)

@@ -8,7 +8,6 @@ from otclust.engine import Trainer
 from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
 from otclust.methods.swav import Swav, SwavParams
-from otclust.runs import prepare_output_folder
 
 
 @pytest.fixture
@@ -80,26 +79,12 @@ def test_prototypes_frozen_at_first_then_trained_and_kept_on_the_sphere(blob_ima
         assert torch.allclose(layer.weight.norm(dim=1), torch.ones(len(layer.weight)), atol=1e-5)
 
 
-def test_multi_crop_and_queue_run_and_the_queue_resumes(tmp_path, blobs):
+def test_multi_crop_and_queue_run_and_the_queue_resumes(run_interrupted_and_resumed, blobs):
     params = {"n_small_crops": 2, "small_crop_size": 4, "queue_length": 60, "queue_start_epoch": 1, "freeze_prototypes_iters": 0}
     config = FitConfig(method="swav", clusters=3, epochs=3, batch_size=40, seed=1, params=params)
-    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet).fit(blobs)
+    straight, resumed = run_interrupted_and_resumed(config, blobs)
     method = straight.method
     assert method.queue.shape == (2, 60, 128) and method.queue_filled == 60
     assert method.iteration == 9
-    out = prepare_output_folder(tmp_path / "b")
-    trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
-    original, calls = trainer._train_one_epoch, {"n": 0}
-
-    def interrupt_after_two(*args, **kwargs):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    trainer._train_one_epoch = interrupt_after_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(blobs)
-    resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(blobs, resume=True)
     assert torch.allclose(resumed.method.queue, method.queue, atol=1e-5)
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)
