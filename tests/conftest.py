@@ -6,15 +6,14 @@ import torch
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def blob_images():
-    """Three visually distinct classes of 8x8 grayscale images (bars, dots, blank-ish) with noise."""
-    rng = np.random.default_rng(0)
-    n_per = 40
+def draw_blob_images(n_per: int = 40, size: int = 8, seed: int = 0):
+    """Three visually distinct classes of small grayscale images (vertical bar, horizontal bar,
+    two dots) on noise; returns (uint8 images N x size x size, labels)."""
+    rng = np.random.default_rng(seed)
     images, labels = [], []
     for label in range(3):
         for _ in range(n_per):
-            img = rng.integers(0, 40, size=(8, 8))
+            img = rng.integers(0, 40, size=(size, size))
             if label == 0:
                 img[:, 3:5] += 200
             elif label == 1:
@@ -25,6 +24,39 @@ def blob_images():
             images.append(np.clip(img, 0, 255))
             labels.append(label)
     return np.array(images, dtype=np.uint8), np.array(labels)
+
+
+@pytest.fixture
+def blob_images():
+    return draw_blob_images()
+
+
+@pytest.fixture(scope="session")
+def blob_image_folder(tmp_path_factory):
+    """The blob images as PNG files in one subfolder per class (folder:PATH data with labels)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("blob-images")
+    images, labels = draw_blob_images()
+    for name in ("bars", "stripes", "dots"):
+        (root / name).mkdir()
+    counts = [0, 0, 0]
+    for image, label in zip(images, labels):
+        name = ("bars", "stripes", "dots")[label]
+        Image.fromarray(image).save(root / name / f"{counts[label]}.png")
+        counts[label] += 1
+    return root
+
+
+@pytest.fixture
+def blobs(blob_images):
+    """blob_images as a labelled ImageDataset, ready for a Trainer."""
+    from otclust.estimator import dataset_from_array
+
+    images, labels = blob_images
+    dataset = dataset_from_array(images)
+    dataset.labels = labels
+    return dataset
 
 
 @pytest.fixture

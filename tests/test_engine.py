@@ -7,26 +7,17 @@ import torch
 from otclust.config import FitConfig
 from otclust.engine import Trainer, load_trained, read_checkpoint
 from otclust.errors import UserError
-from otclust.estimator import dataset_from_array
 from otclust.runs import prepare_output_folder
-
-
-@pytest.fixture
-def small_dataset(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    return dataset
 
 
 def quiet():
     return lambda message: None
 
 
-def test_run_folder_files(tmp_path, small_dataset):
+def test_run_folder_files(tmp_path, blobs):
     out = prepare_output_folder(tmp_path / "run")
     config = FitConfig(clusters=3, epochs=2, batch_size=40)
-    Trainer(config, out_dir=out, progress=False, log=quiet()).fit(small_dataset)
+    Trainer(config, out_dir=out, progress=False, log=quiet()).fit(blobs)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     final = json.loads((out / "metrics.json").read_text())
@@ -37,9 +28,9 @@ def test_run_folder_files(tmp_path, small_dataset):
     assert "method: clot" in (out / "config.yaml").read_text()
 
 
-def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path, small_dataset):
+def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path, blobs):
     config = FitConfig(clusters=3, epochs=3, batch_size=40, seed=1)
-    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet()).fit(small_dataset)
+    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "a"), progress=False, log=quiet()).fit(blobs)
     short = FitConfig(clusters=3, epochs=3, batch_size=40, seed=1)
     out_b = prepare_output_folder(tmp_path / "b")
     # Simulate an interruption after epoch 2: train 2 of 3 epochs' worth, then resume.
@@ -55,25 +46,25 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path, s
 
     trainer._train_one_epoch = interrupt_after_two
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(small_dataset)
+        trainer.fit(blobs)
     assert read_checkpoint(out_b / "model.pt")["epoch"] == 2
-    resumed = Trainer(short, out_dir=prepare_output_folder(out_b, resume=True), progress=False, log=quiet()).fit(small_dataset, resume=True)
+    resumed = Trainer(short, out_dir=prepare_output_folder(out_b, resume=True), progress=False, log=quiet()).fit(blobs, resume=True)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)
 
 
-def test_seed_makes_runs_reproducible(small_dataset):
+def test_seed_makes_runs_reproducible(blobs):
     config = FitConfig(clusters=3, epochs=1, batch_size=40, seed=3)
-    a = Trainer(config, progress=False, log=quiet()).fit(small_dataset)
-    b = Trainer(config, progress=False, log=quiet()).fit(small_dataset)
+    a = Trainer(config, progress=False, log=quiet()).fit(blobs)
+    b = Trainer(config, progress=False, log=quiet()).fit(blobs)
     np.testing.assert_array_equal(a.proba, b.proba)
 
 
-def test_load_trained_predicts_like_the_trainer(tmp_path, small_dataset):
+def test_load_trained_predicts_like_the_trainer(tmp_path, blobs):
     out = prepare_output_folder(tmp_path / "run")
-    result = Trainer(FitConfig(clusters=3, epochs=1, batch_size=40), out_dir=out, progress=False, log=quiet()).fit(small_dataset)
+    result = Trainer(FitConfig(clusters=3, epochs=1, batch_size=40), out_dir=out, progress=False, log=quiet()).fit(blobs)
     method, config = load_trained(out / "model.pt", device="cpu")
-    proba = method.predict_proba(small_dataset.data).numpy()
+    proba = method.predict_proba(blobs.data).numpy()
     np.testing.assert_allclose(proba, result.proba, atol=1e-5)
     assert config.clusters == 3
 
@@ -92,11 +83,11 @@ def test_output_folder_protection(tmp_path):
         prepare_output_folder(tmp_path / "missing", resume=True)
 
 
-def test_too_many_clusters_is_a_user_error(small_dataset):
+def test_too_many_clusters_is_a_user_error(blobs):
     with pytest.raises(UserError, match="more than"):
-        Trainer(FitConfig(clusters=500, epochs=1), progress=False, log=quiet()).fit(small_dataset)
+        Trainer(FitConfig(clusters=500, epochs=1), progress=False, log=quiet()).fit(blobs)
 
 
-def test_unknown_method_parameter_is_a_user_error(small_dataset):
+def test_unknown_method_parameter_is_a_user_error(blobs):
     with pytest.raises(UserError, match="valid ones"):
-        Trainer(FitConfig(clusters=3, epochs=1, params={"lambda_": 3}), progress=False, log=quiet()).fit(small_dataset)
+        Trainer(FitConfig(clusters=3, epochs=1, params={"lambda_": 3}), progress=False, log=quiet()).fit(blobs)

@@ -12,28 +12,10 @@ from otclust.cli import main
 from otclust.commands.predict import balanced_assignment
 
 
-def write_image_folder(root, n_per=40, size=8, seed=0):
-    """Three classes of small grayscale images, with the same file names in each class folder."""
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(["bars", "stripes", "dots"]):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per):
-            img = rng.integers(0, 40, size=(size, size))
-            if label == 0:
-                img[:, 3:5] += 200
-            elif label == 1:
-                img[3:5, :] += 200
-            else:
-                img[1:3, 1:3] += 200
-                img[5:7, 5:7] += 200
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, blob_image_folder):
     root = tmp_path_factory.mktemp("predict")
-    data = write_image_folder(root / "images")
+    data = blob_image_folder
     out = root / "run"
     assert main(["fit", "--data", f"folder:{data}", "--clusters", "3", "--epochs", "1", "--batch-size", "40", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     return out / "model.pt", data

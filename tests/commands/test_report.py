@@ -10,24 +10,6 @@ from PIL import Image
 from otclust.cli import main
 
 
-def write_image_folder(root, n_per=40, size=8, seed=0):
-    """Three classes of small grayscale images (vertical bar, horizontal bar, two dots)."""
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(["bars", "stripes", "dots"]):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per):
-            img = rng.integers(0, 40, size=(size, size))
-            if label == 0:
-                img[:, 3:5] += 200
-            elif label == 1:
-                img[3:5, :] += 200
-            else:
-                img[1:3, 1:3] += 200
-                img[5:7, 5:7] += 200
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 def check_page(run):
     """Every PNG of figures/ is valid and linked from report.html; returns the figure names."""
     page = (run / "report.html").read_text()
@@ -44,9 +26,9 @@ def check_page(run):
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
+def image_run(tmp_path_factory, blob_image_folder):
     root = tmp_path_factory.mktemp("report")
-    data = write_image_folder(root / "images")
+    data = blob_image_folder
     out = root / "run"
     args = ["fit", "--data", f"folder:{data}", "--clusters", "3", "--epochs", "2", "--batch-size", "40", "--out", str(out), "--no-progress", "--report", "--device", "cpu"]
     assert main(args) == 0

@@ -4,16 +4,7 @@ import torch
 
 from otclust.config import FitConfig
 from otclust.engine import Trainer
-from otclust.estimator import dataset_from_array
 from otclust.methods.deepcluster import kmeans, split_empty_clusters, uniform_label_order
-
-
-@pytest.fixture
-def blobs(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    return dataset
 
 
 def quiet(message):

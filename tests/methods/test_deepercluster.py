@@ -5,17 +5,8 @@ import torch
 from otclust.config import FitConfig
 from otclust.engine import Trainer
 from otclust.errors import UserError
-from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
 from otclust.methods.deepercluster import DeeperCluster, DeeperClusterParams, rotate_batch
-
-
-@pytest.fixture
-def blobs(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    return dataset
 
 
 def quiet(message):

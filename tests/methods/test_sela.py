@@ -4,18 +4,9 @@ import torch
 
 from otclust.config import FitConfig
 from otclust.engine import Trainer
-from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
 from otclust.methods.sela import Sela, SelaParams
 from otclust.ot import sinkhorn
-
-
-@pytest.fixture
-def blobs(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    return dataset
 
 
 def quiet(message):
