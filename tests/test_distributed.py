@@ -146,6 +146,13 @@ def _worker(rank: int, port: int, folder: str) -> None:
     half = scores.chunk(WORLD)[rank]
     out["plan_fixed"] = sinkhorn(half, eps=0.1, b=b, n_iters=300, distributed=True).plan
     out["plan_tol"] = sinkhorn(half, eps=0.05, b=b, tol=1e-5, distributed=True).plan
+    # Processes given different priors must all fail at once instead of waiting for each other.
+    own_b = b.roll(rank)
+    try:
+        sinkhorn(half, eps=0.05, b=own_b, tol=1e-5, distributed=True)
+        out["prior_mismatch_error"] = None
+    except ValueError as error:
+        out["prior_mismatch_error"] = str(error)
 
     # 2. NT-Xent with the negatives of both processes.
     z_a, z_b = (z.chunk(WORLD)[rank].clone().requires_grad_(True) for z in _nt_xent_inputs())
@@ -241,6 +248,11 @@ def test_distributed_sinkhorn_equals_sinkhorn_on_the_whole_batch(runs):
         halves = torch.cat([r[key] for r in runs["ranks"]])
         # Compared as n * plan (rows sum to 1), so 1e-5 is relative to an entry's scale.
         torch.testing.assert_close(halves * n, whole * n, atol=1e-5, rtol=0)
+
+
+def test_processes_with_different_priors_all_get_an_error_instead_of_a_hang(runs):
+    for rank in range(WORLD):
+        assert "different cluster priors" in runs["ranks"][rank]["prior_mismatch_error"]
 
 
 def test_gathered_nt_xent_is_the_whole_batch_loss_on_each_process_anchors(runs):

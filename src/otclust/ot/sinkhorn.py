@@ -526,6 +526,39 @@ class _Solver:
         return plan, log_u, log_v
 
 
+def _check_same_problem_everywhere(b, eps, tol, n_iters, overrelax) -> None:
+    """Raise the same ValueError on every process if they were not given the same problem.
+
+    Processes that disagree on the prior or the stopping rule would stop after different
+    iterations, and the first process to leave the loop would leave the others waiting forever
+    in an all-reduce; failing loudly on all of them at once is the only useful outcome. Two small
+    collectives: the first compares sizes and settings (so the second cannot be mis-sized).
+    """
+    import torch.distributed as dist
+
+    settings = torch.tensor(
+        [float(b.numel()), eps, -1.0 if tol is None else float(tol), float(n_iters), float(overrelax)],
+        dtype=torch.float64,
+        device=b.device,
+    )
+    both = torch.cat([settings, -settings])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    n = len(settings)
+    if not torch.equal(both[:n], -both[n:]):
+        raise ValueError(
+            "sinkhorn(distributed=True): processes passed different K, eps, tol, n_iters or overrelax; "
+            "every process must solve the same problem"
+        )
+    prior = b.to(torch.float64)
+    both = torch.cat([prior, -prior])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if float((both[: len(prior)] + both[len(prior) :]).abs().max()) > 1e-6 * float(prior.max()):
+        raise ValueError(
+            "sinkhorn(distributed=True): processes passed different cluster priors b; "
+            "compute b from all-reduced quantities so that every process has the same one"
+        )
+
+
 def _warm_log_v(warm_start, k: int, device, pot_dtype):
     if warm_start is None:
         return None
@@ -640,6 +673,8 @@ def sinkhorn(
             )
         # float32 priors are off by rounding; an exact match lets the error go below that
         b = b * (sum_a / b.sum())
+        if distributed:
+            _check_same_problem_everywhere(b, eps, tol, n_iters, overrelax)
 
         beta0 = _warm_log_v(warm_start, k, device, pot_dtype)
         solver = _Solver(s, eps, a, b, beta0, pot_dtype, distributed, overrelax)
