@@ -8,6 +8,19 @@ from otclust.config import FitConfig, coerce_param, load_config_file
 from otclust.errors import UserError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has a real one.
+
+    Most options default to None so that a --config file can fill them in; their help text names
+    the effective default itself, and argparse's "(default: None)" would contradict it.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_data_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
     from otclust.data import DATASET_NAMES
 

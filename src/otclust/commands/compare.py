@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from otclust.commands.common import add_data_options
+from otclust.commands.common import HelpFormatter, add_data_options
 
 TABLES = ["comparison.md", "comparison.csv", "runs.csv"]
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
             "Methods not implemented in this installation are skipped and listed; a failing run is "
             "reported in the table instead of stopping the comparison."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_data_options(parser)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every implemented method)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from otclust.commands.common import add_training_options, config_from_args
+from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
         "fit",
         help="train a clustering model on a data set and write a run folder",
         description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint every epoch), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist) and assignments.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_training_options(parser)
     parser.add_argument("--eval-split", default=None, help="score on this split instead of the training data (e.g. --split train --eval-split test)")

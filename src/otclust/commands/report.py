@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from otclust.commands.common import HelpFormatter
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def add_parser(subparsers) -> None:
             "predicted with model.pt. Parts needing labels or images are left out with a note when the data "
             "have none. How to read it: docs/reports.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'otclust fit'")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR/report.html")

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from otclust.commands.common import add_training_options
+from otclust.commands.common import HelpFormatter, add_training_options
 
 TABLES = ["sweep.csv", "sweep.md", "runs.csv", "sweep.png"]
 
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
             "option is the same as for `otclust fit`, including --param KEY=VALUE for fixed parameters."
         ),
         epilog="example: otclust sweep --method ot-kmeans --data digits --param eps --values 0.003,0.01,0.03,0.1 --seeds 3 --out runs/sweep-eps",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_training_options(parser)
     parser.add_argument("--values", required=True, help="comma-separated values of the swept parameter, e.g. 0.003,0.01,0.03,0.1")
