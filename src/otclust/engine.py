@@ -32,7 +32,7 @@ from otclust.errors import UserError
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params
 from otclust.metrics import evaluate_clustering
-from otclust.ot.priors import parse_cluster_proportions
+from otclust.ot.priors import parse_cluster_proportions, size_penalty
 from otclust.runs import RunWriter, atomic_torch_save
 
 CHECKPOINT_FORMAT = "otclust-checkpoint-1"
@@ -62,7 +62,7 @@ def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
         raise UserError(f"--clusters {config.clusters} is more than the {spec.n_samples} samples: choose fewer clusters")
     method = method_class(config.clusters, spec, params, backbone=config.backbone, augment=config.augment)
     mode, sizes = parse_cluster_proportions(config.cluster_proportions, config.clusters)
-    method.set_cluster_prior(mode, sizes)
+    method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions))
     return method
 
 

@@ -25,6 +25,22 @@ def test_pseudo_labels_are_balanced_and_follow_the_predictions():
     assert q[top, 1].mean() > q[:, 1].mean()
 
 
+def test_relaxed_auto_prior_lets_cluster_sizes_follow_the_predictions():
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(2, spec, ClotParams(lam=5, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
+    torch.manual_seed(0)
+    logits = torch.randn(64, 2)
+    logits[:48, 0] += 4  # three quarters of the batch clearly belong to cluster 0
+    balanced = method.pseudo_labels(logits).sum(0)
+    method.set_cluster_prior("auto", None, size_penalty=0.05)
+    relaxed = method.pseudo_labels(logits).sum(0)
+    torch.testing.assert_close(relaxed.sum(), torch.tensor(64.0))  # every sample still hands out all its mass
+    assert abs(float(balanced[0]) - 32) < 1.0  # the hard constraint: equal halves
+    assert float(relaxed[0]) > 40  # the KL-relaxed one moves most of the way towards 48
+
+
 def test_clot_few_steps_loss_goes_down_and_no_collapse(blob_images):
     images, labels = blob_images
     dataset = dataset_from_array(images)

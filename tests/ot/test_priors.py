@@ -2,12 +2,15 @@ import pytest
 import torch
 
 from otclust.errors import UserError
-from otclust.ot.priors import estimate_sizes, match_prior_to_mass, parse_cluster_proportions
+from otclust.ot.priors import estimate_sizes, match_prior_to_mass, parse_cluster_proportions, size_penalty
 
 
 def test_parse_modes(tmp_path):
     assert parse_cluster_proportions("uniform", 3) == ("uniform", None)
     assert parse_cluster_proportions("auto", 3) == ("auto", None)
+    assert parse_cluster_proportions("auto:0.1", 3) == ("auto", None)
+    assert size_penalty("auto:0.1") == 0.1
+    assert size_penalty("auto") is None and size_penalty("uniform") is None
     mode, sizes = parse_cluster_proportions("2,1,1", 3)
     assert mode == "known" and torch.allclose(sizes, torch.tensor([0.5, 0.25, 0.25]))
     file = tmp_path / "sizes.txt"
@@ -15,7 +18,7 @@ def test_parse_modes(tmp_path):
     assert torch.allclose(parse_cluster_proportions(str(file), 2)[1], torch.tensor([0.2, 0.8]))
 
 
-@pytest.mark.parametrize("spec", ["0.5,0.5", "a,b,c", "0,1,1", "nonsense"])
+@pytest.mark.parametrize("spec", ["0.5,0.5", "a,b,c", "0,1,1", "nonsense", "auto:", "auto:-1", "auto:x"])
 def test_bad_proportions_are_user_errors(spec):
     with pytest.raises(UserError):
         parse_cluster_proportions(spec, 3)

@@ -20,6 +20,7 @@ from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, a
 from otclust.distributed import all_reduce_sum, is_distributed
 from otclust.errors import UserError
 from otclust.models import build_backbone
+from otclust.ot import sinkhorn, sinkhorn_semi_relaxed
 from otclust.ot.priors import estimate_sizes, match_prior_to_mass
 
 
@@ -172,10 +173,22 @@ class ClusteringMethod(nn.Module):
             setattr(self, key, value)
 
     # --- shared by all ---------------------------------------------------------------------
-    def set_cluster_prior(self, mode: str, sizes: torch.Tensor | None) -> None:
+    def set_cluster_prior(self, mode: str, sizes: torch.Tensor | None, size_penalty: float | None = None) -> None:
+        """Install the run's size prior; size_penalty (from 'auto:TAU') relaxes the OT columns."""
         self.prior_mode = mode
+        self.size_penalty = size_penalty
         if sizes is not None:
             self.cluster_prior.copy_(sizes)
+
+    @torch.no_grad()
+    def transport_plan(self, scores, eps, b=None, n_iters=None, tol=None, warm_start=None, distributed=False):
+        """The OT plan of a method's pseudo-labels: balanced Sinkhorn, or with 'auto:TAU' the
+        semi-relaxed one whose column sums are only pulled towards b (warm starts unused there)."""
+        if getattr(self, "size_penalty", None) is None:
+            return sinkhorn(scores, eps=eps, b=b, n_iters=n_iters, tol=tol, warm_start=warm_start, distributed=distributed).plan
+        return sinkhorn_semi_relaxed(
+            scores, eps=eps, tau=self.size_penalty, b=b, n_iters=n_iters or 1000, tol=tol or 1e-4, distributed=distributed
+        ).plan
 
     @torch.no_grad()
     def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:

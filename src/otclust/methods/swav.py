@@ -48,7 +48,6 @@ from otclust.errors import UserError
 from otclust.losses.swapped_prediction import swapped_prediction_loss
 from otclust.methods.base import ClusteringMethod
 from otclust.models import ProjectionHead, ResNetCifar
-from otclust.ot import sinkhorn
 
 
 @dataclass
@@ -148,7 +147,7 @@ class Swav(ClusteringMethod):
         if distributed:
             column_mass = torch.logsumexp(all_gather_rows(column_mass[None]), dim=0)
         first_column = torch.log(sizes.double()) - column_mass
-        plan = sinkhorn(scores, eps=p.epsilon, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed).plan
+        plan = self.transport_plan(scores, eps=p.epsilon, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed)
         rows = plan.shape[0] * (world_size() if distributed else 1)
         return plan[-n:] * rows
 

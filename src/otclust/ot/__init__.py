@@ -2,5 +2,6 @@
 
 from otclust.ot.kmeans_loss import ot_kmeans_loss, soft_kmeans_loss, squared_distances
 from otclust.ot.sinkhorn import SinkhornResult, sinkhorn
+from otclust.ot.unbalanced import sinkhorn_semi_relaxed
 
-__all__ = ["SinkhornResult", "sinkhorn", "ot_kmeans_loss", "soft_kmeans_loss", "squared_distances"]
+__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_semi_relaxed", "ot_kmeans_loss", "soft_kmeans_loss", "squared_distances"]

@@ -1,7 +1,11 @@
 """Cluster-size priors: the column marginal b of the OT problems.
 
 --cluster-proportions takes 'uniform' (equal sizes, the default of SeLa/SwAV/CLOT), a known prior
-(comma-separated numbers or a file of them), or 'auto'. A known prior is a multiset of sizes, not
+(comma-separated numbers or a file of them), or 'auto' (sizes estimated from the model's own
+predictions as training goes). 'auto:TAU' also relaxes the size constraint itself: the columns
+of the OT problem are only pulled towards the estimated sizes by a KL penalty of strength TAU
+(unbalanced OT, see otclust.ot.unbalanced), so a cluster can grow past its current estimate when
+the scores insist. A known prior is a multiset of sizes, not
 tied to cluster indices (Genevay et al. point out that a k-means start can give the 80% size to
 the wrong cluster), so it is matched to the clusters by rank of their predicted mass: the largest
 size goes to the cluster the model currently fills most.
@@ -17,11 +21,15 @@ from otclust.errors import UserError
 
 
 def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Tensor | None]:
-    """Returns (mode, sizes) with mode in {'uniform', 'known', 'auto'}; sizes sum to 1 when known."""
+    """Returns (mode, sizes) with mode in {'uniform', 'known', 'auto'}; sizes sum to 1 when known.
+
+    The KL strength of 'auto:TAU' is read by ``size_penalty``.
+    """
     spec = str(spec).strip()
     if spec in ("", "uniform"):
         return "uniform", None
-    if spec == "auto":
+    if spec == "auto" or spec.startswith("auto:"):
+        size_penalty(spec)  # validates TAU
         return "auto", None
     text = spec
     if not any(ch == "," for ch in spec) and Path(spec).is_file():
@@ -38,6 +46,17 @@ def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Te
         raise UserError("--cluster-proportions must all be positive")
     sizes = torch.tensor(values, dtype=torch.float64)
     return "known", (sizes / sizes.sum()).float()
+
+
+def size_penalty(spec: str) -> float | None:
+    """TAU of 'auto:TAU' (KL-relaxed cluster sizes), or None: the sizes are a hard constraint."""
+    spec = str(spec).strip()
+    if not spec.startswith("auto:"):
+        return None
+    text = spec[len("auto:") :]
+    if not _is_number(text) or not float(text) > 0:
+        raise UserError(f"--cluster-proportions '{spec}': the KL strength after 'auto:' must be a positive number, e.g. auto:0.1")
+    return float(text)
 
 
 def _is_number(text: str) -> bool:
