@@ -53,6 +53,28 @@ def _sinkhorn_inputs():
     return scores, b
 
 
+def _sela_labels() -> dict:
+    """SeLa's labels of 47 feature vectors by the dense and the 8-bit (chunked) paths, same network."""
+    from otclust.estimator import dataset_from_array
+    from otclust.methods.base import InputSpec
+    from otclust.methods.sela import Sela, SelaParams
+
+    x, _ = _features()
+    dataset = dataset_from_array(x[:47])
+    torch.manual_seed(0)
+    method = Sela(3, InputSpec.from_dataset(dataset), SelaParams(lam=10, n_heads=2, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
+    labels = {"rows_scored": []}
+    for name in ("head_log_probs", "head_codes"):  # record how many samples this process scores
+        original = getattr(method, name)
+        setattr(method, name, lambda data, *a, _f=original, **k: labels["rows_scored"].append(len(data)) or _f(data, *a, **k))
+    for path, limit in (("dense", 2.0), ("quantized", 1e-9)):
+        method.params.dense_label_limit_gb = limit
+        method.update_labels(dataset.data)
+        assert [solve["path"] for solve in method.last_label_solve] == [path, path]
+        labels[path] = method.labels.clone()
+    return labels
+
+
 def _nt_xent_inputs():
     g = torch.Generator().manual_seed(1)
     return torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
@@ -154,6 +176,9 @@ def _worker(rank: int, port: int, folder: str) -> None:
     except ValueError as error:
         out["prior_mismatch_error"] = str(error)
 
+    # 1b. SeLa's whole-data labels: each process scores its share (23 and 24 of 47 samples).
+    out["sela_labels"] = _sela_labels()
+
     # 2. NT-Xent with the negatives of both processes.
     z_a, z_b = (z.chunk(WORLD)[rank].clone().requires_grad_(True) for z in _nt_xent_inputs())
     loss = nt_xent_loss(z_a, z_b, 0.5, gather=True)
@@ -248,6 +273,17 @@ def test_distributed_sinkhorn_equals_sinkhorn_on_the_whole_batch(runs):
         halves = torch.cat([r[key] for r in runs["ranks"]])
         # Compared as n * plan (rows sum to 1), so 1e-5 is relative to an entry's scale.
         torch.testing.assert_close(halves * n, whole * n, atol=1e-5, rtol=0)
+
+
+def test_sela_labels_of_shards_are_those_of_one_process(runs):
+    """Each process scored and solved its own rows (columns all-reduced), all got all labels."""
+    reference = _sela_labels()  # the same code in this single process: no sharding
+    assert set(reference["rows_scored"]) == {47}
+    for rank, result in enumerate(runs["ranks"]):
+        assert set(result["sela_labels"]["rows_scored"]) == {(23, 24)[rank]}
+        for path in ("dense", "quantized"):
+            assert result["sela_labels"][path].shape == (2, 47)
+            assert torch.equal(result["sela_labels"][path], reference[path]), path
 
 
 def test_processes_with_different_priors_all_get_an_error_instead_of_a_hang(runs):

@@ -23,7 +23,19 @@ by the engine's Adam + cosine schedule.
 
 The whole-data pass never holds more than one chunk of images in the network: P is built
 chunk by chunk (`label_batch_size`) and only the N x K log-probabilities of the heads are kept,
-so N may be far larger than a batch.
+so N may be far larger than a batch. At ImageNet scale (N = 1.28 M, K = 3000) even those do not
+fit (15.4 GB per head in float32): once n_heads x N x K x 4 bytes exceeds `dense_label_limit_gb`,
+each chunk's log-probabilities are quantized to one byte per entry on arrival and the labels come
+from the chunked solver ``otclust.ot.sinkhorn_labels`` (3.84 GB per head at that size; see
+``otclust.ot.large`` for what the quantization changes: labels only on near-ties). Its 8-bit grid
+covers at most 64/lambda nats below each sample's best cluster, centred by the previous
+labelling's log v (the network changes little between labellings); if the solve reports that
+the grid's floor carried visible mass (`floor_mass`), the data is scored once more with the grid
+centred on the new log v (at most `_LABEL_ROUNDS` scorings per labelling).
+
+Under torchrun each process scores only its contiguous share of the samples, the Sinkhorn
+column sums (and the predicted mass for the prior) are all-reduced, and the labels are gathered
+so that every process holds all of them.
 
 Prediction uses the head with the lowest running training loss (as CLOT; no labels are used),
 which is head 0 when there is a single head.
@@ -35,12 +47,17 @@ from dataclasses import dataclass
 
 import torch
 
-from otclust.distributed import all_reduce_mean
+from otclust.distributed import all_gather_rows, all_reduce_mean, is_distributed, rank, world_size
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import per_head_cross_entropy
 from otclust.methods.base import ClusteringMethod
 from otclust.models import ClusterHead
-from otclust.ot import sinkhorn
+from otclust.ot import QuantizedScores, sinkhorn_labels
+
+# The chunked path scores the data again, with the grid re-centred on the new log v, while the
+# solve reports more than this share of the plan's mass on the grid's floor; at most this often.
+_FLOOR_MASS_LIMIT = 1e-3
+_LABEL_ROUNDS = 3
 
 
 @dataclass
@@ -51,6 +68,7 @@ class SelaParams:
     sinkhorn_iters: int = 1000  # cap on Sinkhorn iterations per re-labelling
     sinkhorn_tol: float = 1e-2  # relative error on the cluster marginals at which Sinkhorn stops (hard labels need no more)
     label_batch_size: int = 1024  # images per forward pass when scoring the whole training set
+    dense_label_limit_gb: float = 2.0  # dense float32 scores while n_heads x N x K x 4 bytes fit (N: one process's share), else 8-bit codes
 
 
 class Sela(ClusteringMethod):
@@ -75,6 +93,9 @@ class Sela(ClusteringMethod):
         n = spec.n_samples
         self.labels = torch.stack([(torch.arange(n) % n_clusters)[torch.randperm(n)] for _ in range(params.n_heads)])
         self.label_epochs_done: list[int] = []
+        # Each head's log v of the last labelling (n_heads x K): centres the next quantization.
+        self.label_log_v: torch.Tensor | None = None
+        self.last_label_solve: list[dict] = []  # per head: path, iterations, error, floor mass, scorings
 
     # --- whole-data labelling -------------------------------------------------------------
     def update_epochs(self, total_epochs: int) -> list[int]:
@@ -95,21 +116,119 @@ class Sela(ClusteringMethod):
         self.train(was_training)
         return torch.cat(chunks, dim=1)
 
-    @torch.no_grad()
-    def solve_labels(self, log_p: torch.Tensor, head: int = 0) -> torch.Tensor:
-        """Hard labels of one head: argmax_k of the Sinkhorn plan diag(u) P^lambda diag(v)."""
-        p = self.params
-        # target_marginal keeps a running mass; give it this head's own history.
+    def _head_prior(self, head: int, probs: torch.Tensor) -> torch.Tensor:
+        """This head's cluster prior b (target_marginal keeps a running mass: give it the head's own)."""
         self.predicted_mass.copy_(self.head_mass[head])
-        sizes = self.target_marginal(log_p.exp())
+        sizes = self.target_marginal(probs)
         self.head_mass[head].copy_(self.predicted_mass)
-        plan = sinkhorn(log_p, eps=1.0 / p.lam, b=sizes, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol).plan
-        return plan.argmax(dim=1)
+        return sizes
+
+    @torch.no_grad()
+    def solve_labels(self, log_p: torch.Tensor, head: int = 0, distributed: bool = False) -> torch.Tensor:
+        """Hard labels of one head: argmax_k of the Sinkhorn plan diag(u) P^lambda diag(v).
+
+        ``distributed``: log_p holds this process's rows of the global problem.
+        """
+        p = self.params
+        sizes = self._head_prior(head, log_p.exp())
+        result = self.solve_transport(log_p, eps=1.0 / p.lam, b=sizes, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, distributed=distributed)
+        self._remember(head, "dense", result.log_v, result.n_iters, result.error, 0.0, 1)
+        return result.plan.argmax(dim=1)
+
+    def _remember(self, head, path, log_v, n_iters, error, floor_mass, scorings) -> None:
+        if self.label_log_v is None or self.label_log_v.shape != (self.params.n_heads, self.n_clusters):
+            self.label_log_v = torch.zeros(self.params.n_heads, self.n_clusters, dtype=torch.float64)
+        log_v = log_v.detach().to("cpu", torch.float64)
+        self.label_log_v[head] = log_v - log_v.max()
+        del self.last_label_solve[head:]
+        self.last_label_solve.append(
+            {"path": path, "n_iters": n_iters, "error": error, "floor_mass": floor_mass, "scorings": scorings}
+        )
+
+    @torch.no_grad()
+    def head_codes(self, data: torch.Tensor, offsets: torch.Tensor | None = None, batch_size: int | None = None):
+        """Every head's 8-bit quantized log-probabilities of raw data, and its mean probabilities.
+
+        Like ``head_log_probs``, chunk by chunk in eval mode, but each chunk is quantized on
+        arrival (``QuantizedScores.write``): n_heads x N x K bytes instead of 4x that in float32.
+        ``offsets`` (n_heads x K, log v of a previous solve) centre each head's grid.
+        """
+        batch_size = batch_size or self.params.label_batch_size
+        eps = 1.0 / self.params.lam
+        codes = [
+            QuantizedScores(len(data), self.n_clusters, eps, device=data.device, offsets=None if offsets is None else offsets[h])
+            for h in range(self.params.n_heads)
+        ]
+        prob_sums = torch.zeros(self.params.n_heads, self.n_clusters, dtype=torch.float64, device=data.device)
+        was_training = self.training
+        self.eval()
+        for start in range(0, len(data), batch_size):
+            features = self.backbone(self.standardize(data[start : start + batch_size]))
+            for h, logits in enumerate(self.cluster_head(features)):
+                log_p = torch.log_softmax(logits.float(), dim=1)
+                codes[h].write(start, log_p)
+                prob_sums[h] += log_p.exp().sum(dim=0, dtype=torch.float64)
+        self.train(was_training)
+        return codes, prob_sums / max(len(data), 1)
+
+    @torch.no_grad()
+    def quantized_labels(self, data: torch.Tensor, distributed: bool = False) -> list[torch.Tensor]:
+        """Every head's labels through 8-bit codes and ``sinkhorn_labels`` (module docstring).
+
+        The grid is centred on the previous labelling's log v; while a solve reports more than
+        _FLOOR_MASS_LIMIT of its plan on the grid's floor, the data is scored again centred on the
+        new log v (a decision all processes share: floor_mass is all-reduced).
+        """
+        p = self.params
+        if self.size_penalty is not None:
+            raise UserError(
+                "--cluster-proportions auto:TAU is not available for SeLa's 8-bit whole-data solver (used when "
+                "n_heads x N x K x 4 bytes exceeds dense_label_limit_gb): use auto, or raise --param dense_label_limit_gb"
+            )
+        n_heads = p.n_heads
+        offsets = self.label_log_v
+        sizes = None
+        for scoring in range(1, _LABEL_ROUNDS + 1):
+            codes = None  # the previous scoring's codes go before the new ones are allocated
+            codes, mean_probs = self.head_codes(data, offsets)
+            if sizes is None:  # the same network: the prior (and its running mass) once per labelling
+                # expand: rows whose sum and count are the shard's (what target_marginal reduces), no copy
+                sizes = [self._head_prior(h, mean_probs[h].float().expand(len(data), -1)) for h in range(n_heads)]
+            results = [
+                sinkhorn_labels(codes[h], b=sizes[h], n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, distributed=distributed)
+                for h in range(n_heads)
+            ]
+            if max(r.floor_mass for r in results) <= _FLOOR_MASS_LIMIT:
+                break
+            offsets = torch.stack([r.log_v for r in results])
+        for h, r in enumerate(results):
+            self._remember(h, "quantized", r.log_v, r.n_iters, r.error, r.floor_mass, scoring)
+        return [r.labels for r in results]
+
+    def _uses_dense_labels(self, rows: int) -> bool:
+        """Dense float32 log-probabilities while n_heads x rows x K x 4 bytes fit the limit."""
+        return self.params.n_heads * rows * self.n_clusters * 4 <= self.params.dense_label_limit_gb * 1e9
 
     @torch.no_grad()
     def update_labels(self, data: torch.Tensor) -> None:
-        log_p = self.head_log_probs(data)
-        self.labels = torch.stack([self.solve_labels(log_p[h], h) for h in range(len(log_p))])
+        """New labels for every head; with several processes each scores its share of the data."""
+        n, world = len(data), world_size()
+        sharded = is_distributed() and n >= world
+        if sharded:  # contiguous shares, sizes differing by at most one; the same path everywhere
+            own = data[rank() * n // world : (rank() + 1) * n // world]
+            largest = -(-n // world)
+        else:
+            own, largest = data, n
+        if self._uses_dense_labels(largest):
+            log_p = self.head_log_probs(own)
+            labels = [self.solve_labels(log_p[h], h, distributed=sharded) for h in range(len(log_p))]
+            del log_p
+        else:
+            labels = self.quantized_labels(own, distributed=sharded)
+        labels = torch.stack(labels)
+        if sharded:
+            labels = all_gather_rows(labels.T.contiguous()).T.contiguous()
+        self.labels = labels
         self.predicted_mass.copy_(self.head_mass[self.best_head()])
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
@@ -140,4 +259,4 @@ class Sela(ClusteringMethod):
         return False
 
     def method_state(self) -> dict:
-        return {"labels": self.labels, "label_epochs_done": list(self.label_epochs_done)}
+        return {"labels": self.labels, "label_epochs_done": list(self.label_epochs_done), "label_log_v": self.label_log_v}

@@ -1,7 +1,19 @@
 """Optimal-transport solvers and losses used by the clustering methods."""
 
 from otclust.ot.kmeans_loss import ot_kmeans_loss, soft_kmeans_loss, squared_distances
+from otclust.ot.large import QuantizedScores, SinkhornLabels, quantize_scores, sinkhorn_labels
 from otclust.ot.sinkhorn import SinkhornResult, sinkhorn
 from otclust.ot.unbalanced import sinkhorn_semi_relaxed
 
-__all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_semi_relaxed", "ot_kmeans_loss", "soft_kmeans_loss", "squared_distances"]
+__all__ = [
+    "SinkhornResult",
+    "sinkhorn",
+    "sinkhorn_semi_relaxed",
+    "QuantizedScores",
+    "SinkhornLabels",
+    "quantize_scores",
+    "sinkhorn_labels",
+    "ot_kmeans_loss",
+    "soft_kmeans_loss",
+    "squared_distances",
+]
