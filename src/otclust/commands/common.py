@@ -66,7 +66,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="uniform|auto[:TAU]|P1,P2,..|FILE",
         help="cluster sizes for the OT constraint: uniform (default), auto (estimated while training; auto:TAU also "
-        "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:0.1: unbalanced OT for CLOT and SwAV), "
+        "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:1: unbalanced OT for CLOT, SwAV and SeLa), "
         "or known sizes (any order)",
     )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param lam=20 (repeatable)")

@@ -104,6 +104,7 @@ class ClusteringMethod(nn.Module):
             self.standardize = normalizer
         # Target cluster sizes for OT-based methods; the engine installs the run's prior.
         self.prior_mode = "uniform"
+        self.size_penalty: float | None = None  # 'auto:TAU': KL strength of relaxed cluster sizes
         self.register_buffer("cluster_prior", torch.full((n_clusters,), 1.0 / n_clusters))
         # Running mean of the predicted cluster masses: matches a known prior to clusters and
         # estimates sizes in 'auto' mode.
@@ -181,14 +182,15 @@ class ClusteringMethod(nn.Module):
             self.cluster_prior.copy_(sizes)
 
     @torch.no_grad()
-    def transport_plan(self, scores, eps, b=None, n_iters=None, tol=None, warm_start=None, distributed=False):
-        """The OT plan of a method's pseudo-labels: balanced Sinkhorn, or with 'auto:TAU' the
-        semi-relaxed one whose column sums are only pulled towards b (warm starts unused there)."""
-        if getattr(self, "size_penalty", None) is None:
-            return sinkhorn(scores, eps=eps, b=b, n_iters=n_iters, tol=tol, warm_start=warm_start, distributed=distributed).plan
+    def solve_transport(self, scores, eps, b=None, n_iters=None, tol=None, warm_start=None, distributed=False):
+        """The OT problem behind a method's pseudo-labels -> SinkhornResult: balanced Sinkhorn, or
+        under 'auto:TAU' the semi-relaxed one whose column sums are only pulled towards b (warm
+        starts are not used there)."""
+        if self.size_penalty is None:
+            return sinkhorn(scores, eps=eps, b=b, n_iters=n_iters, tol=tol, warm_start=warm_start, distributed=distributed)
         return sinkhorn_semi_relaxed(
             scores, eps=eps, tau=self.size_penalty, b=b, n_iters=n_iters or 1000, tol=tol or 1e-4, distributed=distributed
-        ).plan
+        )
 
     @torch.no_grad()
     def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:

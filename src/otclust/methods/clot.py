@@ -90,7 +90,7 @@ class Clot(ClusteringMethod):
         log_p = torch.log_softmax(logits.detach().float(), dim=1)
         sizes = self.target_marginal(log_p.exp()) if follow_prior else None
         distributed = is_distributed()
-        plan = self.transport_plan(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol, distributed=distributed)
+        plan = self.solve_transport(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol, distributed=distributed).plan
         # Rows of the plan sum to 1 / (global batch size); the engine gives every process as many rows.
         return plan * (plan.shape[0] * (world_size() if distributed else 1))
 

@@ -147,7 +147,7 @@ class Swav(ClusteringMethod):
         if distributed:
             column_mass = torch.logsumexp(all_gather_rows(column_mass[None]), dim=0)
         first_column = torch.log(sizes.double()) - column_mass
-        plan = self.transport_plan(scores, eps=p.epsilon, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed)
+        plan = self.solve_transport(scores, eps=p.epsilon, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed).plan
         rows = plan.shape[0] * (world_size() if distributed else 1)
         return plan[-n:] * rows
 
