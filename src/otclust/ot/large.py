@@ -116,7 +116,7 @@ from typing import Iterable
 
 import torch
 
-from otclust.ot.sinkhorn import _ERR_FLOOR, _RATE_WINDOW, _flush_denormals, _Solver
+from otclust.ot.sinkhorn import _ERR_FLOOR, _RATE_WINDOW, _flush_denormals, _iteration_cap, _several_processes, _Solver
 
 __all__ = ["QuantizedScores", "SinkhornLabels", "quantize_scores", "sinkhorn_labels"]
 
@@ -397,17 +397,8 @@ def sinkhorn_labels(
     """
     if not isinstance(scores, QuantizedScores):
         raise TypeError("sinkhorn_labels: scores must be QuantizedScores (see quantize_scores)")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"sinkhorn_labels: tol must be positive, got {tol}")
-    if n_iters is None:
-        n_iters = 1000 if tol is not None else 100
-    n_iters = int(n_iters)
-    if n_iters < 0:
-        raise ValueError(f"sinkhorn_labels: n_iters must be >= 0, got {n_iters}")
-    if distributed:
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    n_iters = _iteration_cap(n_iters, tol, "sinkhorn_labels")
+    distributed = distributed and _several_processes()
     codes = scores.codes
     n, k = codes.shape
     device = codes.device

@@ -526,6 +526,24 @@ class _Solver:
         return plan, log_u, log_v
 
 
+def _iteration_cap(n_iters, tol, caller: str) -> int:
+    """Validated iteration cap: 1000 when a tolerance decides, else 100 (shared by the solvers)."""
+    if tol is not None and not tol > 0:
+        raise ValueError(f"{caller}: tol must be positive, got {tol}")
+    if n_iters is None:
+        n_iters = 1000 if tol is not None else 100
+    n_iters = int(n_iters)
+    if n_iters < 0:
+        raise ValueError(f"{caller}: n_iters must be >= 0, got {n_iters}")
+    return n_iters
+
+
+def _several_processes() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _check_same_problem_everywhere(b, eps, tol, n_iters, overrelax) -> None:
     """Raise the same ValueError on every process if they were not given the same problem.
 
@@ -632,23 +650,12 @@ def sinkhorn(
     eps = float(eps)
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"sinkhorn: eps must be positive and finite, got {eps}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"sinkhorn: tol must be positive, got {tol}")
-    if n_iters is None:
-        n_iters = 1000 if tol is not None else 100
-    n_iters = int(n_iters)
-    if n_iters < 0:
-        raise ValueError(f"sinkhorn: n_iters must be >= 0, got {n_iters}")
-
+    n_iters = _iteration_cap(n_iters, tol, "sinkhorn")
     in_dtype = scores.dtype
     work_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
     device = scores.device
     pot_dtype = torch.float32 if device.type == "mps" else torch.float64
-
-    if distributed:
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = distributed and _several_processes()
 
     with torch.no_grad():
         s = scores.detach()

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from otclust.ot.sinkhorn import SinkhornResult, _as_marginal
+from otclust.ot.sinkhorn import SinkhornResult, _as_marginal, _iteration_cap, _several_processes
 
 __all__ = ["sinkhorn_semi_relaxed"]
 
@@ -84,12 +84,8 @@ def sinkhorn_semi_relaxed(
         raise ValueError(f"sinkhorn_semi_relaxed: eps must be positive and finite, got {eps}")
     if not tau > 0:
         raise ValueError(f"sinkhorn_semi_relaxed: tau must be positive (math.inf for balanced columns), got {tau}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"sinkhorn_semi_relaxed: tol must be positive, got {tol}")
-    if distributed:
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    n_iters = _iteration_cap(n_iters, tol, "sinkhorn_semi_relaxed")
+    distributed = distributed and _several_processes()
 
     in_dtype = scores.dtype
     work = torch.float64 if in_dtype == torch.float64 else torch.float32
