@@ -46,8 +46,10 @@ class Timed:
 
 def instrument(method, timers):
     method.augmenter = Timed(method.augmenter, "augment", timers)
+    # OT: the base's solve_transport (CLOT, SwAV, SeLa), and solvers a method calls itself.
+    method.solve_transport = Timed(method.solve_transport, "ot", timers)
     module = sys.modules[type(method).__module__]
-    for solver in ("sinkhorn", "ot_kmeans_loss", "soft_kmeans_loss"):
+    for solver in ("sinkhorn", "sinkhorn_labels", "ot_kmeans_loss", "soft_kmeans_loss"):
         if hasattr(module, solver):
             setattr(module, solver, Timed(getattr(module, solver), "ot", timers))
     # Time the outermost network call only: methods may call nested modules (an autoencoder's
