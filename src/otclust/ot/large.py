@@ -116,7 +116,17 @@ from typing import Iterable
 
 import torch
 
-from otclust.ot.sinkhorn import _ERR_FLOOR, _RATE_WINDOW, _flush_denormals, _iteration_cap, _several_processes, _Solver
+from otclust.ot.sinkhorn import (
+    _ERR_FLOOR,
+    _RATE_WINDOW,
+    _as_marginal,
+    _check_same_everywhere,
+    _flush_denormals,
+    _iteration_cap,
+    _several_processes,
+    _Solver,
+    _warm_log_v,
+)
 
 __all__ = ["QuantizedScores", "SinkhornLabels", "quantize_scores", "sinkhorn_labels"]
 
@@ -319,47 +329,6 @@ def _allreduce(t: torch.Tensor, distributed: bool, op: str = "sum") -> torch.Ten
     return t
 
 
-def _check_same_problem(b: torch.Tensor, offsets: torch.Tensor, settings: list[float]) -> None:
-    """The same ValueError on every process if they were not given the same problem (else a hang).
-
-    Small collectives: sizes and settings first (so that the others cannot be mis-sized), then b
-    and the grid's offsets, each compared to within 1e-6 of its own largest entry.
-    """
-    for values in (torch.tensor([float(b.numel())] + settings, dtype=torch.float64, device=b.device), b, offsets):
-        both = _allreduce(torch.cat([values, -values]), True, "max")
-        n = values.numel()
-        if float((both[:n] + both[n:]).abs().max()) > 1e-6 * max(float(values.abs().max()), 1e-30):
-            raise ValueError(
-                "sinkhorn_labels(distributed=True): processes passed different K, eps, grid, offsets, tol, "
-                "n_iters, overrelax or prior b; every process must solve the same problem"
-            )
-
-
-def _marginal(b, k: int, device) -> torch.Tensor:
-    if b is None:
-        return torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
-    b = torch.as_tensor(b).to(device=device, dtype=torch.float64).reshape(-1)
-    if b.numel() != k:
-        raise ValueError(f"sinkhorn_labels: b has {b.numel()} entries, expected {k}")
-    if not (bool(torch.all(b > 0)) and bool(torch.all(torch.isfinite(b)))):
-        raise ValueError("sinkhorn_labels: b must be positive and finite (give a tiny mass, not 0)")
-    if abs(float(b.sum()) - 1.0) > 1e-4:
-        raise ValueError(f"sinkhorn_labels: b must sum to 1 (the rows' total mass), got {float(b.sum()):.6g}")
-    return b / b.sum()
-
-
-def _warm_log_v(warm_start, k: int, device) -> torch.Tensor | None:
-    if warm_start is None:
-        return None
-    log_v = getattr(warm_start, "log_v", warm_start)
-    log_v = torch.as_tensor(log_v).to(device=device, dtype=torch.float64).reshape(-1)
-    if log_v.numel() != k:
-        raise ValueError(f"sinkhorn_labels: warm_start log_v has {log_v.numel()} entries, expected {k}")
-    if not bool(torch.all(torch.isfinite(log_v))):
-        raise ValueError("sinkhorn_labels: warm_start log_v must be finite")
-    return log_v
-
-
 def sinkhorn_labels(
     scores: QuantizedScores,
     b: torch.Tensor | None = None,
@@ -402,8 +371,11 @@ def sinkhorn_labels(
     codes = scores.codes
     n, k = codes.shape
     device = codes.device
-    b = _marginal(b, k, device)
-    warm = _warm_log_v(warm_start, k, device)
+    b = _as_marginal(b, k, "b", codes, torch.float64)
+    if abs(float(b.sum()) - 1.0) > 1e-4:
+        raise ValueError(f"sinkhorn_labels: b must sum to 1 (the rows' total mass), got {float(b.sum()):.6g}")
+    b = b / b.sum()
+    warm = _warm_log_v(warm_start, k, device, torch.float64)
     # log v in the frame of the codes (x = s/eps + offsets): v_x = v / e^offsets
     log_v = torch.zeros(k, dtype=torch.float64, device=device) if warm is None else warm - scores.offsets
     n_total = float(_allreduce(torch.tensor([float(n)], dtype=torch.float64, device=device), distributed).item())
@@ -411,7 +383,11 @@ def sinkhorn_labels(
         raise ValueError("sinkhorn_labels: no rows")
     if distributed:
         settings = [scores.eps, scores.step, -1.0 if tol is None else float(tol), float(n_iters), float(overrelax)]
-        _check_same_problem(b, scores.offsets, settings)
+        _check_same_everywhere(
+            [torch.tensor([float(k)] + settings, device=device), b, scores.offsets],
+            "sinkhorn_labels(distributed=True): processes passed different K, eps, grid, offsets, tol, "
+            "n_iters, overrelax or prior b; every process must solve the same problem",
+        )
     if block_bytes is None:
         block_bytes = _CPU_BLOCK_BYTES if device.type == "cpu" else _GPU_BLOCK_BYTES
     rows = max(1, min(max(n, 1), int(block_bytes) // k))

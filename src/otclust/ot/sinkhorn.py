@@ -544,48 +544,33 @@ def _several_processes() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_same_problem_everywhere(b, eps, tol, n_iters, overrelax) -> None:
-    """Raise the same ValueError on every process if they were not given the same problem.
+def _check_same_everywhere(values: list[torch.Tensor], message: str) -> None:
+    """Raise the same ValueError on every process unless they all passed the same values.
 
     Processes that disagree on the prior or the stopping rule would stop after different
-    iterations, and the first process to leave the loop would leave the others waiting forever
-    in an all-reduce; failing loudly on all of them at once is the only useful outcome. Two small
-    collectives: the first compares sizes and settings (so the second cannot be mis-sized).
+    iterations, and the first one to leave the loop would leave the others waiting forever in an
+    all-reduce; failing on all of them at once is the only useful outcome. One small collective
+    per tensor, compared to within 1e-6 of its largest entry; the first tensor must have the same
+    length everywhere (sizes and settings), so that the later ones cannot be mis-sized.
     """
     import torch.distributed as dist
 
-    settings = torch.tensor(
-        [float(b.numel()), eps, -1.0 if tol is None else float(tol), float(n_iters), float(overrelax)],
-        dtype=torch.float64,
-        device=b.device,
-    )
-    both = torch.cat([settings, -settings])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    n = len(settings)
-    if not torch.equal(both[:n], -both[n:]):
-        raise ValueError(
-            "sinkhorn(distributed=True): processes passed different K, eps, tol, n_iters or overrelax; "
-            "every process must solve the same problem"
-        )
-    prior = b.to(torch.float64)
-    both = torch.cat([prior, -prior])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    if float((both[: len(prior)] + both[len(prior) :]).abs().max()) > 1e-6 * float(prior.max()):
-        raise ValueError(
-            "sinkhorn(distributed=True): processes passed different cluster priors b; "
-            "compute b from all-reduced quantities so that every process has the same one"
-        )
+    for value in values:
+        value = value.to(torch.float64).reshape(-1)
+        both = torch.cat([value, -value])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        n = value.numel()
+        if float((both[:n] + both[n:]).abs().max()) > 1e-6 * max(float(value.abs().max()), 1e-30):
+            raise ValueError(message)
 
 
 def _warm_log_v(warm_start, k: int, device, pot_dtype):
     if warm_start is None:
         return None
-    if isinstance(warm_start, SinkhornResult):
-        log_v = warm_start.log_v
-    elif isinstance(warm_start, (tuple, list)):
+    if isinstance(warm_start, (tuple, list)):
         log_v = warm_start[-1]
-    else:
-        log_v = warm_start
+    else:  # a result of sinkhorn or sinkhorn_labels, or a log_v tensor
+        log_v = getattr(warm_start, "log_v", warm_start)
     log_v = torch.as_tensor(log_v).to(device=device, dtype=pot_dtype).reshape(-1)
     if log_v.numel() != k:
         raise ValueError(f"sinkhorn: warm_start log_v has {log_v.numel()} entries, expected {k}")
@@ -681,7 +666,12 @@ def sinkhorn(
         # float32 priors are off by rounding; an exact match lets the error go below that
         b = b * (sum_a / b.sum())
         if distributed:
-            _check_same_problem_everywhere(b, eps, tol, n_iters, overrelax)
+            settings = [float(k), eps, -1.0 if tol is None else float(tol), float(n_iters), float(overrelax)]
+            _check_same_everywhere(
+                [torch.tensor(settings, device=b.device), b],
+                "sinkhorn(distributed=True): processes passed different cluster priors b or settings (K, eps, tol, "
+                "n_iters, overrelax); every process must solve the same problem",
+            )
 
         beta0 = _warm_log_v(warm_start, k, device, pot_dtype)
         solver = _Solver(s, eps, a, b, beta0, pot_dtype, distributed, overrelax)
