@@ -229,6 +229,9 @@ class Trainer:
                 if self.out is not None:
                     self.out.write_history(history)
                     self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
+            method.on_fit_end(self)
+            if self.out is not None:
+                self._save_checkpoint(config.epochs, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
         seconds = seconds_before + time.perf_counter() - started
         proba = self._predict_eval(eval_data, description="predicting")
         labels = proba.argmax(axis=1)

@@ -76,3 +76,61 @@ def test_overclustering_head_and_selflabel_phase_run(blob_images):
     last = result.history[-1]
     assert "loss_selflabel" in last and last["loss_confident"] > 0
     assert len(np.unique(result.labels)) == 3
+
+
+def test_ema_teacher_gives_the_targets_and_follows_the_network_slowly(blob_images):
+    from otclust.methods.base import InputSpec
+
+    images, _ = blob_images
+    dataset = dataset_from_array(images)
+    spec = InputSpec.from_dataset(dataset)
+    method = Clot(3, spec, ClotParams(teacher_momentum=0.9))
+    batch = dataset.data[:32]
+    method.training_step(batch, torch.arange(32))  # the first step copies the network
+    teacher_weight = method.teacher.module.cluster_head.heads[0].weight
+    student_weight = method.cluster_head.heads[0].weight
+    torch.testing.assert_close(teacher_weight, student_weight)
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    with torch.no_grad():
+        student_weight.add_(1.0)
+    method.training_step(batch, torch.arange(32))
+    torch.testing.assert_close(teacher_weight, student_weight - 0.9)  # 0.9 * old + 0.1 * new
+
+
+def test_teacher_momentum_outside_its_range_is_a_user_error():
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(UserError, match="teacher_momentum"):
+        Clot(2, spec, ClotParams(teacher_momentum=1.0))
+
+
+def test_predict_by_kmeans_assigns_to_the_nearest_feature_center(blob_images, tmp_path):
+    from otclust.engine import load_trained
+
+    images, labels = blob_images
+    dataset = dataset_from_array(images)
+    dataset.labels = labels
+    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params={"predict_by": "kmeans"})
+    (tmp_path / "run").mkdir()
+    result = Trainer(config, out_dir=tmp_path / "run", progress=False, log=lambda m: None).fit(dataset)
+    method = result.method
+    torch.testing.assert_close(method.feature_centers.norm(dim=1), torch.ones(3))
+    method.eval()
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
+    nearest = torch.cdist(features, method.feature_centers).argmin(dim=1).numpy()
+    np.testing.assert_array_equal(result.labels, nearest)
+    assert len(np.unique(result.labels)) == 3
+    reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
+    np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
+
+
+def test_unknown_predict_by_is_a_user_error():
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(UserError, match="predict_by"):
+        Clot(2, spec, ClotParams(predict_by="centroids"))

@@ -135,6 +135,9 @@ class ClusteringMethod(nn.Module):
     def on_fit_start(self, trainer) -> None:
         """Called once before the first epoch (and after a resume), with the trainer's data in place."""
 
+    def on_fit_end(self, trainer) -> None:
+        """Called once after the last epoch, before the final prediction (e.g. to refit a predictor)."""
+
     def on_epoch_start(self, trainer, epoch: int) -> None:
         """Called before each epoch; whole-data labelling steps (k-means, SeLa) go here."""
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from otclust.distributed import all_reduce_mean, all_reduce_sum, is_distributed, world_size
 from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.methods.base import ClusteringMethod
+from otclust.methods.kmeans import kmeans_centers
 from otclust.models import ClusterHead, ProjectionHead
 
 
@@ -37,6 +39,8 @@ class ClotParams:
     overcluster_factor: int = 0  # >1 adds an auxiliary head with factor*K clusters (PICA/DRC style)
     selflabel_epochs: int = 0  # last epochs spent on SCAN-style self-labelling of confident samples
     selflabel_threshold: float = 0.99  # confidence above which a sample's argmax becomes its label
+    predict_by: str = "head"  # head | kmeans: after training, k-means on L2-normalised backbone features
+    teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
 
 
 class CosineClusterHead(nn.Module):
@@ -50,6 +54,18 @@ class CosineClusterHead(nn.Module):
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         unit = F.normalize(features, dim=1)
         return [unit @ F.normalize(p, dim=1).T / self.temperature for p in self.prototypes]
+
+
+class ClusterPredictor(nn.Module):
+    """Backbone followed by the cluster heads: the part an EMA teacher copies."""
+
+    def __init__(self, backbone: nn.Module, cluster_head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.cluster_head = cluster_head
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.cluster_head(self.backbone(x))
 
 
 class Clot(ClusteringMethod):
@@ -75,9 +91,37 @@ class Clot(ClusteringMethod):
         # Running loss of each head, so prediction uses the best one without looking at labels.
         self.register_buffer("head_loss", torch.zeros(params.n_heads))
         self.selflabelling = False
+        if params.predict_by not in ("head", "kmeans"):
+            from otclust.errors import UserError
+
+            raise UserError(f"clot parameter predict_by must be 'head' or 'kmeans', got '{params.predict_by}'")
+        # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training.
+        self.register_buffer("feature_centers", torch.zeros(n_clusters, dim))
+        self.teacher = None
+        if params.teacher_momentum > 0:
+            if not params.teacher_momentum < 1:
+                from otclust.errors import UserError
+
+                raise UserError(f"clot parameter teacher_momentum must be in [0, 1), got {params.teacher_momentum}")
+            # Targets from a slowly moving average of the network change less from step to step
+            # than the network's own (mean teacher / BYOL / DINO); the teacher is never trained.
+            self.teacher = AveragedModel(
+                ClusterPredictor(self.backbone, self.cluster_head), multi_avg_fn=get_ema_multi_avg_fn(params.teacher_momentum), use_buffers=True
+            )
+            self.teacher.requires_grad_(False)
 
     def on_epoch_start(self, trainer, epoch):
         self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
+
+    def on_fit_end(self, trainer):
+        """predict_by=kmeans: the backbone's features cluster better than the head's argmax
+        (docs/results.md), so the clusters become k-means on the unit-normalised features of the
+        training set (labels never used); the head stays trained and checkpointed."""
+        if self.params.predict_by != "kmeans":
+            return
+        features = F.normalize(torch.from_numpy(trainer.embed(trainer.train_data)), dim=1)
+        centers = kmeans_centers(features, self.n_clusters, trainer.config.seed)
+        self.feature_centers.copy_(F.normalize(centers, dim=1).to(self.feature_centers.device))
 
     @torch.no_grad()
     def pseudo_labels(self, logits: torch.Tensor, follow_prior: bool = True) -> torch.Tensor:
@@ -102,10 +146,17 @@ class Clot(ClusteringMethod):
         # One forward for both views: half the kernel launches, same batch-norm statistics.
         features = self.backbone(torch.cat([view_a, view_b]))
         z_a, z_b = self.projection_head(features).chunk(2)
+        student_logits = self.cluster_head(features)
+        target_logits = student_logits
+        if self.teacher is not None:
+            with torch.no_grad():
+                # Follows the weights of the last optimizer step (the first call copies them).
+                self.teacher.update_parameters(ClusterPredictor(self.backbone, self.cluster_head))
+                target_logits = self.teacher(torch.cat([view_a, view_b]))
         head_losses = []
-        for logits in self.cluster_head(features):
+        for logits, targets in zip(student_logits, target_logits):
             logits_a, logits_b = logits.chunk(2)
-            q_a, q_b = self.pseudo_labels(logits_a), self.pseudo_labels(logits_b)
+            q_a, q_b = (self.pseudo_labels(t) for t in targets.chunk(2))
             head_losses.append(0.5 * (soft_cross_entropy(logits_a, q_b) + soft_cross_entropy(logits_b, q_a)))
         head_losses = torch.stack(head_losses)
         with torch.no_grad():
@@ -166,4 +217,8 @@ class Clot(ClusteringMethod):
         return int(torch.argmin(self.head_loss)) if len(self.head_loss) > 1 else 0
 
     def cluster_logits(self, x):
-        return self.cluster_head(self.backbone(x))[self.best_head()]
+        features = self.backbone(x)
+        if self.params.predict_by == "kmeans" and bool(self.feature_centers.any()):
+            # Nearest centre on the sphere; 1/T scales cosines into confidences as the cosine head's.
+            return F.normalize(features.float(), dim=1) @ self.feature_centers.T / self.params.head_temperature
+        return self.cluster_head(features)[self.best_head()]
