@@ -134,3 +134,53 @@ def test_unknown_predict_by_is_a_user_error():
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match="predict_by"):
         Clot(2, spec, ClotParams(predict_by="centroids"))
+
+
+def test_nearest_neighbors_match_scikit_learn_cosine_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    from otclust.methods.clot import nearest_neighbors
+
+    features = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    ours = nearest_neighbors(features, 5, chunk=64).numpy()  # several chunks
+    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(ours, reference[:, :5])
+    assert not (ours == np.arange(300)[:, None]).any()  # a sample is never its own neighbour
+
+
+def test_neighbour_views_come_from_the_mined_neighbours_and_resume(run_interrupted_and_resumed, blobs):
+    params = {"neighbors": 4, "neighbor_start": 1, "neighbor_every": 2}
+    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params=params)
+    straight, resumed = run_interrupted_and_resumed(config, blobs, stop_after=2)
+    index = straight.method.neighbor_index
+    assert index.shape == (len(blobs.data), 4)
+    # On these well-separated blobs nearly every mined neighbour shares its sample's class.
+    assert (blobs.labels[index.numpy()] == blobs.labels[:, None]).mean() > 0.9
+    torch.testing.assert_close(resumed.method.neighbor_index, index)
+    np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)
+    assert len(np.unique(straight.labels)) == 3
+
+
+def test_the_second_view_is_drawn_from_the_neighbours():
+    from otclust.methods.base import InputSpec
+
+    images = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    for i in range(6):
+        images[i] += 40 * i
+    spec = InputSpec.from_dataset(dataset_from_array(images.squeeze(1).numpy()))
+    method = Clot(2, spec, ClotParams(neighbors=1))
+    method.neighbor_images = images
+    method.neighbor_index = torch.tensor([[5], [4], [3], [2], [1], [0]])
+    seen = []
+    method.views = lambda batch, count: (seen.append(batch.clone()), [batch.float()] * count)[1]
+    method.training_step(images[:2], torch.tensor([0, 1]))
+    assert torch.equal(seen[-1], images[[5, 4]])
+
+
+def test_negative_neighbour_count_is_a_user_error():
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(UserError, match="neighbors"):
+        Clot(2, spec, ClotParams(neighbors=-1))

@@ -41,6 +41,22 @@ class ClotParams:
     selflabel_threshold: float = 0.99  # confidence above which a sample's argmax becomes its label
     predict_by: str = "head"  # head | kmeans: after training, k-means on L2-normalised backbone features
     teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
+    neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
+    neighbor_start: int = 1  # first epoch (0-based) with neighbour views; mined from the backbone before it
+    neighbor_every: int = 1  # re-mine the neighbours every this many epochs
+
+
+def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """N x k indices of each row's k most cosine-similar other rows (itself excluded)."""
+    unit = F.normalize(features.float(), dim=1)
+    k = min(k, len(unit) - 1)
+    rows = []
+    for start in range(0, len(unit), chunk):
+        similarity = unit[start : start + chunk] @ unit.T
+        own = torch.arange(start, start + len(similarity))
+        similarity[torch.arange(len(similarity)), own] = -float("inf")
+        rows.append(similarity.topk(k, dim=1).indices)
+    return torch.cat(rows)
 
 
 class CosineClusterHead(nn.Module):
@@ -97,6 +113,13 @@ class Clot(ClusteringMethod):
             raise UserError(f"clot parameter predict_by must be 'head' or 'kmeans', got '{params.predict_by}'")
         # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training.
         self.register_buffer("feature_centers", torch.zeros(n_clusters, dim))
+        # Rows of the training set's k nearest neighbours in backbone feature space (N x k), once mined.
+        self.neighbor_index: torch.Tensor | None = None
+        self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
+        if params.neighbors < 0 or params.neighbor_every < 1:
+            from otclust.errors import UserError
+
+            raise UserError(f"clot parameters neighbors must be >= 0 and neighbor_every >= 1, got {params.neighbors} and {params.neighbor_every}")
         self.teacher = None
         if params.teacher_momentum > 0:
             if not params.teacher_momentum < 1:
@@ -110,8 +133,20 @@ class Clot(ClusteringMethod):
             )
             self.teacher.requires_grad_(False)
 
+    def on_fit_start(self, trainer):
+        self.neighbor_images = trainer.train_data
+        if self.neighbor_index is not None:  # resumed from a checkpoint
+            self.neighbor_index = self.neighbor_index.to(trainer.train_data.device)
+
     def on_epoch_start(self, trainer, epoch):
         self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
+        p = self.params
+        if p.neighbors > 0 and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None):
+            features = torch.from_numpy(trainer.embed(trainer.train_data))
+            self.neighbor_index = nearest_neighbors(features, p.neighbors).to(trainer.train_data.device)
+
+    def method_state(self):
+        return {"neighbor_index": self.neighbor_index}
 
     def on_fit_end(self, trainer):
         """predict_by=kmeans: the backbone's features cluster better than the head's argmax
@@ -143,6 +178,11 @@ class Clot(ClusteringMethod):
             return self.selflabel_step(batch)
         p = self.params
         view_a, view_b = self.views(batch, 2)
+        if self.neighbor_index is not None:
+            # A neighbour stands in for the sample's second view: both losses then pull neighbours
+            # together, which augmentations of one image alone cannot teach.
+            pick = torch.randint(self.neighbor_index.shape[1], (len(indices),), device=self.neighbor_index.device)
+            view_b = self.views(self.neighbor_images[self.neighbor_index[indices.to(pick.device), pick]], 1)[0]
         # One forward for both views: half the kernel launches, same batch-norm statistics.
         features = self.backbone(torch.cat([view_a, view_b]))
         z_a, z_b = self.projection_head(features).chunk(2)
