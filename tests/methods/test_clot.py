@@ -184,3 +184,23 @@ def test_negative_neighbour_count_is_a_user_error():
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match="neighbors"):
         Clot(2, spec, ClotParams(neighbors=-1))
+
+
+def test_cluster_loss_counts_only_from_cluster_start(blob_images):
+    from types import SimpleNamespace
+
+    from otclust.methods.base import InputSpec
+
+    images, _ = blob_images
+    dataset = dataset_from_array(images)
+    method = Clot(3, InputSpec.from_dataset(dataset), ClotParams(cluster_start=1))
+    trainer = SimpleNamespace(config=SimpleNamespace(epochs=3))
+    batch, indices = dataset.data[:32], torch.arange(32)
+    method.on_epoch_start(trainer, 0)
+    warm = method.training_step(batch, indices)
+    torch.testing.assert_close(warm["loss"].detach(), warm["contrastive"])
+    warm["loss"].backward()
+    assert float(method.cluster_head.heads[0].weight.grad.abs().sum()) == 0.0
+    method.on_epoch_start(trainer, 1)
+    parts = method.training_step(batch, indices)
+    torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + parts["cluster"])

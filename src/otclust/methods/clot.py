@@ -31,6 +31,7 @@ class ClotParams:
     temperature: float = 0.5  # NT-Xent tau
     gather_negatives: bool = True  # several processes: NT-Xent negatives from the whole global batch
     cluster_weight: float = 1.0
+    cluster_start: int = 0  # first epoch (0-based) with the OT cluster loss; before it only NT-Xent trains
     contrastive_weight: float = 1.0
     projection_dim: int = 128
     n_heads: int = 1  # several heads; the one with the lowest loss predicts (no labels used)
@@ -107,6 +108,7 @@ class Clot(ClusteringMethod):
         # Running loss of each head, so prediction uses the best one without looking at labels.
         self.register_buffer("head_loss", torch.zeros(params.n_heads))
         self.selflabelling = False
+        self.clustering = params.cluster_start <= 0
         if params.predict_by not in ("head", "kmeans"):
             from otclust.errors import UserError
 
@@ -140,6 +142,7 @@ class Clot(ClusteringMethod):
 
     def on_epoch_start(self, trainer, epoch):
         self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
+        self.clustering = epoch >= self.params.cluster_start
         p = self.params
         if p.neighbors > 0 and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None):
             features = torch.from_numpy(trainer.embed(trainer.train_data))
@@ -209,7 +212,10 @@ class Clot(ClusteringMethod):
             q_a, q_b = self.pseudo_labels(over_a, follow_prior=False), self.pseudo_labels(over_b, follow_prior=False)
             cluster_loss = cluster_loss + 0.5 * (soft_cross_entropy(over_a, q_b) + soft_cross_entropy(over_b, q_a))
         contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature, gather=p.gather_negatives)
-        loss = p.cluster_weight * cluster_loss + p.contrastive_weight * contrastive_loss
+        # Before cluster_start the cluster loss is still computed (the heads' running losses and the
+        # gradients every process expects stay in place) but weighs nothing.
+        cluster_weight = p.cluster_weight if self.clustering else 0.0
+        loss = cluster_weight * cluster_loss + p.contrastive_weight * contrastive_loss
         return {"loss": loss, "cluster": cluster_loss.detach(), "contrastive": contrastive_loss.detach()}
 
     def selflabel_step(self, batch):
