@@ -56,7 +56,7 @@ def test_clot_few_steps_loss_goes_down_and_no_collapse(blob_images):
 def test_multiple_heads_predict_with_the_lowest_loss_head(blob_images):
     images, _ = blob_images
     dataset = dataset_from_array(images)
-    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, params={"n_heads": 3}, eval_every=1)
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, params={"n_heads": 3, "predict_by": "head"}, eval_every=1)
     result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
     method = result.method
     assert method.best_head() == int(torch.argmin(method.head_loss))
@@ -204,3 +204,11 @@ def test_cluster_loss_counts_only_from_cluster_start(blob_images):
     method.on_epoch_start(trainer, 1)
     parts = method.training_step(batch, indices)
     torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + parts["cluster"])
+
+
+@pytest.mark.parametrize("proportions, expected", [("uniform", "kmeans"), ("0.5,0.3,0.2", "head"), ("auto", "head")])
+def test_predict_by_auto_uses_kmeans_only_under_the_uniform_prior(blobs, proportions, expected):
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions)
+    method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
+    assert method.predicts_by() == expected
+    assert bool(method.feature_centers.any()) == (expected == "kmeans")

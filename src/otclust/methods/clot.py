@@ -40,7 +40,10 @@ class ClotParams:
     overcluster_factor: int = 0  # >1 adds an auxiliary head with factor*K clusters (PICA/DRC style)
     selflabel_epochs: int = 0  # last epochs spent on SCAN-style self-labelling of confident samples
     selflabel_threshold: float = 0.99  # confidence above which a sample's argmax becomes its label
-    predict_by: str = "head"  # head | kmeans: after training, k-means on L2-normalised backbone features
+    # head | kmeans (after training, k-means on L2-normalised backbone features) | auto: kmeans under
+    # the uniform size prior (better on digits and Fashion-MNIST, docs/results.md), head when
+    # --cluster-proportions gives or estimates sizes, which only the OT-trained head has learnt.
+    predict_by: str = "auto"
     teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
     neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
     neighbor_start: int = 1  # first epoch (0-based) with neighbour views; mined from the backbone before it
@@ -109,11 +112,12 @@ class Clot(ClusteringMethod):
         self.register_buffer("head_loss", torch.zeros(params.n_heads))
         self.selflabelling = False
         self.clustering = params.cluster_start <= 0
-        if params.predict_by not in ("head", "kmeans"):
+        if params.predict_by not in ("head", "kmeans", "auto"):
             from otclust.errors import UserError
 
-            raise UserError(f"clot parameter predict_by must be 'head' or 'kmeans', got '{params.predict_by}'")
-        # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training.
+            raise UserError(f"clot parameter predict_by must be 'head', 'kmeans' or 'auto', got '{params.predict_by}'")
+        # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training;
+        # all zero (not fitted) means the head predicts.
         self.register_buffer("feature_centers", torch.zeros(n_clusters, dim))
         # Rows of the training set's k nearest neighbours in backbone feature space (N x k), once mined.
         self.neighbor_index: torch.Tensor | None = None
@@ -151,11 +155,16 @@ class Clot(ClusteringMethod):
     def method_state(self):
         return {"neighbor_index": self.neighbor_index}
 
+    def predicts_by(self) -> str:
+        if self.params.predict_by == "auto":
+            return "kmeans" if self.prior_mode == "uniform" else "head"
+        return self.params.predict_by
+
     def on_fit_end(self, trainer):
         """predict_by=kmeans: the backbone's features cluster better than the head's argmax
         (docs/results.md), so the clusters become k-means on the unit-normalised features of the
         training set (labels never used); the head stays trained and checkpointed."""
-        if self.params.predict_by != "kmeans":
+        if self.predicts_by() != "kmeans":
             return
         features = F.normalize(torch.from_numpy(trainer.embed(trainer.train_data)), dim=1)
         centers = kmeans_centers(features, self.n_clusters, trainer.config.seed)
@@ -264,7 +273,7 @@ class Clot(ClusteringMethod):
 
     def cluster_logits(self, x):
         features = self.backbone(x)
-        if self.params.predict_by == "kmeans" and bool(self.feature_centers.any()):
+        if bool(self.feature_centers.any()):
             # Nearest centre on the sphere; 1/T scales cosines into confidences as the cosine head's.
             return F.normalize(features.float(), dim=1) @ self.feature_centers.T / self.params.head_temperature
         return self.cluster_head(features)[self.best_head()]
