@@ -50,15 +50,18 @@ class ClotParams:
     neighbor_every: int = 1  # re-mine the neighbours every this many epochs
 
 
-def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """N x k indices of each row's k most cosine-similar other rows (itself excluded)."""
+def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """N x k indices of each row's k most cosine-similar other rows (itself excluded).
+
+    Brute force in row chunks: a chunk x N similarity block at a time (1024 x 70,000 floats is
+    290 MB), exact, and on the GPU when the features are."""
     unit = F.normalize(features.float(), dim=1)
     k = min(k, len(unit) - 1)
     rows = []
     for start in range(0, len(unit), chunk):
         similarity = unit[start : start + chunk] @ unit.T
-        own = torch.arange(start, start + len(similarity))
-        similarity[torch.arange(len(similarity)), own] = -float("inf")
+        own = torch.arange(start, start + len(similarity), device=unit.device)
+        similarity[torch.arange(len(similarity), device=unit.device), own] = -float("inf")
         rows.append(similarity.topk(k, dim=1).indices)
     return torch.cat(rows)
 
@@ -149,8 +152,8 @@ class Clot(ClusteringMethod):
         self.clustering = epoch >= self.params.cluster_start
         p = self.params
         if p.neighbors > 0 and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None):
-            features = torch.from_numpy(trainer.embed(trainer.train_data))
-            self.neighbor_index = nearest_neighbors(features, p.neighbors).to(trainer.train_data.device)
+            features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
+            self.neighbor_index = nearest_neighbors(features, p.neighbors)
 
     def method_state(self):
         return {"neighbor_index": self.neighbor_index}
