@@ -203,7 +203,7 @@ def test_cluster_loss_counts_only_from_cluster_start(blob_images):
     assert float(method.cluster_head.heads[0].weight.grad.abs().sum()) == 0.0
     method.on_epoch_start(trainer, 1)
     parts = method.training_step(batch, indices)
-    torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + parts["cluster"])
+    torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + method.params.cluster_weight * parts["cluster"])
 
 
 @pytest.mark.parametrize("proportions, expected", [("uniform", "kmeans"), ("0.5,0.3,0.2", "head"), ("auto", "head")])

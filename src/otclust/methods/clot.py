@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from otclust.distributed import all_reduce_mean, all_reduce_sum, is_distributed, world_size
+from otclust.errors import UserError
 from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.methods.base import ClusteringMethod
 from otclust.methods.kmeans import kmeans_centers
@@ -104,8 +105,6 @@ class Clot(ClusteringMethod):
         elif params.head == "cosine":
             self.cluster_head = CosineClusterHead(dim, n_clusters, params.n_heads, params.head_temperature)
         else:
-            from otclust.errors import UserError
-
             raise UserError(f"clot parameter head must be 'linear' or 'cosine', got '{params.head}'")
         self.projection_head = ProjectionHead(dim, out_dim=params.projection_dim)
         self.overcluster_head = None
@@ -116,8 +115,6 @@ class Clot(ClusteringMethod):
         self.selflabelling = False
         self.clustering = params.cluster_start <= 0
         if params.predict_by not in ("head", "kmeans", "auto"):
-            from otclust.errors import UserError
-
             raise UserError(f"clot parameter predict_by must be 'head', 'kmeans' or 'auto', got '{params.predict_by}'")
         # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training;
         # all zero (not fitted) means the head predicts.
@@ -126,14 +123,10 @@ class Clot(ClusteringMethod):
         self.neighbor_index: torch.Tensor | None = None
         self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
         if params.neighbors < 0 or params.neighbor_every < 1:
-            from otclust.errors import UserError
-
             raise UserError(f"clot parameters neighbors must be >= 0 and neighbor_every >= 1, got {params.neighbors} and {params.neighbor_every}")
         self.teacher = None
         if params.teacher_momentum > 0:
             if not params.teacher_momentum < 1:
-                from otclust.errors import UserError
-
                 raise UserError(f"clot parameter teacher_momentum must be in [0, 1), got {params.teacher_momentum}")
             # Targets from a slowly moving average of the network change less from step to step
             # than the network's own (mean teacher / BYOL / DINO); the teacher is never trained.
