@@ -4,7 +4,9 @@ One module fixture spawns 2 processes once (torchrun's environment variables, a 
 127.0.0.1, one thread each); they run every distributed computation below and save what they
 got, and the tests compare it with the same computations in a single process:
 
-1. distributed Sinkhorn on two halves of a batch == Sinkhorn on the whole batch;
+1. distributed Sinkhorn on two halves of a batch == Sinkhorn on the whole batch; SeLa's
+   whole-data labels and CLOT's neighbour mining, each process taking a share of the rows, equal
+   those of one process;
 2. NT-Xent with gathered negatives: each process's loss is the whole-batch loss restricted to its
    anchors (so the mean over processes is the single-process loss), gradients included;
 3. a 2-process CLOT run (feature vectors, global batch 16 = 2 x 8) has the loss curve and the
@@ -73,6 +75,10 @@ def _sela_labels() -> dict:
         assert [solve["path"] for solve in method.last_label_solve] == [path, path]
         labels[path] = method.labels.clone()
     return labels
+
+
+def _neighbor_features():
+    return torch.randn(23, 6, generator=torch.Generator().manual_seed(2))  # 12 + 11 rows per process
 
 
 def _nt_xent_inputs():
@@ -179,6 +185,14 @@ def _worker(rank: int, port: int, folder: str) -> None:
     # 1b. SeLa's whole-data labels: each process scores its share (23 and 24 of 47 samples).
     out["sela_labels"] = _sela_labels()
 
+    # 1c. CLOT's neighbour mining: each process ranks its share of the rows, the shares are gathered.
+    from otclust.methods import clot
+
+    gather = clot.all_gather_rows
+    clot.all_gather_rows = lambda rows: out.setdefault("neighbor_rows_ranked", len(rows)) and gather(rows)
+    out["neighbors"] = clot.nearest_neighbors(_neighbor_features(), 4, chunk=5)
+    clot.all_gather_rows = gather
+
     # 2. NT-Xent with the negatives of both processes.
     z_a, z_b = (z.chunk(WORLD)[rank].clone().requires_grad_(True) for z in _nt_xent_inputs())
     loss = nt_xent_loss(z_a, z_b, 0.5, gather=True)
@@ -284,6 +298,15 @@ def test_sela_labels_of_shards_are_those_of_one_process(runs):
         for path in ("dense", "quantized"):
             assert result["sela_labels"][path].shape == (2, 47)
             assert torch.equal(result["sela_labels"][path], reference[path]), path
+
+
+def test_neighbour_mining_split_over_processes_equals_one_process(runs):
+    from otclust.methods.clot import nearest_neighbors
+
+    expected = nearest_neighbors(_neighbor_features(), 4)
+    assert [out["neighbor_rows_ranked"] for out in runs["ranks"]] == [12, 11]  # split, not repeated
+    for out in runs["ranks"]:
+        assert torch.equal(out["neighbors"], expected)
 
 
 def test_processes_with_different_priors_all_get_an_error_instead_of_a_hang(runs):

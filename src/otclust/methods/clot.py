@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from otclust.distributed import all_reduce_mean, all_reduce_sum, is_distributed, world_size
+from otclust.distributed import all_gather_rows, all_reduce_mean, all_reduce_sum, is_distributed, rank, world_size
 from otclust.errors import UserError
 from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.methods.base import ClusteringMethod
@@ -57,16 +57,21 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024) -> torc
     """N x k indices of each row's k most cosine-similar other rows (itself excluded).
 
     Brute force in row chunks: a chunk x N similarity block at a time (1024 x 70,000 floats is
-    290 MB), exact, and on the GPU when the features are."""
+    290 MB), exact, and on the GPU when the features are. With several processes (each holding
+    all the features) every process ranks a contiguous share of the rows and the shares are
+    gathered, so the work is split instead of repeated."""
     unit = F.normalize(features.float(), dim=1)
     k = min(k, len(unit) - 1)
-    rows = []
-    for start in range(0, len(unit), chunk):
-        similarity = unit[start : start + chunk] @ unit.T
+    share = -(-len(unit) // world_size())
+    first = rank() * share if is_distributed() else 0
+    last = min(len(unit), first + share)
+    rows = [torch.empty(0, k, dtype=torch.long, device=unit.device)]
+    for start in range(first, last, chunk):
+        similarity = unit[start : min(start + chunk, last)] @ unit.T
         own = torch.arange(start, start + len(similarity), device=unit.device)
         similarity[torch.arange(len(similarity), device=unit.device), own] = -float("inf")
         rows.append(similarity.topk(k, dim=1).indices)
-    return torch.cat(rows)
+    return all_gather_rows(torch.cat(rows))
 
 
 class CosineClusterHead(nn.Module):
