@@ -106,25 +106,101 @@ def test_teacher_momentum_outside_its_range_is_a_user_error():
         Clot(2, spec, ClotParams(teacher_momentum=1.0))
 
 
-def test_predict_by_kmeans_assigns_to_the_nearest_feature_center(blob_images, tmp_path):
-    from otclust.engine import load_trained
-
+def _fit_predicting_by_kmeans(blob_images, out_dir, **params):
     images, labels = blob_images
     dataset = dataset_from_array(images)
     dataset.labels = labels
-    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params={"predict_by": "kmeans"})
-    (tmp_path / "run").mkdir()
-    result = Trainer(config, out_dir=tmp_path / "run", progress=False, log=lambda m: None).fit(dataset)
+    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params={"predict_by": "kmeans", **params})
+    out_dir.mkdir()
+    result = Trainer(config, out_dir=out_dir, progress=False, log=lambda m: None).fit(dataset)
     method = result.method
-    torch.testing.assert_close(method.feature_centers.norm(dim=1), torch.ones(3))
     method.eval()
     with torch.no_grad():
-        features = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
-    nearest = torch.cdist(features, method.feature_centers).argmin(dim=1).numpy()
-    np.testing.assert_array_equal(result.labels, nearest)
+        unit = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
+    return dataset, result, unit
+
+
+def test_predict_by_kmeans_without_smoothing_assigns_to_the_nearest_feature_center(blob_images, tmp_path):
+    from sklearn.cluster import KMeans
+
+    from otclust.engine import load_trained
+
+    dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_rounds=0)
+    method = result.method
+    centers = KMeans(3, n_init=10, random_state=0).fit(unit.double().numpy()).cluster_centers_
+    np.testing.assert_array_equal(result.labels, torch.cdist(unit.double(), torch.from_numpy(centers)).argmin(dim=1).numpy())
     assert len(np.unique(result.labels)) == 3
+    assert not bool(method.readout_bias.any())
     reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
     np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
+
+
+def test_predict_by_kmeans_reads_out_the_clusters_of_neighbour_smoothed_features(blob_images, tmp_path):
+    """k-means on the smoothed features (recomputed here with a dense walk matrix), then a linear
+    read-out of each image's own features predicts those clusters."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from otclust.engine import load_trained
+
+    dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_neighbors=5, smooth_rounds=3)
+    x = unit.double().numpy()
+    neighbours = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(x).kneighbors(x, return_distance=False)[:, 1:]
+    walk = np.zeros((len(x), len(x)))
+    np.put_along_axis(walk, neighbours, 1 / 5, axis=1)
+    smoothed = np.linalg.matrix_power(0.5 * np.eye(len(x)) + 0.5 * walk, 3) @ x
+    smoothed /= np.linalg.norm(smoothed, axis=1, keepdims=True)
+    clusters = KMeans(3, n_init=10, random_state=0).fit_predict(smoothed)
+    assert adjusted_rand_score(clusters, result.labels) > 0.95  # the same partition, up to cluster names
+    assert bool(result.method.readout_bias.any())
+    reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
+    np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
+
+
+def test_smoothing_over_neighbours_equals_powers_of_the_dense_walk_matrix():
+    from otclust.methods.clot import smooth_over_neighbors
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    index = torch.randint(30, (30, 6), generator=g)
+    walk = np.zeros((30, 30))
+    for row, cols in enumerate(index.numpy()):
+        for col in cols:
+            walk[row, col] += 1 / 6  # a neighbour listed twice counts twice
+    expected = np.linalg.matrix_power(0.5 * np.eye(30) + 0.5 * walk, 4) @ features.numpy()
+    np.testing.assert_allclose(smooth_over_neighbors(features, index, 4).numpy(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(smooth_over_neighbors(features, index, 0), features.float())
+
+
+@pytest.mark.parametrize("n_clusters, present", [(2, [0, 1]), (4, [0, 1, 3])])
+def test_linear_readout_predicts_the_labels_it_was_fitted_to(n_clusters, present):
+    from otclust.methods.clot import fit_linear_readout
+
+    g = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(n_clusters, 5, generator=g)
+    labels = np.repeat(present, 20)
+    features = centers[labels] + torch.randn(len(labels), 5, generator=g)
+    weight, bias = fit_linear_readout(features, labels, n_clusters, seed=0)
+    assert weight.shape == (n_clusters, 5) and bias.shape == (n_clusters,)
+    np.testing.assert_array_equal((features @ weight.T + bias).argmax(1).numpy(), labels)  # an empty cluster never wins
+
+
+def test_a_checkpoint_with_kmeans_centres_still_predicts_by_nearest_centre(blob_images):
+    from otclust.methods.base import InputSpec
+
+    images, _ = blob_images
+    dataset = dataset_from_array(images)
+    method = Clot(3, InputSpec.from_dataset(dataset), ClotParams())
+    state = {k: v for k, v in method.state_dict().items() if not k.startswith("readout_")}
+    centers = torch.nn.functional.normalize(torch.randn(3, method.backbone.out_dim), dim=1)
+    state["feature_centers"] = centers
+    method.load_state_dict(state)
+    method.eval()
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
+        predicted = method.predict_proba(dataset.data).argmax(1)
+    torch.testing.assert_close(predicted, torch.cdist(unit, centers).argmin(dim=1))
 
 
 def test_unknown_predict_by_is_a_user_error():
@@ -211,4 +287,4 @@ def test_predict_by_auto_uses_kmeans_only_under_the_uniform_prior(blobs, proport
     config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions)
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert method.predicts_by() == expected
-    assert bool(method.feature_centers.any()) == (expected == "kmeans")
+    assert bool(method.readout_weight.any()) == (expected == "kmeans")

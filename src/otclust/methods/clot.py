@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +48,13 @@ class ClotParams:
     # the uniform size prior (better on digits and Fashion-MNIST, docs/results.md), head when
     # --cluster-proportions gives or estimates sizes, which only the OT-trained head has learnt.
     predict_by: str = "auto"
+    # predict_by=kmeans: before k-means, each training sample's unit feature is averaged with the
+    # mean of its smooth_neighbors nearest neighbours', smooth_rounds times (a lazy random walk on
+    # the kNN graph, which pulls each cluster together); a linear read-out fitted to those clusters
+    # then predicts any image. 0 rounds: plain k-means, nearest centre predicts. 10 and 5 gained on
+    # digits and Fashion-MNIST; 50 neighbours hurt digits' 180-image classes (docs/results.md).
+    smooth_neighbors: int = 10
+    smooth_rounds: int = 5
     teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
     neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
     neighbor_start: int = 1  # first epoch (0-based) with neighbour views; mined from the backbone before it
@@ -72,6 +80,43 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024) -> torc
         similarity[torch.arange(len(similarity), device=unit.device), own] = -float("inf")
         rows.append(similarity.topk(k, dim=1).indices)
     return all_gather_rows(torch.cat(rows))
+
+
+def smooth_over_neighbors(features: torch.Tensor, neighbor_index: torch.Tensor, rounds: int) -> torch.Tensor:
+    """`rounds` times x_i <- (x_i + mean of x over i's neighbours) / 2, for every row at once.
+
+    The walk matrix is sparse (k entries a row), so a round costs N x k x D, not N^2 x D."""
+    from scipy import sparse
+
+    n, k = neighbor_index.shape
+    walk = sparse.csr_matrix(
+        (np.full(n * k, 1.0 / k, dtype=np.float32), neighbor_index.cpu().numpy().ravel(), np.arange(0, n * k + 1, k)), shape=(n, n)
+    )
+    x = features.detach().float().cpu().numpy()
+    for _ in range(rounds):
+        x = 0.5 * x + 0.5 * (walk @ x)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def fit_linear_readout(features: torch.Tensor, labels: np.ndarray, n_clusters: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K x D weights and K biases of a multinomial logistic regression from features to labels.
+
+    A cluster without samples gets a bias that no logit of the others can lose to."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    x = features.detach().double().cpu().numpy()
+    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+        model = LogisticRegression(C=10.0, max_iter=1000, random_state=seed % 2**32).fit(x, labels)
+    weight = torch.zeros(n_clusters, x.shape[1])
+    bias = torch.full((n_clusters,), -1e4)
+    coef, intercept = torch.from_numpy(model.coef_).float(), torch.from_numpy(model.intercept_).float()
+    classes = torch.from_numpy(model.classes_).long()
+    if len(classes) == 2:  # scikit-learn keeps one row: the log-odds of the second class
+        weight[classes[1]], bias[classes[0]], bias[classes[1]] = coef[0], 0.0, intercept[0]
+    else:
+        weight[classes], bias[classes] = coef, intercept
+    return weight, bias
 
 
 class CosineClusterHead(nn.Module):
@@ -123,12 +168,15 @@ class Clot(ClusteringMethod):
         self.clustering = params.cluster_start <= 0
         if params.predict_by not in ("head", "kmeans", "auto"):
             raise UserError(f"clot parameter predict_by must be 'head', 'kmeans' or 'auto', got '{params.predict_by}'")
-        # predict_by=kmeans: centres on the unit sphere of backbone features, fitted after training;
-        # all zero (not fitted) means the head predicts.
-        self.register_buffer("feature_centers", torch.zeros(n_clusters, dim))
+        # predict_by=kmeans: a linear read-out of the unit-normalised backbone features, fitted
+        # after training (logits = unit(h) @ W.T + b); all zero (not fitted) means the head predicts.
+        self.register_buffer("readout_weight", torch.zeros(n_clusters, dim))
+        self.register_buffer("readout_bias", torch.zeros(n_clusters))
         # Rows of the training set's k nearest neighbours in backbone feature space (N x k), once mined.
         self.neighbor_index: torch.Tensor | None = None
         self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
+        if params.smooth_rounds < 0 or params.smooth_neighbors < 1:
+            raise UserError(f"clot parameters smooth_rounds must be >= 0 and smooth_neighbors >= 1, got {params.smooth_rounds} and {params.smooth_neighbors}")
         if params.neighbors < 0 or params.neighbor_every < 1:
             raise UserError(f"clot parameters neighbors must be >= 0 and neighbor_every >= 1, got {params.neighbors} and {params.neighbor_every}")
         self.teacher = None
@@ -166,12 +214,34 @@ class Clot(ClusteringMethod):
     def on_fit_end(self, trainer):
         """predict_by=kmeans: the backbone's features cluster better than the head's argmax
         (docs/results.md), so the clusters become k-means on the unit-normalised features of the
-        training set (labels never used); the head stays trained and checkpointed."""
+        training set, smoothed over their nearest neighbours first (labels never used); the head
+        stays trained and checkpointed."""
         if self.predicts_by() != "kmeans":
             return
-        features = F.normalize(torch.from_numpy(trainer.embed(trainer.train_data)), dim=1)
-        centers = kmeans_centers(features, self.n_clusters, trainer.config.seed)
-        self.feature_centers.copy_(F.normalize(centers, dim=1).to(self.feature_centers.device))
+        features = torch.from_numpy(trainer.embed(trainer.train_data))
+        unit = F.normalize(features, dim=1)
+        p = self.params
+        if p.smooth_rounds == 0:
+            centers = F.normalize(kmeans_centers(unit, self.n_clusters, trainer.config.seed), dim=1)
+            # Nearest centre on the sphere; 1/T scales cosines into confidences as the cosine head's.
+            weight, bias = centers / p.head_temperature, torch.zeros(self.n_clusters)
+        else:
+            neighbors = nearest_neighbors(features.to(trainer.train_data.device), p.smooth_neighbors)
+            smoothed = F.normalize(smooth_over_neighbors(unit, neighbors, p.smooth_rounds), dim=1)
+            centers = kmeans_centers(smoothed, self.n_clusters, trainer.config.seed)
+            labels = torch.cdist(smoothed, centers).argmin(dim=1).numpy()
+            # The smoothed clusters exist for the training set only; a linear read-out of one
+            # image's own features carries them to any image (it agreed on 98.8% of Fashion-MNIST).
+            weight, bias = fit_linear_readout(unit, labels, self.n_clusters, trainer.config.seed)
+        self.readout_weight.copy_(weight.to(self.readout_weight.device))
+        self.readout_bias.copy_(bias.to(self.readout_bias.device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        centers = state_dict.pop(prefix + "feature_centers", None)
+        if centers is not None:  # a checkpoint from before the read-out: nearest k-means centre
+            state_dict.setdefault(prefix + "readout_weight", centers / self.params.head_temperature)
+            state_dict.setdefault(prefix + "readout_bias", torch.zeros(len(centers)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def pseudo_labels(self, logits: torch.Tensor, follow_prior: bool = True) -> torch.Tensor:
@@ -276,7 +346,6 @@ class Clot(ClusteringMethod):
 
     def cluster_logits(self, x):
         features = self.backbone(x)
-        if bool(self.feature_centers.any()):
-            # Nearest centre on the sphere; 1/T scales cosines into confidences as the cosine head's.
-            return F.normalize(features.float(), dim=1) @ self.feature_centers.T / self.params.head_temperature
+        if bool(self.readout_weight.any()):
+            return F.normalize(features.float(), dim=1) @ self.readout_weight.T + self.readout_bias
         return self.cluster_head(features)[self.best_head()]
