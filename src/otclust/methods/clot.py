@@ -119,6 +119,26 @@ def fit_linear_readout(features: torch.Tensor, labels: np.ndarray, n_clusters: i
     return weight, bias
 
 
+def fit_kmeans_readout(features: torch.Tensor, n_clusters: int, seed: int, params: ClotParams, neighbor_index: torch.Tensor | None = None):
+    """predict_by=kmeans's rule, (K x D weights, K biases) on unit-normalised features.
+
+    smooth_rounds=0: the nearest k-means centre on the sphere (cosines scaled by 1/head_temperature,
+    into confidences as the cosine head's). Otherwise k-means runs on the features smoothed over
+    their nearest neighbours (`neighbor_index`, or mined here), and since those clusters exist
+    only for these samples, a logistic regression on each sample's own unit feature carries them
+    to any image (it agreed on 98.8% of Fashion-MNIST)."""
+    unit = F.normalize(features.float(), dim=1).cpu()
+    if params.smooth_rounds == 0:
+        centers = F.normalize(kmeans_centers(unit, n_clusters, seed), dim=1)
+        return centers / params.head_temperature, torch.zeros(n_clusters)
+    if neighbor_index is None:
+        neighbor_index = nearest_neighbors(features, params.smooth_neighbors)
+    smoothed = F.normalize(smooth_over_neighbors(unit, neighbor_index, params.smooth_rounds), dim=1)
+    centers = kmeans_centers(smoothed, n_clusters, seed)
+    labels = torch.cdist(smoothed, centers).argmin(dim=1).numpy()
+    return fit_linear_readout(unit, labels, n_clusters, seed)
+
+
 class CosineClusterHead(nn.Module):
     """Prototypes on the unit sphere scored by cosine similarity / T (as SwAV's prototypes)."""
 
@@ -218,21 +238,8 @@ class Clot(ClusteringMethod):
         stays trained and checkpointed."""
         if self.predicts_by() != "kmeans":
             return
-        features = torch.from_numpy(trainer.embed(trainer.train_data))
-        unit = F.normalize(features, dim=1)
-        p = self.params
-        if p.smooth_rounds == 0:
-            centers = F.normalize(kmeans_centers(unit, self.n_clusters, trainer.config.seed), dim=1)
-            # Nearest centre on the sphere; 1/T scales cosines into confidences as the cosine head's.
-            weight, bias = centers / p.head_temperature, torch.zeros(self.n_clusters)
-        else:
-            neighbors = nearest_neighbors(features.to(trainer.train_data.device), p.smooth_neighbors)
-            smoothed = F.normalize(smooth_over_neighbors(unit, neighbors, p.smooth_rounds), dim=1)
-            centers = kmeans_centers(smoothed, self.n_clusters, trainer.config.seed)
-            labels = torch.cdist(smoothed, centers).argmin(dim=1).numpy()
-            # The smoothed clusters exist for the training set only; a linear read-out of one
-            # image's own features carries them to any image (it agreed on 98.8% of Fashion-MNIST).
-            weight, bias = fit_linear_readout(unit, labels, self.n_clusters, trainer.config.seed)
+        features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
+        weight, bias = fit_kmeans_readout(features, self.n_clusters, trainer.config.seed, self.params)
         self.readout_weight.copy_(weight.to(self.readout_weight.device))
         self.readout_bias.copy_(bias.to(self.readout_bias.device))
 
