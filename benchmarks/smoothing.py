@@ -1,12 +1,13 @@
 """How CLOT's k-means read-out scores with each neighbour smoothing, on trained run folders.
 
-    python benchmarks/smoothing.py runs/fm-s0 runs/fm-s2 --neighbors 10,20,50 --rounds 0,3,5,10
+    python benchmarks/smoothing.py runs/fm-s0 runs/fm-s2 --neighbors 10,20,50 --rounds 0,3,5,10 --restarts 10,50
 
 For each run (a folder of `otclust fit --method clot`), the training data are embedded once and
 their nearest neighbours mined once; then, for every (neighbours, rounds) pair, the read-out of
 `predict_by=kmeans` is refitted (`fit_kmeans_readout`, as at the end of training) and the whole
 training set is predicted with it. rounds=0 is plain k-means (nearest centre). Labels are used
-only to score. Prints a Markdown table, one row per run and setting.
+only to score. --restarts: k-means++ restarts (the lowest inertia wins). Prints a Markdown table,
+one row per run and setting.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders of otclust fit --method clot")
     parser.add_argument("--neighbors", default="10,20,50")
     parser.add_argument("--rounds", default="0,3,5,10")
+    parser.add_argument("--restarts", default="50", help="k-means restarts, e.g. 10,50")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     neighbor_counts = [int(k) for k in args.neighbors.split(",")]
     round_counts = [int(r) for r in args.rounds.split(",")]
+    restart_counts = [int(r) for r in args.restarts.split(",")]
 
-    print("| run | neighbours | rounds | ACC | NMI | ARI | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | neighbours | rounds | restarts | ACC | NMI | ARI | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         method, config = load_trained(Path(run) / "model.pt", device="cpu")
         if not isinstance(method, Clot):
@@ -52,18 +55,17 @@ def main() -> None:
         features = torch.from_numpy(embed_in_batches(method, dataset.data, torch.device("cpu")))
         unit = F.normalize(features, dim=1)
         mined = nearest_neighbors(features, max(neighbor_counts))  # sorted, so the first k columns are the k nearest
-        for k in neighbor_counts:
-            for rounds in round_counts:
-                if rounds == 0 and k != neighbor_counts[0]:
-                    continue  # plain k-means ignores the neighbours: one row is enough
-                params = dataclasses.replace(method.params, smooth_neighbors=k, smooth_rounds=rounds)
-                started = time.perf_counter()
-                weight, bias = fit_kmeans_readout(features, method.n_clusters, config.seed, params, neighbor_index=mined[:, :k])
-                seconds = time.perf_counter() - started
-                scores = evaluate_clustering(dataset.labels, (unit @ weight.T + bias).argmax(dim=1).numpy())
-                shown_k = "-" if rounds == 0 else k
-                print(f"| {run} | {shown_k} | {rounds} | {scores['acc']:.4f} | {scores['nmi']:.4f} | {scores['ari']:.4f} | {seconds:.1f} |", flush=True)
-
+        settings = [(k, rounds, restarts) for k in neighbor_counts for rounds in round_counts for restarts in restart_counts]
+        # plain k-means (0 rounds) ignores the neighbours: one row per restart count is enough
+        settings = [(k, r, n) for k, r, n in settings if r > 0 or k == neighbor_counts[0]]
+        for k, rounds, restarts in settings:
+            params = dataclasses.replace(method.params, smooth_neighbors=k, smooth_rounds=rounds, kmeans_restarts=restarts)
+            started = time.perf_counter()
+            weight, bias = fit_kmeans_readout(features, method.n_clusters, config.seed, params, neighbor_index=mined[:, :k])
+            seconds = time.perf_counter() - started
+            scores = evaluate_clustering(dataset.labels, (unit @ weight.T + bias).argmax(dim=1).numpy())
+            shown_k = "-" if rounds == 0 else k
+            print(f"| {run} | {shown_k} | {rounds} | {restarts} | {scores['acc']:.4f} | {scores['nmi']:.4f} | {scores['ari']:.4f} | {seconds:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()

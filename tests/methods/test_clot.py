@@ -127,7 +127,7 @@ def test_predict_by_kmeans_without_smoothing_assigns_to_the_nearest_feature_cent
 
     dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_rounds=0)
     method = result.method
-    centers = KMeans(3, n_init=10, random_state=0).fit(unit.double().numpy()).cluster_centers_
+    centers = KMeans(3, n_init=50, random_state=0).fit(unit.double().numpy()).cluster_centers_
     np.testing.assert_array_equal(result.labels, torch.cdist(unit.double(), torch.from_numpy(centers)).argmin(dim=1).numpy())
     assert len(np.unique(result.labels)) == 3
     assert not bool(method.readout_bias.any())
@@ -151,11 +151,21 @@ def test_predict_by_kmeans_reads_out_the_clusters_of_neighbour_smoothed_features
     np.put_along_axis(walk, neighbours, 1 / 5, axis=1)
     smoothed = np.linalg.matrix_power(0.5 * np.eye(len(x)) + 0.5 * walk, 3) @ x
     smoothed /= np.linalg.norm(smoothed, axis=1, keepdims=True)
-    clusters = KMeans(3, n_init=10, random_state=0).fit_predict(smoothed)
+    clusters = KMeans(3, n_init=50, random_state=0).fit_predict(smoothed)
     assert adjusted_rand_score(clusters, result.labels) > 0.95  # the same partition, up to cluster names
     assert bool(result.method.readout_bias.any())
     reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
     np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
+
+
+@pytest.mark.parametrize("params, name", [({"kmeans_restarts": 0}, "kmeans_restarts"), ({"smooth_rounds": -1}, "smooth_rounds"), ({"smooth_neighbors": 0}, "smooth_neighbors")])
+def test_bad_readout_settings_are_user_errors(params, name):
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(UserError, match=name):
+        Clot(2, spec, ClotParams(**params))
 
 
 def test_smoothing_over_neighbours_equals_powers_of_the_dense_walk_matrix():
