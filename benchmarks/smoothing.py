@@ -1,12 +1,14 @@
 """How CLOT's k-means read-out scores with each neighbour smoothing, on trained run folders.
 
     python benchmarks/smoothing.py runs/fm-s0 runs/fm-s2 --neighbors 10,20,50 --rounds 0,3,5,10 --restarts 10,50
+    python benchmarks/smoothing.py runs/fm-s1 --neighbors 10 --rounds 5 --restarts 50 --choices prior,inertia
 
 For each run (a folder of `otclust fit --method clot`), the training data are embedded once and
 their nearest neighbours mined once; then, for every (neighbours, rounds) pair, the read-out of
 `predict_by=kmeans` is refitted (`fit_kmeans_readout`, as at the end of training) and the whole
 training set is predicted with it. rounds=0 is plain k-means (nearest centre). Labels are used
-only to score. --restarts: k-means++ restarts (the lowest inertia wins). Prints a Markdown table,
+only to score. --restarts: k-means++ restarts; --choices: which restart is kept (`prior`: the
+lowest inertia under equal cluster sizes, `inertia`: plain k-means'). Prints a Markdown table,
 one row per run and setting.
 """
 
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--neighbors", default="10,20,50")
     parser.add_argument("--rounds", default="0,3,5,10")
     parser.add_argument("--restarts", default="50", help="k-means restarts, e.g. 10,50")
+    parser.add_argument("--choices", default="prior", help="restart choice(s), e.g. prior,inertia")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -42,9 +45,10 @@ def main() -> None:
     neighbor_counts = [int(k) for k in args.neighbors.split(",")]
     round_counts = [int(r) for r in args.rounds.split(",")]
     restart_counts = [int(r) for r in args.restarts.split(",")]
+    choices = args.choices.split(",")
 
-    print("| run | neighbours | rounds | restarts | ACC | NMI | ARI | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| run | neighbours | rounds | restarts | choice | ACC | NMI | ARI | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         method, config = load_trained(Path(run) / "model.pt", device="cpu")
         if not isinstance(method, Clot):
@@ -55,17 +59,17 @@ def main() -> None:
         features = torch.from_numpy(embed_in_batches(method, dataset.data, torch.device("cpu")))
         unit = F.normalize(features, dim=1)
         mined = nearest_neighbors(features, max(neighbor_counts))  # sorted, so the first k columns are the k nearest
-        settings = [(k, rounds, restarts) for k in neighbor_counts for rounds in round_counts for restarts in restart_counts]
+        settings = [(k, rounds, restarts, choice) for k in neighbor_counts for rounds in round_counts for restarts in restart_counts for choice in choices]
         # plain k-means (0 rounds) ignores the neighbours: one row per restart count is enough
-        settings = [(k, r, n) for k, r, n in settings if r > 0 or k == neighbor_counts[0]]
-        for k, rounds, restarts in settings:
-            params = dataclasses.replace(method.params, smooth_neighbors=k, smooth_rounds=rounds, kmeans_restarts=restarts)
+        settings = [(k, r, n, c) for k, r, n, c in settings if r > 0 or k == neighbor_counts[0]]
+        for k, rounds, restarts, choice in settings:
+            params = dataclasses.replace(method.params, smooth_neighbors=k, smooth_rounds=rounds, kmeans_restarts=restarts, kmeans_choice=choice)
             started = time.perf_counter()
             weight, bias = fit_kmeans_readout(features, method.n_clusters, config.seed, params, neighbor_index=mined[:, :k])
             seconds = time.perf_counter() - started
             scores = evaluate_clustering(dataset.labels, (unit @ weight.T + bias).argmax(dim=1).numpy())
             shown_k = "-" if rounds == 0 else k
-            print(f"| {run} | {shown_k} | {rounds} | {restarts} | {scores['acc']:.4f} | {scores['nmi']:.4f} | {scores['ari']:.4f} | {seconds:.1f} |", flush=True)
+            print(f"| {run} | {shown_k} | {rounds} | {restarts} | {choice} | {scores['acc']:.4f} | {scores['nmi']:.4f} | {scores['ari']:.4f} | {seconds:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -122,13 +122,15 @@ def _fit_predicting_by_kmeans(blob_images, out_dir, **params):
 
 def test_predict_by_kmeans_without_smoothing_assigns_to_the_nearest_feature_center(blob_images, tmp_path):
     from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
 
     from otclust.engine import load_trained
 
     dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_rounds=0)
     method = result.method
     centers = KMeans(3, n_init=50, random_state=0).fit(unit.double().numpy()).cluster_centers_
-    np.testing.assert_array_equal(result.labels, torch.cdist(unit.double(), torch.from_numpy(centers)).argmin(dim=1).numpy())
+    nearest = torch.cdist(unit.double(), torch.from_numpy(centers)).argmin(dim=1).numpy()
+    assert adjusted_rand_score(nearest, result.labels) == 1.0  # the same partition, up to cluster names
     assert len(np.unique(result.labels)) == 3
     assert not bool(method.readout_bias.any())
     reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
@@ -158,7 +160,7 @@ def test_predict_by_kmeans_reads_out_the_clusters_of_neighbour_smoothed_features
     np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
 
 
-@pytest.mark.parametrize("params, name", [({"kmeans_restarts": 0}, "kmeans_restarts"), ({"smooth_rounds": -1}, "smooth_rounds"), ({"smooth_neighbors": 0}, "smooth_neighbors")])
+@pytest.mark.parametrize("params, name", [({"kmeans_restarts": 0}, "kmeans_restarts"), ({"kmeans_choice": "lowest"}, "kmeans_choice"), ({"smooth_rounds": -1}, "smooth_rounds"), ({"smooth_neighbors": 0}, "smooth_neighbors")])
 def test_bad_readout_settings_are_user_errors(params, name):
     from otclust.errors import UserError
     from otclust.methods.base import InputSpec
@@ -298,3 +300,36 @@ def test_predict_by_auto_uses_kmeans_only_under_the_uniform_prior(blobs, proport
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert method.predicts_by() == expected
     assert bool(method.readout_weight.any()) == (expected == "kmeans")
+
+
+@pytest.mark.parametrize("choice, separated", [("prior", True), ("inertia", False)])
+def test_kmeans_restart_choice_under_equal_sizes_keeps_the_balanced_partition(choice, separated):
+    """Two tight blobs and a long line: the lowest plain inertia merges the blobs and splits the
+    line; under equal cluster sizes the restart that separates all three wins."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from otclust.methods.clot import choose_kmeans_restart
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, 2, generator=g) * 0.05, torch.randn(100, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
+    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
+    truth = np.repeat([0, 1, 2], 100)
+    chosen = choose_kmeans_restart(x, 3, seed=0, params=ClotParams(kmeans_restarts=30, kmeans_choice=choice))
+    assert (adjusted_rand_score(truth, chosen.labels) == 1.0) == separated
+
+
+def test_kmeans_restart_choice_matches_known_sizes_to_clusters():
+    """Known unequal sizes, given in any order: the restart whose clusters fit them wins."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from otclust.methods.clot import choose_kmeans_restart
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(150, 2, generator=g) * 0.05, torch.randn(50, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
+    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
+    truth = np.repeat([0, 1, 2], [150, 50, 100])
+    sizes = torch.tensor([100.0, 150.0, 50.0]) / 300  # shuffled relative to the clusters
+    params = ClotParams(kmeans_restarts=30)
+    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, params=params, sizes=sizes).labels) == 1.0
+    inertia_choice = choose_kmeans_restart(x, 3, seed=0, params=ClotParams(kmeans_restarts=30, kmeans_choice="inertia"))
+    assert adjusted_rand_score(truth, inertia_choice.labels) < 1.0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ot
-from otclust.ot import ot_kmeans_loss, soft_kmeans_loss
+from otclust.ot import ot_kmeans_loss, soft_kmeans_loss, squared_distances
 
 torch.set_num_threads(1)
 
@@ -146,3 +146,38 @@ def test_soft_kmeans_gradients():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         ot_kmeans_loss(torch.randn(4, 3), torch.randn(2, 2), 0.1)
+
+
+@pytest.mark.parametrize("sizes", [None, [0.5, 0.3, 0.2]])
+def test_size_constrained_inertia_approaches_the_exact_transport_cost(sizes):
+    from otclust.ot import size_constrained_inertia
+
+    x, mu = _problem(n=60, k=3)
+    w = np.full(3, 1 / 3) if sizes is None else np.array(sizes)
+    exact = ot.emd2(np.full(60, 1 / 60), w, _sq_dist(x, mu).numpy())
+    weights = None if sizes is None else torch.tensor(sizes)
+    value = size_constrained_inertia(x.float(), mu.float(), weights, relative_eps=0.005)
+    # the entropic plan is feasible to Sinkhorn's 1e-4 marginal tolerance, so it costs at least
+    # about the optimum, and not much more at this small eps
+    assert exact * (1 - 1e-3) <= value <= exact * 1.02
+
+
+def _two_tight_blobs_and_a_long_line(n=100, seed=0):
+    """A at x=0, B at x=4 (tight), C spread along x in [30, 50]: k-means' lowest inertia merges
+    A and B and splits C; with equal cluster sizes that end point is the expensive one."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 2, generator=g) * 0.05
+    b = torch.randn(n, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])
+    c = torch.stack([30 + 20 * torch.rand(n, generator=g), torch.zeros(n)], dim=1)
+    return torch.cat([a, b, c]), np.repeat([0, 1, 2], n)
+
+
+def test_size_constrained_inertia_prefers_the_partition_with_the_prior_sizes():
+    from otclust.ot import size_constrained_inertia
+
+    x, _ = _two_tight_blobs_and_a_long_line()
+    true_centers = torch.tensor([[0.0, 0.0], [4.0, 0.0], [40.0, 0.0]])
+    merge_and_split = torch.tensor([[2.0, 0.0], [35.0, 0.0], [45.0, 0.0]])
+    plain = [float(squared_distances(x, c).min(dim=1).values.mean()) for c in (true_centers, merge_and_split)]
+    assert plain[1] < plain[0]  # what plain k-means would keep
+    assert size_constrained_inertia(x, true_centers) < size_constrained_inertia(x, merge_and_split)

@@ -35,6 +35,33 @@ def kmeans_centers(points: np.ndarray | torch.Tensor, n_clusters: int, seed: int
 
 
 @dataclass
+class KMeansRestart:
+    """One k-means++ restart's end point: K x D centers, each point's nearest center, inertia."""
+
+    centers: torch.Tensor
+    labels: np.ndarray
+    inertia: float
+
+
+def kmeans_restarts(points: np.ndarray | torch.Tensor, n_clusters: int, seed: int, n_restarts: int, max_iter: int = 300) -> list[KMeansRestart]:
+    """Every restart of k-means, not only the lowest-inertia one, so a caller can choose by
+    another criterion (CLOT's read-out: the cost under its cluster-size prior)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    if torch.is_tensor(points):
+        points = points.detach().cpu().numpy()
+    points = np.ascontiguousarray(points, dtype=np.float64)
+    restart_seeds = np.random.default_rng(seed % 2**32).integers(2**31 - 1, size=n_restarts)
+    ends = []
+    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+        for restart_seed in restart_seeds:
+            model = KMeans(n_clusters=n_clusters, n_init=1, max_iter=max_iter, random_state=int(restart_seed)).fit(points)
+            ends.append(KMeansRestart(torch.from_numpy(model.cluster_centers_).float(), model.labels_, float(model.inertia_)))
+    return ends
+
+
+@dataclass
 class KMeansParams:
     n_init: int = 10  # k-means++ restarts; the best inertia is kept
     max_iter: int = 300  # Lloyd iterations per restart

@@ -1,6 +1,6 @@
 """Optimal-transport solvers and losses used by the clustering methods."""
 
-from otclust.ot.kmeans_loss import ot_kmeans_loss, soft_kmeans_loss, squared_distances
+from otclust.ot.kmeans_loss import ot_kmeans_loss, size_constrained_inertia, soft_kmeans_loss, squared_distances
 from otclust.ot.large import QuantizedScores, SinkhornLabels, quantize_scores, sinkhorn_labels
 from otclust.ot.sinkhorn import SinkhornResult, sinkhorn
 from otclust.ot.unbalanced import sinkhorn_semi_relaxed
@@ -15,5 +15,6 @@ __all__ = [
     "sinkhorn_labels",
     "ot_kmeans_loss",
     "soft_kmeans_loss",
+    "size_constrained_inertia",
     "squared_distances",
 ]

@@ -24,7 +24,7 @@ import torch
 
 from otclust.ot.sinkhorn import sinkhorn
 
-__all__ = ["ot_kmeans_loss", "soft_kmeans_loss", "squared_distances"]
+__all__ = ["ot_kmeans_loss", "soft_kmeans_loss", "squared_distances", "size_constrained_inertia"]
 
 
 def squared_distances(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -117,3 +117,21 @@ def soft_kmeans_loss(
     else:
         loss = (plan * cost).sum()
     return loss, plan.detach()
+
+
+@torch.no_grad()
+def size_constrained_inertia(points: torch.Tensor, centers: torch.Tensor, sizes: torch.Tensor | None = None, relative_eps: float = 0.05) -> float:
+    """Mean squared distance from points to centers when center k must take a share sizes[k]
+    of the points (uniform by default): ``<pi*, C>`` of the OT k-means plan, in float64.
+
+    k-means' own inertia lets one center take two classes while two others split a third; under
+    a size prior that end point pays for moving the surplus to far centers, so comparing k-means
+    restarts by this cost prefers partitions the prior allows. eps is ``relative_eps`` times the
+    unconstrained inertia (the mean squared distance to the nearest center), so the answer does
+    not depend on the scale of the points and the plan stays close to a hard assignment.
+    """
+    cost = squared_distances(points.double(), centers.double())
+    eps = relative_eps * float(cost.min(dim=1).values.mean().clamp_min(1e-12))
+    weights = None if sizes is None else sizes.double() / sizes.double().sum()
+    plan = sinkhorn(-cost, eps=eps, b=weights, n_iters=2000, tol=1e-4).plan
+    return float((plan * cost).sum())
