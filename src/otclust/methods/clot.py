@@ -9,7 +9,6 @@ prediction (transformation invariance), and a SimCLR projection head adds NT-Xen
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from otclust.methods.base import ClusteringMethod
 from otclust.methods.kmeans import KMeansRestart, kmeans_restarts
 from otclust.models import ClusterHead, ProjectionHead
 from otclust.ot import size_constrained_inertia
-from otclust.ot.priors import match_prior_to_mass
+from otclust.ot.priors import estimate_sizes, match_prior_to_mass
 
 
 @dataclass
@@ -63,8 +62,8 @@ class ClotParams:
     # classes (-7 ACC points), so 10 restarts missed it on some seeds; 50 rarely do.
     kmeans_restarts: int = 50
     # Which restart the read-out keeps: "prior", the lowest inertia under the run's cluster-size
-    # prior (OT k-means cost; a merge-and-split end point pays for its odd sizes; with
-    # --cluster-proportions auto there is none and inertia decides), or "inertia",
+    # prior (OT k-means cost; a merge-and-split end point pays for its odd sizes; known sizes are
+    # matched to each restart's clusters, 'auto' uses the sizes the run estimated), or "inertia",
     # plain k-means' lowest inertia. On one Fashion-MNIST seed the merge-and-split partition had
     # the lowest plain inertia (docs/results.md).
     kmeans_choice: str = "prior"
@@ -279,12 +278,12 @@ class Clot(ClusteringMethod):
         if self.predicts_by() != "kmeans":
             return
         features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
-        params, sizes = self.params, None
+        sizes = None  # uniform
         if self.prior_mode == "known":
             sizes = self.cluster_prior
-        elif self.prior_mode == "auto":  # sizes unknown: no prior to choose by
-            params = dataclasses.replace(params, kmeans_choice="inertia")
-        weight, bias = fit_kmeans_readout(features, self.n_clusters, trainer.config.seed, params, sizes=sizes)
+        elif self.prior_mode == "auto":  # the sizes the run estimated from its predictions
+            sizes = estimate_sizes(self.predicted_mass)
+        weight, bias = fit_kmeans_readout(features, self.n_clusters, trainer.config.seed, self.params, sizes=sizes)
         self.readout_weight.copy_(weight.to(self.readout_weight.device))
         self.readout_bias.copy_(bias.to(self.readout_bias.device))
 
