@@ -294,9 +294,10 @@ def test_cluster_loss_counts_only_from_cluster_start(blob_images):
     torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + method.params.cluster_weight * parts["cluster"])
 
 
-@pytest.mark.parametrize("proportions, expected", [("uniform", "kmeans"), ("0.5,0.3,0.2", "head"), ("auto", "head")])
-def test_predict_by_auto_uses_kmeans_only_under_the_uniform_prior(blobs, proportions, expected):
-    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions)
+@pytest.mark.parametrize("proportions, predict_by, expected", [("uniform", None, "kmeans"), ("0.5,0.3,0.2", None, "kmeans"), ("auto", "auto", "kmeans"), ("auto", "head", "head")])
+def test_the_kmeans_readout_predicts_under_every_prior_unless_the_head_is_asked_for(blobs, proportions, predict_by, expected):
+    params = {} if predict_by is None else {"predict_by": predict_by}
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions, params=params)
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert method.predicts_by() == expected
     assert bool(method.readout_weight.any()) == (expected == "kmeans")
@@ -333,3 +334,26 @@ def test_kmeans_restart_choice_matches_known_sizes_to_clusters():
     assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, params=params, sizes=sizes).labels) == 1.0
     inertia_choice = choose_kmeans_restart(x, 3, seed=0, params=ClotParams(kmeans_restarts=30, kmeans_choice="inertia"))
     assert adjusted_rand_score(truth, inertia_choice.labels) < 1.0
+
+
+@pytest.mark.parametrize("proportions", ["uniform", "0.5,0.3,0.2", "auto"])
+def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportions, monkeypatch):
+    import otclust.methods.clot as clot_module
+
+    seen = {}
+    real = clot_module.fit_kmeans_readout
+
+    def spy(*args, sizes=None, **kwargs):
+        seen["sizes"] = sizes
+        return real(*args, sizes=sizes, **kwargs)
+
+    monkeypatch.setattr(clot_module, "fit_kmeans_readout", spy)
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions, params={"predict_by": "kmeans"})
+    method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
+    if proportions == "uniform":
+        assert seen["sizes"] is None
+    elif proportions == "auto":  # the run's own estimate, from its running predicted masses
+        torch.testing.assert_close(seen["sizes"], clot_module.estimate_sizes(method.predicted_mass))
+    else:  # the known multiset; the read-out matches it to each restart's clusters
+        torch.testing.assert_close(torch.sort(seen["sizes"]).values, torch.tensor([0.2, 0.3, 0.5]))
+    assert bool(method.readout_weight.any())
