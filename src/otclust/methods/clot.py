@@ -60,14 +60,15 @@ class ClotParams:
     smooth_neighbors: int = 10
     smooth_rounds: int = 5
     # k-means++ restarts of that k-means (the lowest inertia wins). On Fashion-MNIST features a
-    # restart finds the lowest-inertia partition 1 time in 6-10 and the runner-up merges two
-    # classes (-7 ACC points), so 10 restarts missed it on some seeds; 50 rarely do.
+    # restart finds the best partition 1 time in 6-10 and the runner-up merges two classes (-7 ACC
+    # points), so 10 restarts missed it on some seeds.
     kmeans_restarts: int = 50
     # Which restart the read-out keeps: "prior", the lowest inertia under the run's cluster-size
     # prior (OT k-means cost; a merge-and-split end point pays for its odd sizes; known sizes are
     # matched to each restart's clusters, 'auto' uses the sizes the run estimated), or "inertia",
-    # plain k-means' lowest inertia. On one Fashion-MNIST seed the merge-and-split partition had
-    # the lowest plain inertia (docs/results.md).
+    # plain k-means' lowest inertia. On two of three Fashion-MNIST seeds the merge-and-split
+    # partition had the lowest plain inertia: 0.698 ACC, against 0.768 and 0.763 by the prior
+    # (docs/results.md).
     kmeans_choice: str = "prior"
     teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
     neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
