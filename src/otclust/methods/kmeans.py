@@ -21,14 +21,19 @@ from otclust.methods.base import ClusteringMethod
 from otclust.ot.kmeans_loss import squared_distances
 
 
+def _as_float64_array(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    """scikit-learn's KMeans input: a contiguous float64 array, from a tensor or an array."""
+    if torch.is_tensor(points):
+        points = points.detach().cpu().numpy()
+    return np.ascontiguousarray(points, dtype=np.float64)
+
+
 def kmeans_centers(points: np.ndarray | torch.Tensor, n_clusters: int, seed: int, n_init: int = 10, max_iter: int = 300) -> torch.Tensor:
     """K x D float32 centers of scikit-learn's KMeans on N x D points (threads as torch's)."""
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    if torch.is_tensor(points):
-        points = points.detach().cpu().numpy()
-    points = np.ascontiguousarray(points, dtype=np.float64)
+    points = _as_float64_array(points)
     with threadpool_limits(limits=max(1, torch.get_num_threads())):
         model = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed % 2**32).fit(points)
     return torch.from_numpy(model.cluster_centers_).float()
@@ -49,9 +54,7 @@ def kmeans_restarts(points: np.ndarray | torch.Tensor, n_clusters: int, seed: in
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    if torch.is_tensor(points):
-        points = points.detach().cpu().numpy()
-    points = np.ascontiguousarray(points, dtype=np.float64)
+    points = _as_float64_array(points)
     restart_seeds = np.random.default_rng(seed % 2**32).integers(2**31 - 1, size=n_restarts)
     ends = []
     with threadpool_limits(limits=max(1, torch.get_num_threads())):
