@@ -343,17 +343,67 @@ def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportion
     seen = {}
     real = clot_module.fit_kmeans_readout
 
-    def spy(*args, sizes=None, **kwargs):
-        seen["sizes"] = sizes
-        return real(*args, sizes=sizes, **kwargs)
+    def spy(features, n_clusters, seed, params, sizes=None, **kwargs):
+        seen["sizes"], seen["choice"] = sizes, params.kmeans_choice
+        return real(features, n_clusters, seed, params, sizes=sizes, **kwargs)
 
     monkeypatch.setattr(clot_module, "fit_kmeans_readout", spy)
     config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions, params={"predict_by": "kmeans"})
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
-    if proportions == "uniform":
-        assert seen["sizes"] is None
-    elif proportions == "auto":  # the run's own estimate, from its running predicted masses
-        torch.testing.assert_close(seen["sizes"], clot_module.estimate_sizes(method.predicted_mass))
+    if proportions == "uniform":  # equal sizes imposed
+        assert seen["sizes"] is None and seen["choice"] == "prior"
+    elif proportions == "auto":  # sizes unknown: none imposed, plain inertia decides
+        assert seen["sizes"] is None and seen["choice"] == "inertia"
     else:  # the known multiset; the read-out matches it to each restart's clusters
         torch.testing.assert_close(torch.sort(seen["sizes"]).values, torch.tensor([0.2, 0.3, 0.5]))
+        assert seen["choice"] == "prior"
     assert bool(method.readout_weight.any())
+
+
+def test_feature_size_estimate_recovers_unequal_cluster_sizes():
+    from otclust.methods.clot import estimate_sizes_from_features
+
+    g = torch.Generator().manual_seed(0)
+    counts = [240, 120, 40]
+    centers = torch.eye(8)[:3] * 10
+    features = torch.cat([c + torch.randn(n, 8, generator=g) for c, n in zip(centers, counts)])
+    sizes = estimate_sizes_from_features(features, 3, seed=0, params=ClotParams())
+    torch.testing.assert_close(sizes, torch.tensor([0.6, 0.3, 0.1]))  # largest first, above the 0.2/K floor
+    # a cluster smaller than the floor (12 of 252 points, floor 0.2/K = 0.1) is held at the floor
+    tiny = estimate_sizes_from_features(torch.cat([features[:240], features[-12:]]), 2, seed=0, params=ClotParams())
+    torch.testing.assert_close(tiny, torch.tensor([240 / 252, 0.1]) / (240 / 252 + 0.1))
+
+
+def test_size_updates_are_spread_over_training_and_skip_the_untrained_first_epoch():
+    from otclust.methods.clot import size_update_epochs
+
+    assert size_update_epochs(300, 9) == set(range(30, 300, 30))
+    assert size_update_epochs(10, 3) == {2, 5, 8}
+    assert size_update_epochs(1, 9) == set()
+
+
+def test_auto_prior_trains_towards_the_cluster_sizes_the_features_show(blob_images):
+    images, labels = blob_images
+    keep = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)[:30], np.flatnonzero(labels == 2)[:10]])
+    dataset = dataset_from_array(images[keep])
+    dataset.labels = labels[keep]
+    truth = np.sort(np.bincount(labels[keep]) / len(keep))[::-1]
+    config = FitConfig(method="clot", clusters=3, epochs=3, batch_size=40, seed=0, cluster_proportions="auto", params={"size_updates": 1})
+    method = Trainer(config, progress=False, log=lambda m: None).fit(dataset).method
+    estimate = method.feature_sizes.numpy()
+    assert estimate.sum() > 0 and np.all(np.diff(estimate) <= 0)
+    assert abs(estimate[0] - truth[0]) < 0.1  # a third each would be 0.33 off
+    # from the estimate on, the OT columns are that multiset matched to the clusters by mass
+    b = method.target_marginal(torch.full((5, 3), 1 / 3))
+    torch.testing.assert_close(torch.sort(b, descending=True).values, method.feature_sizes)
+
+
+def test_checkpoint_from_before_feature_sizes_loads():
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    old = Clot(3, spec, ClotParams()).state_dict()
+    del old["feature_sizes"]
+    method = Clot(3, spec, ClotParams())
+    method.load_state_dict(old)
+    assert float(method.feature_sizes.sum()) == 0.0
