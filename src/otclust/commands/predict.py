@@ -78,13 +78,13 @@ def model_prior(method, proba: np.ndarray):
     """The cluster sizes the model was trained towards, as the balanced assignment's column marginal."""
     import torch
 
-    from otclust.ot.priors import estimate_sizes, match_prior_to_mass
+    from otclust.ot.priors import match_prior_to_mass
 
     if method.prior_mode == "known":
         # A known prior is a multiset of sizes, matched to clusters by rank of their mass (as in training).
         return match_prior_to_mass(method.cluster_prior.cpu(), torch.from_numpy(proba.mean(axis=0)).float())
     if method.prior_mode == "auto":
-        return estimate_sizes(method.predicted_mass.cpu())
+        return method.estimated_sizes().cpu()
     return method.cluster_prior.cpu().float()
 
 

@@ -212,8 +212,13 @@ class ClusteringMethod(nn.Module):
         if self.prior_mode == "known":
             return match_prior_to_mass(self.cluster_prior, self.predicted_mass)
         if self.prior_mode == "auto":
-            return estimate_sizes(self.predicted_mass)
+            return self.estimated_sizes()
         return self.cluster_prior
+
+    @torch.no_grad()
+    def estimated_sizes(self) -> torch.Tensor:
+        """'auto' mode's cluster sizes: by default the running predicted masses (estimate_sizes)."""
+        return estimate_sizes(self.predicted_mass)
 
     @torch.no_grad()
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:

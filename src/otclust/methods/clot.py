@@ -24,7 +24,7 @@ from otclust.methods.base import ClusteringMethod
 from otclust.methods.kmeans import KMeansRestart, kmeans_restarts
 from otclust.models import ClusterHead, ProjectionHead
 from otclust.ot import size_constrained_inertia
-from otclust.ot.priors import estimate_sizes, match_prior_to_mass
+from otclust.ot.priors import match_prior_to_mass
 
 
 @dataclass
@@ -307,11 +307,15 @@ class Clot(ClusteringMethod):
             sizes = estimate_sizes_from_features(features, self.n_clusters, trainer.config.seed + epoch, p, neighbor_index=mined)
             self.feature_sizes.copy_(sizes.to(self.feature_sizes.device))
 
-    def target_marginal(self, probs):
-        sizes = super().target_marginal(probs)  # also keeps the running predicted masses
-        if self.prior_mode == "auto" and bool(self.feature_sizes.sum() > 0):
-            return match_prior_to_mass(self.feature_sizes, self.predicted_mass)
-        return sizes
+    @torch.no_grad()
+    def estimated_sizes(self):
+        """auto_sizes=features: the latest k-means estimate, matched to the clusters by predicted
+        mass (equal sizes until the first estimate)."""
+        if self.params.auto_sizes == "predictions":
+            return super().estimated_sizes()
+        if not bool(self.feature_sizes.sum() > 0):
+            return torch.full_like(self.predicted_mass, 1.0 / self.n_clusters)
+        return match_prior_to_mass(self.feature_sizes, self.predicted_mass)
 
     def method_state(self):
         return {"neighbor_index": self.neighbor_index}
