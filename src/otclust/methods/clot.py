@@ -179,11 +179,19 @@ def fit_kmeans_readout(
     if params.smooth_rounds == 0:
         centers = F.normalize(choose_kmeans_restart(unit, n_clusters, seed, params, sizes).centers, dim=1)
         return centers / params.head_temperature, torch.zeros(n_clusters)
-    if neighbor_index is None:
-        neighbor_index = nearest_neighbors(features, params.smooth_neighbors)
-    smoothed = F.normalize(smooth_over_neighbors(unit, neighbor_index, params.smooth_rounds), dim=1)
-    chosen = choose_kmeans_restart(smoothed, n_clusters, seed, params, sizes)
+    chosen = choose_kmeans_restart(smoothed_unit_features(features, params, neighbor_index), n_clusters, seed, params, sizes)
     return fit_linear_readout(unit, chosen.labels, n_clusters, seed)
+
+
+def smoothed_unit_features(features: torch.Tensor, params: ClotParams, neighbor_index: torch.Tensor | None = None) -> torch.Tensor:
+    """N x D on the CPU: unit features smoothed over their neighbours (`neighbor_index`, or mined
+    here on the features' device) smooth_rounds times, normalised again: what k-means clusters."""
+    if neighbor_index is None and params.smooth_rounds > 0:
+        neighbor_index = nearest_neighbors(features, params.smooth_neighbors)
+    unit = F.normalize(features.float(), dim=1).cpu()
+    if params.smooth_rounds == 0:
+        return unit
+    return F.normalize(smooth_over_neighbors(unit, neighbor_index, params.smooth_rounds), dim=1)
 
 
 def estimate_sizes_from_features(
@@ -192,10 +200,7 @@ def estimate_sizes_from_features(
     """auto_sizes=features: cluster proportions, largest first, of the lowest-inertia k-means on
     the neighbour-smoothed unit features (`neighbor_index`, or mined here), each kept above
     floor/K as `estimate_sizes` keeps them, so the OT constraint never lets a cluster die out."""
-    unit = F.normalize(features.float(), dim=1).cpu()
-    if neighbor_index is None:
-        neighbor_index = nearest_neighbors(unit, params.smooth_neighbors)
-    smoothed = F.normalize(smooth_over_neighbors(unit, neighbor_index.cpu(), params.smooth_rounds), dim=1)
+    smoothed = smoothed_unit_features(features, params, neighbor_index)
     best = min(kmeans_restarts(smoothed, n_clusters, seed, restarts), key=lambda end: end.inertia)
     mass = torch.from_numpy(np.bincount(best.labels, minlength=n_clusters) / len(best.labels)).float()
     mass = torch.sort(mass.clamp(min=floor / n_clusters), descending=True).values
@@ -303,7 +308,7 @@ class Clot(ClusteringMethod):
             mined = self.neighbor_index if p.neighbors == p.smooth_neighbors else None
         if self.prior_mode == "auto" and p.auto_sizes == "features" and epoch in size_update_epochs(trainer.config.epochs, p.size_updates):
             if mined is None:
-                features = torch.from_numpy(trainer.embed(trainer.train_data))
+                features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
             sizes = estimate_sizes_from_features(features, self.n_clusters, trainer.config.seed + epoch, p, neighbor_index=mined)
             self.feature_sizes.copy_(sizes.to(self.feature_sizes.device))
 
