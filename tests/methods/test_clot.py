@@ -407,3 +407,21 @@ def test_checkpoint_from_before_feature_sizes_loads():
     method = Clot(3, spec, ClotParams())
     method.load_state_dict(old)
     assert float(method.feature_sizes.sum()) == 0.0
+
+
+def test_auto_sizes_are_estimated_when_neighbours_are_mined(blobs, monkeypatch):
+    import otclust.methods.clot as clot_module
+
+    estimated_at, real = [], clot_module.estimate_sizes_from_features
+
+    def spy(features, n_clusters, seed, params, neighbor_index=None, **kwargs):
+        estimated_at.append(seed)  # the seed is the run's seed + the epoch
+        assert neighbor_index is not None and neighbor_index.shape[1] == params.smooth_neighbors
+        return real(features, n_clusters, seed, params, neighbor_index=neighbor_index, **kwargs)
+
+    monkeypatch.setattr(clot_module, "estimate_sizes_from_features", spy)
+    params = {"neighbors": 3, "neighbor_start": 1, "neighbor_every": 2, "smooth_neighbors": 5}
+    config = FitConfig(method="clot", clusters=3, epochs=5, batch_size=60, seed=0, cluster_proportions="auto", params=params)
+    method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
+    assert estimated_at == [1, 3]  # the mining epochs, one kNN search each
+    assert method.neighbor_index.shape[1] == 3  # the views still pair each sample with its 3 nearest

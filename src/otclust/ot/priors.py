@@ -1,8 +1,8 @@
 """Cluster-size priors: the column marginal b of the OT problems.
 
 --cluster-proportions takes 'uniform' (equal sizes, the default of SeLa/SwAV/CLOT), a known prior
-(comma-separated numbers or a file of them), or 'auto' (sizes estimated from the model's own
-predictions as training goes). 'auto:TAU' also relaxes the size constraint itself: the columns
+(comma-separated numbers or a file of them), or 'auto' (sizes estimated as training goes: from
+the model's own predictions by default, by k-means on its features in CLOT). 'auto:TAU' also relaxes the size constraint itself: the columns
 of the OT problem are only pulled towards the estimated sizes by a KL penalty of strength TAU
 (unbalanced OT, see otclust.ot.unbalanced), so a cluster can grow past its current estimate when
 the scores insist. A known prior is a multiset of sizes, not
