@@ -79,9 +79,9 @@ class ClotParams:
     # size_updates times evenly spread over training, or each time neighbours are mined when
     # neighbors > 0 (equal sizes before the first), matched to the clusters by predicted mass as
     # a known prior is. "predictions": the model's running cluster masses (as SeLa and SwAV do),
-    # which start equal and follow the OT targets, so they stay near equal: on long-tailed digits
-    # "features" gained 4 points at ratio 10 and lost nothing at ratio 50 or on balanced digits
-    # (docs/results.md).
+    # which start equal and follow the OT targets, so they stay near equal. On long-tailed digits
+    # "features" gained 4 points at ratio 10 and tied at ratio 50; with it auto and auto:1 keep
+    # 0.97 on balanced digits (auto:1 from predictions: 0.835) (docs/results.md).
     auto_sizes: str = "features"
     size_updates: int = 9
 
