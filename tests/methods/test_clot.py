@@ -400,13 +400,19 @@ def test_auto_prior_trains_towards_the_cluster_sizes_the_features_show(blob_imag
 
 def test_checkpoint_from_before_feature_sizes_loads():
     from otclust.methods.base import InputSpec
+    from otclust.ot.priors import estimate_sizes
 
     spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     old = Clot(3, spec, ClotParams()).state_dict()
     del old["feature_sizes"]
     method = Clot(3, spec, ClotParams())
+    method.set_cluster_prior("auto", None)
+    method.predicted_mass.copy_(torch.tensor([0.5, 0.3, 0.2]))
+    old["predicted_mass"] = method.predicted_mass.clone()
     method.load_state_dict(old)
     assert float(method.feature_sizes.sum()) == 0.0
+    # such a model was trained towards its predicted masses; predict --assign balanced still uses them
+    torch.testing.assert_close(method.estimated_sizes(), estimate_sizes(torch.tensor([0.5, 0.3, 0.2])))
 
 
 def test_auto_sizes_are_estimated_when_neighbours_are_mined(blobs, monkeypatch):

@@ -272,8 +272,8 @@ class Clot(ClusteringMethod):
         self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
         if params.kmeans_restarts < 1:
             raise UserError(f"clot parameter kmeans_restarts must be >= 1, got {params.kmeans_restarts}")
-        if params.auto_sizes not in ("predictions", "features"):
-            raise UserError(f"clot parameter auto_sizes must be 'predictions' or 'features', got '{params.auto_sizes}'")
+        if params.auto_sizes not in ("predictions", "features") or params.size_updates < 0:
+            raise UserError(f"clot parameters auto_sizes must be 'predictions' or 'features' and size_updates >= 0, got '{params.auto_sizes}' and {params.size_updates}")
         # auto_sizes=features: the latest k-means estimate of the cluster sizes (all zero: none yet).
         self.register_buffer("feature_sizes", torch.zeros(n_clusters))
         if params.kmeans_choice not in ("prior", "inertia"):
@@ -356,7 +356,9 @@ class Clot(ClusteringMethod):
         self.readout_bias.copy_(bias.to(self.readout_bias.device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.setdefault(prefix + "feature_sizes", torch.zeros_like(self.feature_sizes))  # before auto_sizes
+        if prefix + "feature_sizes" not in state_dict:  # trained before auto_sizes: its 'auto' sizes came from predictions
+            state_dict[prefix + "feature_sizes"] = torch.zeros_like(self.feature_sizes)
+            self.params = replace(self.params, auto_sizes="predictions")
         centers = state_dict.pop(prefix + "feature_centers", None)
         if centers is not None:  # a checkpoint from before the read-out: nearest k-means centre
             state_dict.setdefault(prefix + "readout_weight", centers / self.params.head_temperature)

@@ -2,13 +2,13 @@
 
 --cluster-proportions takes 'uniform' (equal sizes, the default of SeLa/SwAV/CLOT), a known prior
 (comma-separated numbers or a file of them), or 'auto' (sizes estimated as training goes: from
-the model's own predictions by default, by k-means on its features in CLOT). 'auto:TAU' also relaxes the size constraint itself: the columns
-of the OT problem are only pulled towards the estimated sizes by a KL penalty of strength TAU
-(unbalanced OT, see otclust.ot.unbalanced), so a cluster can grow past its current estimate when
-the scores insist. A known prior is a multiset of sizes, not
-tied to cluster indices (Genevay et al. point out that a k-means start can give the 80% size to
-the wrong cluster), so it is matched to the clusters by rank of their predicted mass: the largest
-size goes to the cluster the model currently fills most.
+the model's own predictions by default, by k-means on its features in CLOT). 'auto:TAU' also
+relaxes the size constraint itself: the columns of the OT problem are only pulled towards the
+estimated sizes by a KL penalty of strength TAU (unbalanced OT, see otclust.ot.unbalanced), so
+a cluster can grow past its current estimate when the scores insist. A known prior is a
+multiset of sizes, not tied to cluster indices (Genevay et al. point out that a k-means start
+can give the 80% size to the wrong cluster), so it is matched to the clusters by rank of their
+predicted mass: the largest size goes to the cluster the model currently fills most.
 """
 
 from __future__ import annotations
