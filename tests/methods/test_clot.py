@@ -431,3 +431,15 @@ def test_auto_sizes_are_estimated_when_neighbours_are_mined(blobs, monkeypatch):
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert estimated_at == [1, 3]  # the mining epochs, one kNN search each
     assert method.neighbor_index.shape[1] == 3  # the views still pair each sample with its 3 nearest
+
+
+def test_auto_sizes_are_equal_until_the_first_feature_estimate():
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(3, spec, ClotParams())
+    method.set_cluster_prior("auto", None)
+    method.predicted_mass.copy_(torch.tensor([0.2, 0.5, 0.3]))
+    torch.testing.assert_close(method.estimated_sizes(), torch.full((3,), 1 / 3))
+    method.feature_sizes.copy_(torch.tensor([0.6, 0.3, 0.1]))
+    torch.testing.assert_close(method.estimated_sizes(), torch.tensor([0.1, 0.6, 0.3]))  # largest to the fullest cluster

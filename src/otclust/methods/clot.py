@@ -325,9 +325,10 @@ class Clot(ClusteringMethod):
         mass (equal sizes until the first estimate)."""
         if self.params.auto_sizes == "predictions":
             return super().estimated_sizes()
-        if not bool(self.feature_sizes.sum() > 0):
-            return torch.full_like(self.predicted_mass, 1.0 / self.n_clusters)
-        return match_prior_to_mass(self.feature_sizes, self.predicted_mass)
+        # torch.where, not an `if` on the tensor: this runs every training step, and on a GPU a
+        # Python test of a device value would wait for the device each time.
+        equal = torch.full_like(self.predicted_mass, 1.0 / self.n_clusters)
+        return torch.where(self.feature_sizes.sum() > 0, match_prior_to_mass(self.feature_sizes, self.predicted_mass), equal)
 
     def method_state(self):
         return {"neighbor_index": self.neighbor_index}
