@@ -24,7 +24,7 @@ from otclust.methods.base import ClusteringMethod
 from otclust.methods.kmeans import KMeansRestart, kmeans_restarts
 from otclust.models import ClusterHead, ProjectionHead
 from otclust.ot import size_constrained_inertia
-from otclust.ot.priors import match_prior_to_mass
+from otclust.ot.priors import estimate_sizes, match_prior_to_mass
 
 
 @dataclass
@@ -200,12 +200,11 @@ def estimate_sizes_from_features(
 ) -> torch.Tensor:
     """auto_sizes=features: cluster proportions, largest first, of the lowest-inertia k-means on
     the neighbour-smoothed unit features (`neighbor_index`, or mined here), each kept above
-    floor/K as `estimate_sizes` keeps them, so the OT constraint never lets a cluster die out."""
+    floor/K by `estimate_sizes`, so the OT constraint never lets a cluster die out."""
     smoothed = smoothed_unit_features(features, params, neighbor_index)
     best = min(kmeans_restarts(smoothed, n_clusters, seed, restarts), key=lambda end: end.inertia)
     mass = torch.from_numpy(np.bincount(best.labels, minlength=n_clusters) / len(best.labels)).float()
-    mass = torch.sort(mass.clamp(min=floor / n_clusters), descending=True).values
-    return mass / mass.sum()
+    return torch.sort(estimate_sizes(mass, floor), descending=True).values
 
 
 def size_update_epochs(epochs: int, updates: int) -> set[int]:
