@@ -79,6 +79,34 @@ def test_a_not_writable_parent_is_refused_by_the_early_check(tmp_path, monkeypat
         prepare_output_folder(tmp_path / "a" / "run", check_only=True)
 
 
+def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, features, capsys):
+    out = tmp_path / "run"
+    assert main(fit_args(features, out, 1)) == 0
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    args = fit_args(features, out, 2, "--resume")
+    args[args.index("--clusters") + 1] = "4"
+    assert main(args) == 2
+    assert "cannot resume: the checkpoint was trained with clusters=3, not 4" in one_line_error(capsys)
+    assert (out / "model.pt").read_bytes() == before
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, features, capsys, monkeypatch):
+    method_class = get_method_class("clot")
+    original, calls = method_class.training_step, {"n": 0}
+
+    def interrupted_in_epoch_2(self, batch, indices):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, batch, indices)
+
+    monkeypatch.setattr(method_class, "training_step", interrupted_in_epoch_2)
+    assert main(fit_args(features, tmp_path / "run")) == 130
+    assert "use --resume" in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "run" / "model.pt")["epoch"] == 1
+
+
 # --- out of memory ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "error",
