@@ -3,7 +3,6 @@ anything in it executes, old (format 1) files get a one-line way to convert them
 checkpoints of every method still round-trip."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

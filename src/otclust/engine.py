@@ -201,7 +201,7 @@ class Trainer:
             scheduler = self._make_scheduler(optimizer, dataset.n_samples)
         if checkpoint is not None:
             method.load_state_dict(checkpoint["model"])
-            method.load_method_state(checkpoint.get("method_state", {}))
+            restore_method_state(method, checkpoint)
             if optimizer is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
                 scheduler.load_state_dict(checkpoint["scheduler"])
@@ -468,6 +468,12 @@ def _derived_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, epoch, stream % 2**32]).generate_state(1)[0])
 
 
+def restore_method_state(method: ClusteringMethod, checkpoint: dict) -> None:
+    """Only the names the method itself checkpoints: a file cannot set any other attribute."""
+    own = method.method_state().keys()
+    method.load_method_state({key: value for key, value in (checkpoint.get("method_state") or {}).items() if key in own})
+
+
 def load_trained(path, device: str = "auto") -> tuple[ClusteringMethod, FitConfig]:
     """Rebuild a trained method from its checkpoint, ready to predict."""
     checkpoint = read_checkpoint(path)
@@ -479,7 +485,7 @@ def load_trained(path, device: str = "auto") -> tuple[ClusteringMethod, FitConfi
             spec.image_size = tuple(spec.image_size)
         method = build_method(config, spec)
         method.load_state_dict(checkpoint["model"])
-        method.load_method_state(checkpoint.get("method_state") or {})
+        restore_method_state(method, checkpoint)
     except (TypeError, KeyError, ValueError, RuntimeError) as error:
         # A file of the right format whose contents do not build this otclust's model.
         raise UserError(f"{path} does not hold a model this otclust can rebuild ({type(error).__name__}); was it written by another version?") from None
