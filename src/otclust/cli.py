@@ -1,6 +1,7 @@
 """`otclust` command line: one module per subcommand in otclust.commands.
 
-User mistakes (UserError) end with one line on stderr and exit status 2, never a traceback.
+User mistakes (UserError) end with one line on stderr and exit status 2, never a traceback;
+so does running out of memory in a part that does not say more precisely what to lower.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ import argparse
 import importlib
 import sys
 
-from otclust.errors import UserError
+from otclust.errors import UserError, is_out_of_memory, out_of_memory_message
 
-COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report"]
+COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report", "upgrade-checkpoint"]
+
+# Advice when memory runs out where no finer guard caught it (e.g. while decoding the data).
+GENERIC_MEMORY_ADVICE = "use a smaller data set or --image-size, a smaller --batch-size, or a machine with more memory"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"otclust.commands.{name}")
+            module = importlib.import_module(f"otclust.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as error:
-            if error.name == f"otclust.commands.{name}":
+            if error.name == f"otclust.commands.{name.replace('-', '_')}":
                 continue  # not part of this installation yet
             raise
         module.add_parser(subparsers)
@@ -45,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as error:
         print(f"otclust: error: {error}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        print(f"otclust: error: {out_of_memory_message('running ' + args.command, GENERIC_MEMORY_ADVICE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("otclust: interrupted; the last completed epoch's checkpoint is kept (use --resume)", file=sys.stderr)

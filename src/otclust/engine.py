@@ -20,22 +20,34 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from otclust import distributed as dist_utils
+from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
-from otclust.errors import UserError
+from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params
 from otclust.metrics import evaluate_clustering
 from otclust.ot.priors import parse_cluster_proportions, size_penalty
-from otclust.runs import RunWriter, atomic_torch_save
+from otclust.runs import RunWriter
 
-CHECKPOINT_FORMAT = "otclust-checkpoint-1"
+# Re-exported: other modules import the checkpoint functions from here.
+__all__ = ["CHECKPOINT_FORMAT", "Trainer", "load_trained", "read_checkpoint", "trained_state"]
+
+# What to lower when the fit's own whole-data passes (evaluation, embedding) run out of memory:
+# they go 1024 samples at a time, which only the images' size and the device decide about.
+FIT_PASS_MEMORY_ADVICE = "use a smaller --image-size, or --device cpu when the GPU is the one that is full"
+# The end-of-fit read-out (CLOT's predict_by=kmeans): k-means restarts on neighbour-smoothed features.
+READOUT_MEMORY_ADVICE = "lower --param kmeans_restarts or --param smooth_neighbors, or predict with the head (--param predict_by=head)"
+
+
+def prediction_memory_advice(batch_size: int) -> str:
+    return f"lower the batch size (now {batch_size}: --batch-size of predict, evaluate and report)"
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -98,7 +110,7 @@ def iterate_batches(
 
 
 @torch.no_grad()
-def predict_in_batches(method, data, device, batch_size=1024, use_amp=False, description=None) -> np.ndarray:
+def predict_in_batches(method, data, device, batch_size=1024, use_amp=False, description=None, memory_advice: str | None = None) -> np.ndarray:
     """N x K cluster probabilities of a whole tensor, batch by batch, in eval mode."""
     was_training = method.training
     method.eval()
@@ -108,20 +120,22 @@ def predict_in_batches(method, data, device, batch_size=1024, use_amp=False, des
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=description, leave=False, file=sys.stderr)
-    for batch, _ in batches:
-        with torch.autocast(device.type, enabled=use_amp):
-            chunks.append(method.predict_proba(batch.to(device)).float().cpu())
-    method.train(was_training)
-    return torch.cat(chunks).numpy()
+    with memory_guard("predicting", memory_advice or prediction_memory_advice(batch_size)):
+        for batch, _ in batches:
+            with torch.autocast(device.type, enabled=use_amp):
+                chunks.append(method.predict_proba(batch.to(device)).float().cpu())
+        method.train(was_training)
+        return torch.cat(chunks).numpy()
 
 
 @torch.no_grad()
-def embed_in_batches(method, data, device, batch_size=1024) -> np.ndarray:
+def embed_in_batches(method, data, device, batch_size=1024, memory_advice: str | None = None) -> np.ndarray:
     was_training = method.training
     method.eval()
-    chunks = [method.embed_batch(batch.to(device)).cpu() for batch, _ in iterate_batches(data, batch_size, shuffle=False)]
-    method.train(was_training)
-    return torch.cat(chunks).numpy()
+    with memory_guard("computing features", memory_advice or prediction_memory_advice(batch_size)):
+        chunks = [method.embed_batch(batch.to(device)).cpu() for batch, _ in iterate_batches(data, batch_size, shuffle=False)]
+        method.train(was_training)
+        return torch.cat(chunks).numpy()
 
 
 @dataclass
@@ -159,10 +173,10 @@ class Trainer:
         return iterate_batches(data, batch_size, shuffle, drop_last)
 
     def predict_proba(self, data: torch.Tensor, batch_size: int = 1024, description: str | None = None) -> np.ndarray:
-        return predict_in_batches(self.method, data, self.device, batch_size, self.use_amp, description if self.progress else None)
+        return predict_in_batches(self.method, data, self.device, batch_size, self.use_amp, description if self.progress else None, FIT_PASS_MEMORY_ADVICE)
 
     def embed(self, data: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        return embed_in_batches(self.method, data, self.device, batch_size)
+        return embed_in_batches(self.method, data, self.device, batch_size, FIT_PASS_MEMORY_ADVICE)
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
@@ -187,14 +201,14 @@ class Trainer:
             scheduler = self._make_scheduler(optimizer, dataset.n_samples)
         if checkpoint is not None:
             method.load_state_dict(checkpoint["model"])
-            method.load_method_state(checkpoint.get("method_state", {}))
+            restore_method_state(method, checkpoint)
             if optimizer is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
                 scheduler.load_state_dict(checkpoint["scheduler"])
             history = checkpoint["history"]
             start_epoch = checkpoint["epoch"]
             seconds_before = checkpoint.get("seconds", 0.0)
-            _set_rng_state(checkpoint["rng"])
+            restore_rng_state(checkpoint["rng"])
             self.log(f"resuming from epoch {start_epoch} of {config.epochs}")
         self.model = self._wrap_for_training(method)
         if self.out is not None:
@@ -229,7 +243,8 @@ class Trainer:
                 if self.out is not None:
                     self.out.write_history(history)
                     self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
-            method.on_fit_end(self)
+            with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
+                method.on_fit_end(self)
             if self.out is not None:
                 self._save_checkpoint(config.epochs, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
         seconds = seconds_before + time.perf_counter() - started
@@ -335,27 +350,39 @@ class Trainer:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr)
-        for step, (batch, indices) in enumerate(batches):
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                parts = self.model(batch, indices)
-            loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; try a smaller --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
-            if self.progress and hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        with memory_guard(f"training (epoch {epoch + 1})", f"lower --batch-size (now {batch_size})"):
+            for step, (batch, indices) in enumerate(batches):
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    parts = self.model(batch, indices)
+                loss = parts["loss"]
+                if not torch.isfinite(loss):
+                    raise UserError(self._non_finite_loss_message(loss.detach().item(), epoch, step))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                for key, value in parts.items():
+                    totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                if self.progress and hasattr(batches, "set_postfix"):
+                    batches.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         if dist_utils.is_distributed() and totals:
             # The epoch's losses are those of the global batches: the mean over processes.
             keys = sorted(totals)
             means = dist_utils.all_reduce_mean(torch.tensor([totals[key] for key in keys], dtype=torch.float64, device=self.device))
             totals = dict(zip(keys, means.tolist()))
         return {key: round(value / max(steps, 1), 5) for key, value in totals.items()}
+
+    def _non_finite_loss_message(self, value: float, epoch: int, step: int) -> str:
+        """One line: where the loss broke, what the run folder keeps, what to try."""
+        where = f"the loss became {value} at epoch {epoch + 1}, step {step + 1}, and training stopped"
+        if self.run_folder is None:
+            return f"{where}; try a smaller lr (or, on a GPU, amp off)"
+        if epoch > 0:
+            kept = f"{self.run_folder / 'model.pt'} keeps the end of epoch {epoch} (--resume retries from there)"
+        else:
+            kept = "no epoch had finished, so no checkpoint was written"
+        return f"{where}; {kept}; to avoid it, start again with a smaller --lr (or --no-amp on a GPU) and --overwrite"
 
     def _make_scheduler(self, optimizer, n_samples: int):
         config = self.config
@@ -380,11 +407,17 @@ class Trainer:
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch,
-            "history": history,
-            "seconds": seconds,
-            "rng": _get_rng_state(),
+            "history": to_plain(history, "history"),
+            "seconds": float(seconds),
+            "rng": capture_rng_state(),
         })
-        atomic_torch_save(state, self.out.checkpoint_path)
+        path = self.out.checkpoint_path
+        had_one = path.is_file()
+        try:
+            write_checkpoint(state, path)
+        except UserError as error:
+            # The message already says the previous model.pt is kept; say what it is good for.
+            raise UserError(f"{error}; --resume continues from the checkpoint kept" if had_one else str(error)) from None
 
     def _load_own_checkpoint(self) -> dict:
         if self.run_folder is None:
@@ -411,17 +444,6 @@ class Trainer:
         return checkpoint
 
 
-def trained_state(method: ClusteringMethod, config: FitConfig) -> dict:
-    """What a trained model needs to predict again: the core of every checkpoint."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "spec": asdict(method.spec),
-        "model": method.state_dict(),
-        "method_state": method.method_state(),
-    }
-
-
 def _describe(proba: np.ndarray, true_labels: np.ndarray | None) -> dict:
     labels = proba.argmax(axis=1)
     row = {"nonempty_clusters": int(len(np.unique(labels))), "mean_confidence": round(float(proba.max(axis=1).mean()), 4)}
@@ -446,45 +468,26 @@ def _derived_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, epoch, stream % 2**32]).generate_state(1)[0])
 
 
-def _get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_checkpoint(path) -> dict:
-    """Load a checkpoint written by otclust, with a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path} (pass the model.pt of a run folder)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle means 'not our file'
-        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}; is it an otclust model.pt?") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not an otclust checkpoint")
-    return checkpoint
+def restore_method_state(method: ClusteringMethod, checkpoint: dict) -> None:
+    """Only the names the method itself checkpoints: a file cannot set any other attribute."""
+    own = method.method_state().keys()
+    method.load_method_state({key: value for key, value in (checkpoint.get("method_state") or {}).items() if key in own})
 
 
 def load_trained(path, device: str = "auto") -> tuple[ClusteringMethod, FitConfig]:
     """Rebuild a trained method from its checkpoint, ready to predict."""
     checkpoint = read_checkpoint(path)
-    config = FitConfig(**checkpoint["config"])
-    config.device = device
-    spec = InputSpec(**checkpoint["spec"])
-    if spec.image_size is not None:
-        spec.image_size = tuple(spec.image_size)
-    method = build_method(config, spec)
-    method.load_state_dict(checkpoint["model"])
-    method.load_method_state(checkpoint.get("method_state", {}))
+    try:
+        config = FitConfig(**checkpoint["config"])
+        config.device = device
+        spec = InputSpec(**checkpoint["spec"])
+        if spec.image_size is not None:
+            spec.image_size = tuple(spec.image_size)
+        method = build_method(config, spec)
+        method.load_state_dict(checkpoint["model"])
+        restore_method_state(method, checkpoint)
+    except (TypeError, KeyError, ValueError, RuntimeError) as error:
+        # A file of the right format whose contents do not build this otclust's model.
+        raise UserError(f"{path} does not hold a model this otclust can rebuild ({type(error).__name__}); was it written by another version?") from None
     method.to(select_device(device)).eval()
     return method, config

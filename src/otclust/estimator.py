@@ -110,24 +110,28 @@ class OTClust(BaseEstimator, ClusterMixin):
 
     def save(self, path) -> None:
         """Write a checkpoint that `OTClust.load` and `otclust predict --checkpoint` both read."""
-        from otclust.engine import trained_state
-        from otclust.runs import atomic_torch_save
+        from otclust.checkpoint import to_plain, trained_state, write_checkpoint
 
         self._check_fitted()
         state = trained_state(self.model_, self.config_)
-        state["estimator_params"] = self.get_params()
-        state["labels"] = self.labels_
-        atomic_torch_save(state, path)
+        state["estimator_params"] = to_plain(self.get_params(), "estimator parameters")
+        state["labels"] = torch.as_tensor(np.asarray(self.labels_))
+        write_checkpoint(state, path)
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "OTClust":
+        """Read a checkpoint (without running any code it may hold) into a fitted estimator."""
         from otclust.engine import load_trained, read_checkpoint
 
         checkpoint = read_checkpoint(path)
         method, config = load_trained(path, device=device)
-        estimator = cls(**{**checkpoint.get("estimator_params", {}), "device": device}) if "estimator_params" in checkpoint else cls(method=config.method, n_clusters=config.clusters, device=device)
+        if "estimator_params" in checkpoint:
+            known = set(cls._get_param_names())
+            estimator = cls(**{**{k: v for k, v in checkpoint["estimator_params"].items() if k in known}, "device": device})
+        else:
+            estimator = cls(method=config.method, n_clusters=config.clusters, device=device)
         estimator.model_ = method
         estimator.config_ = config
         if "labels" in checkpoint:
-            estimator.labels_ = checkpoint["labels"]
+            estimator.labels_ = np.asarray(checkpoint["labels"])
         return estimator

@@ -428,11 +428,14 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     method = dataset = proba = None
     device_obj = None
     if (run / "model.pt").is_file():
+        from otclust.checkpoint import CheckpointRefused
         from otclust.engine import load_trained, predict_in_batches, select_device
 
         try:
             method, _ = load_trained(run / "model.pt", device=device)
             device_obj = select_device(device)
+        except CheckpointRefused:
+            raise  # a file that could run code is refused outright, never worked around
         except UserError as error:
             notes.append(f"model.pt could not be loaded ({error}): the map and the image grids are left out")
     else:

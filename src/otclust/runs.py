@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from otclust.errors import UserError
@@ -24,27 +23,30 @@ RUN_FILES = ("config.yaml", "model.pt", "metrics.jsonl", "metrics.json", "assign
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
+    """Write to a temporary file in the same folder, then rename: readers never see a partial
+    file, and a write that fails (disk full, no permission) leaves the previous file as it was,
+    removes the temporary one and ends with a one-line UserError."""
     path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    existed = path.exists()
+    temp = None
     try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must never publish a file whose bytes are not on disk yet
         os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
+        temp = None
+    except OSError as error:
+        kept = f"the previous {path.name} is kept unchanged" if existed else "nothing was written"
+        raise UserError(f"could not write {path} ({error.strerror or type(error).__name__}): {kept}; free some space or fix the folder's permissions, then try again") from None
+    finally:
+        if temp is not None and os.path.exists(temp):
             os.unlink(temp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool = False, check_only: bool = False) -> Path:
@@ -55,22 +57,52 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: choose another --out")
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    try:
+        existing = [name for name in RUN_FILES if (out / name).exists()]
+        not_empty = out.exists() and any(out.iterdir())
+    except OSError as error:
+        raise UserError(f"cannot look into the output folder {out} ({error.strerror or type(error).__name__}): choose another --out") from None
     if resume:
         if not (out / "model.pt").is_file():
             raise UserError(f"cannot resume: {out / 'model.pt'} does not exist; start a new run without --resume")
+        remove_stale_temporary_files(out)
         return out
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if not_empty and not overwrite:
         what = f"it holds {', '.join(existing)}" if existing else "it is not empty"
         raise UserError(f"output folder {out} already exists and {what}: pass --overwrite, or choose another --out")
     if check_only:
+        _check_creatable(out)
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        # Only otclust's own files go; anything else the user keeps there stays.
-        for name in existing:
-            (out / name).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            # Only otclust's own files go; anything else the user keeps there stays.
+            for name in existing:
+                (out / name).unlink()
+            remove_stale_temporary_files(out)
+    except OSError as error:
+        raise UserError(f"cannot create the output folder {out} ({error.strerror or type(error).__name__}): choose an --out you can write to") from None
     return out
+
+
+def remove_stale_temporary_files(out: Path) -> None:
+    """The temporary files of writes that a killed process left unfinished (only ours, by name)."""
+    for name in RUN_FILES:
+        for temp in out.glob(f".{name}.*.tmp"):
+            temp.unlink(missing_ok=True)
+
+
+def _check_creatable(out: Path) -> None:
+    """Fail before any work when `out` cannot be made: an ancestor is a file, or not writable."""
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == out:
+        return
+    if not ancestor.is_dir():
+        raise UserError(f"cannot create the output folder {out}: {ancestor} is a file; choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the output folder {out}: {ancestor} is not writable; choose another --out")
 
 
 class RunWriter:

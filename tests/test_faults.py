@@ -1,0 +1,290 @@
+"""Faults a run must survive: an output folder that cannot be made, running out of memory, a
+disk that fills up during a checkpoint write, a loss that stops being finite, kill -9. Each ends
+with one line (exit 2 on the command line), and what was already done stays usable."""
+
+import errno
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from otclust.checkpoint import read_checkpoint
+from otclust.cli import main
+from otclust.config import FitConfig
+from otclust.engine import Trainer
+from otclust.errors import UserError, memory_guard
+from otclust.methods import get_method_class
+from otclust.runs import prepare_output_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet(_message):
+    pass
+
+
+def one_line_error(capsys) -> str:
+    """The command's error: exactly one line, no traceback (epoch lines may come before it)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("otclust: error")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.fixture
+def features(tmp_path):
+    """Three separated groups of 5-d feature vectors as features:PATH data (fast to train)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c * 4, 1, size=(40, 5)) for c in range(3)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "x.labels.npy", np.repeat(np.arange(3), 40))
+    return f"features:{tmp_path / 'x.npy'}"
+
+
+def fit_args(data, out, epochs=3, *extra):
+    return ["fit", "--data", data, "--clusters", "3", "--epochs", str(epochs), "--batch-size", "40", "--param", "predict_by=head", "--out", str(out), "--no-progress", *extra]
+
+
+# --- the output folder --------------------------------------------------------------------
+def test_out_under_a_file_is_one_line_before_any_work(tmp_path, features, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    loaded = []
+    monkeypatch.setattr("otclust.data.load_dataset", lambda *a, **k: loaded.append(1))
+    assert main(fit_args(features, blocker / "run")) == 2
+    assert "is a file" in one_line_error(capsys)
+    assert not loaded and blocker.read_text() == "mine"
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, features, capsys, monkeypatch):
+    """A read-only parent (simulated: the tests may run as root, who may write anywhere)."""
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main(fit_args(features, tmp_path / "ro" / "run")) == 2
+    line = one_line_error(capsys)
+    assert "cannot create the output folder" in line and "Permission denied" in line
+
+
+def test_a_not_writable_parent_is_refused_by_the_early_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(UserError, match="not writable"):
+        prepare_output_folder(tmp_path / "a" / "run", check_only=True)
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, features, capsys):
+    out = tmp_path / "run"
+    assert main(fit_args(features, out, 1)) == 0
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    args = fit_args(features, out, 2, "--resume")
+    args[args.index("--clusters") + 1] = "4"
+    assert main(args) == 2
+    assert "cannot resume: the checkpoint was trained with clusters=3, not 4" in one_line_error(capsys)
+    assert (out / "model.pt").read_bytes() == before
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, features, capsys, monkeypatch):
+    method_class = get_method_class("clot")
+    original, calls = method_class.training_step, {"n": 0}
+
+    def interrupted_in_epoch_2(self, batch, indices):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, batch, indices)
+
+    monkeypatch.setattr(method_class, "training_step", interrupted_in_epoch_2)
+    assert main(fit_args(features, tmp_path / "run")) == 130
+    assert "use --resume" in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "run" / "model.pt")["epoch"] == 1
+
+
+# --- out of memory ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1234 bytes")],
+    ids=["MemoryError", "torch.OutOfMemoryError", "cpu-allocator"],
+)
+def test_memory_guard_turns_out_of_memory_into_one_line(error):
+    with pytest.raises(UserError, match=r"^out of memory while training: lower --batch-size$"):
+        with memory_guard("training", "lower --batch-size"):
+            raise error
+
+
+def test_memory_guard_leaves_other_errors_alone():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with memory_guard("training", "lower --batch-size"):
+            raise RuntimeError("shape mismatch")
+
+
+def raise_out_of_memory(*args, **kwargs):
+    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 987654321 bytes")
+
+
+@pytest.mark.parametrize(
+    "where,fragment",
+    [
+        ("training_step", "lower --batch-size (now 40)"),
+        ("predict_proba", "--image-size"),
+        ("on_fit_end", "kmeans_restarts"),
+    ],
+)
+def test_out_of_memory_in_each_stage_of_fit_names_what_to_lower(blobs, monkeypatch, where, fragment):
+    monkeypatch.setattr(get_method_class("clot"), where, raise_out_of_memory)
+    with pytest.raises(UserError, match="out of memory") as caught:
+        Trainer(FitConfig(clusters=3, epochs=1, batch_size=40), progress=False, log=quiet).fit(blobs)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_out_of_memory_while_predicting_from_a_checkpoint_names_its_batch_size(tmp_path, features, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(fit_args(features, out, 1)) == 0
+    monkeypatch.setattr(get_method_class("clot"), "predict_proba", raise_out_of_memory)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", features, "--out", str(tmp_path / "p.csv"), "--batch-size", "64"]) == 2
+    assert "lower the batch size (now 64" in one_line_error(capsys)
+
+
+def test_out_of_memory_anywhere_else_is_a_generic_one_line(tmp_path, features, capsys, monkeypatch):
+    """E.g. while decoding the data: the command line's last-resort catch."""
+
+    def decode(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("otclust.data.load_dataset", decode)
+    assert main(fit_args(features, tmp_path / "run")) == 2
+    assert one_line_error(capsys).startswith("otclust: error: out of memory while running fit: ")
+
+
+# --- disk full during a checkpoint write --------------------------------------------------
+def fill_disk_during_write(monkeypatch, target: str, on_write: int):
+    """The `on_write`-th atomic write of a file named `target` gets half its bytes written, then
+    ENOSPC, as a full disk does."""
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    state = {"writes": 0, "doomed": set()}
+
+    def mkstemp(*args, **kwargs):
+        handle, path = real_mkstemp(*args, **kwargs)
+        if Path(path).name.startswith(f".{target}."):
+            state["writes"] += 1
+            if state["writes"] == on_write:
+                state["doomed"].add(handle)
+        return handle, path
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def fdopen(handle, *args, **kwargs):
+        file = real_fdopen(handle, *args, **kwargs)
+        return FullDisk(file) if handle in state["doomed"] else file
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    return state
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, features, capsys, monkeypatch):
+    out = tmp_path / "run"
+    state = fill_disk_during_write(monkeypatch, "model.pt", on_write=2)
+    assert main(fit_args(features, out)) == 2
+    line = one_line_error(capsys)
+    assert state["doomed"] and "No space left on device" in line and "previous model.pt is kept" in line and "--resume" in line
+    assert not list(out.glob(".*.tmp"))
+    assert read_checkpoint(out / "model.pt")["epoch"] == 1
+    monkeypatch.undo()
+    assert main(fit_args(features, out, 3, "--resume")) == 0
+    assert read_checkpoint(out / "model.pt")["epoch"] == 3
+
+
+def test_disk_full_on_the_first_checkpoint_says_nothing_was_written(tmp_path, features, capsys, monkeypatch):
+    out = tmp_path / "run"
+    fill_disk_during_write(monkeypatch, "model.pt", on_write=1)
+    assert main(fit_args(features, out)) == 2
+    assert "nothing was written" in one_line_error(capsys)
+    assert not (out / "model.pt").exists() and not list(out.glob(".*.tmp"))
+
+
+# --- a loss that is no longer finite ------------------------------------------------------
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_resume_finishes_the_run(tmp_path, blobs, monkeypatch):
+    config = FitConfig(clusters=3, epochs=3, batch_size=40, seed=2, params={"predict_by": "head"})
+    straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "straight"), progress=False, log=quiet).fit(blobs)
+
+    method_class = get_method_class("clot")
+    original, calls = method_class.training_step, {"n": 0}
+
+    def breaks_in_epoch_2_step_2(self, batch, indices):
+        parts = original(self, batch, indices)
+        calls["n"] += 1
+        if calls["n"] == 3 + 2:  # 120 samples / 40 = 3 steps an epoch
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(method_class, "training_step", breaks_in_epoch_2_step_2)
+    out = prepare_output_folder(tmp_path / "run")
+    with pytest.raises(UserError) as caught:
+        Trainer(config, out_dir=out, progress=False, log=quiet).fit(blobs)
+    message = str(caught.value)
+    assert "\n" not in message and "epoch 2, step 2" in message and "nan" in message
+    assert "end of epoch 1" in message and "--lr" in message
+    assert read_checkpoint(out / "model.pt")["epoch"] == 1
+    monkeypatch.undo()
+    resumed = Trainer(config, out_dir=prepare_output_folder(out, resume=True), progress=False, log=quiet).fit(blobs, resume=True)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-5)
+
+
+def test_a_non_finite_loss_on_the_command_line_is_one_line_exit_2(tmp_path, features, capsys, monkeypatch):
+    method_class = get_method_class("clot")
+    original = method_class.training_step
+
+    def always_infinite(self, batch, indices):
+        parts = original(self, batch, indices)
+        parts["loss"] = parts["loss"] + float("inf")
+        return parts
+
+    monkeypatch.setattr(method_class, "training_step", always_infinite)
+    assert main(fit_args(features, tmp_path / "run")) == 2
+    line = one_line_error(capsys)
+    assert "epoch 1, step 1" in line and "no epoch had finished" in line
+
+
+# --- kill -9 ------------------------------------------------------------------------------
+def test_kill_9_then_resume_reaches_the_uninterrupted_metrics(tmp_path, features, monkeypatch):
+    """Two trials of benchmarks/kill_resume.py (its 20-trial run is in docs/reliability.md): one
+    killed at a random moment, one inside a checkpoint write; children are forked, so fast."""
+    spec = importlib.util.spec_from_file_location("kill_resume", ROOT / "benchmarks" / "kill_resume.py")
+    kill_resume = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kill_resume", kill_resume)  # its dataclasses look themselves up there
+    spec.loader.exec_module(kill_resume)
+    extra = ["--clusters", "3", "--batch-size", "40", "--param", "predict_by=head"]
+    setup = kill_resume.Setup(root=tmp_path / "trials", data=features, epochs=3, extra=extra, pause=0.1)
+    reference = kill_resume.uninterrupted(setup)
+    rng = np.random.default_rng(1)
+    trials = [kill_resume.trial(setup, reference, mode, rng, index) for index, mode in enumerate(["anytime", "in-write"])]
+    for result in trials:
+        assert result.resume_always_started and not result.failure, result
+        assert result.metrics == reference.metrics and not result.stale_temp_files, result
+    assert trials[1].killed_in_write and trials[1].resumes >= 1
