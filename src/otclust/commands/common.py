@@ -36,6 +36,30 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = False) ->
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size (default: their most common size)")
 
 
+def method_defaults(field: str) -> str:
+    """'default: 256; 64 for deepcluster, deepercluster; ...' from each method's default_config,
+    so the help of an option that some methods override names every effective default."""
+    import dataclasses
+
+    from otclust.methods import METHOD_MODULES, get_method_class
+
+    base = {f.name: f.default for f in dataclasses.fields(FitConfig)}[field]
+    others: dict = {}
+    for name in METHOD_MODULES:
+        try:
+            method = get_method_class(name)
+        except UserError:  # a method missing from this installation
+            continue
+        value = method.default_config.get(field, base)
+        if method.trainable and value != base:
+            others.setdefault(value, []).append(name)
+
+    def show(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "; ".join([f"default: {show(base)}", *(f"{show(value)} for {', '.join(names)}" for value, names in others.items())])
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     from otclust.methods import METHOD_MODULES
     from otclust.models import BACKBONES
@@ -45,11 +69,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: 10)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 256)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
-    parser.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (default: 1e-4)")
-    parser.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"], help="learning-rate schedule (default: cosine)")
-    parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"images per step ({method_defaults('batch_size')})")
+    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate ({method_defaults('lr')})")
+    parser.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay ({method_defaults('weight_decay')})")
+    parser.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"], help=f"learning-rate schedule ({method_defaults('lr_schedule')})")
+    parser.add_argument("--warmup-epochs", type=int, default=None, help=f"linear warm-up epochs ({method_defaults('warmup_epochs')})")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks")
