@@ -109,7 +109,8 @@ SKLEARN_CHECKS_NOT_APPLICABLE = {
 class OTClust(ClusterMixin, BaseEstimator):
     """Deep clustering estimator: any otclust method behind fit / predict / fit_predict.
 
-    Parameters mirror `otclust fit`; `params` holds the method's hyper-parameters (e.g.
+    Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
+    epochs) set the training length, else it grows with the data (`otclust.budget`); `params` holds the method's hyper-parameters (e.g.
     {"lam": 20} for CLOT). After fit, `labels_` holds the training samples' clusters, and
     `n_features_in_` the D of feature vectors (images have no fixed D: new images of another
     size or colour mode are converted as the training data were). X is described in the module
@@ -124,10 +125,11 @@ class OTClust(ClusterMixin, BaseEstimator):
     with a ValueError all the same).
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
+        self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
         self.seed = seed
@@ -143,10 +145,12 @@ class OTClust(ClusterMixin, BaseEstimator):
 
         values = dict(get_method_class(self.method).default_config)
         values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}))
-        for key in ("epochs", "batch_size", "lr"):
+        if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
+            values.update(epochs=self.epochs, steps=self.steps)
+        for key in ("batch_size", "lr"):
             if getattr(self, key) is not None:
                 values[key] = getattr(self, key)
-        return FitConfig(**values)
+        return FitConfig(**values).validate()
 
     def fit(self, X, y=None):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""

@@ -68,7 +68,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
     add_data_options(parser)
     parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: 10)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+    from otclust.budget import describe_default_budget
+
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: a budget that grows with the number of samples N, about 30 sqrt(N) steps of 256 "
+        f"samples, the same samples seen at any batch size: {describe_default_budget()}; a --config recipe may set epochs)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="train for at least this many optimizer steps, rounded up to whole epochs, instead of --epochs")
     parser.add_argument("--batch-size", type=int, default=None, help=f"images per step ({method_defaults('batch_size')})")
     parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate ({method_defaults('lr')})")
     parser.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay ({method_defaults('weight_decay')})")
@@ -116,7 +125,13 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     values = dict(get_method_class(method_name).default_config)
     values.update(file_values)
     values["method"] = method_name
-    for field in ("data", "split", "clusters", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
+    # --epochs and --steps say the same thing two ways: the one given on the command line replaces
+    # the other from the config file or the method's defaults (both on the command line: an error).
+    if getattr(args, "epochs", None) is not None:
+        values.pop("steps", None)
+    if getattr(args, "steps", None) is not None:
+        values.pop("epochs", None)
+    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value
