@@ -190,3 +190,18 @@ def test_compare_scales_the_default_budget(tmp_path):
     config, recipe = method_config(args, "swav", "digits")
     assert recipe is None and config.epochs is None and config.budget_scale == 0.1
     assert budget.resolve_epochs(config, 70_000) == budget.default_epochs(70_000, 256, 0.1) == 3
+
+
+@pytest.mark.parametrize(
+    "recipe,n_samples,schedule,old",
+    [
+        # (recipe, N, its schedule in the new terms, what the old fixed count gave)
+        ("swav-digits", 1797, lambda c, spe: budget.fraction_of_steps(c.params["freeze_prototypes_fraction"], c.epochs * spe), 7),
+        ("swav-fashion-mnist", 70000, lambda c, spe: budget.fraction_of_steps(c.params["freeze_prototypes_fraction"], c.epochs * spe), 273),
+        ("soft-kmeans-digits", 1797, lambda c, spe: budget.fraction_of_epochs(c.params["pretrain_fraction"], c.epochs), 100),
+        ("deepercluster-digits", 1797, lambda c, spe: budget.spread_epochs(c.params["reclusterings"], c.epochs), list(range(30))),
+    ],
+)
+def test_converted_recipes_keep_their_schedules(recipe, n_samples, schedule, old):
+    config = parse_fit("--config", f"configs/{recipe}.yaml")
+    assert schedule(config, budget.steps_per_epoch(n_samples, config.batch_size)) == old
