@@ -110,13 +110,14 @@ class OTClust(ClusterMixin, BaseEstimator):
     """Deep clustering estimator: any otclust method behind fit / predict / fit_predict.
 
     Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
-    epochs) set the training length, else it grows with the data (`otclust.budget`); `params` holds the method's hyper-parameters (e.g.
-    {"lam": 20} for CLOT). After fit, `labels_` holds the training samples' clusters, and
-    `n_features_in_` the D of feature vectors (images have no fixed D: new images of another
-    size or colour mode are converted as the training data were). X is described in the module
-    docstring: (N, D) feature vectors are used as given; images are uint8, 0..255, or floats in
-    [0, 1]; anything else is refused with an `InputValueError` (a ValueError and a UserError).
-    Using an unfitted estimator raises scikit-learn's `NotFittedError`.
+    epochs) set the training length, else it grows with the data (`otclust.budget`); `params`
+    holds the method's hyper-parameters (e.g. {"lam": 20} for CLOT). After fit, `labels_` holds
+    the training samples' clusters, and `n_features_in_` the D of feature vectors (images have no
+    fixed D: new images of another size or colour mode are converted as the training data were).
+    X is described in the module docstring: (N, D) feature vectors are used as given; images are
+    uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
+    ValueError and a UserError). Using an unfitted estimator raises scikit-learn's
+    `NotFittedError`.
 
     scikit-learn's `check_estimator` passes (tests/test_estimator.py) except for the checks that
     set n_clusters=1, which OTClust refuses: check_dont_overwrite_parameters,
