@@ -94,3 +94,11 @@ def test_predict_refuses_other_features_and_1d_input():
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_estimator_training_length_is_epochs_steps_or_the_budget():
+    assert (OTClust()._config().epochs, OTClust()._config().steps) == (None, None)  # the budget, fixed at fit
+    assert (OTClust(steps=40)._config().epochs, OTClust(steps=40)._config().steps) == (None, 40)
+    assert OTClust(epochs=3)._config().epochs == 3
+    with pytest.raises(UserError, match="one of --epochs and --steps"):
+        OTClust(epochs=3, steps=40)._config()
