@@ -113,9 +113,12 @@ def test_steps_run_whole_epochs_and_the_swav_freeze_follows_them(blobs):
     # 120 images at batch 60: 2 steps an epoch; --steps 3 -> 2 epochs, 4 steps. The prototypes
     # freeze for the same share of a run twice as long: twice the steps.
     params = {"freeze_prototypes_fraction": 0.5}
-    short = Trainer(FitConfig(method="swav", clusters=3, steps=3, batch_size=60, seed=0, eval_every=10, params=params), progress=False, log=quiet).fit(blobs)
+    short_trainer = Trainer(FitConfig(method="swav", clusters=3, steps=3, batch_size=60, seed=0, eval_every=10, params=params), progress=False, log=quiet)
+    short = short_trainer.fit(blobs)
     assert len(short.history) == 2 and short.method.iteration == 4 and short.metrics["epochs"] == 2
     assert short.method.freeze_steps == 2
+    # The config the run writes (config.yaml) names the epochs it trained, and is valid to rerun.
+    assert FitConfig(**short_trainer.config.to_dict()).validate().epochs == 2
     long = Trainer(FitConfig(method="swav", clusters=3, steps=8, batch_size=60, seed=0, eval_every=10, params=params), progress=False, log=quiet).fit(blobs)
     assert long.method.iteration == 8 and long.method.freeze_steps == 4
 

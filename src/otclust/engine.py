@@ -369,9 +369,10 @@ class Trainer:
         if config.epochs is None:
             trainable = get_method_class(config.method).trainable
             epochs = budget.resolve_epochs(config, n_samples) if trainable else 1
-            config = replace(config, epochs=epochs, params=dict(config.params), augment=dict(config.augment))
+            how = f"--steps {config.steps}" if config.steps is not None else f"the default budget for {n_samples:,} samples"
+            # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
+            config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
             if trainable:
-                how = f"--steps {config.steps}" if config.steps is not None else f"the default budget for {n_samples:,} samples"
                 self.log(f"note: training {epochs} epoch{'s' * (epochs != 1)} of {budget.steps_per_epoch(n_samples, config.batch_size)} steps ({how}); --epochs or --steps sets it")
         self.steps_per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
