@@ -13,12 +13,11 @@ with a softmax at temperature 0.1 over the prototype scores (`losses/swapped_pre
 Details from the reference code (github.com/facebookresearch/swav, main_swav.py), which the
 paper leaves implicit: each Sinkhorn iteration normalises the prototypes' (column) sums first,
 then the samples' (the codes equal the reference's, see `codes`); the prototypes are
-re-normalised before every step; their gradient is
-dropped at the start of training (the reference: its first epoch; here the first
-`freeze_prototypes_fraction` of the run's steps, so that the frozen phase follows the run's
-length); codes are only computed for the two
-large crops and every other crop (large or small) predicts them, averaged over the V - 1
-predicting views and the 2 assigned ones; with `queue_length` > 0 the projections of the last
+re-normalised before every step; their gradient is dropped at the start of training (the
+reference: its first epoch; here the first `freeze_prototypes_fraction` of the run's steps, so
+that the frozen phase follows the run's length); codes are only computed for the two large
+crops and every other crop (large or small) predicts them, averaged over the V - 1 predicting
+views and the 2 assigned ones; with `queue_length` > 0 the projections of the last
 steps' large crops are kept in a queue (after the first `queue_start_fraction` of the
 epochs) and scored with the
 current prototypes, so that Sinkhorn sees queue + batch rows once the queue is full, and only
