@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from otclust import OTClust
 from otclust.errors import UserError
-from otclust.estimator import dataset_from_array
+from otclust.estimator import SKLEARN_CHECKS_NOT_APPLICABLE, InputValueError, dataset_from_array
 
 
 def test_fit_predict_save_load(tmp_path, blob_images):
@@ -31,10 +33,72 @@ def test_array_layouts():
     assert dataset_from_array(np.zeros((4, 6))).is_features
 
 
+def test_feature_vectors_are_used_as_given():
+    # Standardised features (negative values, values above 1) must reach the model unchanged.
+    features = np.random.default_rng(0).standard_normal((20, 5)) * 3
+    data = dataset_from_array(features).data.numpy()
+    np.testing.assert_allclose(data, features.astype(np.float32))
+
+
+def test_image_value_ranges():
+    rng = np.random.default_rng(0)
+    intensities = rng.random((3, 6, 6))
+    np.testing.assert_array_equal(dataset_from_array(intensities).data.numpy()[:, 0], np.rint(intensities * 255).astype(np.uint8))
+    bytes_as_float = rng.integers(0, 256, (3, 6, 6)).astype(np.float64)
+    np.testing.assert_array_equal(dataset_from_array(bytes_as_float).data.numpy()[:, 0], bytes_as_float.astype(np.uint8))
+    small_ints = rng.integers(0, 256, (3, 6, 6)).astype(np.int64)
+    np.testing.assert_array_equal(dataset_from_array(small_ints).data.numpy()[:, 0], small_ints.astype(np.uint8))
+    assert int(dataset_from_array(np.ones((2, 4, 4), dtype=bool)).data.max()) == 255
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        np.random.default_rng(0).standard_normal((4, 6, 6)),  # standardised: negatives would be clipped away
+        np.full((4, 6, 6), 1000.0),  # above 255: would be rescaled silently
+        np.full((4, 6, 6), 4000, dtype=np.uint16),  # 16-bit
+    ],
+)
+def test_images_out_of_range_are_refused_in_one_line(images):
+    with pytest.raises(InputValueError, match=r"reshape\(len\(X\), -1\)") as error:
+        dataset_from_array(images)
+    assert isinstance(error.value, UserError) and isinstance(error.value, ValueError)
+    assert "\n" not in str(error.value)
+
+
 def test_bad_arrays_are_user_errors():
     with pytest.raises(UserError, match="NaN"):
         dataset_from_array(np.array([[np.nan, 1.0], [0.0, 1.0]]))
     with pytest.raises(UserError):
         dataset_from_array(np.zeros((4,)))
-    with pytest.raises(UserError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         OTClust().predict(np.zeros((2, 8, 8)))
+    with pytest.raises(InputValueError, match="n_samples=2"):
+        OTClust(n_clusters=3, epochs=1).fit(np.zeros((2, 4)))
+
+
+def test_predict_refuses_other_features_and_1d_input():
+    model = OTClust(method="kmeans", n_clusters=2).fit(np.random.default_rng(0).standard_normal((12, 4)))
+    assert model.n_features_in_ == 4
+    with pytest.raises(ValueError, match="X has 3 features, but OTClust is expecting 4"):
+        model.predict(np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        model.predict(np.zeros(4))
+
+
+# A real deep method (CLOT, one epoch, small batches) behind every scikit-learn estimator check;
+# the few that do not apply are named with the reason in SKLEARN_CHECKS_NOT_APPLICABLE.
+@parametrize_with_checks(
+    [OTClust(method="clot", n_clusters=3, epochs=1, batch_size=16, device="cpu")],
+    expected_failed_checks=lambda estimator: SKLEARN_CHECKS_NOT_APPLICABLE,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_estimator_training_length_is_epochs_steps_or_the_budget():
+    assert (OTClust()._config().epochs, OTClust()._config().steps) == (None, None)  # the budget, fixed at fit
+    assert (OTClust(steps=40)._config().epochs, OTClust(steps=40)._config().steps) == (None, 40)
+    assert OTClust(epochs=3)._config().epochs == 3
+    with pytest.raises(UserError, match="one of --epochs and --steps"):
+        OTClust(epochs=3, steps=40)._config()

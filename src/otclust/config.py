@@ -21,7 +21,12 @@ class FitConfig:
     data: str = "digits"
     split: str = "all"  # train and test joined, as the papers evaluate
     clusters: int = 10
-    epochs: int = 50
+    # How long to train: epochs, or optimizer steps (rounded up to whole epochs); neither (None):
+    # the default budget, which grows with the data (otclust.budget). budget_scale multiplies
+    # that default (compare --epochs-scale sets it).
+    epochs: int | None = None
+    steps: int | None = None
+    budget_scale: float = 1.0
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -45,8 +50,14 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         if self.clusters < 2:
             raise UserError(f"--clusters must be at least 2, got {self.clusters}")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and self.steps is not None:
+            raise UserError(f"both epochs ({self.epochs}) and steps ({self.steps}) are set: give one of --epochs and --steps")
+        if not self.budget_scale > 0:
+            raise UserError(f"budget_scale must be positive, got {self.budget_scale}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.lr <= 0:

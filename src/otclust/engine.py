@@ -20,12 +20,13 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from otclust import budget
 from otclust import distributed as dist_utils
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
@@ -168,6 +169,9 @@ class Trainer:
         # What the training step calls: the method itself, or its DistributedDataParallel wrapper.
         self.model: torch.nn.Module | None = None
         self.train_data: torch.Tensor | None = None  # the training set, on the device
+        # The run's length, fixed when fit knows N (`_resolve_budget`): methods schedule within it.
+        self.steps_per_epoch: int | None = None
+        self.total_steps: int | None = None
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)
@@ -180,7 +184,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
-        config = self.config
+        self.config = config = self._resolve_budget(dataset.n_samples)
         eval_dataset = eval_dataset or dataset
         seed_everything(config.seed)
         spec = InputSpec.from_dataset(dataset)
@@ -384,9 +388,26 @@ class Trainer:
             kept = "no epoch had finished, so no checkpoint was written"
         return f"{where}; {kept}; to avoid it, start again with a smaller --lr (or --no-amp on a GPU) and --overwrite"
 
+    def _resolve_budget(self, n_samples: int) -> FitConfig:
+        """The run's config with its epochs fixed (--epochs, --steps or the default budget for N
+        samples), and the run's length in steps (`steps_per_epoch`, `total_steps`) for methods
+        whose schedules are fractions of it."""
+        config = self.config
+        if config.epochs is None:
+            trainable = get_method_class(config.method).trainable
+            epochs = budget.resolve_epochs(config, n_samples) if trainable else 1
+            how = f"--steps {config.steps}" if config.steps is not None else f"the default budget for {n_samples:,} samples"
+            # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
+            config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
+            if trainable:
+                self.log(f"note: training {epochs} epoch{'s' * (epochs != 1)} of {budget.steps_per_epoch(n_samples, config.batch_size)} steps ({how}); --epochs or --steps sets it")
+        self.steps_per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        return config
+
     def _make_scheduler(self, optimizer, n_samples: int):
         config = self.config
-        steps_per_epoch = max(1, n_samples // min(config.batch_size, n_samples))
+        steps_per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
         total = steps_per_epoch * config.epochs
         warmup = steps_per_epoch * config.warmup_epochs
 

@@ -1,54 +1,136 @@
-"""scikit-learn style access: OTClust(method=..., n_clusters=K).fit(X).labels_."""
+"""scikit-learn style access: OTClust(method=..., n_clusters=K).fit(X).labels_.
+
+What X means (fit and predict alike):
+
+* 2-D ``(N, D)``: feature vectors (e.g. embeddings, standardised measurements), used as given:
+  any finite real values, negative ones included; the model standardises them itself.
+* 3-D ``(N, H, W)`` or 4-D ``(N, H, W, C)`` / ``(N, C, H, W)`` with C = 1 or 3: images.
+  ``uint8`` is taken as is (0..255). Other integer types must lie in 0..255. Floats must be
+  intensities in [0, 1] (scaled by 255) or values in [0, 255]; both are rounded to 8 bits, as
+  every image the CLI loads is. Anything else (negative, above 255: standardised or 16-bit
+  images) is refused with one line: pass such data as feature vectors
+  (``X.reshape(len(X), -1)``) or rescale it, since silently clipping it would destroy it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted
 
 from otclust.config import FitConfig
 from otclust.errors import UserError
 
 
+class InputValueError(UserError, ValueError):
+    """Bad X: a one-line UserError that scikit-learn (and its estimator checks) also see as a ValueError."""
+
+
+class InputTypeError(UserError, TypeError):
+    """X of a type that cannot be clustered (sparse, non-numeric objects); also a TypeError."""
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _checked_array(X) -> np.ndarray:
+    """X as a dense, finite, numeric array of 2 to 4 dimensions, or a one-line error."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    if scipy.sparse.issparse(X):
+        raise InputTypeError("X is a sparse matrix: pass a dense array (X.toarray()); sparse input is not supported")
+    shape = np.shape(X)
+    if len(shape) not in (2, 3, 4):
+        raise InputValueError(f"X must be images (N,H,W), (N,H,W,C), (N,C,H,W) or features (N,D); got shape {shape}")
+    try:
+        # scikit-learn's own validation: object arrays of numbers become floats, complex or
+        # non-numeric values, NaN, infinity and empty arrays are refused.
+        return check_array(X, dtype="numeric", allow_nd=True, ensure_min_samples=1, ensure_min_features=1, input_name="X")
+    except TypeError as error:
+        raise InputTypeError(_one_line(error)) from None
+    except ValueError as error:
+        raise InputValueError(_one_line(error)) from None
+
+
+def _as_uint8_images(array: np.ndarray) -> np.ndarray:
+    """Image values as 8 bits, by the rules of the module docstring."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    low, high = float(array.min()), float(array.max())
+    if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    if low >= 0.0 and high <= 255.0:
+        return np.rint(array).astype(np.uint8)
+    raise InputValueError(
+        f"X holds images with values in [{low:g}, {high:g}], but images must be 0..255 or float intensities in [0, 1]: "
+        "pass standardised or other data as feature vectors (X.reshape(len(X), -1)), or rescale the images"
+    )
+
+
 def dataset_from_array(X, name: str = "array"):
-    """Arrays of images (N,H,W), (N,H,W,C), (N,C,H,W) or feature vectors (N,D) -> ImageDataset."""
+    """X (see the module docstring for what its shapes and values mean) -> ImageDataset."""
     from otclust.data import ImageDataset
 
-    array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-    if array.ndim not in (2, 3, 4) or array.shape[0] == 0:
-        raise UserError(f"X must be images (N,H,W), (N,H,W,C), (N,C,H,W) or features (N,D); got shape {array.shape}")
-    if array.dtype.kind not in "uifb":
-        raise UserError(f"X must be numeric, got dtype {array.dtype}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise UserError("X contains NaN or infinite values: remove or impute them first")
+    array = _checked_array(X)
     if array.ndim == 2:
-        return ImageDataset(data=torch.from_numpy(array.astype(np.float32)), labels=None, name=name)
+        return ImageDataset(data=torch.tensor(array, dtype=torch.float32), labels=None, name=name)
     if array.ndim == 3:
         array = array[:, None]
     elif array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     if array.shape[1] not in (1, 3):
-        raise UserError(f"images must have 1 or 3 channels, got shape {array.shape}")
-    if array.dtype != np.uint8:
-        values = array.astype(np.float64)
-        top = values.max()
-        # Floats in [0, 1] are intensities; anything larger is taken as 0..255.
-        scale = 255.0 if top <= 1.0 else 255.0 / max(top, 255.0)
-        array = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-    return ImageDataset(data=torch.from_numpy(np.ascontiguousarray(array)), labels=None, name=name)
+        raise InputValueError(f"images must have 1 or 3 channels, got shape {array.shape}; pass other data as feature vectors (N, D)")
+    array = _as_uint8_images(array)
+    # A copy: the data may be a read-only memory map, and torch needs writable memory.
+    return ImageDataset(data=torch.tensor(np.ascontiguousarray(array)), labels=None, name=name)
 
 
-class OTClust(BaseEstimator, ClusterMixin):
+# scikit-learn estimator checks that do not apply to OTClust, and why (the test passes this to
+# parametrize_with_checks; every other check must pass).
+_ONE_CLUSTER = (
+    "sets n_clusters=1: a partition into one cluster has nothing to learn, and OTClust refuses "
+    "n_clusters < 2 (a ValueError) rather than train a network towards a constant answer"
+)
+SKLEARN_CHECKS_NOT_APPLICABLE = {
+    "check_dont_overwrite_parameters": _ONE_CLUSTER,
+    "check_methods_subset_invariance": _ONE_CLUSTER,
+    "check_fit2d_1sample": _ONE_CLUSTER,
+    "check_fit2d_1feature": _ONE_CLUSTER,
+    "check_fit2d_predict1d": _ONE_CLUSTER,
+}
+
+
+class OTClust(ClusterMixin, BaseEstimator):
     """Deep clustering estimator: any otclust method behind fit / predict / fit_predict.
 
-    Parameters mirror `otclust fit`; `params` holds the method's hyper-parameters (e.g.
-    {"lam": 20} for CLOT). After fit, `labels_` holds the training samples' clusters.
+    Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
+    epochs) set the training length, else it grows with the data (`otclust.budget`); `params`
+    holds the method's hyper-parameters (e.g. {"lam": 20} for CLOT). After fit, `labels_` holds
+    the training samples' clusters, and `n_features_in_` the D of feature vectors (images have no
+    fixed D: new images of another size or colour mode are converted as the training data were).
+    X is described in the module docstring: (N, D) feature vectors are used as given; images are
+    uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
+    ValueError and a UserError). Using an unfitted estimator raises scikit-learn's
+    `NotFittedError`.
+
+    scikit-learn's `check_estimator` passes (tests/test_estimator.py) except for the checks that
+    set n_clusters=1, which OTClust refuses: check_dont_overwrite_parameters,
+    check_methods_subset_invariance, check_fit2d_1sample, check_fit2d_1feature and
+    check_fit2d_predict1d (`SKLEARN_CHECKS_NOT_APPLICABLE` gives the reason; a 1-D X is refused
+    with a ValueError all the same).
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
+        self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
         self.seed = seed
@@ -64,41 +146,59 @@ class OTClust(BaseEstimator, ClusterMixin):
 
         values = dict(get_method_class(self.method).default_config)
         values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}))
-        for key in ("epochs", "batch_size", "lr"):
+        if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
+            values.update(epochs=self.epochs, steps=self.steps)
+        for key in ("batch_size", "lr"):
             if getattr(self, key) is not None:
                 values[key] = getattr(self, key)
-        return FitConfig(**values)
+        return FitConfig(**values).validate()
 
     def fit(self, X, y=None):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""
         from otclust.engine import Trainer
 
+        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
+            raise InputValueError(f"n_clusters must be an integer of at least 2, got {self.n_clusters!r}")
+        config = self._config()
         dataset = dataset_from_array(X)
-        trainer = Trainer(self._config(), out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+        if dataset.n_samples < config.clusters:
+            raise InputValueError(f"n_samples={dataset.n_samples} is fewer than n_clusters={config.clusters}: pass more samples or ask for fewer clusters")
+        trainer = Trainer(config, out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         result = trainer.fit(dataset)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels
         self.history_ = result.history
+        if dataset.is_features:
+            self.n_features_in_ = int(dataset.data.shape[1])
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_  # a refit on images: no fixed number of features any more
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "model_"):
-            raise UserError("this OTClust is not fitted yet: call fit(X) or OTClust.load(path) first")
+        check_is_fitted(self, "model_", msg="This %(name)s instance is not fitted yet: call fit(X) or OTClust.load(path) first")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # a fixed seed gives the same clustering on the same device
+        return tags
 
     def predict_proba(self, X) -> np.ndarray:
+        """N x K cluster probabilities of X (converted to what the model was trained on)."""
         from otclust.data import conform
-        from otclust.engine import predict_in_batches, select_device
 
         self._check_fitted()
         dataset = dataset_from_array(X)
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:
-                raise UserError("the model was trained on images but X holds feature vectors")
+                raise InputValueError("the model was trained on images but X holds feature vectors (N, D): pass images")
             dataset = conform(dataset, spec.channels, tuple(spec.image_size))
         elif spec.is_features and (not dataset.is_features or dataset.data.shape[1] != spec.feature_dim):
-            raise UserError(f"the model expects feature vectors of length {spec.feature_dim}")
+            found = f"X has {dataset.data.shape[1]} features" if dataset.is_features else "X holds images"
+            raise InputValueError(f"{found}, but OTClust is expecting {spec.feature_dim} features as input")
+        from otclust.engine import predict_in_batches
+
         device = next(self.model_.parameters(), torch.empty(0)).device
         return predict_in_batches(self.model_, dataset.data, device)
 

@@ -77,3 +77,24 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     config_file.write_text("epoch: 7\n")
     with pytest.raises(Exception, match="unknown setting"):
         config_from_args(build_parser().parse_args(["fit", "--config", str(config_file)]))
+
+
+def test_help_shows_each_methods_effective_default(monkeypatch, capsys):
+    from otclust.cli import build_parser
+    from otclust.commands.common import config_from_args, method_defaults
+    from otclust.methods import available_methods, get_method_class
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a help text
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for field in ("batch_size", "lr", "weight_decay", "lr_schedule"):
+        text = method_defaults(field)
+        assert text in help_text
+        base, *others = text.split("; ")
+        shown = {name: value for part in others for value, names in [part.split(" for ", 1)] for name in names.split(", ")}
+        for method in available_methods():
+            if not get_method_class(method).trainable:
+                continue
+            value = getattr(config_from_args(build_parser().parse_args(["fit", "--method", method])), field)
+            assert shown.get(method, base.removeprefix("default: ")) == (f"{value:g}" if isinstance(value, float) else str(value)), (field, method)

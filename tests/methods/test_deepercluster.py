@@ -54,7 +54,7 @@ def test_hierarchy_targets_and_heads(blob_images):
 def test_resume_matches_an_uninterrupted_run(run_interrupted_and_resumed, blobs):
     from otclust.runs import prepare_output_folder
 
-    config = FitConfig(method="deepercluster", clusters=3, epochs=3, batch_size=40, seed=1, params={"pca_dim": 4, "reassignment": 2})
+    config = FitConfig(method="deepercluster", clusters=3, epochs=3, batch_size=40, seed=1, params={"pca_dim": 4, "reclusterings": 2})
     straight, resumed = run_interrupted_and_resumed(config, blobs)
     assert torch.equal(resumed.method.subclusters.cpu(), straight.method.subclusters.cpu())
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)

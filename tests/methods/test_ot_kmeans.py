@@ -68,10 +68,23 @@ def test_ot_kmeans_centers_start_at_kmeans_on_the_embeddings(dataset):
 
 
 def test_pretraining_epochs_use_the_reconstruction_only(dataset):
-    result = fit(dataset, "ot-kmeans", epochs=3, pretrain_epochs=2)
+    result = fit(dataset, "ot-kmeans", epochs=3, pretrain_fraction=0.6)  # round(0.6 * 3) = 2 epochs
     assert [("loss_cluster" in row) for row in result.history] == [False, False, True]
     assert bool(result.method.centers_initialized)
     with pytest.raises(UserError):
+        fit(dataset, "soft-kmeans", epochs=2, pretrain_fraction=1.0)
+
+
+def test_pretraining_follows_the_budget_and_the_old_epoch_count_still_works(dataset):
+    # The same share of a run twice as long pre-trains twice as many epochs.
+    short = fit(dataset, "soft-kmeans", epochs=2, pretrain_fraction=0.5)
+    long = fit(dataset, "soft-kmeans", epochs=4, pretrain_fraction=0.5)
+    assert [("loss_cluster" in row) for row in short.history] == [False, True]
+    assert [("loss_cluster" in row) for row in long.history] == [False, False, True, True]
+    with pytest.warns(FutureWarning, match="pretrain_epochs is deprecated"):
+        old = fit(dataset, "soft-kmeans", epochs=3, pretrain_epochs=1)
+    assert [("loss_cluster" in row) for row in old.history] == [False, True, True]
+    with pytest.warns(FutureWarning), pytest.raises(UserError):
         fit(dataset, "soft-kmeans", epochs=2, pretrain_epochs=2)
 
 

@@ -14,7 +14,7 @@ def quiet(message):
 
 
 def test_swav_few_steps_loss_goes_down_and_no_collapse(blobs):
-    config = FitConfig(method="swav", clusters=3, epochs=6, batch_size=40, lr=3e-3, seed=0, eval_every=6, params={"freeze_prototypes_iters": 3})
+    config = FitConfig(method="swav", clusters=3, epochs=6, batch_size=40, lr=3e-3, seed=0, eval_every=6, params={"freeze_prototypes_fraction": 3 / 18})
     result = Trainer(config, progress=False, log=quiet).fit(blobs)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
@@ -52,7 +52,8 @@ def test_prototypes_frozen_at_first_then_trained_and_kept_on_the_sphere(blob_ima
     data = torch.from_numpy(images[:, None])
     spec = InputSpec(n_samples=120, channels=1, image_size=(8, 8), mean=[0.2], std=[0.3])
     torch.manual_seed(0)
-    method = Swav(3, spec, SwavParams(freeze_prototypes_iters=1, extra_prototypes=[5]))
+    method = Swav(3, spec, SwavParams(extra_prototypes=[5]))
+    method.freeze_steps = 1  # what on_fit_start sets from the run's length
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-2)
     before = [layer.weight.detach().clone() for layer in method.prototypes]
     for step in range(2):
@@ -71,7 +72,7 @@ def test_prototypes_frozen_at_first_then_trained_and_kept_on_the_sphere(blob_ima
 
 
 def test_multi_crop_and_queue_run_and_the_queue_resumes(run_interrupted_and_resumed, blobs):
-    params = {"n_small_crops": 2, "small_crop_size": 4, "queue_length": 60, "queue_start_epoch": 1, "freeze_prototypes_iters": 0}
+    params = {"n_small_crops": 2, "small_crop_size": 4, "queue_length": 60, "queue_start_fraction": 0.34, "freeze_prototypes_fraction": 0.0}
     config = FitConfig(method="swav", clusters=3, epochs=3, batch_size=40, seed=1, params=params)
     straight, resumed = run_interrupted_and_resumed(config, blobs)
     method = straight.method

@@ -36,6 +36,30 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = False) ->
     parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size (default: their most common size)")
 
 
+def method_defaults(field: str) -> str:
+    """'default: 256; 64 for deepcluster, deepercluster; ...' from each method's default_config,
+    so the help of an option that some methods override names every effective default."""
+    import dataclasses
+
+    from otclust.methods import METHOD_MODULES, get_method_class
+
+    base = {f.name: f.default for f in dataclasses.fields(FitConfig)}[field]
+    others: dict = {}
+    for name in METHOD_MODULES:
+        try:
+            method = get_method_class(name)
+        except UserError:  # a method missing from this installation
+            continue
+        value = method.default_config.get(field, base)
+        if method.trainable and value != base:
+            others.setdefault(value, []).append(name)
+
+    def show(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return "; ".join([f"default: {show(base)}", *(f"{show(value)} for {', '.join(names)}" for value, names in others.items())])
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     from otclust.methods import METHOD_MODULES
     from otclust.models import BACKBONES
@@ -44,12 +68,21 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
     add_data_options(parser)
     parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: 10)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 256)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
-    parser.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (default: 1e-4)")
-    parser.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"], help="learning-rate schedule (default: cosine)")
-    parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs (default: 0)")
+    from otclust.budget import describe_default_budget
+
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: a budget that grows with the number of samples N, about 30 sqrt(N) steps of 256 "
+        f"samples, the same samples seen at any batch size: {describe_default_budget()}; a --config recipe may set epochs)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="train for at least this many optimizer steps, rounded up to whole epochs, instead of --epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"images per step ({method_defaults('batch_size')})")
+    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate ({method_defaults('lr')})")
+    parser.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay ({method_defaults('weight_decay')})")
+    parser.add_argument("--lr-schedule", default=None, choices=["cosine", "constant"], help=f"learning-rate schedule ({method_defaults('lr_schedule')})")
+    parser.add_argument("--warmup-epochs", type=int, default=None, help=f"linear warm-up epochs ({method_defaults('warmup_epochs')})")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks")
@@ -92,7 +125,13 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     values = dict(get_method_class(method_name).default_config)
     values.update(file_values)
     values["method"] = method_name
-    for field in ("data", "split", "clusters", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
+    # --epochs and --steps say the same thing two ways: the one given on the command line replaces
+    # the other from the config file or the method's defaults (both on the command line: an error).
+    if getattr(args, "epochs", None) is not None:
+        values.pop("steps", None)
+    if getattr(args, "steps", None) is not None:
+        values.pop("epochs", None)
+    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from otclust.budget import describe_length
 from otclust.commands.common import HelpFormatter, add_data_options
 
 TABLES = ["comparison.md", "comparison.csv", "runs.csv"]
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default=None, help="folder for the tables and the run folders (default: runs/compare-DATA)")
     parser.add_argument("--configs-dir", default="configs", help="folder of <method>-<data>.yaml recipes")
     budget = parser.add_argument_group("budget (applied to every method)")
-    budget.add_argument("--epochs-scale", type=float, default=None, metavar="F", help="multiply each recipe's epochs by F (e.g. 0.1 for a quick look)")
+    budget.add_argument("--epochs-scale", type=float, default=None, metavar="F", help="multiply each recipe's epochs (or the default budget) by F (e.g. 0.1 for a quick look)")
     budget.add_argument("--epochs", type=int, default=None, help="train every method for this many epochs instead of its recipe's")
     budget.add_argument("--batch-size", type=int, default=None, help="images per step for every method")
     parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: the recipe's, else 10)")
@@ -94,8 +95,15 @@ def method_config(args, method: str, data: str):
     )
     config = config_from_args(namespace)
     if args.epochs_scale is not None:
-        config.epochs = max(1, round(config.epochs * args.epochs_scale))
-        config.warmup_epochs = min(round(config.warmup_epochs * args.epochs_scale), config.epochs - 1)
+        if config.epochs is not None:
+            config.epochs = max(1, round(config.epochs * args.epochs_scale))
+        elif config.steps is not None:
+            config.steps = max(1, round(config.steps * args.epochs_scale))
+        else:  # the default budget, fixed when the data's size is known
+            config.budget_scale = args.epochs_scale
+        config.warmup_epochs = round(config.warmup_epochs * args.epochs_scale)
+        if config.epochs is not None:
+            config.warmup_epochs = min(config.warmup_epochs, config.epochs - 1)
     return config, (recipe if recipe.is_file() else None)
 
 
@@ -135,7 +143,7 @@ def run(args) -> int:
             run_config = _with_seed(config, seed)
             outcome = experiments.run_one(run_config, out / method / f"seed{seed}", method, cache, overwrite=args.overwrite, reuse=args.resume, verbose=args.verbose)
             outcomes.append(outcome)
-            budget = f", {config.epochs} epochs" if get_method_class(method).trainable else ""
+            budget = f", {describe_length(config)}" if get_method_class(method).trainable else ""
             print(f"[{done}/{total}] {method} seed {seed} ({where}{budget}): {outcome.describe()}", flush=True)
             tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes)
     print()
@@ -172,7 +180,7 @@ def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], ski
         summary = experiments.summarize(outcomes, method)
         config, recipe = configs[method]
         recipe_text = recipe.name if recipe else "defaults"
-        epochs = config.epochs if get_method_class(method).trainable else "-"  # k-means trains no network
+        epochs = (config.epochs or "budget") if get_method_class(method).trainable else "-"  # k-means trains no network
         rows_md.append([method, recipe_text, str(epochs), *experiments.summary_cells(summary)])
         rows_csv.append({"method": method, "recipe": str(recipe) if recipe else "", "epochs": epochs, **experiments.summary_csv_fields(summary)})
     for name in skipped:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from otclust.budget import describe_length
 from otclust.commands.common import HelpFormatter, add_training_options
 
 TABLES = ["sweep.csv", "sweep.md", "runs.csv", "sweep.png"]
@@ -114,7 +115,7 @@ def write_tables(out: Path, key: str, base, raw_values: list[str], values: list,
     lines = [
         f"# Sweep of {key}: {base.method} on {base.data}",
         "",
-        f"Each value trained for {base.epochs} epochs with K = {base.clusters} and seeds {', '.join(map(str, seeds))}; "
+        f"Each value trained for {describe_length(base)} with K = {base.clusters} and seeds {', '.join(map(str, seeds))}; "
         "mean ± std over the runs that finished.",
         "",
         experiments.markdown_table([key, "ACC", "NMI", "ARI", "minutes/run", "runs"], rows_md),

@@ -7,6 +7,7 @@ another's start-up.
 from __future__ import annotations
 
 import importlib
+from importlib.util import find_spec
 
 from otclust.errors import UserError
 from otclust.methods.base import ClusteringMethod, InputSpec
@@ -29,7 +30,7 @@ def available_methods() -> list[str]:
     """Names whose module is present in this installation."""
     names = []
     for name, module in METHOD_MODULES.items():
-        if importlib.util.find_spec(module) is not None:
+        if find_spec(module) is not None:
             names.append(name)
     return names
 

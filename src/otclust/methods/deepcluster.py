@@ -1,8 +1,10 @@
 """DeepCluster: k-means on the network's own features as pseudo-labels (Caron et al., ECCV 2018).
 
-Each epoch alternates the paper's two steps:
+Training alternates the paper's two steps, the paper at every epoch, here `reclusterings` times
+per run, spread over its epochs (every epoch when the run has fewer), so that the training
+between two clusterings follows the run's budget:
 
-1. Clustering (`on_epoch_start`): backbone features of the whole training set (no augmentation,
+1. Clustering (`on_epoch_start` of a re-clustering epoch): backbone features of the whole training set (no augmentation,
    eval mode) are PCA-whitened (`pca_dim` dimensions) and L2-normalised, then k-means gives
    every sample a pseudo-label among `kmeans_clusters` (K, the number of clusters, by default;
    more over-clusters, as the paper's 10,000 on ImageNet). An empty cluster is re-seeded by
@@ -19,9 +21,9 @@ squared distance to K centroids divided by `assign_temperature`. These come from
 K-means of the whitened training features (k-means++ seeding, best inertia of `readout_inits`
 runs); with `kmeans_clusters` = K the same K-means also gives the pseudo-labels, otherwise the
 pseudo-labels come from a separate k-means. To make the read-out agree with the final network,
-the clustering is recomputed after every epoch (`on_epoch_end`) and that result is reused by the
-next epoch's start (the weights have not changed in between), so the extra cost is one clustering
-per run.
+the clustering is recomputed after every evaluated epoch and before every re-clustering epoch
+(`on_epoch_end`), and that result is reused by the next epoch's start (the weights have not
+changed in between).
 
 Details from the reference code (github.com/facebookresearch/deepcluster): PCA to 256 dimensions
 with whitening then L2 normalisation; 20 k-means iterations; the classifier re-initialised with
@@ -49,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otclust.budget import spread_epochs
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import multi_head_cross_entropy
 from otclust.methods.base import ClusteringMethod
@@ -305,6 +308,18 @@ class FeatureClusteringMethod(ClusteringMethod):
         # A new fit (or a resume) has a new optimizer: recognise it afresh.
         self._optimizer = None
 
+    def recluster_epochs(self, total_epochs: int) -> set[int]:
+        """Epochs (0-based) that start with new pseudo-labels and fresh prediction layers:
+        `reclusterings` of them spread over the run, the first at epoch 0."""
+        return set(spread_epochs(self.params.reclusterings, total_epochs))
+
+    def clusters_after(self, trainer, epoch: int) -> bool:
+        """Whether to cluster after this epoch: for the next epoch's labels, or for fresh
+        prediction centroids where the engine evaluates (always after the last epoch)."""
+        config = trainer.config
+        evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        return evaluated or epoch + 1 in self.recluster_epochs(config.epochs)
+
     def __getstate__(self):
         # The optimizer link is a weak reference and a hook handle: neither pickles nor copies.
         state = dict(super().__getstate__())
@@ -326,13 +341,18 @@ class DeepClusterParams:
     uniform_sampling: bool = True  # batches drawn uniformly over pseudo-labels (paper); False: plain shuffle
     assign_temperature: float = 0.1  # softmax temperature of -squared distances for predicted probabilities
     readout_inits: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
+    # Re-clusterings per run, spread evenly over its epochs, at most one per epoch (the paper's: every
+    # epoch). A count per run, so the steps a fresh classifier gets between two clusterings grow
+    # with the run's budget instead of being one epoch of whatever size the data set has.
+    reclusterings: int = 100
 
 
 class DeepCluster(FeatureClusteringMethod):
     name = "deepcluster"
     Params = DeepClusterParams
-    # Paper: SGD lr 0.05, batch 256, 500 epochs (ImageNet); see configs/ for ours.
-    default_config = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"}
+    # Paper: SGD lr 0.05, batch 256, 500 epochs (ImageNet); here the run's budget (otclust.budget)
+    # or configs/.
+    default_config = {"batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"}
 
     def __init__(self, n_clusters, spec, params: DeepClusterParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
@@ -341,6 +361,8 @@ class DeepCluster(FeatureClusteringMethod):
             raise UserError(f"deepcluster parameter kmeans_clusters ({k}) must be 0 or at least the number of clusters ({n_clusters})")
         if k > spec.n_samples:
             raise UserError(f"deepcluster parameter kmeans_clusters ({k}) is more than the {spec.n_samples} samples")
+        if params.reclusterings < 1:
+            raise UserError(f"deepcluster parameter reclusterings must be at least 1, got {params.reclusterings}")
         self.k = k
         self.backbone = self.make_backbone()
         self.classifier = nn.Linear(self.backbone.out_dim, k)
@@ -358,14 +380,16 @@ class DeepCluster(FeatureClusteringMethod):
         self.fresh = True
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
-        if not self.fresh:
-            self.recluster(trainer)
-        self.pseudo_labels = self.latest_labels
+        if epoch in self.recluster_epochs(trainer.config.epochs):
+            if not self.fresh:
+                self.recluster(trainer)
+            self.pseudo_labels = self.latest_labels
+            self.reset_linear(trainer, self.classifier)
         self.fresh = False
-        self.reset_linear(trainer, self.classifier)
 
     def on_epoch_end(self, trainer, epoch: int, losses: dict) -> None:
-        self.recluster(trainer)
+        if self.clusters_after(trainer, epoch):
+            self.recluster(trainer)
 
     def epoch_order(self, trainer, epoch: int):
         if not self.params.uniform_sampling:

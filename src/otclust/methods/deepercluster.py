@@ -13,7 +13,8 @@ targets form a two-level hierarchy:
 The loss is the super-class cross-entropy plus the sub-class one. As in DeepCluster, the features
 are the backbone's, PCA-whitened and L2-normalised, batches are drawn uniformly over the
 (sub-cluster) pseudo-labels, and the prediction heads are re-initialised whenever the clustering
-is renewed, every `reassignment` epochs (the reference's default is 3; the super-class head is
+is renewed, `reclusterings` times per run spread over its epochs (at most every epoch; the
+reference's is every 3 epochs, a period that would not follow the run's length; the super-class head is
 only re-initialised when there are several groups, since with m = 1 its targets are the
 rotations, which never change).
 
@@ -27,8 +28,8 @@ instead of one rotation per worker; Adam instead of SGD; PCA to `pca_dim`
 
 The final clustering is read from the cluster part, never from the rotation: the assignment of
 the unrotated image's whitened features to the centroids of a K-means of the training features
-(k-means++, best of `readout_inits` runs), recomputed after every epoch so that it matches the
-final network. With one group of exactly K sub-clusters that K-means is also the pseudo-labels'.
+(k-means++, best of `readout_inits` runs), recomputed after every evaluated epoch (always after
+the last) so that it matches the final network. With one group of exactly K sub-clusters that K-means is also the pseudo-labels'.
 All k-means here start from k-means++ (the reference's start from random points).
 """
 
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from otclust.budget import warn_deprecated
 from otclust.errors import UserError
 from otclust.losses.hierarchical_cross_entropy import hierarchical_cross_entropy
 from otclust.methods.deepcluster import FeatureClusteringMethod, kmeans, uniform_label_order
@@ -61,19 +63,21 @@ class DeeperClusterParams:
     super_clusters: int = 1  # m cluster groups; super-classes are the 4 rotations x m (reference default m = 1)
     kmeans_clusters: int = 0  # k sub-clusters over all groups, k/m per group; 0: the number of clusters
     rotation: bool = True  # predict rotations (False: super-classes are the m groups alone)
-    reassignment: int = 3  # epochs between clusterings (reference: 3)
+    reassignment: int | None = None  # deprecated: a fixed number of epochs between clusterings; use reclusterings
     pca_dim: int = 256  # dimensions kept by the PCA whitening (reference: 4096 on VGG-16)
     kmeans_iters: int = 10  # Lloyd iterations per k-means (reference: 10)
     uniform_sampling: bool = True  # batches drawn uniformly over sub-cluster pseudo-labels
     assign_temperature: float = 0.1  # softmax temperature of -squared distances for predicted probabilities
     readout_inits: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
+    reclusterings: int = 100  # clusterings per run, spread over its epochs, at most one per epoch (as DeepCluster's)
 
 
 class DeeperCluster(FeatureClusteringMethod):
     name = "deepercluster"
     Params = DeeperClusterParams
-    # Reference: SGD lr 0.1, batch 48 per GPU x 64 GPUs, 100 epochs on YFCC100M; see configs/ for ours.
-    default_config = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"}
+    # Reference: SGD lr 0.1, batch 48 per GPU x 64 GPUs, 100 epochs on YFCC100M; here the run's
+    # budget (otclust.budget) or configs/.
+    default_config = {"batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"}
 
     def __init__(self, n_clusters, spec, params: DeeperClusterParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
@@ -85,8 +89,9 @@ class DeeperCluster(FeatureClusteringMethod):
             raise UserError(f"deepercluster needs super_clusters >= 1 dividing kmeans_clusters, got super_clusters={m}, kmeans_clusters={k}")
         if k < n_clusters or k > spec.n_samples:
             raise UserError(f"deepercluster parameter kmeans_clusters ({k}) must be between the number of clusters ({n_clusters}) and the number of samples")
-        if params.reassignment < 1:
-            raise UserError("deepercluster parameter reassignment must be at least 1")
+        if (params.reassignment is not None and params.reassignment < 1) or params.reclusterings < 1:
+            raise UserError("deepercluster parameters reassignment and reclusterings must be at least 1")
+        warn_deprecated(params, "reassignment", "reclusterings", "deepercluster")
         self.m, self.k, self.k_sub = m, k, k // m
         self.n_rotations = ROTATIONS if params.rotation else 1
         self.n_super = self.n_rotations * m
@@ -129,8 +134,13 @@ class DeeperCluster(FeatureClusteringMethod):
         self.latest = self.hierarchical_kmeans(x, self.fit_prediction_centroids(x))
         self.fresh = True
 
+    def recluster_epochs(self, total_epochs: int) -> set[int]:
+        if self.params.reassignment is not None:  # the deprecated fixed period
+            return set(range(0, total_epochs, self.params.reassignment))
+        return super().recluster_epochs(total_epochs)
+
     def on_epoch_start(self, trainer, epoch: int) -> None:
-        if epoch % self.params.reassignment == 0:
+        if epoch in self.recluster_epochs(trainer.config.epochs):
             if not self.fresh:
                 self.recluster(trainer)
             self.groups, self.subclusters = self.latest
@@ -140,8 +150,9 @@ class DeeperCluster(FeatureClusteringMethod):
         self.fresh = False
 
     def on_epoch_end(self, trainer, epoch: int, losses: dict) -> None:
-        # Fresh centroids for the evaluation of this epoch and, on a reassignment epoch, the next labels.
-        self.recluster(trainer)
+        # Fresh centroids for the evaluation of this epoch and, before a re-clustering epoch, the next labels.
+        if self.clusters_after(trainer, epoch):
+            self.recluster(trainer)
 
     def epoch_order(self, trainer, epoch: int):
         if not self.params.uniform_sampling:

@@ -62,8 +62,9 @@ class Drc(ClusteringMethod):
     name = "drc"
     Params = DrcParams
     # Paper: Adam, lr 1e-4, batch 256, 500 epochs, no weight decay and a fixed learning rate (as
-    # PICA's code). 500 epochs are a GPU budget: the per-data-set configs pick CPU-sized runs.
-    default_config = {"epochs": 500, "batch_size": 256, "lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "constant"}
+    # PICA's code). 500 epochs are a GPU budget: by default the run's budget (otclust.budget), which
+    # grows with the data; the per-data-set configs pick CPU-sized runs.
+    default_config = {"batch_size": 256, "lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "constant"}
 
     def __init__(self, n_clusters, spec, params: DrcParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)

@@ -9,7 +9,8 @@ augmentation (the paper uses none), and cluster the embeddings f(x) in R^10:
   (parameters) with cluster proportions w, solved by Sinkhorn (`otclust.ot.ot_kmeans_loss`,
   envelope-theorem gradient). w is the run's cluster-size prior (``--cluster-proportions``,
   uniform by default) through `target_marginal`. The centers are initialised by k-means on the
-  embeddings after the optional pre-training epochs (``pretrain_epochs``, reconstruction only).
+  embeddings after the optional pre-training (the first ``pretrain_fraction`` of the run's epochs,
+  reconstruction only).
 * ``soft-kmeans`` (DKM of Fard et al., the paper's Proposition 2): the same with only the sample
   marginal, i.e. softmin assignments softmax(-C/eps) and no constraint on cluster sizes
   (`otclust.ot.soft_kmeans_loss`).
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from otclust.budget import fraction_of_epochs, warn_deprecated
 from otclust.errors import UserError
 from otclust.methods.base import ClusteringMethod
 from otclust.methods.kmeans import kmeans_centers
@@ -132,7 +134,11 @@ class AeKMeansParams:
 class SoftKMeansParams(AeKMeansParams):
     eps: float = 1e-2  # entropic temperature, in squared embedding distances (paper: 1e-2)
     cluster_weight: float = 1.0  # lambda in l_r + lambda * l_c (paper's Eq. 11: 1)
-    pretrain_epochs: int = 0  # first epochs with the reconstruction loss only; then k-means initialises mu
+    # Share of the run's epochs (rounded) with the reconstruction loss only, then k-means on the
+    # embeddings initialises mu (0: none, the paper's OT k-means; DKM pre-trains): a share, so the
+    # warm-up follows the run's budget.
+    pretrain_fraction: float = 0.0
+    pretrain_epochs: int | None = None  # deprecated: a fixed number of pre-training epochs; use pretrain_fraction
     # Learning rate of the centers mu relative to the network's (paper: 1, one Adam step for all).
     # Adam moves mu by about lr per step whatever the embedding's scale, so on a small data set
     # (few steps) the centers barely move and stay at their k-means initialisation.
@@ -158,8 +164,9 @@ class AutoencoderClustering(ClusteringMethod):
 
     name = "autoencoder-clustering"
     Params = AeKMeansParams
-    # Paper: batch 300, Adam lr 1e-3 with step decay (cosine here), 200 epochs, no weight decay.
-    default_config = {"epochs": 200, "batch_size": 300, "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine"}
+    # Paper: batch 300, Adam lr 1e-3 with step decay (cosine here), 200 epochs, no weight decay; the
+    # length here is the run's budget (otclust.budget) or configs/.
+    default_config = {"batch_size": 300, "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine"}
 
     def __init__(self, n_clusters, spec, params, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
@@ -286,27 +293,39 @@ class SoftKMeans(AutoencoderClustering):
     def set_centers(self, centers: torch.Tensor) -> None:
         self.center_param.copy_(centers.to(self.center_param.device) / self.params.center_lr_scale)
 
+    def __init__(self, n_clusters, spec, params, backbone="auto", augment=None):
+        super().__init__(n_clusters, spec, params, backbone, augment)
+        if not 0 <= params.pretrain_fraction < 1:
+            raise UserError(f"{self.name} parameter pretrain_fraction must be in [0, 1), got {params.pretrain_fraction}")
+        warn_deprecated(params, "pretrain_epochs", "pretrain_fraction", self.name)
+        # Pre-training epochs: the deprecated fixed count, else set from the run's length at fit start.
+        self.pretrain_epochs = params.pretrain_epochs or 0
+
     def may_leave_parameters_unused(self) -> bool:
-        return self.params.pretrain_epochs > 0  # mu gets no gradient while pre-training
+        p = self.params  # mu gets no gradient while pre-training
+        return p.pretrain_epochs > 0 if p.pretrain_epochs is not None else p.pretrain_fraction > 0
 
     def on_fit_start(self, trainer) -> None:
         super().on_fit_start(trainer)
-        if self.params.pretrain_epochs >= trainer.config.epochs:
-            raise UserError(f"{self.name}: pretrain_epochs ({self.params.pretrain_epochs}) must be fewer than the epochs ({trainer.config.epochs})")
+        epochs = trainer.config.epochs
+        if self.params.pretrain_epochs is None:
+            self.pretrain_epochs = min(fraction_of_epochs(self.params.pretrain_fraction, epochs), epochs - 1)
+        if self.pretrain_epochs >= epochs:
+            raise UserError(f"{self.name}: pretrain_epochs ({self.pretrain_epochs}) must be fewer than the epochs ({epochs})")
 
     def on_epoch_start(self, trainer, epoch):
         self.current_epoch = epoch
-        if epoch >= self.params.pretrain_epochs and not bool(self.centers_initialized):
+        if epoch >= self.pretrain_epochs and not bool(self.centers_initialized):
             self.fit_centers(trainer)  # Algorithm 2, line 4 (after pre-training, if any)
             self.centers_initialized.fill_(True)
 
     def on_epoch_end(self, trainer, epoch, losses):
         # During pre-training mu is not trained: k-means on the current embeddings makes the
         # evaluated rows meaningful (AE + k-means), and the last one initialises mu.
-        pretraining = epoch < self.params.pretrain_epochs
-        if pretraining and (self.evaluated_after(trainer, epoch) or epoch + 1 == self.params.pretrain_epochs):
+        pretraining = epoch < self.pretrain_epochs
+        if pretraining and (self.evaluated_after(trainer, epoch) or epoch + 1 == self.pretrain_epochs):
             self.fit_centers(trainer)
-            self.centers_initialized.fill_(epoch + 1 == self.params.pretrain_epochs)
+            self.centers_initialized.fill_(epoch + 1 == self.pretrain_epochs)
 
     def clustering_loss(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return soft_kmeans_loss(z.float(), self.centers.float(), self.params.eps, entropy=self.params.entropy)
@@ -315,7 +334,7 @@ class SoftKMeans(AutoencoderClustering):
         x = self.standardize(batch)
         z = self.embed(x)
         recon = self.reconstruction_loss(x, z)
-        if self.current_epoch < self.params.pretrain_epochs:
+        if self.current_epoch < self.pretrain_epochs:
             return {"loss": recon, "reconstruction": recon.detach()}
         cluster, plan = self.clustering_loss(z)
         loss = recon + self.params.cluster_weight * cluster

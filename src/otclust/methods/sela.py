@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from otclust.budget import spread_epochs
 from otclust.distributed import all_gather_rows, all_reduce_mean, is_distributed, rank, world_size
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import per_head_cross_entropy
@@ -63,7 +64,10 @@ _LABEL_ROUNDS = 3
 @dataclass
 class SelaParams:
     lam: float = 25.0  # lambda of P^lambda (the Sinkhorn eps is 1/lambda); paper/ImageNet 25, CIFAR code 10
-    label_updates: int = 100  # whole-data re-labellings per run, spread over the epochs (at most one per epoch)
+    # Whole-data re-labellings per run, spread evenly over the run's epochs (at most one per epoch),
+    # so they follow the run's budget: a count per run, as the paper and its code give it (100-400
+    # per run), not a period tuned for one data set.
+    label_updates: int = 100
     n_heads: int = 1  # clustering heads, each with its own labels; the lowest-loss head predicts
     sinkhorn_iters: int = 1000  # cap on Sinkhorn iterations per re-labelling
     sinkhorn_tol: float = 1e-2  # relative error on the cluster marginals at which Sinkhorn stops (hard labels need no more)
@@ -74,8 +78,9 @@ class SelaParams:
 class Sela(ClusteringMethod):
     name = "sela"
     Params = SelaParams
-    # Paper: SGD lr 0.05, 400 epochs (ImageNet) / 800 (CIFAR), batch 256; see configs/ for ours.
-    default_config = {"epochs": 30, "batch_size": 256, "lr": 1e-3}
+    # Paper: SGD lr 0.05, 400 epochs (ImageNet) / 800 (CIFAR), batch 256; here the run's budget
+    # (otclust.budget) or configs/.
+    default_config = {"batch_size": 256, "lr": 1e-3}
 
     def __init__(self, n_clusters, spec, params: SelaParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
@@ -100,8 +105,7 @@ class Sela(ClusteringMethod):
     # --- whole-data labelling -------------------------------------------------------------
     def update_epochs(self, total_epochs: int) -> list[int]:
         """Epochs at whose start the labels are recomputed: `label_updates` of them, evenly spaced."""
-        count = min(self.params.label_updates, total_epochs)
-        return sorted({(j * total_epochs) // count for j in range(count)})
+        return spread_epochs(self.params.label_updates, total_epochs)
 
     @torch.no_grad()
     def head_log_probs(self, data: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

@@ -13,11 +13,13 @@ with a softmax at temperature 0.1 over the prototype scores (`losses/swapped_pre
 Details from the reference code (github.com/facebookresearch/swav, main_swav.py), which the
 paper leaves implicit: each Sinkhorn iteration normalises the prototypes' (column) sums first,
 then the samples' (the codes equal the reference's, see `codes`); the prototypes are
-re-normalised before every step; their gradient is
-dropped for the first `freeze_prototypes_iters` steps; codes are only computed for the two
-large crops and every other crop (large or small) predicts them, averaged over the V - 1
-predicting views and the 2 assigned ones; with `queue_length` > 0 the projections of the last
-steps' large crops are kept in a queue (from epoch `queue_start_epoch` on) and scored with the
+re-normalised before every step; their gradient is dropped at the start of training (the
+reference: its first epoch; here the first `freeze_prototypes_fraction` of the run's steps, so
+that the frozen phase follows the run's length); codes are only computed for the two large
+crops and every other crop (large or small) predicts them, averaged over the V - 1 predicting
+views and the 2 assigned ones; with `queue_length` > 0 the projections of the last
+steps' large crops are kept in a queue (after the first `queue_start_fraction` of the
+epochs) and scored with the
 current prototypes, so that Sinkhorn sees queue + batch rows once the queue is full, and only
 the batch's rows are used as codes. Multi-crop: `n_small_crops` extra low-resolution views of
 a small part of the image (scale `small_crop_scale`, side `small_crop_size`), as the paper's
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otclust.budget import fraction_of_epochs, fraction_of_steps, warn_deprecated
 from otclust.data.augment import BatchAugmenter
 from otclust.distributed import all_gather_rows, is_distributed, world_size
 from otclust.errors import UserError
@@ -59,8 +62,15 @@ class SwavParams:
     hidden_dim: int = 512  # hidden width of the projection MLP (paper: 2048)
     extra_prototypes: list = field(default_factory=list)  # sizes of extra prototype sets, e.g. [30, 100]
     queue_length: int = 0  # projections kept from earlier batches for Sinkhorn (0: no queue)
-    queue_start_epoch: int = 15  # first epoch (0-based) that fills the queue
-    freeze_prototypes_iters: int = 313  # steps at the start during which the prototypes do not move
+    # The queue starts after this share of the run's epochs: earlier the features change too fast for
+    # stored ones to be comparable (the reference starts it at epoch 15 of 200-800).
+    queue_start_fraction: float = 0.05
+    # The prototypes do not move during this share of the run's optimizer steps, so they are not
+    # fitted to the random network's features (the reference freezes them for its first epoch,
+    # 313 steps of ImageNet at batch 4096; a fixed count would be most of a small run).
+    freeze_prototypes_fraction: float = 0.05
+    queue_start_epoch: int | None = None  # deprecated: a fixed first epoch; use queue_start_fraction
+    freeze_prototypes_iters: int | None = None  # deprecated: a fixed step count; use freeze_prototypes_fraction
     n_small_crops: int = 0  # extra low-resolution views of small parts of the image (multi-crop)
     small_crop_size: int = 0  # side of the small crops in pixels; 0: 96/224 of the image side
     small_crop_scale: list = field(default_factory=lambda: [0.05, 0.14])  # area fraction of a small crop
@@ -69,8 +79,8 @@ class SwavParams:
 class Swav(ClusteringMethod):
     name = "swav"
     Params = SwavParams
-    # Paper: 400-800 epochs at batch 4096 (LARS); see configs/ for ours.
-    default_config = {"epochs": 60, "batch_size": 256, "lr": 1e-3}
+    # Paper: 400-800 epochs at batch 4096 (LARS); here the run's budget (otclust.budget) or configs/.
+    default_config = {"batch_size": 256, "lr": 1e-3}
 
     def __init__(self, n_clusters, spec, params: SwavParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
@@ -83,6 +93,10 @@ class Swav(ClusteringMethod):
             raise UserError("swav parameters n_small_crops and queue_length must not be negative")
         if params.n_small_crops and spec.is_features:
             raise UserError("swav multi-crop (n_small_crops) needs images, not feature vectors")
+        if not (0 <= params.freeze_prototypes_fraction < 1 and 0 <= params.queue_start_fraction < 1):
+            raise UserError("swav parameters freeze_prototypes_fraction and queue_start_fraction must be in [0, 1)")
+        warn_deprecated(params, "freeze_prototypes_iters", "freeze_prototypes_fraction", "swav")
+        warn_deprecated(params, "queue_start_epoch", "queue_start_fraction", "swav")
         self.backbone = self.make_backbone()
         self.projection_head = ProjectionHead(self.backbone.out_dim, hidden_dim=params.hidden_dim, out_dim=params.projection_dim)
         self.prototypes = nn.ModuleList([nn.Linear(params.projection_dim, k, bias=False) for k in [n_clusters, *extra]])
@@ -99,6 +113,8 @@ class Swav(ClusteringMethod):
             # Backbones with a fixed input size see the small crops upsampled to the full size.
             self.small_upsample = not isinstance(self.backbone, ResNetCifar)
         self.iteration = 0  # optimizer steps taken: freezes the prototypes at the start
+        # Steps with frozen prototypes: fixed by the deprecated count, else set from the run's length.
+        self.freeze_steps = params.freeze_prototypes_iters or 0
         self.epoch = 0
         self.queue: torch.Tensor | None = None  # 2 x queue_length x projection_dim
         self.queue_filled = 0
@@ -158,10 +174,20 @@ class Swav(ClusteringMethod):
             self.queue[view] = torch.cat([z.detach().float(), self.queue[view]])[:length]
         self.queue_filled = min(length, self.queue_filled + projections[0].shape[0])
 
+    def on_fit_start(self, trainer) -> None:
+        if self.params.freeze_prototypes_iters is None:
+            self.freeze_steps = fraction_of_steps(self.params.freeze_prototypes_fraction, trainer.total_steps)
+
+    def queue_start(self, total_epochs: int) -> int:
+        """First epoch (0-based) that fills the queue."""
+        if self.params.queue_start_epoch is not None:
+            return self.params.queue_start_epoch
+        return fraction_of_epochs(self.params.queue_start_fraction, total_epochs)
+
     def on_epoch_start(self, trainer, epoch: int) -> None:
         self.epoch = epoch
         p = self.params
-        if p.queue_length > 0 and epoch >= p.queue_start_epoch and self.queue is None:
+        if p.queue_length > 0 and epoch >= self.queue_start(trainer.config.epochs) and self.queue is None:
             self.queue = torch.zeros(2, p.queue_length, p.projection_dim, device=trainer.train_data.device)
             self.queue_filled = 0
         elif self.queue is not None:
@@ -176,7 +202,7 @@ class Swav(ClusteringMethod):
         z_views = list(large.split(n))
         if p.n_small_crops:
             z_views += list(self.project(torch.cat(self.small_views(batch))).split(n))
-        frozen = self.iteration < p.freeze_prototypes_iters
+        frozen = self.iteration < self.freeze_steps
         losses = []
         for index, layer in enumerate(self.prototypes):
             weight = layer.weight.detach() if frozen else layer.weight
@@ -197,7 +223,8 @@ class Swav(ClusteringMethod):
         return z @ F.normalize(self.prototypes[0].weight.float(), dim=1).T / self.params.temperature
 
     def may_leave_parameters_unused(self) -> bool:
-        return self.params.freeze_prototypes_iters > 0  # frozen prototypes get no gradient
+        p = self.params  # frozen prototypes get no gradient
+        return p.freeze_prototypes_iters > 0 if p.freeze_prototypes_iters is not None else p.freeze_prototypes_fraction > 0
 
     def method_state(self) -> dict:
         return {"iteration": self.iteration, "epoch": self.epoch, "queue": self.queue, "queue_filled": self.queue_filled}

@@ -1,0 +1,108 @@
+"""How long a run trains: the default budget, which grows with the data, and schedules within it.
+
+A budget counted in epochs gives a small data set almost no training (50 epochs of 1,000 images
+at batch 256 are 200 optimizer steps) and a large one days; a budget counted in steps does the
+opposite (thousands of passes over a small set, a fraction of one over a large set). The default
+sits between the two: the optimizer steps (at the reference batch of 256) grow as the square root
+of the number of samples N, so the passes over the data shrink as 1/sqrt(N). A larger set needs
+more steps, since it holds more to fit, but fewer passes, since each pass already shows the
+network more distinct examples. The constant puts a set of the size of the common benchmarks
+(tens of thousands of images) at a few tens of passes, the order the papers' CPU-sized recipes
+use. A floor keeps tiny sets above the few hundred steps an optimizer needs from a random start;
+a cap bounds the compute on huge sets, where `--epochs` or `--steps` say what one can afford.
+
+The budget is counted in samples seen, so a method with a smaller batch takes proportionally
+more (cheaper) steps and every method gets the same compute; it is rounded up to whole epochs,
+since methods act between epochs (re-clustering, re-labelling). Methods express their own
+schedules (warm-ups, frozen phases, re-clusterings) as fractions of the run or counts spread over
+it (`fraction_of_epochs`, `spread_epochs`), so they follow whatever budget the run gets.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+REFERENCE_BATCH = 256
+STEPS_PER_ROOT_SAMPLE = 30  # reference-batch steps per sqrt(N)
+MIN_STEPS = 500
+MAX_STEPS = 30_000
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch, as the engine runs it (full batches only, at least one)."""
+    return max(1, n_samples // max(1, min(batch_size, n_samples)))
+
+
+def default_reference_steps(n_samples: int) -> int:
+    """The default budget in steps of REFERENCE_BATCH samples: 30 sqrt(N), within [500, 30000]."""
+    return min(MAX_STEPS, max(MIN_STEPS, round(STEPS_PER_ROOT_SAMPLE * math.sqrt(max(n_samples, 1)))))
+
+
+def default_epochs(n_samples: int, batch_size: int, scale: float = 1.0) -> int:
+    """Whole epochs that see at least the default budget's samples (times `scale`)."""
+    samples = default_reference_steps(n_samples) * REFERENCE_BATCH * scale
+    per_epoch = steps_per_epoch(n_samples, batch_size) * min(batch_size, n_samples)
+    return max(1, math.ceil(samples / max(per_epoch, 1)))
+
+
+def epochs_for_steps(steps: int, n_samples: int, batch_size: int) -> int:
+    """Whole epochs holding at least `steps` optimizer steps."""
+    return max(1, math.ceil(steps / steps_per_epoch(n_samples, batch_size)))
+
+
+def resolve_epochs(config, n_samples: int) -> int:
+    """The epochs a run trains: --epochs as given, else --steps rounded up to whole epochs, else
+    the default budget for N samples at the run's batch size."""
+    if config.epochs is not None:
+        return int(config.epochs)
+    if config.steps is not None:
+        return epochs_for_steps(int(config.steps), n_samples, config.batch_size)
+    return default_epochs(n_samples, config.batch_size, getattr(config, "budget_scale", 1.0))
+
+
+def describe_length(config) -> str:
+    """A run's length as its config gives it, for tables and messages."""
+    if config.epochs is not None:
+        return f"{config.epochs} epochs"
+    return f"{config.steps} steps" if config.steps is not None else "the default budget for the data's size"
+
+
+def describe_default_budget(sizes=(1_000, 10_000, 70_000), batch_size: int = REFERENCE_BATCH) -> str:
+    """'N=1,000: 317 epochs (951 steps); ...' at a batch size, for --help."""
+    parts = []
+    for n in sizes:
+        epochs = default_epochs(n, batch_size)
+        parts.append(f"N={n:,}: {epochs} epochs ({epochs * steps_per_epoch(n, batch_size):,} steps)")
+    return "; ".join(parts)
+
+
+def spread_epochs(count: int, total_epochs: int) -> list[int]:
+    """`count` epochs (0-based) spread evenly over a run, the first at epoch 0, at most one per
+    epoch: when a whole-data step (re-labelling, re-clustering) happens `count` times a run."""
+    count = max(0, min(count, total_epochs))
+    if count == 0:
+        return []
+    return sorted({(j * total_epochs) // count for j in range(count)})
+
+
+def fraction_of_epochs(fraction: float, total_epochs: int) -> int:
+    """The first `fraction` of a run in whole epochs (rounded), e.g. a pre-training phase."""
+    return int(round(fraction * total_epochs))
+
+
+def fraction_of_steps(fraction: float, total_steps: int) -> int:
+    """The first `fraction` of a run in optimizer steps (rounded), e.g. a frozen phase."""
+    return int(round(fraction * total_steps))
+
+
+def warn_deprecated(params, old: str, new: str, method_name: str) -> None:
+    """A FutureWarning (shown to users, unlike DeprecationWarning) when a renamed parameter is set:
+    a fixed epoch or step count that its replacement expresses as a share of the run."""
+    if getattr(params, old) is not None:
+        warnings.warn(
+            f"{method_name} parameter {old} is deprecated: it fixes a count whatever the run's length; use {new}, "
+            "which follows the run's budget",
+            FutureWarning,
+            stacklevel=3,
+        )
