@@ -5,7 +5,7 @@ name holds every parameter that changes its content, and is then named to `otclu
 user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here trains or scores.
 
     digits        scikit-learn's 8x8 digits, bundled (1797 images, 10 classes)
-    fmnist-15k    a class-balanced 15,000-image subset of Fashion-MNIST's train split (idx files)
+    fmnist-10k    a class-balanced 10,000-image subset of Fashion-MNIST's train split (idx files)
     fmnist-test   Fashion-MNIST's 10,000-image test split alone (`--split test`)
     shapes        2,000 RGB JPEG "photos" (mostly 640x480, some portrait or 800x600, a tenth with
                   an EXIF orientation tag): one object of 6 shapes (circle, square, triangle,
@@ -172,7 +172,7 @@ def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def fashion_subset(root: Path, n: int = 15000, seed: int = 0, split: str = "train", fashion_dir: Path | None = None, name: str = "fmnist-15k") -> SuiteSet:
+def fashion_subset(root: Path, n: int = 10000, seed: int = 0, split: str = "train", fashion_dir: Path | None = None, name: str = "fmnist-10k") -> SuiteSet:
     """A class-balanced ``n``-image subset of one Fashion-MNIST split, as idx files."""
     params = {"n": n, "seed": seed, "split": split}
 
@@ -564,7 +564,7 @@ class SuiteEntry:
 
 SUITE: dict[str, SuiteEntry] = {
     "digits": SuiteEntry(digits),
-    "fmnist-15k": SuiteEntry(fashion_subset, {"n": 15000, "seed": 0, "split": "train"}, needs_fashion=True),
+    "fmnist-10k": SuiteEntry(fashion_subset, {"n": 10000, "seed": 0, "split": "train"}, needs_fashion=True),
     "fmnist-test": SuiteEntry(fashion_test_split, needs_fashion=True),
     "shapes": SuiteEntry(shapes, {"n": 2000, "seed": 0}),
     "shapes-300": SuiteEntry(shapes, {"n": 300, "seed": 1}),

@@ -70,7 +70,7 @@ def test_long_tailed_counts_fall_geometrically_by_the_ratio():
 
 
 def test_fashion_subset_is_balanced_and_drawn_from_the_split(tmp_path, fake_fashion):
-    subset = sd.build("fmnist-15k", tmp_path, fake_fashion, n=40)
+    subset = sd.build("fmnist-10k", tmp_path, fake_fashion, n=40)
     data = load(subset)
     assert data.n_samples == subset.n_samples == 40
     np.testing.assert_array_equal(np.bincount(data.labels), [4] * 10)
@@ -97,7 +97,7 @@ def test_long_tailed_fashion_has_the_promised_class_sizes(tmp_path, fake_fashion
 
 def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):
     with pytest.raises(sd.SuiteDataUnavailable, match="Fashion-MNIST not found"):
-        sd.build("fmnist-15k", tmp_path, tmp_path / "nowhere", n=10)
+        sd.build("fmnist-10k", tmp_path, tmp_path / "nowhere", n=10)
 
 
 def test_shapes_folder_loads_with_one_class_per_shape(tmp_path):
