@@ -233,6 +233,13 @@ def _colour(rng: np.random.Generator, saturation=(0.2, 1.0), value=(0.15, 1.0)) 
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32) * 255
 
 
+def _pair(rng: np.random.Generator, contrast: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours of a pattern; the second moved only ``contrast`` of the way from the first to
+    another random colour, so a pattern can be faint."""
+    first, other = _colour(rng), _colour(rng)
+    return first, first + contrast * (other - first)
+
+
 def _coords(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates rotated by a random angle about the image centre."""
     angle = rng.uniform(0, math.pi)
@@ -258,53 +265,53 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     return (fine - lo) / max(hi - lo, 1e-6)
 
 
-def paint_noise(rng, h, w):
-    return _mix(_smooth_noise(rng, h, w, rng.uniform(8, 80)), _colour(rng), _colour(rng))
+def paint_noise(rng, h, w, contrast=1.0):
+    return _mix(_smooth_noise(rng, h, w, rng.uniform(8, 80)), *_pair(rng, contrast))
 
 
-def paint_gradient(rng, h, w):
+def paint_gradient(rng, h, w, contrast=1.0):
     u, _ = _coords(rng, h, w)
-    return _mix((u - u.min()) / max(float(u.max() - u.min()), 1e-6), _colour(rng), _colour(rng))
+    return _mix((u - u.min()) / max(float(u.max() - u.min()), 1e-6), *_pair(rng, contrast))
 
 
-def paint_stripes(rng, h, w):
+def paint_stripes(rng, h, w, contrast=1.0):
     u, _ = _coords(rng, h, w)
     period = rng.uniform(0.03, 0.15) * min(h, w)
-    return _mix(np.sin(2 * math.pi * u / period) > rng.uniform(-0.5, 0.5), _colour(rng), _colour(rng))
+    return _mix(np.sin(2 * math.pi * u / period) > rng.uniform(-0.5, 0.5), *_pair(rng, contrast))
 
 
-def paint_checks(rng, h, w):
+def paint_checks(rng, h, w, contrast=1.0):
     u, v = _coords(rng, h, w)
     period = rng.uniform(0.04, 0.18) * min(h, w)
-    return _mix((np.floor(u / period) + np.floor(v / period)) % 2 == 1, _colour(rng), _colour(rng))
+    return _mix((np.floor(u / period) + np.floor(v / period)) % 2 == 1, *_pair(rng, contrast))
 
 
-def paint_dots(rng, h, w):
+def paint_dots(rng, h, w, contrast=1.0):
     u, v = _coords(rng, h, w)
     period = rng.uniform(0.05, 0.16) * min(h, w)
     radius = rng.uniform(0.15, 0.4) * period
     du, dv = (u % period) - period / 2, (v % period) - period / 2
-    return _mix(du * du + dv * dv < radius * radius, _colour(rng), _colour(rng))
+    return _mix(du * du + dv * dv < radius * radius, *_pair(rng, contrast))
 
 
-def paint_rings(rng, h, w):
+def paint_rings(rng, h, w, contrast=1.0):
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     period = rng.uniform(0.04, 0.14) * min(h, w)
     r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
-    return _mix(np.sin(2 * math.pi * r / period) > 0, _colour(rng), _colour(rng))
+    return _mix(np.sin(2 * math.pi * r / period) > 0, *_pair(rng, contrast))
 
 
-def paint_grid(rng, h, w):
+def paint_grid(rng, h, w, contrast=1.0):
     u, v = _coords(rng, h, w)
     period = rng.uniform(0.06, 0.2) * min(h, w)
     width = rng.uniform(0.08, 0.2) * period
-    return _mix(((u % period) < width) | ((v % period) < width), _colour(rng), _colour(rng))
+    return _mix(((u % period) < width) | ((v % period) < width), *_pair(rng, contrast))
 
 
-def paint_blotches(rng, h, w):
+def paint_blotches(rng, h, w, contrast=1.0):
     noise = _smooth_noise(rng, h, w, rng.uniform(0.05, 0.15) * min(h, w))
-    return _mix(noise > rng.uniform(0.35, 0.65), _colour(rng), _colour(rng))
+    return _mix(noise > rng.uniform(0.35, 0.65), *_pair(rng, contrast))
 
 
 BACKGROUNDS = {"noise": paint_noise, "gradient": paint_gradient, "stripes": paint_stripes, "checks": paint_checks, "blotches": paint_blotches}
@@ -328,6 +335,8 @@ def _uneven_light(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
+# Part of the cache key: raise it whenever draw_shape_photo changes what it draws.
+SHAPES_VERSION = 2
 
 
 def _polygon(centre, radius, angle, radii, turns) -> list[tuple[float, float]]:
@@ -376,19 +385,33 @@ def _photo_size(rng: np.random.Generator, size: tuple[int, int], mixed: bool) ->
     return h, w
 
 
+def _salient_colour(rng: np.random.Generator, away_from: np.ndarray, tries: int = 20) -> np.ndarray:
+    """A random colour at least 100 (of 441) RGB units from ``away_from``, or the farthest of ``tries`` draws."""
+    best, best_distance = None, -1.0
+    for _ in range(tries):
+        colour = _colour(rng, saturation=(0.3, 1.0), value=(0.3, 1.0))
+        distance = float(np.linalg.norm(colour - away_from))
+        if distance > best_distance:
+            best, best_distance = colour, distance
+        if distance >= 100:
+            break
+    return best
+
+
 def draw_shape_photo(seed: int, index: int, size=(640, 480), mixed: bool = True) -> tuple[np.ndarray, int]:
     """Photo ``index`` of the shapes set: (uint8 H x W x 3, class). Depends on (seed, index) only."""
     rng = np.random.default_rng([seed, index])
     label = index % len(SHAPES)
     h, w = _photo_size(rng, size, mixed)
-    background = BACKGROUNDS[list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]](rng, h, w)
+    # The background is busy but fainter than the object, as behind the subject of a photo.
+    background = BACKGROUNDS[list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]](rng, h, w, rng.uniform(0.15, 0.5))
     side = min(h, w)
-    radius = rng.uniform(0.1, 0.32) * side
+    radius = rng.uniform(0.15, 0.35) * side
     # The object stays inside the central square, so cropping to any aspect keeps it whole.
     reach = side / 2 - radius
     centre = (w / 2 + rng.uniform(-reach, reach), h / 2 + rng.uniform(-reach, reach))
     mask = shape_mask(SHAPES[label], h, w, centre, radius, rng.uniform(0, 2 * math.pi))
-    colour = _colour(rng, saturation=(0.3, 1.0), value=(0.3, 1.0))
+    colour = _salient_colour(rng, background.reshape(-1, 3).mean(axis=0))
     shading = 0.8 + 0.35 * _smooth_noise(rng, h, w, radius)[..., None]  # the object is not flat-lit
     image = _mix(mask, background, colour * shading)
     return _finish(rng, image * _uneven_light(rng, h, w)), label
@@ -439,7 +462,7 @@ def write_photo_folder(folder: Path, draw: Callable[[int], tuple[np.ndarray, int
 
 def shapes(root: Path, n: int = 2000, seed: int = 0, size=(640, 480), mixed: bool = True, exif_fraction: float = 0.1, name: str = "shapes") -> SuiteSet:
     """``n`` photos of one coloured shape on a textured background, as a folder of JPEGs."""
-    params = {"n": n, "seed": seed, "size": list(size), "mixed": int(mixed), "exif": exif_fraction}
+    params = {"n": n, "seed": seed, "size": list(size), "mixed": int(mixed), "exif": exif_fraction, "v": SHAPES_VERSION}
 
     def write(folder: Path) -> dict:
         return write_photo_folder(folder, lambda i: draw_shape_photo(seed, i, size, mixed), n, SHAPES, seed, exif_fraction)
