@@ -1,0 +1,174 @@
+"""The generalisation suite's data generators (benchmarks/suite_data.py), at tiny sizes.
+
+Each set must be readable by otclust's own loaders exactly as the suite names it, be
+reproducible from its parameters, and be what its docstring says (balanced, long-tailed, EXIF
+photos upright).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import suite_data as sd  # noqa: E402
+
+from otclust.data import load_dataset  # noqa: E402
+
+
+def load(suite_set: sd.SuiteSet):
+    return load_dataset(suite_set.data, split=suite_set.split)
+
+
+@pytest.fixture(scope="module")
+def fake_fashion(tmp_path_factory):
+    """A Fashion-MNIST-shaped idx folder (train and test parts): 10 classes x 30 / x 5 images whose
+    pixels encode their own index, so a subset's images can be traced back to the source."""
+    folder = tmp_path_factory.mktemp("fashion")
+    for prefix, per_class in (("train", 30), ("t10k", 5)):
+        labels = np.repeat(np.arange(10), per_class)
+        np.random.default_rng(0).shuffle(labels)
+        images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = np.arange(len(labels)) % 256
+        images[:, 0, 1] = np.arange(len(labels)) // 256
+        images[:, 1, :] = labels[:, None] * 20
+        sd.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        sd.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+def test_idx_files_read_back_by_otclust(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(7, 5, 6), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=7)
+    sd.write_idx_train(tmp_path, images, labels)
+    loaded = load_dataset(f"mnist:{tmp_path}", split="train")
+    np.testing.assert_array_equal(loaded.data.numpy()[:, 0], images)
+    np.testing.assert_array_equal(loaded.labels, labels)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=2, max_size=6), data=st.data())
+def test_balanced_indices_share_classes_evenly(sizes, data):
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    n = data.draw(st.integers(0, min(sizes) * len(sizes)))
+    keep = sd.balanced_indices(labels, n, seed=data.draw(st.integers(0, 5)))
+    assert len(keep) == n and len(np.unique(keep)) == n
+    counts = np.bincount(labels[keep], minlength=len(sizes))
+    assert counts.max() - counts.min() <= 1
+
+
+def test_long_tailed_counts_fall_geometrically_by_the_ratio():
+    counts = sd.long_tailed_counts(3000, 10, 10.0)
+    assert counts[0] == 3000 and counts[-1] == 300
+    steps = np.array(counts[:-1]) / np.array(counts[1:])
+    np.testing.assert_allclose(steps, 10 ** (1 / 9), rtol=0.01)
+
+
+def test_fashion_subset_is_balanced_and_drawn_from_the_split(tmp_path, fake_fashion):
+    subset = sd.build("fmnist-10k", tmp_path, fake_fashion, n=40)
+    data = load(subset)
+    assert data.n_samples == subset.n_samples == 40
+    np.testing.assert_array_equal(np.bincount(data.labels), [4] * 10)
+    source = load_dataset(f"fashion-mnist:{fake_fashion}", split="train")
+    index = data.data[:, 0, 0, 0].long() + 256 * data.data[:, 0, 0, 1].long()
+    np.testing.assert_array_equal(source.data[index].numpy(), data.data.numpy())
+    np.testing.assert_array_equal(source.labels[index.numpy()], data.labels)
+
+
+def test_fashion_test_split_names_the_installed_test_part(tmp_path, fake_fashion):
+    test = sd.build("fmnist-test", tmp_path, fake_fashion)
+    assert test.split == "test"
+    assert load(test).n_samples == 50
+    assert not any(tmp_path.iterdir())  # nothing to write: it is read where it lies
+
+
+def test_long_tailed_fashion_has_the_promised_class_sizes(tmp_path, fake_fashion):
+    lt = sd.build("fmnist-lt", tmp_path, fake_fashion, largest=20, ratio=10.0)
+    counts = np.bincount(load(lt).labels, minlength=10)
+    assert sorted(counts, reverse=True) == sd.long_tailed_counts(20, 10, 10.0)
+    other = np.bincount(load(sd.build("fmnist-lt", tmp_path, fake_fashion, largest=20, ratio=10.0, seed=1)).labels, minlength=10)
+    assert np.argmax(other) != np.argmax(counts) or np.argmin(other) != np.argmin(counts)  # the seed picks the head
+
+
+def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):
+    with pytest.raises(sd.SuiteDataUnavailable, match="Fashion-MNIST not found"):
+        sd.build("fmnist-10k", tmp_path, tmp_path / "nowhere", n=10)
+
+
+def test_shapes_folder_loads_with_one_class_per_shape(tmp_path):
+    shapes = sd.build("shapes", tmp_path, n=12, size=(64, 48))
+    assert shapes.is_folder and shapes.clusters == 6
+    data = load(shapes)
+    assert data.n_samples == 12 and data.channels == 3
+    np.testing.assert_array_equal(np.bincount(data.labels), [2] * 6)
+    assert data.class_names == sorted(sd.SHAPES)
+
+
+def test_exif_tagged_photos_display_upright(tmp_path):
+    from PIL import Image, ImageOps
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sd.write_photo_folder(folder, lambda i: sd.draw_shape_photo(0, i, (64, 48), mixed=False), 6, sd.SHAPES, 0, exif_fraction=1.0)
+    for index in range(6):
+        image, label = sd.draw_shape_photo(0, index, (64, 48), mixed=False)
+        with Image.open(folder / sd.SHAPES[label] / f"{index:05d}.jpg") as stored:
+            assert stored.size == (48, 64)  # the pixels lie turned...
+            shown = ImageOps.exif_transpose(stored)
+        assert shown.size == (64, 48)  # ...and the tag turns them back
+        # Compared coarsely (JPEG blurs fine stripes), the picture is closest to the drawn one,
+        # not to the drawn one upside down or mirrored.
+        def coarse(picture):
+            return np.asarray(Image.fromarray(np.asarray(picture)).resize((16, 12), Image.BOX), dtype=np.float32)
+
+        error = np.abs(coarse(shown) - coarse(image)).mean()
+        for wrong in (image[::-1, ::-1], image[::-1], image[:, ::-1]):
+            assert error < 0.5 * np.abs(coarse(shown) - coarse(np.ascontiguousarray(wrong))).mean()
+
+
+def test_photos_depend_only_on_seed_and_index(tmp_path):
+    a = sd.build("shapes", tmp_path / "a", n=4, size=(64, 48), seed=5)
+    b = sd.build("shapes", tmp_path / "b", n=7, size=(64, 48), seed=5)
+    root_a, root_b = Path(a.data.split(":", 1)[1]), Path(b.data.split(":", 1)[1])
+    for path in sorted(root_a.rglob("*.jpg")):
+        assert path.read_bytes() == (root_b / path.relative_to(root_a)).read_bytes()
+    first, _ = sd.draw_shape_photo(5, 0, (64, 48))
+    assert not np.array_equal(first, sd.draw_shape_photo(6, 0, (64, 48))[0])
+
+
+def test_cache_reuses_a_finished_set_and_keys_on_parameters(tmp_path):
+    first = sd.build("textures", tmp_path, n=6, size=(40, 30))
+    folder = Path(first.data.split(":", 1)[1])
+    stamp = (folder / "suite.json").stat().st_mtime_ns
+    again = sd.build("textures", tmp_path, n=6, size=(40, 30))
+    assert again == first and (folder / "suite.json").stat().st_mtime_ns == stamp
+    other = sd.build("textures", tmp_path, n=6, size=(40, 30), seed=1)
+    assert other.data != first.data
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_interrupted_build_leaves_no_set_behind(tmp_path):
+    def fail(folder):
+        (folder / "half-written").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sd.cached(tmp_path, "broken", {"n": 1}, fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_textures_and_strokes_load_as_their_classes(tmp_path):
+    tex = load(sd.build("textures", tmp_path, n=12, size=(40, 30)))
+    np.testing.assert_array_equal(np.bincount(tex.labels), [2] * 6)
+    strokes_set = sd.build("strokes", tmp_path, n=30)
+    strokes = load(strokes_set)
+    assert strokes.image_size == (28, 28) and strokes_set.clusters == 10
+    np.testing.assert_array_equal(np.bincount(strokes.labels), [3] * 10)
+    # A pen stroke, not an empty or full canvas: some ink, mostly background.
+    ink = (strokes.data.float() / 255).mean(dim=(1, 2, 3))
+    assert float(ink.min()) > 0.03 and float(ink.max()) < 0.5
