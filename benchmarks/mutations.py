@@ -8,8 +8,9 @@ temporary copy of src/ (never the real tree), run the tests meant to catch each,
 Each fault names a file under src/otclust, the exact text of (part of) one line, which of its
 occurrences to change (1-based; a following line may be included to make it unique), and the
 replacement. The copy of src/ goes first on
-PYTHONPATH of a pytest run over the fault's tests (the repository's tests/, run from the
-repository root), so the tests import the faulty package; a fault is caught when at least one
+PYTHONPATH of a pytest run over the fault's tests (a snapshot of the repository's tests/ and
+pyproject.toml taken at the start, so editing them meanwhile changes nothing), so the tests
+import the faulty package; a fault is caught when at least one
 of those tests fails. Before the faults, the same tests run on an unmodified copy, which must pass
 (otherwise "caught" would mean nothing).
 """
@@ -235,11 +236,11 @@ def apply(fault: Fault, src_root: Path) -> int:
     return text.count("\n", 0, start) + 1
 
 
-def run_tests(src_root: Path, tests: list[str], show: bool, timeout: int) -> tuple[int, list[str], str]:
+def run_tests(src_root: Path, tests: list[str], show: bool, timeout: int, repo: Path) -> tuple[int, list[str], str]:
     env = dict(os.environ, PYTHONPATH=str(src_root), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header", *tests]
     try:
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, ["(timed out)"], ""
     output = proc.stdout + proc.stderr
@@ -281,9 +282,12 @@ def main() -> None:
         clean = Path(tmp) / "clean"
         shutil.copytree(ROOT / "src", clean, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         check_isolation(clean)
+        repo = Path(tmp) / "repo"  # the tests as they are now, run from here
+        shutil.copytree(ROOT / "tests", repo / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
         if not args.skip_baseline:
             tests = sorted({t for f in faults for t in f.tests})
-            code, failed, output = run_tests(clean, tests, args.show_output, args.timeout * 3)
+            code, failed, output = run_tests(clean, tests, args.show_output, args.timeout * 3, repo)
             if code != 0:
                 print(output[-4000:])
                 raise SystemExit(f"the tests fail without any fault ({', '.join(failed)}): fix them first")
@@ -293,7 +297,7 @@ def main() -> None:
             shutil.copytree(clean, work)
             line = apply(fault, work)
             t0 = time.perf_counter()
-            code, failed, _ = run_tests(work, fault.tests, args.show_output, args.timeout)
+            code, failed, _ = run_tests(work, fault.tests, args.show_output, args.timeout, repo)
             caught = code != 0
             rows.append((fault, line, failed, caught, time.perf_counter() - t0))
             print(f"{fault.name}: {'caught' if caught else 'NOT caught'} ({time.perf_counter() - t0:.0f} s) {' '.join(map(short, failed))}", flush=True)
