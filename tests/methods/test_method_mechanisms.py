@@ -132,3 +132,30 @@ def test_pca_whitening_equals_scikit_learns_whitened_pca():
     # What k-means sees: the whitened rows on the unit sphere.
     unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     np.testing.assert_allclose(method.whiten(x).double().numpy() * signs, unit, atol=2e-4)
+
+
+def test_deepcluster_draws_its_batches_uniformly_over_the_pseudo_labels():
+    spec = InputSpec(n_samples=120, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = DeepCluster(3, spec, DeepClusterParams(pca_dim=2))
+    method.pseudo_labels = torch.cat([torch.zeros(100), torch.ones(15), torch.full((5,), 2.0)]).long()
+    torch.manual_seed(0)
+    order = method.epoch_order(trainer=None, epoch=0)
+    assert order is not None and len(order) == 120
+    # A plain shuffle would give 100 / 15 / 5; the paper's sampler gives each label a third.
+    counts = torch.bincount(method.pseudo_labels[order], minlength=3)
+    assert counts.min() >= 35
+
+
+def test_known_cluster_sizes_are_the_column_sums_of_clots_targets():
+    n, k = 60, 3
+    spec = InputSpec(n_samples=n, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(k, spec, ClotParams(sinkhorn_tol=1e-7, sinkhorn_iters=20000))
+    sizes = torch.tensor([0.6, 0.3, 0.1])
+    method.set_cluster_prior("known", sizes)
+    # Predictions ranked like the prior (cluster 0 most predicted, 2 least), so the prior goes to
+    # the clusters in its own order, but far flatter than it: only the prior can make Q this uneven.
+    torch.manual_seed(0)
+    logits = 0.1 * torch.randn(n, k) + torch.tensor([0.3, 0.15, 0.0])
+    q = method.pseudo_labels(logits)
+    torch.testing.assert_close(q.sum(1), torch.ones(n), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q.mean(0), sizes, atol=1e-4, rtol=0)
