@@ -178,7 +178,7 @@ FAULTS = [
         "methods/base.py",
         "            return match_prior_to_mass(self.cluster_prior, self.predicted_mass)",
         "            return torch.full_like(self.cluster_prior, 1.0 / len(self.cluster_prior))",
-        [M, "tests/test_engine.py", "tests/ot/test_priors.py"],
+        [M + "test_method_mechanisms.py", M + "test_clot.py", M + "test_sela.py", "tests/ot/test_priors.py"],
     ),
     Fault(
         "sela-labels-not-refreshed",
