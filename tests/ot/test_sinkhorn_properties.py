@@ -48,7 +48,9 @@ def _column_error(plan, b):
 def test_balanced_plan_is_finite_and_meets_both_marginals(problem):
     scores, eps, a, b, dtype = problem
     tol = TOL[dtype]
-    result = sinkhorn(scores, eps, a=a, b=b, tol=tol, n_iters=20000)
+    # Random problems of this range need at most ~450 iterations; a cap near that keeps a solver
+    # that never converges from running for minutes per example before the test fails.
+    result = sinkhorn(scores, eps, a=a, b=b, tol=tol, n_iters=3000)
     plan = result.plan
     assert plan.dtype == dtype and plan.shape == scores.shape
     assert torch.isfinite(plan).all() and (plan >= 0).all()
@@ -68,7 +70,7 @@ def test_balanced_plan_equals_pots_sinkhorn(problem):
     scores, eps, a, b, _ = problem
     scores = scores.double()
     reference = ot.sinkhorn(a.numpy(), b.numpy(), -scores.numpy(), eps, stopThr=1e-14, numItermax=200000)
-    ours = sinkhorn(scores, eps, a=a, b=b, tol=1e-11, n_iters=200000).plan.numpy()
+    ours = sinkhorn(scores, eps, a=a, b=b, tol=1e-11, n_iters=3000).plan.numpy()
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-10 * reference.max())
 
 
