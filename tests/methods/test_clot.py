@@ -41,16 +41,16 @@ def test_relaxed_auto_prior_lets_cluster_sizes_follow_the_predictions():
     assert float(relaxed[0]) > 40  # the KL-relaxed one moves most of the way towards 48
 
 
-def test_clot_few_steps_loss_goes_down_and_no_collapse(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    config = FitConfig(method="clot", clusters=3, epochs=8, batch_size=60, lr=3e-3, seed=0, eval_every=8)
+def test_clot_beats_pixel_kmeans_where_only_learned_invariances_separate_the_classes(stripes):
+    dataset, pixel_acc = stripes
+    assert pixel_acc < 0.45  # the classes are not in the raw pixel geometry
+    config = FitConfig(method="clot", clusters=3, epochs=10, batch_size=60, lr=3e-3, seed=0, eval_every=10)
     result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert len(np.unique(result.labels)) == 3
-    assert result.metrics["acc"] > 0.6
+    # 1.0 on seeds 0-3 when this was written; a network that learned nothing reads out ~0.5.
+    assert result.metrics["acc"] >= 0.9
 
 
 def test_multiple_heads_predict_with_the_lowest_loss_head(blob_images):

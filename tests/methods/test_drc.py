@@ -3,23 +3,22 @@ import torch
 
 from otclust.config import FitConfig
 from otclust.engine import Trainer
-from otclust.estimator import dataset_from_array
 from otclust.losses.drc import assignment_feature_loss, assignment_probability_loss, cluster_regularization
 from otclust.methods.base import InputSpec
 from otclust.methods.drc import Drc, DrcParams
 
 
-def test_drc_few_steps_loss_goes_down_and_no_collapse(blob_images):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    config = FitConfig(method="drc", clusters=3, epochs=8, batch_size=60, lr=3e-3, weight_decay=0.0, seed=0, eval_every=8)
+def test_drc_beats_pixel_kmeans_where_only_learned_invariances_separate_the_classes(stripes):
+    dataset, pixel_acc = stripes
+    assert pixel_acc < 0.45  # the classes are not in the raw pixel geometry
+    config = FitConfig(method="drc", clusters=3, epochs=20, batch_size=60, lr=3e-3, weight_decay=0.0, seed=0, eval_every=20)
     result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert {"loss_af", "loss_ap", "loss_cr", "loss_overcluster"} <= set(result.history[-1])
     assert len(np.unique(result.labels)) == 3
-    assert result.metrics["acc"] > 0.6
+    # 0.63-1.0 on seeds 0-3 when this was written; collapsed or untrained heads stay near 1/3.
+    assert result.metrics["acc"] >= pixel_acc + 0.2
 
 
 def test_training_step_is_the_papers_eq10_on_both_heads():

@@ -13,13 +13,17 @@ def quiet(message):
     pass
 
 
-def test_sela_few_steps_loss_goes_down_and_no_collapse(blobs):
-    config = FitConfig(method="sela", clusters=3, epochs=6, batch_size=40, lr=3e-3, seed=0, eval_every=6, params={"label_updates": 3, "n_heads": 2})
-    result = Trainer(config, progress=False, log=quiet).fit(blobs)
+def test_sela_beats_pixel_kmeans_where_only_learned_invariances_separate_the_classes(stripes):
+    dataset, pixel_acc = stripes
+    assert pixel_acc < 0.45  # the classes are not in the raw pixel geometry
+    config = FitConfig(method="sela", clusters=3, epochs=30, batch_size=60, lr=3e-3, seed=0, eval_every=30, params={"label_updates": 10})
+    result = Trainer(config, progress=False, log=quiet).fit(dataset)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert len(np.unique(result.labels)) == 3
-    assert result.metrics["acc"] > 0.6
+    # 0.56-0.69 on seeds 0-3 when this was written: a modest margin, but labels that are never
+    # refreshed (the random initial ones) or a collapsed labelling stay near 1/3.
+    assert result.metrics["acc"] >= pixel_acc + 0.15
 
 
 def test_whole_data_labels_are_balanced_and_equal_a_direct_sinkhorn(blobs):

@@ -13,13 +13,16 @@ def quiet(message):
     pass
 
 
-def test_swav_few_steps_loss_goes_down_and_no_collapse(blobs):
-    config = FitConfig(method="swav", clusters=3, epochs=6, batch_size=40, lr=3e-3, seed=0, eval_every=6, params={"freeze_prototypes_fraction": 3 / 18})
-    result = Trainer(config, progress=False, log=quiet).fit(blobs)
+def test_swav_beats_pixel_kmeans_where_only_learned_invariances_separate_the_classes(stripes):
+    dataset, pixel_acc = stripes
+    assert pixel_acc < 0.45  # the classes are not in the raw pixel geometry
+    config = FitConfig(method="swav", clusters=3, epochs=30, batch_size=60, lr=3e-3, seed=0, eval_every=30, params={"freeze_prototypes_fraction": 3 / 90})
+    result = Trainer(config, progress=False, log=quiet).fit(dataset)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert len(np.unique(result.labels)) == 3
-    assert result.metrics["acc"] > 0.6
+    # 0.63-1.0 on seeds 0-3 when this was written; collapsed prototypes stay near 1/3.
+    assert result.metrics["acc"] >= pixel_acc + 0.2
 
 
 def reference_swav_sinkhorn(scores, eps=0.05, iters=3):
