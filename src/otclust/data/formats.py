@@ -22,7 +22,6 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +57,7 @@ class Part:
     class_names: list[str] | None = None
     paths: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    on_disk: bool = False  # data is a memory-mapped file too large for the memory budget
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
@@ -325,12 +325,37 @@ def read_stl10_part(directory: Path, part: str) -> Part:
 # --------------------------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-_EXIF_ORIENTATION = 0x0112
 
 
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _scan(directory: str) -> tuple[list[os.DirEntry], list[str], list[str]]:
+    """Entries of a directory, plus the names of its non-image files and of its links that lead
+    nowhere (broken, looping, or to something that is not a regular file: a FIFO would block
+    the reader forever)."""
+    entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    others, dangling = [], []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_symlink() and not e.is_file() and not e.is_dir():
+            dangling.append(e.name)
+        elif e.is_file() and not _is_image_name(e.name):
+            others.append(e.name)
+    return entries, others, dangling
+
+
+def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
+    notes = []
+    if others:
+        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        notes.append(f"ignored {len(others)} files without an image extension ({names})")
+    if dangling:
+        names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
+        notes.append(f"ignored {len(dangling)} links that lead to no regular file ({names})")
+    return notes
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list[str]]:
@@ -339,10 +364,11 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     Subfolders holding images are classes (sorted by name; their order defines label ids). A
     folder with both class subfolders and loose images is refused rather than guessed at:
     dropping the loose ones or lumping them into a class would both skew evaluation silently.
+    Files are recognised by extension; others, and links to nothing readable, are counted in a
+    note. Symbolic links to files and class folders are followed (one level, so no loop).
     """
-    notes: list[str] = []
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries, others, dangling = _scan(str(root))
     except OSError as e:
         raise UserError(f"cannot list {root}: {e.strerror}") from None
     loose = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
@@ -350,9 +376,12 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     for entry in entries:
         if entry.is_dir() and not entry.name.startswith("."):
             try:
-                files = sorted(Path(s.path) for s in os.scandir(entry.path) if s.is_file() and _is_image_name(s.name))
+                sub, sub_others, sub_dangling = _scan(entry.path)
             except OSError as e:
                 raise UserError(f"cannot list {entry.path}: {e.strerror}") from None
+            files = [Path(s.path) for s in sub if s.is_file() and _is_image_name(s.name)]
+            others += [f"{entry.name}/{n}" for n in sub_others]
+            dangling += [f"{entry.name}/{n}" for n in sub_dangling]
             if files:
                 classes.append((entry.name, files))
     if classes and loose:
@@ -360,6 +389,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             f"{root} has both class subfolders and {len(loose)} loose images (e.g. {loose[0].name}): "
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
+    notes = _listing_notes(others, dangling)
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
@@ -375,97 +405,116 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     )
 
 
-def _oriented_size(img) -> tuple[int, int]:
-    """(height, width) as the image will look once its EXIF rotation is applied."""
-    w, h = img.size
-    try:
-        if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
-            w, h = h, w
-    except Exception:  # a broken EXIF block must not make a good image unreadable
-        pass
-    return h, w
+def read_image_folder(
+    root: Path, image_size: tuple[int, int] | None = None, backbone: str | None = None
+) -> Part:
+    """Decode a folder of images into one uint8 array of a common mode and size (``decode.py``).
 
-
-def _is_colour(img) -> bool:
-    if img.mode in _GRAY_MODES:
-        return False
-    if img.mode in ("P", "PA"):
-        palette = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-        return bool(np.any(palette != palette[:, :1]))
-    return True
-
-
-def _to_uint8_image(img, rgb: bool):
-    """Decode to 8-bit L or RGB; 16-bit and float images are rescaled instead of clipped.
-
-    PIL's own ``convert("L")`` clips 16-bit values at 255, which turns most 16-bit scans white.
-    Alpha is dropped (transparent pixels keep whatever colour they store).
+    Headers first (cheap): files that cannot be opened are skipped with a note, the mode (RGB
+    if any image is in colour, else grey) and the working resolution are chosen, and the size
+    of the decoded array is known before any of it is allocated. It must fit the memory budget
+    (``decode.memory_budget``) unless it goes to the on-disk cache (``cache.py``), in which
+    case the array stays a memory-mapped file and training reads batches from it
+    (``Part.on_disk``). Files that fail only while decoding (truncated) are skipped as well.
     """
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = float(arr.max(initial=0.0))
-        if img.mode.startswith("I;16") or peak > 255:
-            arr = arr / 257.0
-        elif img.mode == "F" and peak <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    return img.convert("RGB" if rgb else "L")
-
-
-def read_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> Part:
-    """Decode a folder of images into one uint8 array of a common mode and size.
-
-    Two passes: the first reads only headers (cheap) to choose the mode (RGB if any image is in
-    colour, else grayscale) and the size (``image_size``, else the most common size, so that
-    the fewest images are resampled); the second decodes straight into the preallocated array.
-    """
-    from PIL import Image
+    from otclust.data import cache, decode
 
     files, labels, class_names, notes = list_image_folder(root)
-    decode_errors = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-    sizes: list[tuple[int, int]] = []
-    colour = False
-    for path in files:
+    paths = [str(p) for p in files]
+    probes = decode.probe_all(paths)
+    skipped = [(paths[i], p.error) for i, p in enumerate(probes) if p.error]
+    good = [i for i, p in enumerate(probes) if not p.error]
+    if not good:
+        path, reason = skipped[0]
+        raise UserError(
+            f"none of the {len(paths)} image files under {root} could be read (e.g. {Path(path).name}: {reason}): "
+            "fix or replace them"
+        )
+    channels = 3 if any(probes[i].colour for i in good) else 1
+    size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size)
+    if why:
+        notes.append(why)
+    shape = (len(good), channels, *size)
+    need = decode.estimated_bytes(*shape[:2], size)
+    budget = decode.memory_budget()
+    fits = need <= budget
+    settings = decode.SETTINGS
+    if not fits and not settings.cache:
+        raise UserError(
+            f"{len(good)} images decoded at {size[0]}x{size[1]} need {decode.format_bytes(need)}, over the memory "
+            f"budget of {decode.format_bytes(budget)} (--memory-budget): use a smaller --image-size, or drop "
+            "--no-cache to decode into the on-disk cache and train from there"
+        )
+    good_paths = [paths[i] for i in good]
+    array = entry = None
+    kept = list(range(len(good)))
+    use_cache = settings.cache and (len(good) >= settings.cache_min_images or not fits)
+    if use_cache:
+        key = cache.key_for(good_paths, size, channels)
+        hit = cache.lookup(key, channels, size)
+        if hit is not None:
+            array, meta = hit
+            kept = [int(i) for i in meta["kept"]]
+            skipped += [(good_paths[int(i)], reason) for i, reason in meta.get("failed", [])]
+            notes.append(f"reused the decoded images cached in {cache.cache_root() / key}.npy")
+        elif cache.free_space(cache.cache_root()) < need + (64 << 20):
+            where = cache.cache_root()
+            if not fits:
+                raise UserError(
+                    f"the decoded images need {decode.format_bytes(need)} on disk in {where}, which has less free: "
+                    "point --cache-dir (or OTCLUST_CACHE) at a disk with room, or use a smaller --image-size"
+                )
+            notes.append(f"not caching the decoded images: too little free space in {where}")
+        else:
+            try:
+                entry = cache.Entry(key, shape)
+            except OSError as e:
+                if not fits:
+                    raise UserError(
+                        f"cannot write the decoded-image cache in {cache.cache_root()} ({e.strerror}): "
+                        "point --cache-dir (or OTCLUST_CACHE) at a writable disk, or use a smaller --image-size"
+                    ) from None
+                notes.append(f"not caching the decoded images: {cache.cache_root()}: {e.strerror}")
+    if array is None:
+        out = entry.array if entry is not None else np.empty(shape, dtype=np.uint8)
         try:
-            with Image.open(path) as img:
-                sizes.append(_oriented_size(img))
-                colour = colour or _is_colour(img)
-        except decode_errors as e:
-            raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
-
-    if image_size is None:
-        target, _ = Counter(sizes).most_common(1)[0]
-        why = "the most common size"
-    else:
-        target = tuple(image_size)
-        why = "the requested size"
-    h, w = target
-    channels = 3 if colour else 1
-    out = np.empty((len(files), channels, h, w), dtype=np.uint8)
-    resized = 0
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                img = _to_uint8_image(img, rgb=colour)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                    resized += 1
-                arr = np.asarray(img)
-        except decode_errors as e:
-            raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if resized:
-        notes.append(f"resized {resized} of {len(files)} images to {h}x{w} ({why})")
+            failed = decode.decode_into(out, good_paths, size, rgb=channels == 3)
+            if failed and len(failed) == len(good):
+                raise UserError(
+                    f"none of the {len(paths)} image files under {root} could be decoded "
+                    f"(e.g. {Path(good_paths[0]).name}: {next(iter(failed.values()))}): fix or replace them"
+                )
+            kept = [i for i in range(len(good)) if i not in failed]
+            skipped += [(good_paths[i], reason) for i, reason in failed.items()]
+            if entry is not None:
+                if failed:
+                    entry.drop_rows(set(failed))
+                array = entry.commit({"kept": kept, "failed": sorted(failed.items()), "shape": list(shape)})
+                notes.append(
+                    f"decoded images cached in {cache.cache_root() / entry.key}.npy ({decode.format_bytes(need)}; "
+                    "reused while the folder is unchanged; --no-cache to skip)"
+                )
+            else:
+                array = out[kept] if failed else out
+        except BaseException:
+            if entry is not None:
+                entry.abandon()
+            raise
+    if skipped:
+        notes.append(decode.summarize_skipped(skipped, len(paths)))
+    if not fits:
+        notes.append(
+            f"the decoded images ({decode.format_bytes(need)}) exceed the memory budget "
+            f"({decode.format_bytes(budget)}): training reads each batch from the memory-mapped cache file"
+        )
+    chosen = [good[i] for i in kept]
     return Part(
-        out,
-        None if labels is None else np.asarray(labels, dtype=np.int64),
+        array,
+        None if labels is None else np.asarray([labels[i] for i in chosen], dtype=np.int64),
         class_names,
-        [str(p) for p in files],
+        [paths[i] for i in chosen],
         notes,
+        on_disk=not fits,
     )
 
 
