@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,12 @@ class Part:
     paths: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     on_disk: bool = False  # data is a memory-mapped file too large for the memory budget
+
+
+def one_line(error: BaseException, limit: int = 120) -> str:
+    """An exception as a short single line, for messages that quote a library's reason."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
@@ -103,8 +111,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {e}; delete it and fetch it again") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}; delete it and fetch it again") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise UserError(f"{path} is not an idx file (bad header): use the original MNIST-format files")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
@@ -113,7 +121,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise UserError(f"{path} is truncated (header cut short): delete it and fetch it again")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a garbled header cannot overflow
     if len(raw) - header != expected:
         raise UserError(
             f"{path} holds {len(raw) - header} data bytes but its header promises {expected}: "
@@ -208,8 +216,8 @@ def read_cifar_pickle(path: Path) -> dict[str, object]:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise UserError(f"{path} is not a CIFAR python-format file ({e}): use the 'python version' archive") from None
+    except Exception as e:  # noqa: BLE001 - garbage fed to the unpickler (which builds only arrays) fails in open-ended ways
+        raise UserError(f"{path} is not a CIFAR python-format file ({one_line(e)}): use the 'python version' archive") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a CIFAR python-format file (no dict inside)")
 
@@ -227,16 +235,20 @@ def read_cifar_pickle(path: Path) -> dict[str, object]:
 def _cifar_images(batch: dict, path: Path) -> np.ndarray:
     """Rows of 3072 bytes (1024 red, 1024 green, 1024 blue, each row-major) -> N x 3 x 32 x 32."""
     data = batch.get("data")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
-        raise UserError(f"{path} has no N x 3072 'data' array: not a CIFAR python-format batch")
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise UserError(f"{path} has no N x 3072 uint8 'data' array: not a CIFAR python-format batch")
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32)
 
 
 def _cifar_labels(batch: dict, key: str, n: int, path: Path) -> np.ndarray:
     labels = batch.get(key)
-    if labels is None or len(labels) != n:
-        raise UserError(f"{path} has no '{key}' list with one label per image: not the expected CIFAR file")
-    return np.asarray(labels, dtype=np.int64)
+    valid = isinstance(labels, (list, np.ndarray)) and len(labels) == n
+    if valid:
+        values = np.asarray(labels, dtype=object if isinstance(labels, list) else None)
+        valid = values.ndim == 1 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**31 for v in values.tolist())
+    if not valid:
+        raise UserError(f"{path} has no '{key}' list with one class id (>= 0) per image: not the expected CIFAR file")
+    return np.asarray(labels, dtype=np.int64).reshape(n)
 
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -528,10 +540,10 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise UserError(f"{what} file not found: {path}")
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise UserError(f"{path} is not a plain numeric .npy array ({e}): save it with numpy.save") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - numpy parses a garbled header with ast (SyntaxError, tokenize errors, ...)
+        raise UserError(f"{path} is not a plain numeric .npy array ({one_line(e)}): save it with numpy.save") from None
     if not isinstance(array, np.ndarray):
         raise UserError(f"{path} is an .npz archive: save the single array with numpy.save(PATH.npy, array)")
     return array
@@ -699,7 +711,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
                         raise UserError(f"{archive} contains an unsafe member {member.name!r}: not extracting it")
                 tar.extractall(dest)
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"cannot extract {archive} ({e}): delete it and fetch it again") from None
+        raise UserError(f"cannot extract {archive} ({one_line(e)}): delete it and fetch it again") from None
 
 
 def download(name: str, dest: Path) -> None:
