@@ -343,18 +343,36 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _scan(directory: str) -> tuple[list[os.DirEntry], list[str], list[str]]:
+class _Entry:
+    """A directory entry whose kind is known once and never raises (a looping link makes
+    ``DirEntry.is_file`` raise ELOOP)."""
+
+    def __init__(self, entry: os.DirEntry):
+        self.name, self.path = entry.name, entry.path
+
+        def safe(test) -> bool:
+            try:
+                return test()
+            except OSError:
+                return False
+
+        self.is_link = safe(entry.is_symlink)
+        self.is_file = safe(entry.is_file)  # follows links; False for FIFOs, devices, sockets
+        self.is_dir = safe(entry.is_dir)
+
+
+def _scan(directory: str) -> tuple[list[_Entry], list[str], list[str]]:
     """Entries of a directory, plus the names of its non-image files and of its links that lead
     nowhere (broken, looping, or to something that is not a regular file: a FIFO would block
     the reader forever)."""
-    entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    entries = [_Entry(e) for e in sorted(os.scandir(directory), key=lambda e: e.name)]
     others, dangling = [], []
     for e in entries:
         if e.name.startswith("."):
             continue
-        if e.is_symlink() and not e.is_file() and not e.is_dir():
+        if not e.is_file and not e.is_dir and (e.is_link or _is_image_name(e.name)):
             dangling.append(e.name)
-        elif e.is_file() and not _is_image_name(e.name):
+        elif e.is_file and not _is_image_name(e.name):
             others.append(e.name)
     return entries, others, dangling
 
@@ -366,7 +384,7 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
         notes.append(f"ignored {len(others)} files without an image extension ({names})")
     if dangling:
         names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
-        notes.append(f"ignored {len(dangling)} links that lead to no regular file ({names})")
+        notes.append(f"ignored {len(dangling)} links or special files that lead to no regular file ({names})")
     return notes
 
 
@@ -383,15 +401,15 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         entries, others, dangling = _scan(str(root))
     except OSError as e:
         raise UserError(f"cannot list {root}: {e.strerror}") from None
-    loose = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
+    loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
     for entry in entries:
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir and not entry.name.startswith("."):
             try:
                 sub, sub_others, sub_dangling = _scan(entry.path)
             except OSError as e:
                 raise UserError(f"cannot list {entry.path}: {e.strerror}") from None
-            files = [Path(s.path) for s in sub if s.is_file() and _is_image_name(s.name)]
+            files = [Path(s.path) for s in sub if s.is_file and _is_image_name(s.name)]
             others += [f"{entry.name}/{n}" for n in sub_others]
             dangling += [f"{entry.name}/{n}" for n in sub_dangling]
             if files:
