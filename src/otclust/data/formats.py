@@ -506,7 +506,13 @@ def read_image_folder(
                     ) from None
                 notes.append(f"not caching the decoded images: {cache.cache_root()}: {e.strerror}")
     if array is None:
-        out = entry.array if entry is not None else np.empty(shape, dtype=np.uint8)
+        try:
+            out = entry.array if entry is not None else np.empty(shape, dtype=np.uint8)
+        except MemoryError:
+            raise UserError(
+                f"out of memory allocating {decode.format_bytes(need)} for the decoded images: use a smaller "
+                "--image-size, or a lower --memory-budget so that they are decoded into the on-disk cache"
+            ) from None
         try:
             failed = decode.decode_into(out, good_paths, size, rgb=channels == 3)
             if failed and len(failed) == len(good):
