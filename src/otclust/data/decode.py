@@ -136,12 +136,12 @@ def _decode_errors():
     return (Exception,)
 
 
-def _short_reason(error: BaseException) -> str:
+def _short_reason(error: BaseException, path: str = "") -> str:
     from PIL import Image
 
     if isinstance(error, Image.DecompressionBombError):
         return "over Pillow's decompression-bomb limit"
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).replace(f" {path!r}", "").split()) or type(error).__name__
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -177,7 +177,7 @@ def probe(path: str) -> Probe:
                     pass
                 return Probe(h, w, _is_colour(img), img.format or "")
     except _decode_errors() as e:
-        return Probe(error=_short_reason(e))
+        return Probe(error=_short_reason(e, path))
 
 
 def to_uint8(img, rgb: bool):
@@ -224,7 +224,7 @@ def _decode_or_reason(args) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_one(path, size, rgb), None
     except _decode_errors() as e:
-        return None, _short_reason(e)
+        return None, _short_reason(e, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +276,8 @@ def decode_into(
     """
     failed: dict[int, str] = {}
     items = [(p, size, rgb) for p in paths]
-    results = _map(_decode_or_reason, items, workers or SETTINGS.workers or default_workers(), "decoding images")
+    description = f"decoding images to {'RGB' if rgb else 'grey'} {size[0]}x{size[1]}"
+    results = _map(_decode_or_reason, items, workers or SETTINGS.workers or default_workers(), description)
     for i, (arr, reason) in enumerate(results):
         if arr is None:
             out[i] = 0
