@@ -104,8 +104,21 @@ def run_otclust(root: Path, size: int, workers: int, cache: bool, cache_dir: str
 
 
 def run_torchvision(root: Path, size: int, workers: int) -> dict:
+    import types
+
     import torch
     from torch.utils.data import DataLoader
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        # A torchvision whose compiled operators do not match the installed torch (seen with
+        # torchvision 0.28 + torch 2.13 CPU: "operator torchvision::nms does not exist") fails
+        # in the module that registers those operators; ImageFolder and the transforms are
+        # pure Python and need none of them, so that module is skipped.
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
