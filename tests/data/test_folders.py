@@ -353,3 +353,62 @@ def test_cli_data_options_set_the_decoder(tmp_path):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["fit", "--workers", "0"])
     assert e.value.code == 2
+
+
+def test_prefetch_keeps_the_order_and_the_engine_uses_it_out_of_core(monkeypatch):
+    from otclust import engine
+    from otclust.config import FitConfig
+    from otclust.data import ImageDataset
+    from otclust.data.datasets import prefetch_to_device
+
+    pairs = [(torch.full((2, 3), i), torch.tensor([i, i])) for i in range(5)]
+    got = list(prefetch_to_device(iter(pairs), torch.device("cpu")))
+    assert [int(b[0, 0]) for b, _ in got] == list(range(5)) and all(torch.equal(i, p[1]) for (_, i), p in zip(got, pairs))
+
+    drawn = []
+
+    def spy(batches, device):
+        for batch, indices in prefetch_to_device(batches, device):
+            drawn.append(len(indices))
+            yield batch, indices
+
+    monkeypatch.setattr(engine, "prefetch_to_device", spy)
+    data = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    config = FitConfig(method="drc", epochs=1, batch_size=16, clusters=2, data="x")
+    engine.Trainer(config, progress=False, log=lambda m: None).fit(ImageDataset(data, None, "x", out_of_core=True))
+    assert drawn == [16, 16, 16, 16]
+    drawn.clear()
+    engine.Trainer(config, progress=False, log=lambda m: None).fit(ImageDataset(data, None, "x"))
+    assert drawn == []  # in memory: the whole set is on the device, nothing to prefetch
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux)")
+def test_out_of_core_passes_do_not_grow_the_heap_by_the_set_size():
+    """Batch-sized temporaries freed between small kept results (a prediction pass) must go back
+    to the system: without place_for_training's malloc setting glibc grew this loop by ~240 MB."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+torch.set_num_threads(2)  # the growth needs torch's worker threads (as training uses them)
+from otclust.data import ImageDataset
+from otclust.data.datasets import place_for_training
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:")) // 1024
+data = torch.zeros((4, 1, 8, 8), dtype=torch.uint8)
+place_for_training(ImageDataset(data, None, "x", out_of_core=True), torch.device("cpu"))
+big = torch.empty(8 << 20, dtype=torch.uint8); big.fill_(1); del big
+start, keep = anon(), []
+for _ in range(200):
+    batch = torch.empty(1 << 20, dtype=torch.uint8); batch.fill_(1)
+    as_float = batch.float()
+    keep.append(as_float[:2500].clone())
+    del batch, as_float
+print(anon() - start)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) < 40  # MB; the 200 batches of 5 MB total 1 GB
