@@ -19,9 +19,9 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
 
 Colour modes: an image counts as colour unless its mode is grey (1, L, LA, I, I;16*, F) or it is
 a palette image whose palette holds only greys. If any image of the folder is colour all are
-decoded to RGB (grey ones repeated into three channels), else all to grey. 16-bit and 32-bit
-integer images are rescaled to 8 bits (value / 257) instead of clipped, float images in
-[0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
+decoded to RGB (grey ones repeated into three channels), else all to grey. 16-bit images (and
+32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
+clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
 and YCbCr go through Pillow's own conversion to RGB.
 
 Process-wide settings (``SETTINGS``) hold what the command line's data options set (workers,
