@@ -30,6 +30,7 @@ from otclust import budget
 from otclust import distributed as dist_utils
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
+from otclust.data.datasets import place_for_training, prefetch_to_device
 from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params
@@ -194,8 +195,10 @@ class Trainer:
         self.method = method = build_method(config, spec).to(self.device)
         if self.distributed:
             self.method = method = self._prepare_distributed(method, dataset.n_samples)
-        self.train_data = dataset.data.to(self.device)
-        eval_data = eval_dataset.data.to(self.device) if eval_dataset is not dataset else self.train_data
+        # An out-of-core set stays memory-mapped; its batches go to the device one at a time.
+        self.out_of_core = bool(getattr(dataset, "out_of_core", False))
+        self.train_data = place_for_training(dataset, self.device)
+        eval_data = place_for_training(eval_dataset, self.device) if eval_dataset is not dataset else self.train_data
         history: list[dict] = []
         start_epoch = 0
         seconds_before = 0.0
@@ -350,6 +353,8 @@ class Trainer:
                 order = torch.randperm(n, generator=generator)
             self._seed_own(epoch)
         batches = iterate_batches(self.train_data, batch_size, shuffle=True, drop_last=True, order=order, rank=self.rank, world_size=self.world_size)
+        if getattr(self, "out_of_core", False):
+            batches = prefetch_to_device(batches, self.device)
         if self.progress:
             from tqdm.auto import tqdm
 

@@ -334,34 +334,36 @@ def test_folder_with_class_subfolders(tmp_path):
     (tmp_path / "empty").mkdir()
 
     ds = load_dataset(f"folder:{tmp_path}")
-    assert ds.data.shape == (4, 3, 6, 4)  # any colour -> RGB; most common size (H 6, W 4)
+    # any colour -> RGB; the median shorter side (4), each image centre-cropped to a square
+    assert ds.data.shape == (4, 3, 4, 4)
     assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 1, 1]
     assert [Path(p).name for p in ds.paths] == ["x.jpg", "y.PNG", "a.bmp", "b.png"]
-    np.testing.assert_array_equal(ds.data[3].numpy(), rgb.transpose(2, 0, 1))  # PNG is exact
+    np.testing.assert_array_equal(ds.data[3].numpy(), rgb[1:5].transpose(2, 0, 1))  # PNG is exact: rows 1-4 of 6
     assert (ds.data[2] == 77).all()  # grayscale repeated into RGB
-    assert "resized 1 of 4 images to 6x4 (the most common size)" in ds.notes
+    assert any(n.startswith("working resolution 4x4: the images' median shorter side") and "--image-size" in n for n in ds.notes)
+    assert "ignored 1 files without an image extension (cat/notes.txt)" in ds.notes
     assert ds.name == f"folder:{tmp_path.resolve()}"
 
     sized = load_dataset(f"folder:{tmp_path}", image_size=5)
-    assert sized.data.shape == (4, 3, 5, 5) and "resized 4 of 4 images to 5x5 (the requested size)" in sized.notes
+    assert sized.data.shape == (4, 3, 5, 5) and any("requested 5x5" in n for n in sized.notes)
 
 
 def test_flat_grayscale_folder_and_special_modes(tmp_path):
-    Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20).save(tmp_path / "a.png")
-    Image.fromarray((np.full((3, 4), 65535, np.uint16))).save(tmp_path / "b16.png")  # 16-bit
-    grey_gif = Image.fromarray(np.full((3, 4), 128, np.uint8)).convert("P")
+    Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 15).save(tmp_path / "a.png")
+    Image.fromarray((np.full((4, 4), 65535, np.uint16))).save(tmp_path / "b16.png")  # 16-bit
+    grey_gif = Image.fromarray(np.full((4, 4), 128, np.uint8)).convert("P")
     grey_gif.save(tmp_path / "c.gif")
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees: stored 4x3, shown 3x4
-    Image.fromarray(np.full((4, 3), 200, np.uint8)).save(tmp_path / "d.jpg", exif=exif)
+    exif[0x0112] = 6  # rotated 90 degrees: stored 8x4, shown 4x8
+    Image.fromarray(np.full((8, 4), 200, np.uint8)).save(tmp_path / "d.jpg", exif=exif)
 
     ds = load_dataset(f"folder:{tmp_path}")
-    assert ds.data.shape == (4, 1, 3, 4) and ds.labels is None and ds.class_names is None
+    assert ds.data.shape == (4, 1, 4, 4) and ds.labels is None and ds.class_names is None
     assert "no class subfolders: evaluation skipped" in ds.notes
-    assert not any(n.startswith("resized") for n in ds.notes)  # the EXIF-rotated image fits as is
-    np.testing.assert_array_equal(ds.data[0, 0].numpy(), np.arange(12).reshape(3, 4) * 20)
+    np.testing.assert_array_equal(ds.data[0, 0].numpy(), np.arange(16).reshape(4, 4) * 15)
     assert (ds.data[1] == 255).all()  # 16-bit white stays white, not clipped garbage
     assert (ds.data[2] == 128).all()
+    assert abs(int(ds.data[3].float().mean()) - 200) <= 2
     assert ds.split == "all" and load_dataset(f"folder:{tmp_path}", split="train").n_samples == 4
     with pytest.raises(UserError, match="no 'test' split"):
         load_dataset(f"folder:{tmp_path}", split="test")
@@ -378,9 +380,13 @@ def test_folder_errors(tmp_path):
     (tmp_path / "k").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "k" / "ok.png")
     (tmp_path / "k" / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
-    with pytest.raises(UserError, match="broken.jpg") as e:
+    ds = load_dataset(f"folder:{tmp_path}")  # one bad file is skipped, with a note naming it
+    assert ds.n_samples == 1 and any(n.startswith("skipped 1 of 2 image files") and "broken.jpg" in n for n in ds.notes)
+    (tmp_path / "k" / "ok.png").unlink()
+    with pytest.raises(UserError, match="none of the 1 image files .* broken.jpg") as e:
         load_dataset(f"folder:{tmp_path}")
     one_line_error(e)
+    Image.new("RGB", (4, 4)).save(tmp_path / "k" / "ok.png")
     (tmp_path / "k" / "broken.jpg").unlink()
     Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")
     with pytest.raises(UserError, match="both class subfolders and 1 loose images"):

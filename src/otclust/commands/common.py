@@ -23,6 +23,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
     from otclust.data import DATASET_NAMES
+    from otclust.data.decode import SETTINGS
+
+    SETTINGS.__init__()  # each command line starts from the decoder's defaults (_DecodeSetting)
 
     parser.add_argument(
         "--data",
@@ -33,7 +36,43 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = False) ->
     )
     parser.add_argument("--split", default=None, help="which part of the data: all (train and test joined, the papers' protocol; default), train, test")
     parser.add_argument("--download", action="store_true", default=None, help="download the data set if it is missing (needs a network)")
-    parser.add_argument("--image-size", type=int, default=None, help="resize folder images to this square size (default: their most common size)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side of the square folder images are decoded to, each centre-cropped (default: their median shorter "
+        "side, at most 64 for the small CNN, 96 for the ResNets); other data sets are resized to it",
+    )
+    parser.add_argument("--workers", type=int, default=None, action=_DecodeSetting, help="processes that decode folder images (default: one per CPU core, at most 8)")
+    parser.add_argument("--no-cache", dest="cache", nargs=0, default=None, action=_DecodeSetting, help="decode folder images again instead of reusing (and writing) the decoded-image cache")
+    parser.add_argument("--cache-dir", default=None, action=_DecodeSetting, metavar="DIR", help="where decoded folder images are cached (default: $OTCLUST_CACHE, else ~/.cache/otclust/decoded)")
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        action=_DecodeSetting,
+        metavar="GB",
+        help="RAM the decoded images may take; a larger folder is trained from the memory-mapped cache file, batch by batch (default: half the memory available)",
+    )
+
+
+class _DecodeSetting(argparse.Action):
+    """Stores the option and sets it process-wide for the folder decoder (otclust.data.decode),
+    so that every command that loads a folder honours it without passing it along."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from otclust.data.decode import SETTINGS
+
+        if self.dest == "cache":
+            values = False
+        elif self.dest == "workers" and values < 1:
+            raise argparse.ArgumentError(self, "must be at least 1")
+        elif self.dest == "memory_budget":
+            if not values > 0:
+                raise argparse.ArgumentError(self, "must be a positive number of GB")
+            values = values * 1e9
+        setattr(namespace, self.dest, values)
+        setattr(SETTINGS, self.dest, values)
 
 
 def method_defaults(field: str) -> str:

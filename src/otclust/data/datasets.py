@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,9 @@ class ImageDataset:
     class_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     split: str = "all"
+    # data is a memory-mapped file larger than the memory budget: the engine keeps it where it
+    # is and moves one batch at a time to the device (``place_for_training``).
+    out_of_core: bool = False
 
     def __post_init__(self) -> None:
         # Programmer errors (not UserError): loaders always build valid datasets.
@@ -136,7 +140,7 @@ class ImageDataset:
             raise TypeError(f"indices must be integers or a boolean mask, not {idx.dtype}")
         idx = idx.astype(np.int64).reshape(-1)
         return ImageDataset(
-            data=self.data[torch.from_numpy(idx)],
+            data=self.data[torch.from_numpy(idx)],  # a copy in memory, even of an out-of-core set
             labels=None if self.labels is None else self.labels[idx],
             name=self.name,
             paths=None if self.paths is None else [self.paths[i] for i in idx],
@@ -334,7 +338,7 @@ _SOURCES: dict[str, _Source] = {
                 lambda d, part, s, o: formats.read_stl10_part(d, part)),
         _Source("folder", "folder:PATH", "your images: class subfolders give labels, a flat folder none",
                 ("train",), ("train",), "required", _locate_folder,
-                lambda d, part, size, o: formats.read_image_folder(d, size)),
+                lambda d, part, size, o: formats.read_image_folder(d, size, o.get("backbone"))),
         _Source("features", "features:PATH.npy[,labels=LABELS.npy]",
                 "N x D float features; labels from LABELS.npy or PATH.labels.npy if present",
                 ("train",), ("train",), "required", _locate_features, _read_features),
@@ -434,15 +438,21 @@ def _as_size(image_size) -> tuple[int, int] | None:
 
 
 def load_dataset(
-    spec: str, split: str = "all", download: bool = False, image_size: int | None = None
+    spec: str, split: str = "all", download: bool = False, image_size: int | None = None, backbone: str | None = None
 ) -> ImageDataset:
-    """Load the dataset named by ``spec`` (see the module docstring) fully into memory.
+    """Load the dataset named by ``spec`` (see the module docstring).
 
     ``image_size`` resizes images (bilinear) to that many pixels per side (or (height, width)),
-    with a note; feature vectors ignore it. ``download`` allows fetching the standard archives
-    into DIR or ``~/.cache/otclust/NAME`` when they are not already there.
+    with a note; feature vectors ignore it. Folders of image files are decoded at a working
+    resolution chosen from the images and ``backbone`` when no ``image_size`` is given
+    (``otclust.data.decode``), through the decoded-image cache (``otclust.data.cache``); one
+    too large for the memory budget stays a memory-mapped file (``out_of_core``). ``download``
+    allows fetching the standard archives into DIR or ``~/.cache/otclust/NAME`` when they are
+    not already there.
     """
     name, path, options = parse_spec(spec)
+    if backbone is not None:
+        options["backbone"] = backbone
     source = _SOURCES[name]
     parts = _parse_split(source, split)
     size = _as_size(image_size)
@@ -470,6 +480,7 @@ def load_dataset(
         class_names=loaded[0].class_names,
         notes=notes,
         split="all" if (split or "all").strip().lower() == "all" else "+".join(parts),
+        out_of_core=any(p.on_disk for p in loaded),
     )
     if size is not None:
         if dataset.is_features:
@@ -481,6 +492,62 @@ def load_dataset(
                 f"resized all {dataset.n_samples} images from {old[0]}x{old[1]} to {size[0]}x{size[1]}"
             )
     return dataset
+
+
+def place_for_training(dataset: ImageDataset, device: torch.device) -> torch.Tensor:
+    """The tensor the engine draws batches from: the whole set on ``device``, or, for an
+    out-of-core set, the memory-mapped data where it is (each batch is moved on its own)."""
+    if not dataset.out_of_core:
+        return dataset.data.to(device)
+    _return_large_blocks_to_the_system()
+    return dataset.data
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """glibc only: serve every allocation of 128 kB or more by its own mapping, given back when freed.
+
+    By default glibc raises that threshold to the size of the largest block freed so far, after
+    which batch-sized temporaries come from the heap, where the small results kept between
+    them (each batch's predictions) pin the freed space: a pass over an out-of-core set then
+    grows the heap by about the size of the set, which is what out of core must avoid (measured
+    with benchmarks/out_of_core.py). Setting the threshold explicitly turns the adjustment off.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = getattr(libc, "mallopt", None)
+        if mallopt is not None:
+            mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:  # not glibc (musl has no such knob)
+        pass
+
+
+def prefetch_to_device(batches, device: torch.device):
+    """(batch, indices) pairs moved to ``device``, the next one gathered in a background thread
+    while the current one trains: indexing a memory-mapped set reads from disk, and torch
+    releases the GIL while it copies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    iterator = iter(batches)
+
+    def fetch():
+        try:
+            batch, indices = next(iterator)
+        except StopIteration:
+            return None
+        return batch.to(device, non_blocking=True), indices.to(device, non_blocking=True)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(fetch)
+        while True:
+            item = pending.result()
+            if item is None:
+                return
+            pending = pool.submit(fetch)
+            yield item
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +621,16 @@ def conform(dataset: ImageDataset, channels: int, image_size) -> ImageDataset:
     data = resize(convert(data)) if channels < data.shape[1] else convert(resize(data))
     if data is dataset.data:
         return dataset
-    return replace(dataset, data=data, notes=notes)
+    return replace(dataset, data=data, notes=notes, out_of_core=False)  # converted copies are in memory
 
 
-__all__ = ["ImageDataset", "load_dataset", "conform", "parse_spec", "dataset_help", "DATASET_NAMES"]
+__all__ = [
+    "ImageDataset",
+    "load_dataset",
+    "conform",
+    "parse_spec",
+    "dataset_help",
+    "DATASET_NAMES",
+    "place_for_training",
+    "prefetch_to_device",
+]

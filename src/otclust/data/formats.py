@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -22,7 +23,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
-from collections import Counter
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,13 @@ class Part:
     class_names: list[str] | None = None
     paths: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    on_disk: bool = False  # data is a memory-mapped file too large for the memory budget
+
+
+def one_line(error: BaseException, limit: int = 120) -> str:
+    """An exception as a short single line, for messages that quote a library's reason."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
@@ -103,8 +111,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {e}; delete it and fetch it again") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}; delete it and fetch it again") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise UserError(f"{path} is not an idx file (bad header): use the original MNIST-format files")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
@@ -113,7 +121,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise UserError(f"{path} is truncated (header cut short): delete it and fetch it again")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a garbled header cannot overflow
     if len(raw) - header != expected:
         raise UserError(
             f"{path} holds {len(raw) - header} data bytes but its header promises {expected}: "
@@ -208,8 +216,8 @@ def read_cifar_pickle(path: Path) -> dict[str, object]:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise UserError(f"{path} is not a CIFAR python-format file ({e}): use the 'python version' archive") from None
+    except Exception as e:  # noqa: BLE001 - garbage fed to the unpickler (which builds only arrays) fails in open-ended ways
+        raise UserError(f"{path} is not a CIFAR python-format file ({one_line(e)}): use the 'python version' archive") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a CIFAR python-format file (no dict inside)")
 
@@ -227,16 +235,20 @@ def read_cifar_pickle(path: Path) -> dict[str, object]:
 def _cifar_images(batch: dict, path: Path) -> np.ndarray:
     """Rows of 3072 bytes (1024 red, 1024 green, 1024 blue, each row-major) -> N x 3 x 32 x 32."""
     data = batch.get("data")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
-        raise UserError(f"{path} has no N x 3072 'data' array: not a CIFAR python-format batch")
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise UserError(f"{path} has no N x 3072 uint8 'data' array: not a CIFAR python-format batch")
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32)
 
 
 def _cifar_labels(batch: dict, key: str, n: int, path: Path) -> np.ndarray:
     labels = batch.get(key)
-    if labels is None or len(labels) != n:
-        raise UserError(f"{path} has no '{key}' list with one label per image: not the expected CIFAR file")
-    return np.asarray(labels, dtype=np.int64)
+    valid = isinstance(labels, (list, np.ndarray)) and len(labels) == n
+    if valid:
+        values = np.asarray(labels, dtype=object if isinstance(labels, list) else None)
+        valid = values.ndim == 1 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**31 for v in values.tolist())
+    if not valid:
+        raise UserError(f"{path} has no '{key}' list with one class id (>= 0) per image: not the expected CIFAR file")
+    return np.asarray(labels, dtype=np.int64).reshape(n)
 
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -325,12 +337,55 @@ def read_stl10_part(directory: Path, part: str) -> Part:
 # --------------------------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-_EXIF_ORIENTATION = 0x0112
 
 
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class _Entry:
+    """A directory entry whose kind is known once and never raises (a looping link makes
+    ``DirEntry.is_file`` raise ELOOP)."""
+
+    def __init__(self, entry: os.DirEntry):
+        self.name, self.path = entry.name, entry.path
+
+        def safe(test) -> bool:
+            try:
+                return test()
+            except OSError:
+                return False
+
+        self.is_link = safe(entry.is_symlink)
+        self.is_file = safe(entry.is_file)  # follows links; False for FIFOs, devices, sockets
+        self.is_dir = safe(entry.is_dir)
+
+
+def _scan(directory: str) -> tuple[list[_Entry], list[str], list[str]]:
+    """Entries of a directory, plus the names of its non-image files and of its links that lead
+    nowhere (broken, looping, or to something that is not a regular file: a FIFO would block
+    the reader forever)."""
+    entries = [_Entry(e) for e in sorted(os.scandir(directory), key=lambda e: e.name)]
+    others, dangling = [], []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if not e.is_file and not e.is_dir and (e.is_link or _is_image_name(e.name)):
+            dangling.append(e.name)
+        elif e.is_file and not _is_image_name(e.name):
+            others.append(e.name)
+    return entries, others, dangling
+
+
+def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
+    notes = []
+    if others:
+        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        notes.append(f"ignored {len(others)} files without an image extension ({names})")
+    if dangling:
+        names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
+        notes.append(f"ignored {len(dangling)} links or special files that lead to no regular file ({names})")
+    return notes
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list[str]]:
@@ -339,20 +394,24 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     Subfolders holding images are classes (sorted by name; their order defines label ids). A
     folder with both class subfolders and loose images is refused rather than guessed at:
     dropping the loose ones or lumping them into a class would both skew evaluation silently.
+    Files are recognised by extension; others, and links to nothing readable, are counted in a
+    note. Symbolic links to files and class folders are followed (one level, so no loop).
     """
-    notes: list[str] = []
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries, others, dangling = _scan(str(root))
     except OSError as e:
         raise UserError(f"cannot list {root}: {e.strerror}") from None
-    loose = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
+    loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
     for entry in entries:
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir and not entry.name.startswith("."):
             try:
-                files = sorted(Path(s.path) for s in os.scandir(entry.path) if s.is_file() and _is_image_name(s.name))
+                sub, sub_others, sub_dangling = _scan(entry.path)
             except OSError as e:
                 raise UserError(f"cannot list {entry.path}: {e.strerror}") from None
+            files = [Path(s.path) for s in sub if s.is_file and _is_image_name(s.name)]
+            others += [f"{entry.name}/{n}" for n in sub_others]
+            dangling += [f"{entry.name}/{n}" for n in sub_dangling]
             if files:
                 classes.append((entry.name, files))
     if classes and loose:
@@ -360,6 +419,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             f"{root} has both class subfolders and {len(loose)} loose images (e.g. {loose[0].name}): "
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
+    notes = _listing_notes(others, dangling)
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
@@ -375,97 +435,122 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     )
 
 
-def _oriented_size(img) -> tuple[int, int]:
-    """(height, width) as the image will look once its EXIF rotation is applied."""
-    w, h = img.size
-    try:
-        if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
-            w, h = h, w
-    except Exception:  # a broken EXIF block must not make a good image unreadable
-        pass
-    return h, w
+def read_image_folder(
+    root: Path, image_size: tuple[int, int] | None = None, backbone: str | None = None
+) -> Part:
+    """Decode a folder of images into one uint8 array of a common mode and size (``decode.py``).
 
-
-def _is_colour(img) -> bool:
-    if img.mode in _GRAY_MODES:
-        return False
-    if img.mode in ("P", "PA"):
-        palette = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-        return bool(np.any(palette != palette[:, :1]))
-    return True
-
-
-def _to_uint8_image(img, rgb: bool):
-    """Decode to 8-bit L or RGB; 16-bit and float images are rescaled instead of clipped.
-
-    PIL's own ``convert("L")`` clips 16-bit values at 255, which turns most 16-bit scans white.
-    Alpha is dropped (transparent pixels keep whatever colour they store).
+    Headers first (cheap): files that cannot be opened are skipped with a note, the mode (RGB
+    if any image is in colour, else grey) and the working resolution are chosen, and the size
+    of the decoded array is known before any of it is allocated. It must fit the memory budget
+    (``decode.memory_budget``) unless it goes to the on-disk cache (``cache.py``), in which
+    case the array stays a memory-mapped file and training reads batches from it
+    (``Part.on_disk``). Files that fail only while decoding (truncated) are skipped as well.
     """
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = float(arr.max(initial=0.0))
-        if img.mode.startswith("I;16") or peak > 255:
-            arr = arr / 257.0
-        elif img.mode == "F" and peak <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    return img.convert("RGB" if rgb else "L")
-
-
-def read_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> Part:
-    """Decode a folder of images into one uint8 array of a common mode and size.
-
-    Two passes: the first reads only headers (cheap) to choose the mode (RGB if any image is in
-    colour, else grayscale) and the size (``image_size``, else the most common size, so that
-    the fewest images are resampled); the second decodes straight into the preallocated array.
-    """
-    from PIL import Image
+    from otclust.data import cache, decode
 
     files, labels, class_names, notes = list_image_folder(root)
-    decode_errors = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-    sizes: list[tuple[int, int]] = []
-    colour = False
-    for path in files:
+    paths = [str(p) for p in files]
+    probes = decode.probe_all(paths)
+    skipped = [(paths[i], p.error) for i, p in enumerate(probes) if p.error]
+    good = [i for i, p in enumerate(probes) if not p.error]
+    if not good:
+        path, reason = skipped[0]
+        raise UserError(
+            f"none of the {len(paths)} image files under {root} could be read (e.g. {Path(path).name}: {reason}): "
+            "fix or replace them"
+        )
+    channels = 3 if any(probes[i].colour for i in good) else 1
+    size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size)
+    if why:
+        notes.append(why)
+    shape = (len(good), channels, *size)
+    need = decode.estimated_bytes(*shape[:2], size)
+    budget = decode.memory_budget()
+    fits = need <= budget
+    settings = decode.SETTINGS
+    if not fits and not settings.cache:
+        raise UserError(
+            f"{len(good)} images decoded at {size[0]}x{size[1]} need {decode.format_bytes(need)}, over the memory "
+            f"budget of {decode.format_bytes(budget)} (--memory-budget): use a smaller --image-size, or drop "
+            "--no-cache to decode into the on-disk cache and train from there"
+        )
+    good_paths = [paths[i] for i in good]
+    array = entry = None
+    kept = list(range(len(good)))
+    use_cache = settings.cache and (len(good) >= settings.cache_min_images or not fits)
+    if use_cache:
+        key = cache.key_for(good_paths, size, channels)
+        hit = cache.lookup(key, channels, size)
+        if hit is not None:
+            array, meta = hit
+            kept = [int(i) for i in meta["kept"]]
+            skipped += [(good_paths[int(i)], reason) for i, reason in meta.get("failed", [])]
+            notes.append(f"reused the decoded images cached in {cache.cache_root() / key}.npy")
+        elif cache.free_space(cache.cache_root()) < need + (64 << 20):
+            where = cache.cache_root()
+            if not fits:
+                raise UserError(
+                    f"the decoded images need {decode.format_bytes(need)} on disk in {where}, which has less free: "
+                    "point --cache-dir (or OTCLUST_CACHE) at a disk with room, or use a smaller --image-size"
+                )
+            notes.append(f"not caching the decoded images: too little free space in {where}")
+        else:
+            try:
+                entry = cache.Entry(key, shape)
+            except OSError as e:
+                if not fits:
+                    raise UserError(
+                        f"cannot write the decoded-image cache in {cache.cache_root()} ({e.strerror}): "
+                        "point --cache-dir (or OTCLUST_CACHE) at a writable disk, or use a smaller --image-size"
+                    ) from None
+                notes.append(f"not caching the decoded images: {cache.cache_root()}: {e.strerror}")
+    if array is None:
         try:
-            with Image.open(path) as img:
-                sizes.append(_oriented_size(img))
-                colour = colour or _is_colour(img)
-        except decode_errors as e:
-            raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
-
-    if image_size is None:
-        target, _ = Counter(sizes).most_common(1)[0]
-        why = "the most common size"
-    else:
-        target = tuple(image_size)
-        why = "the requested size"
-    h, w = target
-    channels = 3 if colour else 1
-    out = np.empty((len(files), channels, h, w), dtype=np.uint8)
-    resized = 0
-    for i, path in enumerate(files):
+            out = entry.array if entry is not None else np.empty(shape, dtype=np.uint8)
+        except MemoryError:
+            raise UserError(
+                f"out of memory allocating {decode.format_bytes(need)} for the decoded images: use a smaller "
+                "--image-size, or a lower --memory-budget so that they are decoded into the on-disk cache"
+            ) from None
         try:
-            with Image.open(path) as img:
-                img = _to_uint8_image(img, rgb=colour)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                    resized += 1
-                arr = np.asarray(img)
-        except decode_errors as e:
-            raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if resized:
-        notes.append(f"resized {resized} of {len(files)} images to {h}x{w} ({why})")
+            failed = decode.decode_into(out, good_paths, size, rgb=channels == 3)
+            if failed and len(failed) == len(good):
+                raise UserError(
+                    f"none of the {len(paths)} image files under {root} could be decoded "
+                    f"(e.g. {Path(good_paths[0]).name}: {next(iter(failed.values()))}): fix or replace them"
+                )
+            kept = [i for i in range(len(good)) if i not in failed]
+            skipped += [(good_paths[i], reason) for i, reason in failed.items()]
+            if entry is not None:
+                if failed:
+                    entry.drop_rows(set(failed))
+                array = entry.commit({"kept": kept, "failed": sorted(failed.items()), "shape": list(shape)})
+                notes.append(
+                    f"decoded images cached in {cache.cache_root() / entry.key}.npy ({decode.format_bytes(need)}; "
+                    "reused while the folder is unchanged; --no-cache to skip)"
+                )
+            else:
+                array = out[kept] if failed else out
+        except BaseException:
+            if entry is not None:
+                entry.abandon()
+            raise
+    if skipped:
+        notes.append(decode.summarize_skipped(skipped, len(paths)))
+    if not fits:
+        notes.append(
+            f"the decoded images ({decode.format_bytes(need)}) exceed the memory budget "
+            f"({decode.format_bytes(budget)}): training reads each batch from the memory-mapped cache file"
+        )
+    chosen = [good[i] for i in kept]
     return Part(
-        out,
-        None if labels is None else np.asarray(labels, dtype=np.int64),
+        array,
+        None if labels is None else np.asarray([labels[i] for i in chosen], dtype=np.int64),
         class_names,
-        [str(p) for p in files],
+        [paths[i] for i in chosen],
         notes,
+        on_disk=not fits,
     )
 
 
@@ -479,10 +564,10 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise UserError(f"{what} file not found: {path}")
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise UserError(f"{path} is not a plain numeric .npy array ({e}): save it with numpy.save") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - numpy parses a garbled header with ast (SyntaxError, tokenize errors, ...)
+        raise UserError(f"{path} is not a plain numeric .npy array ({one_line(e)}): save it with numpy.save") from None
     if not isinstance(array, np.ndarray):
         raise UserError(f"{path} is an .npz archive: save the single array with numpy.save(PATH.npy, array)")
     return array
@@ -650,7 +735,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
                         raise UserError(f"{archive} contains an unsafe member {member.name!r}: not extracting it")
                 tar.extractall(dest)
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"cannot extract {archive} ({e}): delete it and fetch it again") from None
+        raise UserError(f"cannot extract {archive} ({one_line(e)}): delete it and fetch it again") from None
 
 
 def download(name: str, dest: Path) -> None:

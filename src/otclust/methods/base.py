@@ -40,16 +40,38 @@ class InputSpec:
         return self.feature_dim is not None
 
     @classmethod
-    def from_dataset(cls, dataset) -> "InputSpec":
+    def from_dataset(cls, dataset, sample_size: int = 10000, chunk: int = 256) -> "InputSpec":
+        """Per-feature (vectors) or per-channel (images) mean and std, in bounded memory.
+
+        Images: from a seeded sample of at most ``sample_size`` images. Features: from all rows.
+        Either way a chunk of ``chunk`` rows at a time is converted to float64 and summed, so
+        no float copy of the data set is ever made (a memory-mapped set is read chunk by chunk).
+        """
         data = dataset.data
+        n = len(data)
         if dataset.is_features:
-            values = data.double()
-            return cls(n_samples=len(data), feature_dim=int(data.shape[1]), mean=values.mean(0).tolist(), std=values.std(0).clamp(min=1e-6).tolist())
-        # Channel statistics from a bounded sample: exact enough and cheap on large sets.
-        sample = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:10000]].double() / 255.0
-        mean = sample.mean(dim=(0, 2, 3))
-        std = sample.std(dim=(0, 2, 3)).clamp(min=1e-3)
-        return cls(n_samples=len(data), channels=int(data.shape[1]), image_size=(int(data.shape[2]), int(data.shape[3])), mean=mean.tolist(), std=std.tolist())
+            rows = torch.arange(n)
+        else:
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample_size].sort().values
+        dims = (0,) if dataset.is_features else (0, 2, 3)
+        width = int(data.shape[1])
+        total = torch.zeros(width, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(rows), chunk):
+            block = data[rows[start : start + chunk]].double()
+            total += block.sum(dim=dims)
+            count += block.numel() // width
+        mean = total / max(count, 1)
+        squares = torch.zeros(width, dtype=torch.float64)
+        shape = (1, width) if dataset.is_features else (1, width, 1, 1)
+        for start in range(0, len(rows), chunk):
+            block = data[rows[start : start + chunk]].double() - mean.view(shape)
+            squares += (block * block).sum(dim=dims)
+        std = (squares / max(count - 1, 1)).sqrt()
+        if dataset.is_features:
+            return cls(n_samples=n, feature_dim=width, mean=mean.tolist(), std=std.clamp(min=1e-6).tolist())
+        mean, std = mean / 255.0, (std / 255.0).clamp(min=1e-3)
+        return cls(n_samples=n, channels=width, image_size=(int(data.shape[2]), int(data.shape[3])), mean=mean.tolist(), std=std.tolist())
 
 
 @dataclass

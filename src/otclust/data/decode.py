@@ -1,0 +1,337 @@
+"""Decoding a folder of image files into one uint8 array: fast, in bounded memory, and never
+stopped by one bad file.
+
+How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder`` calls):
+
+1. ``probe``: each file's header only (size, mode, format); files that cannot be opened are
+   set aside with the reason, not fatal.
+2. ``working_resolution``: the side S of the square the images are decoded to, from the data
+   and the backbone: the median shorter side of the images, capped at what the backbone is
+   built for (``BACKBONE_SIDE``), unless ``--image-size`` gives it.
+3. ``decode_into``: every image is decoded, EXIF-rotated, converted to 8-bit grey or RGB
+   (``to_uint8``), scaled so that its shorter side is S and centre-cropped to S x S
+   (``PIL.ImageOps.fit``: nothing is padded and the aspect ratio is kept; the longer side loses
+   its ends). JPEGs are decoded at a reduced scale first (``Image.draft``: the DCT is
+   scaled by 1/2, 1/4 or 1/8, never below the target), which is most of the speed on
+   photo-sized files. Several worker processes decode at once; results are written straight
+   into the destination, which may be a memory-mapped file (``cache.py``), so the decoded set
+   never needs to fit in RAM.
+
+Colour modes: an image counts as colour unless its mode is grey (1, L, LA, I, I;16*, F) or it is
+a palette image whose palette holds only greys. If any image of the folder is colour all are
+decoded to RGB (grey ones repeated into three channels), else all to grey. 16-bit images (and
+32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
+clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
+and YCbCr go through Pillow's own conversion to RGB.
+
+Process-wide settings (``SETTINGS``) hold what the command line's data options set (workers,
+cache, memory budget, progress) so that every command that loads data honours them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_EXIF_ORIENTATION = 0x0112
+
+# The largest square side each backbone is built for; the working resolution is the images'
+# median shorter side capped at this. The small CNN (three stride-2 convolutions, then a dense
+# layer) grows with the input area and runs on a CPU; the CIFAR-stem ResNets pool globally
+# and are meant for a GPU, where twice the side is affordable.
+BACKBONE_SIDE = {"small-cnn": 64, "mlp": 32, "resnet18": 96, "resnet34": 96}
+DEFAULT_BACKBONE = "small-cnn"  # what backbone 'auto' builds for images
+
+# Below this many files, a pool of processes costs more to start than it saves.
+_POOL_MIN_FILES = 64
+
+
+@dataclass
+class DecodeSettings:
+    """What the data options of the command line set; the library uses the same defaults.
+
+    ``workers`` None: one per available CPU core, at most 8. ``memory_budget`` None: half of the
+    memory available now. ``cache_min_images``: smaller folders are decoded again each time
+    (that takes well under a second) instead of filling the cache.
+    """
+
+    workers: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    memory_budget: float | None = None  # bytes
+    cache_min_images: int = 200
+    progress: bool = True
+
+
+SETTINGS = DecodeSettings()
+
+
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (MemAvailable; else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30  # unknown platform: assume a small machine
+
+
+def memory_budget() -> int:
+    """Bytes a decoded data set may take in RAM: --memory-budget, else half of what is available."""
+    if SETTINGS.memory_budget is not None:
+        return int(SETTINGS.memory_budget)
+    return available_memory() // 2
+
+
+def format_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+# --------------------------------------------------------------------------------------------
+# One file
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """A file's header: (height, width) as shown (after EXIF rotation), colour or not, format.
+
+    ``error`` is set instead when the file cannot be used, with a short reason.
+    """
+
+    height: int = 0
+    width: int = 0
+    colour: bool = False
+    format: str = ""
+    error: str | None = None
+
+
+def _decode_errors():
+    # Pillow's decoders fed damaged bytes raise far more than OSError (struct.error, IndexError,
+    # ZeroDivisionError, KeyError from TIFF tags...); any of them means "this file is unusable",
+    # and the reason is shown in the skipped-files note, so nothing is hidden.
+    return (Exception,)
+
+
+def _short_reason(error: BaseException, path: str = "") -> str:
+    from PIL import Image
+
+    if isinstance(error, Image.DecompressionBombError):
+        return "over Pillow's decompression-bomb limit"
+    text = " ".join(str(error).replace(f" {path!r}", "").split()) or type(error).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_colour(img) -> bool:
+    if img.mode in _GRAY_MODES:
+        return False
+    if img.mode in ("P", "PA"):
+        palette = np.asarray(img.getpalette() or [], dtype=np.uint8)
+        palette = palette[: len(palette) - len(palette) % 3].reshape(-1, 3)
+        return bool(np.any(palette != palette[:, :1]))
+    return True
+
+
+def probe(path: str) -> Probe:
+    """Read one header. Huge images (over Pillow's ``MAX_IMAGE_PIXELS``) are accepted only as
+    JPEG, whose reduced decoding never holds the full-size pixels; others are refused."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decompression-bomb notices, truncated-TIFF notices: judged here
+            with Image.open(path) as img:
+                w, h = img.size
+                if w < 1 or h < 1:
+                    return Probe(error="has no pixels")
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and w * h > limit and img.format != "JPEG":
+                    return Probe(error=f"{w}x{h} is over Pillow's decompression-bomb limit of {limit // 10**6} MP")
+                try:
+                    if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
+                        w, h = h, w
+                except Exception:  # a broken EXIF block must not make a good image unreadable
+                    pass
+                return Probe(h, w, _is_colour(img), img.format or "")
+    except _decode_errors() as e:
+        return Probe(error=_short_reason(e, path))
+
+
+def to_uint8(img, rgb: bool):
+    """EXIF rotation applied, then 8-bit L or RGB as the module docstring says."""
+    from PIL import Image, ImageOps
+
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF: keep the stored orientation
+        pass
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max(initial=0.0))
+        if img.mode.startswith("I;16") or peak > 255:
+            arr = arr / 257.0
+        elif img.mode == "F" and peak <= 1.0:
+            arr = arr * 255.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB" if rgb else "L")
+
+
+def decode_one(path: str, size: tuple[int, int], rgb: bool) -> np.ndarray:
+    """One file -> C x H x W uint8, centre-cropped to ``size`` (height, width)."""
+    from PIL import Image, ImageOps
+
+    h, w = size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                # Both sides at least the target's larger side, so that after an EXIF rotation
+                # and the centre crop the target is still a reduction, never an enlargement.
+                side = max(h, w)
+                img.draft("RGB" if rgb else "L", (side, side))
+            img = to_uint8(img, rgb)
+            if img.size != (w, h):
+                img = ImageOps.fit(img, (w, h), Image.BILINEAR)
+            arr = np.asarray(img)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode_or_reason(args) -> tuple[np.ndarray | None, str | None]:
+    path, size, rgb = args
+    try:
+        return decode_one(path, size, rgb), None
+    except _decode_errors() as e:
+        return None, _short_reason(e, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Many files
+# --------------------------------------------------------------------------------------------
+
+
+def _pool(workers: int):
+    import multiprocessing
+
+    # fork: the workers need only Pillow and numpy, already imported; spawn would import torch
+    # again in each. Elsewhere (macOS, Windows) the platform default.
+    method = "fork" if sys.platform.startswith("linux") else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def _map(function, items: list, workers: int, description: str | None):
+    """function over items in order, in ``workers`` processes when that pays, with a progress bar."""
+    workers = max(1, workers)
+    show = description is not None and SETTINGS.progress and len(items) >= _POOL_MIN_FILES
+    if workers == 1 or len(items) < _POOL_MIN_FILES:
+        results = map(function, items)
+        pool = None
+    else:
+        pool = _pool(min(workers, len(items)))
+        results = pool.map(function, items, chunksize=max(1, min(32, len(items) // (8 * workers))))
+    try:
+        if show:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(items), desc=description, unit="img", leave=False, file=sys.stderr)
+        yield from results
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def probe_all(paths: list[str], workers: int | None = None) -> list[Probe]:
+    return list(_map(probe, paths, workers or SETTINGS.workers or default_workers(), "reading headers"))
+
+
+def decode_into(
+    out: np.ndarray, paths: list[str], size: tuple[int, int], rgb: bool, workers: int | None = None
+) -> dict[int, str]:
+    """Decode ``paths`` into ``out[i]`` (C x H x W each); returns {index: reason} of failures.
+
+    A file whose header was fine can still fail here (a truncated JPEG); its row is left
+    zero and reported, the caller drops it.
+    """
+    failed: dict[int, str] = {}
+    items = [(p, size, rgb) for p in paths]
+    description = f"decoding images to {'RGB' if rgb else 'grey'} {size[0]}x{size[1]}"
+    results = _map(_decode_or_reason, items, workers or SETTINGS.workers or default_workers(), description)
+    for i, (arr, reason) in enumerate(results):
+        if arr is None:
+            out[i] = 0
+            failed[i] = reason
+        else:
+            out[i] = arr
+    return failed
+
+
+def working_resolution(probes: list[Probe], backbone: str | None, requested) -> tuple[tuple[int, int], str]:
+    """(height, width) to decode to and a note saying why."""
+    if requested is not None:
+        return tuple(requested), f"images centre-cropped and resized to the requested {requested[0]}x{requested[1]}"
+    name = backbone if backbone in BACKBONE_SIDE else DEFAULT_BACKBONE
+    cap = BACKBONE_SIDE[name]
+    shorter = sorted(min(p.height, p.width) for p in probes)
+    median = shorter[len(shorter) // 2]
+    side = max(1, min(cap, median))
+    same = all(p.height == side and p.width == side for p in probes)
+    if same:
+        return (side, side), ""
+    why = f"the images' median shorter side, {median} px" if side == median else f"the {name} backbone's cap ({cap} px; median shorter side {median} px)"
+    return (side, side), (
+        f"working resolution {side}x{side}: {why}; each image scaled so its shorter side is {side} and "
+        f"centre-cropped to a square (--image-size N overrides)"
+    )
+
+
+def estimated_bytes(n: int, channels: int, size: tuple[int, int]) -> int:
+    return int(n) * int(channels) * int(size[0]) * int(size[1])
+
+
+def summarize_skipped(skipped: list[tuple[str, str]], total: int) -> str:
+    """One line: how many files were skipped, and the first three with their reasons."""
+    shown = "; ".join(f"{Path(p).name} ({reason})" for p, reason in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f"skipped {len(skipped)} of {total} image files that could not be decoded: {shown}{more}"
+
+
+__all__ = [
+    "SETTINGS",
+    "DecodeSettings",
+    "BACKBONE_SIDE",
+    "Probe",
+    "probe",
+    "probe_all",
+    "decode_one",
+    "decode_into",
+    "to_uint8",
+    "working_resolution",
+    "estimated_bytes",
+    "memory_budget",
+    "available_memory",
+    "default_workers",
+    "format_bytes",
+    "summarize_skipped",
+]

@@ -1,0 +1,414 @@
+"""Folders of real-world images: the working resolution, decoding (JPEG draft, EXIF, modes, worker
+processes), the memory budget, the decoded-image cache, out-of-core sets, and bad input of every
+kind (each a note or a one-line error, never a traceback, and nothing of the user's written).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otclust.data import decode, formats, load_dataset
+from otclust.data.decode import SETTINGS
+from otclust.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def private_settings(monkeypatch, tmp_path):
+    """A fresh cache folder and default decoder settings for each test; no progress bars."""
+    monkeypatch.setenv("OTCLUST_CACHE", str(tmp_path / "decoded-cache"))
+    for name, value in vars(decode.DecodeSettings(progress=False)).items():
+        monkeypatch.setattr(SETTINGS, name, value)
+
+
+def photo(path: Path, size=(160, 120), colour=(200, 30, 30), exif_orientation: int | None = None, **save):
+    """A JPEG whose left half is ``colour`` and right half black (so rotations are visible)."""
+    w, h = size
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = colour
+    image = Image.fromarray(arr)
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        save["exif"] = exif
+    image.save(path, quality=95, **save)
+    return arr
+
+
+def names(notes: list[str], prefix: str) -> list[str]:
+    return [n for n in notes if n.startswith(prefix)]
+
+
+# --------------------------------------------------------------------------------------------
+# Working resolution and decoding
+# --------------------------------------------------------------------------------------------
+
+
+def test_working_resolution_from_the_images_and_the_backbone(tmp_path):
+    for i in range(5):
+        photo(tmp_path / f"{i}.jpg", size=(160, 120))
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.data.shape == (5, 3, 64, 64)  # small CNN: shorter side 120 capped at 64
+    (note,) = names(ds.notes, "working resolution 64x64")
+    assert "small-cnn backbone's cap (64 px; median shorter side 120 px)" in note and "centre-cropped" in note and "--image-size" in note
+    assert load_dataset(f"folder:{tmp_path}", backbone="resnet18").data.shape == (5, 3, 96, 96)
+    assert load_dataset(f"folder:{tmp_path}", image_size=24).data.shape == (5, 3, 24, 24)
+    # a folder of small images keeps their own size: no upsampling
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(3):
+        Image.new("L", (20, 28), 9).save(small / f"{i}.png")
+    assert load_dataset(f"folder:{small}").data.shape == (3, 1, 20, 20)
+
+
+def test_centre_crop_keeps_the_middle_and_exif_rotation_is_applied(tmp_path):
+    # stored 160x120 with the left half red; orientation 6 = shown rotated 90 degrees clockwise,
+    # so the red half is on top once shown; the centre crop of the 120x160 view keeps rows 20..140
+    photo(tmp_path / "a.jpg", size=(160, 120), exif_orientation=6)
+    photo(tmp_path / "b.jpg", size=(160, 120))
+    ds = load_dataset(f"folder:{tmp_path}", image_size=32)
+    rotated, upright = ds.data[0].float(), ds.data[1].float()
+    assert rotated[0, :12].mean() > 150 and rotated[0, -12:].mean() < 40  # red on top, black below
+    assert upright[0, :, :12].mean() > 150 and upright[0, :, -12:].mean() < 40  # red left, black right
+    # reference: Pillow's own transpose + fit of the full-size decode
+    from PIL import ImageOps
+
+    with Image.open(tmp_path / "a.jpg") as img:
+        ref = np.asarray(ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.abs(rotated.numpy() - ref).mean() < 4  # draft decoding differs from the full decode only slightly
+
+
+def test_jpeg_draft_decoding_is_used_for_large_photos(tmp_path, monkeypatch):
+    photo(tmp_path / "big.jpg", size=(1600, 1200))
+    requested = []
+    from PIL import JpegImagePlugin
+
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        requested.append(size)
+        result = original(self, mode, size)
+        requested.append(self.size)
+        return result
+
+    monkeypatch.setattr("PIL.JpegImagePlugin.JpegImageFile.draft", spy)
+    out = decode.decode_one(str(tmp_path / "big.jpg"), (64, 64), rgb=True)
+    assert out.shape == (3, 64, 64)
+    assert requested[0] == (64, 64) and requested[1] == (200, 150)  # DCT scaled by 1/8, still >= 64
+
+
+def test_modes_converted_as_documented(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 250, 0  # fully transparent red: alpha dropped, colour kept
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a_rgba.png")
+    palette = Image.new("P", (8, 8))
+    palette.putpalette([0, 0, 255] + [0] * 765)  # colour palette -> the folder is RGB
+    palette.save(tmp_path / "b_palette.png")
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "c_16bit.png")  # 1000 / 257 -> 4
+    Image.new("LA", (8, 8), (60, 0)).save(tmp_path / "d_la.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "e_cmyk.jpg")  # red in CMYK
+    Image.new("1", (8, 8), 1).save(tmp_path / "f_bilevel.png")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.data.shape == (6, 3, 8, 8)
+    px = ds.data[:, :, 4, 4].tolist()
+    assert px[0] == [250, 0, 0] and px[1] == [0, 0, 255] and px[2] == [4, 4, 4] and px[3] == [60, 60, 60]
+    assert px[4][0] > 200 and px[4][1] < 40 and px[5] == [255, 255, 255]
+    # all grey: one channel, and float images in [0, 1] scaled by 255
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(grey / "f.tif")
+    Image.new("L", (8, 8), 7).save(grey / "l.png")
+    g = load_dataset(f"folder:{grey}")
+    assert g.data.shape == (2, 1, 8, 8) and g.data[:, 0, 0, 0].tolist() == [128, 7]
+
+
+def test_worker_processes_give_the_same_array_as_one_process(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(70):  # above the size where a pool is used
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i:03d}.png")
+    SETTINGS.cache = False
+    SETTINGS.workers = 1
+    one = load_dataset(f"folder:{tmp_path}")
+    SETTINGS.workers = 2
+    two = load_dataset(f"folder:{tmp_path}")
+    assert one.data.shape == (70, 3, 20, 20)
+    assert torch.equal(one.data, two.data) and one.paths == two.paths
+
+
+# --------------------------------------------------------------------------------------------
+# Memory budget, cache, out of core
+# --------------------------------------------------------------------------------------------
+
+
+def test_over_the_memory_budget_without_the_cache_is_a_one_line_error(tmp_path):
+    for i in range(4):
+        photo(tmp_path / f"{i}.jpg")
+    SETTINGS.cache = False
+    SETTINGS.memory_budget = 4 * 3 * 64 * 64 - 1  # one byte short
+    with pytest.raises(UserError) as e:
+        load_dataset(f"folder:{tmp_path}")
+    message = str(e.value)
+    assert "\n" not in message and "--memory-budget" in message and "--image-size" in message and "--no-cache" in message
+    SETTINGS.memory_budget = 4 * 3 * 64 * 64
+    assert load_dataset(f"folder:{tmp_path}").n_samples == 4
+
+
+def test_cache_is_written_once_and_reused_until_the_folder_changes(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        photo(folder / f"{i}.jpg", colour=(40 * i, 100, 100))
+    SETTINGS.cache_min_images = 0
+    first = load_dataset(f"folder:{folder}")
+    cache_dir = Path(os.environ["OTCLUST_CACHE"])
+    entries = sorted(p.name for p in cache_dir.iterdir())
+    assert len(entries) == 2 and entries[0].endswith(".json") and entries[1].endswith(".npy")
+    assert names(first.notes, "decoded images cached in")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(decode, "decode_into", no_decoding)
+        again = load_dataset(f"folder:{folder}")
+    assert torch.equal(first.data, again.data) and again.paths == first.paths
+    assert names(again.notes, "reused the decoded images cached in")
+    # a changed file (new mtime) makes a new entry; so does another resolution
+    photo(folder / "1.jpg", colour=(0, 0, 250))
+    os.utime(folder / "1.jpg", ns=(1, 10**18))
+    changed = load_dataset(f"folder:{folder}")
+    assert not torch.equal(changed.data[1], first.data[1]) and len(list(cache_dir.glob("*.npy"))) == 2
+    load_dataset(f"folder:{folder}", image_size=16)
+    assert len(list(cache_dir.glob("*.npy"))) == 3
+    # --no-cache writes nothing
+    SETTINGS.cache = False
+    load_dataset(f"folder:{folder}", image_size=8)
+    assert len(list(cache_dir.glob("*.npy"))) == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]  # the user's folder untouched
+
+
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path):
+    for i in range(3):
+        photo(tmp_path / f"{i}.jpg")
+    SETTINGS.cache_min_images = 0
+    first = load_dataset(f"folder:{tmp_path}").data.clone()  # (the entry must not be mapped while we cut it)
+    (npy,) = Path(os.environ["OTCLUST_CACHE"]).glob("*.npy")
+    npy.write_bytes(npy.read_bytes()[:100])  # truncated
+    again = load_dataset(f"folder:{tmp_path}")
+    assert torch.equal(first, again.data) and names(again.notes, "decoded images cached in")
+
+
+def test_unwritable_cache_falls_back_to_memory_with_a_note(tmp_path):
+    for i in range(3):
+        photo(tmp_path / f"{i}.jpg")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    SETTINGS.cache_min_images = 0
+    SETTINGS.cache_dir = str(blocker / "cache")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.n_samples == 3 and names(ds.notes, "not caching the decoded images")
+    SETTINGS.memory_budget = 10  # too large for memory and no cache: one line saying what to do
+    with pytest.raises(UserError, match="cache") as e:
+        load_dataset(f"folder:{tmp_path}")
+    assert "\n" not in str(e.value)
+
+
+def test_out_of_core_set_stays_mapped_and_trains_batch_by_batch(tmp_path):
+    from otclust.config import FitConfig
+    from otclust.data.datasets import place_for_training
+    from otclust.engine import Trainer
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    SETTINGS.memory_budget = 1000  # 40 x 16 x 16 bytes do not fit
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.out_of_core and names(ds.notes, "the decoded images (10.2 kB) exceed the memory budget")
+    (npy,) = Path(os.environ["OTCLUST_CACHE"]).glob("*.npy")
+    mapped = np.load(npy, mmap_mode="r")
+    ds.data[0, 0, 0, 0]  # the tensor reads the file's pages: a write through it would not reach the file
+    assert np.array_equal(mapped, ds.data.numpy())
+    assert place_for_training(ds, torch.device("cpu")) is ds.data
+    config = FitConfig(method="sela", epochs=1, batch_size=8, clusters=2, data=ds.name, params={"dense_label_limit_gb": 1e-9, "label_updates": 1})
+    result = Trainer(config, progress=False, log=lambda m: None).fit(ds)
+    assert result.proba.shape == (40, 2) and np.isfinite(result.proba).all()
+
+
+def test_input_statistics_never_copy_the_whole_set_to_float64(monkeypatch):
+    from otclust.data import ImageDataset
+    from otclust.methods.base import InputSpec
+
+    data = torch.randint(0, 256, (600, 3, 8, 8), dtype=torch.uint8)
+    largest = []
+    original = torch.Tensor.double
+
+    def watched(self, *args, **kwargs):
+        largest.append(self.numel())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "double", watched)
+    spec = InputSpec.from_dataset(ImageDataset(data, None, "x"), chunk=100)
+    assert max(largest) <= 100 * 3 * 8 * 8
+    monkeypatch.undo()
+    reference = data.double() / 255
+    np.testing.assert_allclose(spec.mean, reference.mean(dim=(0, 2, 3)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(spec.std, reference.std(dim=(0, 2, 3)).numpy(), rtol=1e-9)
+    features = torch.randn(500, 7) * 3 + 1
+    fspec = InputSpec.from_dataset(ImageDataset(features, None, "f"), chunk=64)
+    np.testing.assert_allclose(fspec.mean, features.double().mean(0).numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fspec.std, features.double().std(0).numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_files_are_skipped_with_one_note(tmp_path, monkeypatch):
+    good = [photo(tmp_path / f"good{i}.jpg") for i in range(3)]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image at all")
+    full = (tmp_path / "good0.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(full[: len(full) // 2])  # header fine, data cut
+    (tmp_path / "readme.txt").write_text("notes")
+    (tmp_path / "broken-link.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "link-to-good.jpg").symlink_to(tmp_path / "good1.jpg")  # followed
+    os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever: never opened
+    (tmp_path / "locked.jpg").write_bytes(full)
+    real_open = Image.open
+
+    def deny(path, *args, **kwargs):  # tests run as root, where chmod 000 does not lock a file
+        if str(path).endswith("locked.jpg"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", deny)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert sorted(Path(p).name for p in ds.paths) == ["good0.jpg", "good1.jpg", "good2.jpg", "link-to-good.jpg"]
+    (skipped,) = names(ds.notes, "skipped 4 of 8 image files that could not be decoded")
+    assert "empty.jpg" in skipped and "and 1 more" in skipped
+    (ignored,) = names(ds.notes, "ignored 1 files without an image extension (readme.txt)")
+    (links,) = names(ds.notes, "ignored 3 links or special files that lead to no regular file")
+    assert "broken-link.jpg" in links and "loop.jpg" in links and "fifo.png" in links
+    assert len(good) == 3
+
+
+def test_huge_images_follow_pillows_decompression_bomb_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # a 12000x9000 photo in miniature
+    photo(tmp_path / "huge.jpg", size=(80, 60))  # 4800 px: over the limit, but JPEG decodes reduced
+    Image.new("RGB", (80, 60)).save(tmp_path / "huge.png")  # would be decoded at full size: refused
+    photo(tmp_path / "bomb.jpg", size=(100, 90))  # over twice the limit: Pillow refuses to open it
+    photo(tmp_path / "normal.jpg", size=(40, 30))
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert sorted(Path(p).name for p in ds.paths) == ["huge.jpg", "normal.jpg"]
+    (skipped,) = names(ds.notes, "skipped 2 of 4")
+    assert "decompression-bomb limit" in skipped
+
+
+def test_mixed_sizes_and_orientations_share_one_square(tmp_path):
+    photo(tmp_path / "wide.jpg", size=(300, 100))
+    photo(tmp_path / "tall.jpg", size=(100, 300))
+    Image.new("L", (50, 50), 128).save(tmp_path / "grey.png")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.data.shape == (3, 3, 64, 64)  # median shorter side 100, capped at 64; grey repeated to RGB
+
+
+def test_empty_and_all_bad_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="no images found") as e:
+        load_dataset(f"folder:{tmp_path}")
+    assert "\n" not in str(e.value)
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(UserError, match="none of the 2 image files") as e:
+        load_dataset(f"folder:{tmp_path}")
+    assert "\n" not in str(e.value)
+
+
+def test_cli_bad_folder_exits_2_without_traceback_and_writes_nothing(tmp_path, capsys):
+    from otclust.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"")
+    out = tmp_path / "run"
+    assert main(["fit", "--data", f"folder:{tmp_path / 'in'}", "--clusters", "2", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "none of the 1 image files" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_data_options_set_the_decoder(tmp_path):
+    from otclust.cli import build_parser
+
+    args = build_parser().parse_args(["fit", "--workers", "3", "--no-cache", "--memory-budget", "0.5", "--cache-dir", str(tmp_path)])
+    assert (SETTINGS.workers, SETTINGS.cache, SETTINGS.memory_budget, SETTINGS.cache_dir) == (3, False, 0.5e9, str(tmp_path))
+    assert args.workers == 3
+    build_parser()  # a new command line starts from the defaults again
+    assert (SETTINGS.workers, SETTINGS.cache, SETTINGS.memory_budget) == (None, True, None)
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["fit", "--workers", "0"])
+    assert e.value.code == 2
+
+
+def test_prefetch_keeps_the_order_and_the_engine_uses_it_out_of_core(monkeypatch):
+    from otclust import engine
+    from otclust.config import FitConfig
+    from otclust.data import ImageDataset
+    from otclust.data.datasets import prefetch_to_device
+
+    pairs = [(torch.full((2, 3), i), torch.tensor([i, i])) for i in range(5)]
+    got = list(prefetch_to_device(iter(pairs), torch.device("cpu")))
+    assert [int(b[0, 0]) for b, _ in got] == list(range(5)) and all(torch.equal(i, p[1]) for (_, i), p in zip(got, pairs))
+
+    drawn = []
+
+    def spy(batches, device):
+        for batch, indices in prefetch_to_device(batches, device):
+            drawn.append(len(indices))
+            yield batch, indices
+
+    monkeypatch.setattr(engine, "prefetch_to_device", spy)
+    data = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    config = FitConfig(method="drc", epochs=1, batch_size=16, clusters=2, data="x")
+    engine.Trainer(config, progress=False, log=lambda m: None).fit(ImageDataset(data, None, "x", out_of_core=True))
+    assert drawn == [16, 16, 16, 16]
+    drawn.clear()
+    engine.Trainer(config, progress=False, log=lambda m: None).fit(ImageDataset(data, None, "x"))
+    assert drawn == []  # in memory: the whole set is on the device, nothing to prefetch
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux)")
+def test_out_of_core_passes_do_not_grow_the_heap_by_the_set_size():
+    """Batch-sized temporaries freed between small kept results (a prediction pass) must go back
+    to the system: without place_for_training's malloc setting glibc grew this loop by ~390 MB."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+torch.set_num_threads(2)  # the growth needs torch's worker threads (as training uses them)
+from otclust.data import ImageDataset
+from otclust.data.datasets import place_for_training
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:")) // 1024
+data = torch.zeros((4, 1, 8, 8), dtype=torch.uint8)
+place_for_training(ImageDataset(data, None, "x", out_of_core=True), torch.device("cpu"))
+big = torch.empty(8 << 20, dtype=torch.uint8); big.fill_(1); del big
+start, keep = anon(), []
+for _ in range(100):
+    batch = torch.empty(1 << 20, dtype=torch.uint8); batch.fill_(1)
+    as_float = batch.float()
+    keep.append(as_float[:2500].clone())
+    del batch, as_float
+print(anon() - start)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) < 40  # MB; the 100 batches of 5 MB total 500 MB
