@@ -155,3 +155,54 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
     arguments = dict(eps=0.1, rho=0.5) | kwargs
     with pytest.raises(ValueError, match=message):
         sinkhorn_partial(_scores(), **arguments)
+
+
+# --- the 'auto:p2ot' mode: parsing and what a method's solve_transport does with it ------------
+
+
+def test_parse_p2ot_mode():
+    from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
+
+    assert parse_cluster_proportions("auto:p2ot", 3) == ("auto", None)
+    assert partial_transport("auto:p2ot") == 1.0 and partial_transport("auto:p2ot:0.3") == 0.3
+    assert partial_transport("auto:p2ot:inf") == math.inf
+    assert partial_transport("auto") is None and partial_transport("auto:0.5") is None and partial_transport("uniform") is None
+    assert size_penalty("auto:p2ot") is None and size_penalty("auto:p2ot:2") is None  # not the semi-relaxed mode
+
+
+@pytest.mark.parametrize("spec", ["auto:p2ot:", "auto:p2ot:-1", "auto:p2ot:x", "auto:p2otx"])
+def test_bad_p2ot_specs_are_user_errors(spec):
+    from otclust.errors import UserError
+    from otclust.ot.priors import parse_cluster_proportions
+
+    with pytest.raises(UserError):
+        parse_cluster_proportions(spec, 3)
+
+
+def test_method_transports_a_growing_share_as_training_progresses():
+    from otclust.methods.base import InputSpec
+    from otclust.methods.clot import Clot, ClotParams
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(4, spec, ClotParams(lam=5, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
+    method.set_cluster_prior("auto", None, partial_tau=1.0)
+    logits = 3 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    labelled = []
+    for progress in (0.0, 0.5, 1.0):
+        method.training_progress = progress
+        q = method.pseudo_labels(logits)
+        assert float(q.max()) <= 1 + 1e-5 and float(q.sum(1).max()) <= 1 + 1e-5  # each sample at most its own mass
+        labelled.append(float(q.sum()) / 64)
+    assert labelled[0] == pytest.approx(training_rho(0.0), abs=1e-3)
+    assert labelled[1] == pytest.approx(training_rho(0.5), abs=1e-3)
+    assert labelled[2] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_semi_relaxed_and_p2ot_modes_cannot_be_combined():
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+    from otclust.methods.clot import Clot, ClotParams
+
+    method = Clot(2, InputSpec(n_samples=8, feature_dim=2, mean=[0.0] * 2, std=[1.0] * 2), ClotParams())
+    with pytest.raises(UserError, match="choose one"):
+        method.set_cluster_prior("auto", None, size_penalty=0.1, partial_tau=1.0)
