@@ -3,6 +3,10 @@ Davies-Bouldin indices, on feature sets that cost nothing to make.
 
     python benchmarks/choose_k.py                       # every set, K searched in 2..15
     python benchmarks/choose_k.py --sets blobs-5,digits --figure curves.png
+    python benchmarks/choose_k.py --sets none --features clot-digits=features.npy,labels.npy
+
+--features adds learned features saved as .npy (e.g. a trained model's backbone features from
+Trainer.embed), with their labels for scoring.
 
 Every criterion sees the same features: unit-normalised and smoothed over 10 nearest neighbours
 5 times (otclust.choose_k.smoothed_features). ACC is that of the best of 10 k-means restarts on
@@ -51,7 +55,7 @@ def _long_tailed(x, y, ratio, seed=0):
     return x[keep], y[keep]
 
 
-def feature_sets(names: list[str]):
+def feature_sets(names: list[str], extra: list[str] = ()):
     from sklearn.datasets import load_digits
     from sklearn.decomposition import PCA
 
@@ -69,6 +73,11 @@ def feature_sets(names: list[str]):
         labels = _idx(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")[:5000].astype(np.int64)
         makers["fashion-mnist-5k"] = lambda: (images, labels)
         makers["fashion-mnist-5k-pca50"] = lambda: (PCA(50, random_state=0).fit_transform(images), labels)
+    for spec in extra:
+        name, _, paths = spec.partition("=")
+        features, _, labels = paths.partition(",")
+        makers[name] = lambda features=features, labels=labels: (np.load(features), np.load(labels))
+        names = [*names, name]
     for name in names:
         if name not in makers:
             raise SystemExit(f"unknown set '{name}': choose from {', '.join(makers)}")
@@ -79,6 +88,7 @@ def feature_sets(names: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="blobs-3,blobs-5,blobs-8,digits,digits-pca20,digits-lt10,fashion-mnist-5k,fashion-mnist-5k-pca50")
+    parser.add_argument("--features", action="append", default=[], help="NAME=FEATURES.npy,LABELS.npy: a saved feature set")
     parser.add_argument("--k-min", type=int, default=2)
     parser.add_argument("--k-max", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,11 +99,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     ks = range(args.k_min, args.k_max + 1)
-    names = [n for n in args.sets.split(",") if n]
+    names = [n for n in args.sets.split(",") if n and n != "none"]
     print("| features | N | true K | " + " | ".join(f"K by {c}" for c in CRITERIA) + " | ACC at true K | " + " | ".join(f"ACC by {c}" for c in CRITERIA) + " | seconds |")
     print("| --- " * (4 + 2 * len(CRITERIA)) + "| --- |")
     all_curves = {}
-    for name, x, y in feature_sets(names):
+    for name, x, y in feature_sets(names, args.features):
         started = time.perf_counter()
         true_k = len(np.unique(y))
         points = smoothed_features(x)
