@@ -206,3 +206,36 @@ def test_semi_relaxed_and_p2ot_modes_cannot_be_combined():
     method = Clot(2, InputSpec(n_samples=8, feature_dim=2, mean=[0.0] * 2, std=[1.0] * 2), ClotParams())
     with pytest.raises(UserError, match="choose one"):
         method.set_cluster_prior("auto", None, size_penalty=0.1, partial_tau=1.0)
+
+
+# --- several processes: each holds half the rows of one problem ---------------------------------
+
+
+def _distributed_worker(rank, port, folder):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        scores = _scores(n=24, k=5, seed=7).float()
+        half = scores[:12] if rank == 0 else scores[12:]
+        result = sinkhorn_partial(half, eps=0.2, rho=0.4, tau=0.5, tol=1e-7, n_iters=5000, distributed=True)
+        torch.save({"plan": result.plan, "virtual": result.virtual}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_with_half_the_rows_each_get_their_rows_of_the_whole_plan(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_distributed_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method=method)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    whole = sinkhorn_partial(_scores(n=24, k=5, seed=7).float(), eps=0.2, rho=0.4, tau=0.5, tol=1e-7, n_iters=5000)
+    torch.testing.assert_close(torch.cat([p["plan"] for p in parts]) * 24, whole.plan * 24, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([p["virtual"] for p in parts]) * 24, whole.virtual * 24, atol=1e-5, rtol=0)
