@@ -1,5 +1,6 @@
 """Clusters of unequal size: CLOT with a uniform, a known and an estimated ('auto') size prior on
-long-tailed versions of a data set.
+long-tailed versions of a data set (any other --cluster-proportions value, e.g. auto:p2ot, may be
+named in --modes too).
 
     python benchmarks/imbalance.py --config configs/clot-digits.yaml --ratios 10,50 --seeds 0,1,2
     python benchmarks/imbalance.py --config configs/clot-fashion-mnist.yaml --largest-class 1000 --set epochs=20

@@ -35,7 +35,7 @@ from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params
 from otclust.metrics import evaluate_clustering
-from otclust.ot.priors import parse_cluster_proportions, size_penalty
+from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
 from otclust.runs import RunWriter
 
 # Re-exported: other modules import the checkpoint functions from here.
@@ -76,7 +76,7 @@ def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
         raise UserError(f"--clusters {config.clusters} is more than the {spec.n_samples} samples: choose fewer clusters")
     method = method_class(config.clusters, spec, params, backbone=config.backbone, augment=config.augment)
     mode, sizes = parse_cluster_proportions(config.cluster_proportions, config.clusters)
-    method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions))
+    method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions), partial_tau=partial_transport(config.cluster_proportions))
     return method
 
 
@@ -361,6 +361,8 @@ class Trainer:
             batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr)
         with memory_guard(f"training (epoch {epoch + 1})", f"lower --batch-size (now {batch_size})"):
             for step, (batch, indices) in enumerate(batches):
+                # Progressive partial OT (auto:p2ot) ramps its transported mass with this.
+                method.training_progress = (epoch + step / max(steps, 1)) / config.epochs
                 with torch.autocast(self.device.type, enabled=self.use_amp):
                     parts = self.model(batch, indices)
                 loss = parts["loss"]

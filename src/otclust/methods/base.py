@@ -20,7 +20,7 @@ from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, a
 from otclust.distributed import all_reduce_sum, is_distributed
 from otclust.errors import UserError
 from otclust.models import build_backbone
-from otclust.ot import sinkhorn, sinkhorn_semi_relaxed
+from otclust.ot import sinkhorn, sinkhorn_partial, sinkhorn_semi_relaxed, training_rho
 from otclust.ot.priors import estimate_sizes, match_prior_to_mass
 
 
@@ -107,6 +107,11 @@ class ClusteringMethod(nn.Module):
     trainable: ClassVar[bool] = True
     # FitConfig values this method runs best with (epochs, lr...), below --config files and flags.
     default_config: ClassVar[dict] = {}
+    # 'auto:p2ot[:TAU]': KL strength of progressive partial OT (None: the full mass is transported).
+    partial_tau: float | None = None
+    # Share of training done, in [0, 1], set by the engine before each step; 'auto:p2ot' ramps
+    # the transported mass with it. None (never set, e.g. a method driven by hand): all mass.
+    training_progress: float | None = None
 
     def __init__(self, n_clusters: int, spec: InputSpec, params, backbone: str = "auto", augment: dict | None = None):
         super().__init__()
@@ -199,18 +204,35 @@ class ClusteringMethod(nn.Module):
             setattr(self, key, value)
 
     # --- shared by all ---------------------------------------------------------------------
-    def set_cluster_prior(self, mode: str, sizes: torch.Tensor | None, size_penalty: float | None = None) -> None:
-        """Install the run's size prior; size_penalty (from 'auto:TAU') relaxes the OT columns."""
+    def set_cluster_prior(self, mode: str, sizes: torch.Tensor | None, size_penalty: float | None = None, partial_tau: float | None = None) -> None:
+        """Install the run's size prior; size_penalty (from 'auto:TAU') relaxes the OT columns,
+        partial_tau (from 'auto:p2ot[:TAU]') makes the OT progressive partial (otclust.ot.partial)."""
+        if size_penalty is not None and partial_tau is not None:
+            raise UserError("--cluster-proportions: 'auto:TAU' and 'auto:p2ot' are two different modes; choose one")
         self.prior_mode = mode
         self.size_penalty = size_penalty
+        self.partial_tau = partial_tau
         if sizes is not None:
             self.cluster_prior.copy_(sizes)
 
     @torch.no_grad()
     def solve_transport(self, scores, eps, b=None, n_iters=None, tol=None, warm_start=None, distributed=False):
-        """The OT problem behind a method's pseudo-labels -> SinkhornResult: balanced Sinkhorn, or
-        under 'auto:TAU' the semi-relaxed one whose column sums are only pulled towards b (warm
-        starts are not used there)."""
+        """The OT problem behind a method's pseudo-labels -> SinkhornResult: balanced Sinkhorn;
+        under 'auto:TAU' the semi-relaxed one whose column sums are only pulled towards b; under
+        'auto:p2ot' the progressive partial one, whose plan rows sum to each sample's labelled
+        share (so a soft cross-entropy on plan * N weighs the samples by it), with the share
+        rho = training_rho(training_progress). Warm starts are used by the balanced solver only."""
+        if self.partial_tau is not None:
+            return sinkhorn_partial(
+                scores,
+                eps=eps,
+                rho=training_rho(self.training_progress),
+                tau=self.partial_tau,
+                b=b,
+                n_iters=n_iters or 1000,
+                tol=tol or 1e-4,
+                distributed=distributed,
+            )
         if self.size_penalty is None:
             return sinkhorn(scores, eps=eps, b=b, n_iters=n_iters, tol=tol, warm_start=warm_start, distributed=distributed)
         return sinkhorn_semi_relaxed(

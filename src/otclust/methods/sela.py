@@ -184,9 +184,9 @@ class Sela(ClusteringMethod):
         new log v (a decision all processes share: floor_mass is all-reduced).
         """
         p = self.params
-        if self.size_penalty is not None:
+        if self.size_penalty is not None or self.partial_tau is not None:
             raise UserError(
-                "--cluster-proportions auto:TAU is not available for SeLa's 8-bit whole-data solver (used when "
+                "--cluster-proportions auto:TAU and auto:p2ot are not available for SeLa's 8-bit whole-data solver (used when "
                 "n_heads x N x K x 4 bytes exceeds dense_label_limit_gb): use auto, or raise --param dense_label_limit_gb"
             )
         n_heads = p.n_heads

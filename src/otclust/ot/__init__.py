@@ -1,6 +1,7 @@
 """Optimal-transport solvers and losses used by the clustering methods."""
 
 from otclust.ot.kmeans_loss import ot_kmeans_loss, size_constrained_inertia, soft_kmeans_loss, squared_distances
+from otclust.ot.partial import PartialResult, sinkhorn_partial, training_rho
 from otclust.ot.large import QuantizedScores, SinkhornLabels, quantize_scores, sinkhorn_labels
 from otclust.ot.sinkhorn import SinkhornResult, sinkhorn
 from otclust.ot.unbalanced import sinkhorn_semi_relaxed
@@ -9,6 +10,9 @@ __all__ = [
     "SinkhornResult",
     "sinkhorn",
     "sinkhorn_semi_relaxed",
+    "PartialResult",
+    "sinkhorn_partial",
+    "training_rho",
     "QuantizedScores",
     "SinkhornLabels",
     "quantize_scores",

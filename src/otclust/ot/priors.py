@@ -5,7 +5,11 @@
 the model's own predictions by default, by k-means on its features in CLOT). 'auto:TAU' also
 relaxes the size constraint itself: the columns of the OT problem are only pulled towards the
 estimated sizes by a KL penalty of strength TAU (unbalanced OT, see otclust.ot.unbalanced), so
-a cluster can grow past its current estimate when the scores insist. A known prior is a
+a cluster can grow past its current estimate when the scores insist. 'auto:p2ot' (or
+'auto:p2ot:TAU') estimates the sizes as 'auto' does and solves P²OT's progressive partial problem
+(otclust.ot.partial): the sizes KL-relaxed with strength TAU (default 1), and only a share rho of
+each batch's mass labelled, the least confident rest going to a virtual cluster, rho ramping from
+0.1 to 1 over training. A known prior is a
 multiset of sizes, not tied to cluster indices (Genevay et al. point out that a k-means start
 can give the 80% size to the wrong cluster), so it is matched to the clusters by rank of their
 predicted mass: the largest size goes to the cluster the model currently fills most.
@@ -23,13 +27,15 @@ from otclust.errors import UserError
 def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Tensor | None]:
     """Returns (mode, sizes) with mode in {'uniform', 'known', 'auto'}; sizes sum to 1 when known.
 
-    The KL strength of 'auto:TAU' is read by ``size_penalty``.
+    The KL strength of 'auto:TAU' is read by ``size_penalty``, that of 'auto:p2ot[:TAU]' by
+    ``partial_transport``.
     """
     spec = str(spec).strip()
     if spec in ("", "uniform"):
         return "uniform", None
     if spec == "auto" or spec.startswith("auto:"):
         size_penalty(spec)  # validates TAU
+        partial_transport(spec)
         return "auto", None
     text = spec
     if not any(ch == "," for ch in spec) and Path(spec).is_file():
@@ -51,11 +57,31 @@ def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Te
 def size_penalty(spec: str) -> float | None:
     """TAU of 'auto:TAU' (KL-relaxed cluster sizes), or None: the sizes are a hard constraint."""
     spec = str(spec).strip()
-    if not spec.startswith("auto:"):
+    if not spec.startswith("auto:") or partial_transport(spec) is not None:
         return None
     text = spec[len("auto:") :]
     if not _is_number(text) or not float(text) > 0:
         raise UserError(f"--cluster-proportions '{spec}': the KL strength after 'auto:' must be a positive number, e.g. auto:0.1")
+    return float(text)
+
+
+PARTIAL_PREFIX = "auto:p2ot"
+DEFAULT_PARTIAL_TAU = 1.0
+
+
+def partial_transport(spec: str) -> float | None:
+    """KL strength TAU of 'auto:p2ot' / 'auto:p2ot:TAU' (progressive partial OT), or None.
+
+    TAU may be 'inf': the sizes are then exact, only the transported share grows.
+    """
+    spec = str(spec).strip()
+    if spec != PARTIAL_PREFIX and not spec.startswith(PARTIAL_PREFIX + ":"):
+        return None
+    if spec == PARTIAL_PREFIX:
+        return DEFAULT_PARTIAL_TAU
+    text = spec[len(PARTIAL_PREFIX) + 1 :]
+    if not _is_number(text) or not float(text) > 0:
+        raise UserError(f"--cluster-proportions '{spec}': the KL strength after 'auto:p2ot:' must be a positive number or inf, e.g. auto:p2ot:1")
     return float(text)
 
 

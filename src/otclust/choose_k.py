@@ -1,0 +1,154 @@
+"""Choosing the number of clusters K without labels.
+
+Our criterion, ``stability``: the features are unit-normalised and smoothed over their nearest
+neighbours (as CLOT's read-out does before its k-means, a lazy random walk on the kNN graph that
+pulls each cluster together); for each K, k-means (one k-means++ restart each) runs on several
+random subsamples, each run labels every point by its nearest centre, and the curve is the mean
+adjusted Rand index between the runs' labellings. At the true K the runs agree; above it a real
+cluster is cut in two at a place that changes from run to run; below it, which clusters merge
+changes too, unless the data has a coarser structure that is itself stable (two or three
+super-classes), which can score as high as the true K. So the chosen K is the *largest* K whose
+stability is within ``tolerance`` of the curve's maximum, not the argmax.
+
+Baselines on the same features: the silhouette (highest), the Calinski-Harabasz index (highest)
+and the Davies-Bouldin index (lowest) of the best of 10 k-means restarts at each K, from
+scikit-learn.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from otclust.errors import UserError
+
+__all__ = ["CRITERIA", "choose_k", "classical_curves", "kmeans_partitions", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
+
+CRITERIA = ("stability", "silhouette", "calinski_harabasz", "davies_bouldin")
+DEFAULT_K_RANGE = (2, 15)
+
+
+def parse_clusters(text: str | int) -> int | tuple[int, int]:
+    """--clusters value: a number K, or 'auto' / 'auto:MIN-MAX' -> the (MIN, MAX) range to search."""
+    text = str(text).strip()
+    if text.isdigit():
+        if int(text) < 1:
+            raise UserError("--clusters must be at least 1, or 'auto' to choose it")
+        return int(text)
+    if text == "auto":
+        return DEFAULT_K_RANGE
+    match = re.fullmatch(r"auto:(\d+)-(\d+)", text)
+    if not match:
+        raise UserError(f"--clusters '{text}' is neither a number, 'auto', nor 'auto:MIN-MAX' (e.g. auto:2-20)")
+    k_min, k_max = int(match.group(1)), int(match.group(2))
+    if not 2 <= k_min <= k_max:
+        raise UserError(f"--clusters '{text}': need 2 <= MIN <= MAX")
+    return k_min, k_max
+
+
+def smoothed_features(features, neighbors: int = 10, rounds: int = 5) -> np.ndarray:
+    """N x D float64: unit features averaged over their `neighbors` nearest neighbours `rounds`
+    times and normalised again (rounds = 0: just unit-normalised)."""
+    import torch.nn.functional as F
+
+    from otclust.methods.clot import nearest_neighbors, smooth_over_neighbors
+
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32)).flatten(1)
+    unit = F.normalize(x, dim=1)
+    if rounds > 0:
+        unit = F.normalize(smooth_over_neighbors(unit, nearest_neighbors(x, neighbors), rounds), dim=1)
+    return unit.double().numpy()
+
+
+def _kmeans(points: np.ndarray, k: int, seed: int, n_init: int):
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+        return KMeans(n_clusters=k, n_init=n_init, random_state=seed % 2**31).fit(points)
+
+
+def stability_curve(points: np.ndarray, ks, seed: int = 0, runs: int = 10, fraction: float = 0.8, max_points: int = 10000) -> dict[int, float]:
+    """{K: mean pairwise ARI of `runs` single-restart k-means labellings, each fitted on a random
+    `fraction` of the points}. Above max_points, a fixed random subset of that many is used."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(seed)
+    if len(points) > max_points:
+        points = points[rng.choice(len(points), max_points, replace=False)]
+    n_fit = max(2, int(round(fraction * len(points))))
+    curve = {}
+    for k in ks:
+        labellings = []
+        for _ in range(runs):
+            subset = rng.choice(len(points), n_fit, replace=False)
+            labellings.append(_kmeans(points[subset], k, int(rng.integers(2**31 - 1)), n_init=1).predict(points))
+        agreements = [adjusted_rand_score(labellings[i], labellings[j]) for i in range(runs) for j in range(i + 1, runs)]
+        curve[k] = float(np.mean(agreements))
+    return curve
+
+
+def kmeans_partitions(points: np.ndarray, ks, seed: int = 0) -> dict[int, np.ndarray]:
+    """{K: labels of the best of 10 k-means++ restarts}: what the classical criteria score (and
+    the read-out a benchmark scores)."""
+    return {k: _kmeans(points, k, seed, n_init=10).labels_ for k in ks}
+
+
+def classical_curves(points: np.ndarray, partitions: dict[int, np.ndarray], seed: int = 0, max_points: int = 10000) -> dict[str, dict[int, float]]:
+    """{criterion: {K: value}} of the silhouette (on a sample of at most max_points),
+    Calinski-Harabasz and Davies-Bouldin indices of each K's partition."""
+    from sklearn import metrics
+
+    sample = min(len(points), max_points)
+    curves = {"silhouette": {}, "calinski_harabasz": {}, "davies_bouldin": {}}
+    for k, labels in partitions.items():
+        curves["silhouette"][k] = float(metrics.silhouette_score(points, labels, sample_size=sample, random_state=seed % 2**31))
+        curves["calinski_harabasz"][k] = float(metrics.calinski_harabasz_score(points, labels))
+        curves["davies_bouldin"][k] = float(metrics.davies_bouldin_score(points, labels))
+    return curves
+
+
+def pick_k(criterion: str, curve: dict[int, float], tolerance: float = 0.02) -> int:
+    """The K a criterion's curve chooses (see the module docstring)."""
+    if criterion == "stability":
+        best = max(curve.values())
+        return max(k for k, value in curve.items() if value >= best - tolerance)
+    if criterion == "davies_bouldin":
+        return min(curve, key=curve.get)
+    return max(curve, key=curve.get)
+
+
+def choose_k(
+    features,
+    k_min: int = DEFAULT_K_RANGE[0],
+    k_max: int = DEFAULT_K_RANGE[1],
+    seed: int = 0,
+    criterion: str = "stability",
+    smooth_neighbors: int = 10,
+    smooth_rounds: int = 5,
+    tolerance: float = 0.02,
+    points: np.ndarray | None = None,
+) -> tuple[int, dict[int, float]]:
+    """(chosen K, {K: criterion value} for every K in k_min..k_max) for N x D features.
+
+    criterion: 'stability' (ours; the largest K within `tolerance` of the highest stability),
+    'silhouette' or 'calinski_harabasz' (highest), 'davies_bouldin' (lowest). points: the
+    already smoothed features (``smoothed_features``), to share them between criteria.
+    """
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown K criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
+    n = len(points) if points is not None else len(features)
+    if not 2 <= k_min <= k_max:
+        raise UserError(f"choosing K needs 2 <= k_min <= k_max, got {k_min} and {k_max}")
+    if k_max >= n:
+        raise UserError(f"choosing K: k_max {k_max} must be below the {n} samples")
+    if points is None:
+        points = smoothed_features(features, smooth_neighbors, smooth_rounds)
+    ks = range(k_min, k_max + 1)
+    if criterion == "stability":
+        curve = stability_curve(points, ks, seed)
+    else:
+        curve = classical_curves(points, kmeans_partitions(points, ks, seed), seed)[criterion]
+    return pick_k(criterion, curve, tolerance), curve

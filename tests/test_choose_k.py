@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from otclust.choose_k import CRITERIA, choose_k, parse_clusters, pick_k, smoothed_features, stability_curve
+from otclust.errors import UserError
+
+
+def _blobs(k, seed):
+    sizes = [int(s) for s in np.linspace(120, 40, k)]  # unequal sizes
+    x, _ = make_blobs(n_samples=sizes, n_features=8, cluster_std=1.0, center_box=(-20, 20), random_state=seed)
+    return x
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_stability_finds_k_on_well_separated_blobs(k):
+    chosen, curve = choose_k(_blobs(k, seed=k), k_min=2, k_max=10, seed=0)
+    assert chosen == k
+    assert sorted(curve) == list(range(2, 11))  # one value per K
+    assert all(np.isfinite(v) and -1 <= v <= 1 for v in curve.values())
+
+
+@pytest.mark.parametrize("criterion", ["silhouette", "calinski_harabasz", "davies_bouldin"])
+def test_baselines_run_and_give_one_value_per_k(criterion):
+    chosen, curve = choose_k(_blobs(4, seed=0), k_min=2, k_max=7, seed=0, criterion=criterion)
+    assert sorted(curve) == list(range(2, 8))
+    assert chosen == 4
+
+
+def test_stability_is_high_at_the_true_k_and_low_when_a_cluster_must_be_cut():
+    points = smoothed_features(_blobs(3, seed=1))
+    curve = stability_curve(points, [3, 4], seed=0)
+    assert curve[3] > 0.99
+    assert curve[4] < 0.95
+
+
+def test_the_largest_k_near_the_top_is_chosen_not_the_argmax():
+    # A coarse, equally stable structure at K = 2 must not win over the true K = 5.
+    assert pick_k("stability", {2: 1.0, 3: 0.8, 4: 0.9, 5: 0.99, 6: 0.7}) == 5
+    assert pick_k("davies_bouldin", {2: 1.0, 3: 0.5, 4: 0.7}) == 3
+    assert pick_k("silhouette", {2: 0.1, 3: 0.5, 4: 0.7}) == 4
+
+
+def test_parse_clusters():
+    assert parse_clusters("7") == 7
+    assert parse_clusters("auto") == (2, 15)
+    assert parse_clusters("auto:3-20") == (3, 20)
+    for bad in ("auto:5-3", "auto:1-4", "auto:", "many", "0"):
+        with pytest.raises(UserError):
+            parse_clusters(bad)
+
+
+def test_bad_ranges_and_criteria_are_user_errors():
+    x = _blobs(3, seed=0)
+    with pytest.raises(UserError, match="k_min"):
+        choose_k(x, k_min=1, k_max=4)
+    with pytest.raises(UserError, match="below"):
+        choose_k(x[:5], k_min=2, k_max=5, smooth_rounds=0)
+    with pytest.raises(UserError, match="criterion"):
+        choose_k(x, criterion="elbow")
+    assert "stability" in CRITERIA
