@@ -11,7 +11,7 @@ import sys
 
 from otclust.errors import UserError
 
-COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report"]
+COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report", "embed"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,6 +154,9 @@ class Trainer:
         # What the training step calls: the method itself, or its DistributedDataParallel wrapper.
         self.model: torch.nn.Module | None = None
         self.train_data: torch.Tensor | None = None  # the training set, on the device
+        # N x k nearest neighbours of the training inputs when already known (a pretrained
+        # backbone's cached kNN graph), for methods that pair samples with neighbours.
+        self.input_neighbors: torch.Tensor | None = None
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)

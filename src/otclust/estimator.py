@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 
 from otclust.config import FitConfig
 from otclust.errors import UserError
+from otclust.models.pretrained import is_pretrained
 
 
 def dataset_from_array(X, name: str = "array"):
@@ -45,7 +46,7 @@ class OTClust(BaseEstimator, ClusterMixin):
     {"lam": 20} for CLOT). After fit, `labels_` holds the training samples' clusters.
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
@@ -58,12 +59,13 @@ class OTClust(BaseEstimator, ClusterMixin):
         self.params = params
         self.augment = augment
         self.verbose = verbose
+        self.weights = weights  # weights file of a pretrained backbone (timm:NAME, torchvision:NAME)
 
     def _config(self) -> FitConfig:
         from otclust.methods import get_method_class
 
         values = dict(get_method_class(self.method).default_config)
-        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}))
+        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights)
         for key in ("epochs", "batch_size", "lr"):
             if getattr(self, key) is not None:
                 values[key] = getattr(self, key)
@@ -74,7 +76,14 @@ class OTClust(BaseEstimator, ClusterMixin):
         from otclust.engine import Trainer
 
         dataset = dataset_from_array(X)
-        trainer = Trainer(self._config(), out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+        config = self._config()
+        neighbors = None
+        if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
+            from otclust.data.embeddings import pretrained_training_data
+
+            dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+        trainer = Trainer(config, out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+        trainer.input_neighbors = neighbors
         result = trainer.fit(dataset)
         self.model_ = result.method
         self.config_ = trainer.config
@@ -92,6 +101,10 @@ class OTClust(BaseEstimator, ClusterMixin):
 
         self._check_fitted()
         dataset = dataset_from_array(X)
+        if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
+            from otclust.data.embeddings import features_for_model
+
+            dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:

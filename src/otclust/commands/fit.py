@@ -34,6 +34,7 @@ def run(args) -> int:
     from otclust.data import load_dataset
     from otclust.distributed import env_rank
     from otclust.engine import Trainer
+    from otclust.models.pretrained import is_pretrained
     from otclust.runs import prepare_output_folder
 
     config = config_from_args(args)
@@ -45,9 +46,15 @@ def run(args) -> int:
     eval_dataset = None
     if args.eval_split and args.eval_split != config.split:
         eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size)
+    input_neighbors = None
+    if is_pretrained(config.backbone):  # frozen stage: embed once (cached), train on the embeddings
+        from otclust.data.embeddings import pretrained_training_data
+
+        dataset, eval_dataset, input_neighbors = pretrained_training_data(config, dataset, eval_dataset, progress=main and not args.no_progress)
     if main:
         out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
     trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+    trainer.input_neighbors = input_neighbors
     result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
     if not trainer.is_main:
         return 0
