@@ -91,7 +91,7 @@ class FrozenExtractor(nn.Module):
     `preprocess` is the library's own eval pipeline, applied to the whole batch on the device;
     grayscale images are repeated to the three channels the network was trained on."""
 
-    def __init__(self, backbone: str, network: nn.Module, preprocess, out_dim: int, weights_path: Path, in_channels: int = 3, takes_uint8: bool = False):
+    def __init__(self, backbone: str, network: nn.Module, preprocess, out_dim: int, weights_path: Path, in_channels: int | None = 3, takes_uint8: bool = False):
         super().__init__()
         self.backbone = backbone
         self.weights_path = str(weights_path)
@@ -99,7 +99,7 @@ class FrozenExtractor(nn.Module):
         self.preprocess = preprocess
         self.out_dim = int(out_dim)
         self.weights_sha256 = file_sha256(weights_path)
-        self.in_channels = in_channels
+        self.in_channels = in_channels  # None: the preprocessing converts channels itself
         self.takes_uint8 = takes_uint8  # the preprocessing scales uint8 itself (torchvision presets)
 
     def train(self, mode: bool = True):
@@ -111,7 +111,7 @@ class FrozenExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] != self.in_channels:
+        if self.in_channels is not None and images.shape[1] != self.in_channels:
             if images.shape[1] == 1:
                 images = images.expand(-1, self.in_channels, -1, -1)
             else:
@@ -328,7 +328,7 @@ def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
     out_dim = getattr(method.backbone, "out_dim", None)
     if out_dim is None:
         raise UserError(f"{path} ({method.name}) has no backbone network to embed with")
-    return FrozenExtractor(backbone, _OtclustBackbone(method), OtclustPreprocess(method), out_dim, path, in_channels=method.spec.channels, takes_uint8=True)
+    return FrozenExtractor(backbone, _OtclustBackbone(method), OtclustPreprocess(method), out_dim, path, in_channels=None, takes_uint8=True)
 
 
 def load_extractor(backbone: str, weights: str | None = None, download: bool = False) -> FrozenExtractor:
