@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import otclust.data.embeddings as embeddings_module
@@ -143,3 +144,13 @@ def test_unknown_backbone_and_weights_without_a_pretrained_backbone_are_one_line
     assert "--weights is for a pretrained backbone" in capsys.readouterr().err
     assert main(["embed", "--data", "digits", "--backbone", "resnet18"]) == 2
     assert main(["embed", "--data", "features:x.npy", "--backbone", TIMM, "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_compare_clusters_the_embeddings_with_every_method_embedding_once(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding):
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", f"folder:{blob_image_folder}", "--methods", "kmeans,clot", "--seeds", "1", "--epochs", "1", "--batch-size", "40", "--clusters", "3"]
+    assert main([*args, "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--device", "cpu", "--out", str(out)]) == 0
+    assert count_embedding == [120]
+    for method in ("kmeans", "clot"):
+        config = yaml.safe_load((out / method / "seed0" / "config.yaml").read_text())
+        assert config["backbone"] == TIMM and config["weights_sha256"] == file_sha256(random_weights[TIMM])

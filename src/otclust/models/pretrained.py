@@ -91,7 +91,7 @@ class FrozenExtractor(nn.Module):
     `preprocess` is the library's own eval pipeline, applied to the whole batch on the device;
     grayscale images are repeated to the three channels the network was trained on."""
 
-    def __init__(self, backbone: str, network: nn.Module, preprocess, out_dim: int, weights_path: Path, in_channels: int | None = 3, takes_uint8: bool = False):
+    def __init__(self, backbone: str, network: nn.Module, preprocess, out_dim: int, weights_path: Path, in_channels: int | None = 3, takes_uint8: bool = False, input_size: tuple | None = None):
         super().__init__()
         self.backbone = backbone
         self.weights_path = str(weights_path)
@@ -101,6 +101,7 @@ class FrozenExtractor(nn.Module):
         self.weights_sha256 = file_sha256(weights_path)
         self.in_channels = in_channels  # None: the preprocessing converts channels itself
         self.takes_uint8 = takes_uint8  # the preprocessing scales uint8 itself (torchvision presets)
+        self.input_size = input_size  # (height, width) the network sees after preprocessing
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: batch-norm statistics and dropout stay as trained
@@ -241,7 +242,7 @@ def _timm_extractor(backbone: str, name: str, weights, download: bool) -> Frozen
     _load_exactly(network, state, path, backbone)
     config = timm.data.resolve_data_config(model=network)
     preprocess = ClampedPipeline(timm.data.create_transform(**config))
-    return FrozenExtractor(backbone, network, preprocess, network.num_features, path, in_channels=int(config["input_size"][0]))
+    return FrozenExtractor(backbone, network, preprocess, network.num_features, path, in_channels=int(config["input_size"][0]), input_size=tuple(config["input_size"][1:]))
 
 
 def _load_exactly(network: nn.Module, state: dict, path: Path, backbone: str) -> None:
@@ -284,7 +285,9 @@ def _torchvision_extractor(backbone: str, name: str, weights, download: bool) ->
     module_name, linear = _last_linear(network)
     parent = network.get_submodule(module_name.rpartition(".")[0]) if "." in module_name else network
     setattr(parent, module_name.rpartition(".")[2], nn.Identity())
-    return FrozenExtractor(backbone, network, weights_enum.transforms(), linear.in_features, path, takes_uint8=True)
+    preset = weights_enum.transforms()
+    crop = list(preset.crop_size) * (2 if len(preset.crop_size) == 1 else 1)
+    return FrozenExtractor(backbone, network, preset, linear.in_features, path, takes_uint8=True, input_size=tuple(crop))
 
 
 class OtclustPreprocess:
@@ -328,7 +331,7 @@ def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
     out_dim = getattr(method.backbone, "out_dim", None)
     if out_dim is None:
         raise UserError(f"{path} ({method.name}) has no backbone network to embed with")
-    return FrozenExtractor(backbone, _OtclustBackbone(method), OtclustPreprocess(method), out_dim, path, in_channels=None, takes_uint8=True)
+    return FrozenExtractor(backbone, _OtclustBackbone(method), OtclustPreprocess(method), out_dim, path, in_channels=None, takes_uint8=True, input_size=tuple(method.spec.image_size))
 
 
 def load_extractor(backbone: str, weights: str | None = None, download: bool = False) -> FrozenExtractor:
