@@ -101,6 +101,11 @@ def test_without_weights_nothing_is_downloaded_unless_asked(offline_caches):
             load_extractor(backbone)
 
 
+def test_download_without_a_network_is_a_one_line_error(offline_caches):
+    with pytest.raises(UserError, match="could not download the weights of torchvision:mobilenet_v3_small"):
+        load_extractor("torchvision:mobilenet_v3_small", download=True)
+
+
 def test_the_librarys_local_caches_are_used(random_weights, offline_caches):
     import_torchvision()
     from torchvision.models import MobileNet_V3_Small_Weights

@@ -176,13 +176,21 @@ def _timm_weights_file(name: str, pretrained_cfg: dict, download: bool) -> Path:
     if hub_id:
         from huggingface_hub import hf_hub_download
 
-        try:
-            return Path(hf_hub_download(hub_id, "model.safetensors", cache_dir=_hf_cache_dir()))
-        except Exception:  # noqa: BLE001 - older repositories only have the pickle
-            return Path(hf_hub_download(hub_id, "pytorch_model.bin", cache_dir=_hf_cache_dir()))
-    target = _torch_hub_checkpoint(url)
+        for filename in ("model.safetensors", "pytorch_model.bin"):  # older repositories only have the pickle
+            try:
+                return Path(hf_hub_download(hub_id, filename, cache_dir=_hf_cache_dir()))
+            except Exception as error:  # noqa: BLE001 - network, missing file: said in one line below
+                failure = error
+        raise UserError(f"could not download the weights of timm:{name} from {hub_id}: {type(failure).__name__}; pass --weights PATH instead")
+    return _download(url, _torch_hub_checkpoint(url), f"timm:{name}")
+
+
+def _download(url: str, target: Path, what: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(target), progress=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as error:  # noqa: BLE001 - no network, proxy, HTTP error: one line, not a traceback
+        raise UserError(f"could not download the weights of {what} from {url}: {type(error).__name__}; pass --weights PATH instead") from None
     return target
 
 
@@ -192,9 +200,7 @@ def _torchvision_weights_file(name: str, weights_enum, download: bool) -> Path:
         return cached
     if not download:
         raise UserError(f"the weights of torchvision:{name} are not in the local cache ({cached}): pass --weights PATH, or --download to fetch them (needs a network)")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(weights_enum.url, str(cached), progress=True)
-    return cached
+    return _download(weights_enum.url, cached, f"torchvision:{name}")
 
 
 def _read_state_dict(path: Path) -> dict:
