@@ -37,6 +37,7 @@ from otclust.data import ImageDataset  # noqa: E402
 from otclust.data.embeddings import PRETRAINED_CLOT_PARAMS, embed_images, knn_graph  # noqa: E402
 from otclust.engine import Trainer  # noqa: E402
 from otclust.models.pretrained import import_timm, import_torchvision, load_extractor  # noqa: E402
+from otclust.runs import prepare_output_folder  # noqa: E402
 
 
 def random_weights_file(backbone: str, folder: Path) -> Path:
@@ -110,18 +111,22 @@ def transfer(args) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        run = Path(folder) / "source"
+        run = prepare_output_folder(Path(folder) / "source")
         Trainer(FitConfig(data=args.source, clusters=10, epochs=args.epochs, device="cpu", seed=args.seed), out_dir=run, **quiet).fit(source)
         source_seconds = time.perf_counter() - started
         extractor = load_extractor(f"otclust:{run / 'model.pt'}")
         for seed in range(args.seeds):
-            started = time.perf_counter()
-            embedded = embed_dataset(target, extractor, torch.device("cpu"), neighbors=50, progress=False, use_cache=False, log=lambda m: None)
-            config = FitConfig(data=args.target, clusters=10, epochs=args.head_epochs, device="cpu", seed=seed, params=dict(PRETRAINED_CLOT_PARAMS), backbone=f"otclust:{run / 'model.pt'}")
-            trainer = Trainer(config, **quiet)
-            trainer.input_neighbors = torch.from_numpy(embedded.neighbors)
-            m = trainer.fit(features_dataset(target, embedded.features)).metrics
-            rows.append((f"frozen otclust: backbone + head ({args.head_epochs} epochs)", seed, m, time.perf_counter() - started))
+            for predict_by in args.predict_by.split(","):
+                started = time.perf_counter()
+                embedded = embed_dataset(target, extractor, torch.device("cpu"), neighbors=50, progress=False, use_cache=False, log=lambda m: None)
+                params = {**PRETRAINED_CLOT_PARAMS, "predict_by": predict_by}
+                config = FitConfig(data=args.target, clusters=10, epochs=args.head_epochs, device="cpu", seed=seed, params=params, backbone=f"otclust:{run / 'model.pt'}")
+                trainer = Trainer(config, **quiet)
+                trainer.input_neighbors = torch.from_numpy(embedded.neighbors)
+                m = trainer.fit(features_dataset(target, embedded.features)).metrics
+                rows.append((f"frozen otclust: backbone, CLOT on the embeddings ({args.head_epochs} epochs, predict_by={predict_by})", seed, m, time.perf_counter() - started))
+            if args.scratch_epochs == 0:
+                continue
             started = time.perf_counter()
             m = Trainer(FitConfig(data=args.target, clusters=10, epochs=args.scratch_epochs, device="cpu", seed=seed), **quiet).fit(target).metrics
             rows.append((f"from scratch (small-cnn, {args.scratch_epochs} epochs)", seed, m, time.perf_counter() - started))
@@ -155,7 +160,8 @@ def main() -> None:
     p.add_argument("--target-samples", type=int, default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--head-epochs", type=int, default=20)
-    p.add_argument("--scratch-epochs", type=int, default=60, help="CLOT small-cnn from scratch on the target (60: the digits recipe)")
+    p.add_argument("--scratch-epochs", type=int, default=60, help="CLOT small-cnn from scratch on the target (60: the digits recipe; 0: skip)")
+    p.add_argument("--predict-by", default="head,kmeans", help="CLOT read-outs to run on the frozen embeddings")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
