@@ -132,3 +132,41 @@ def run_interrupted_and_resumed(tmp_path):
         return straight, resumed
 
     return run
+
+
+# --- pretrained backbones (the 'pretrained' extra): random weights, nothing downloaded ------------
+
+
+@pytest.fixture
+def offline_caches(tmp_path, monkeypatch):
+    """otclust's, torch hub's and Hugging Face's caches empty under tmp_path, and the network
+    refused: a test that tried to download anything fails."""
+    for variable, sub in (("XDG_CACHE_HOME", "xdg"), ("TORCH_HOME", "torch"), ("HF_HOME", "hf")):
+        monkeypatch.setenv(variable, str(tmp_path / sub))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    import socket
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+    """{backbone: weights file} for a tiny timm ViT and torchvision's MobileNetV3-small, random."""
+    from otclust.models.pretrained import import_timm, import_torchvision
+
+    timm = import_timm()
+    import_torchvision()
+    from torchvision.models import get_model
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    paths = {"timm:test_vit": root / "test_vit.pt", "torchvision:mobilenet_v3_small": root / "mobilenet_v3_small.pt"}
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), paths["timm:test_vit"])
+    torch.save(get_model("mobilenet_v3_small", weights=None).state_dict(), paths["torchvision:mobilenet_v3_small"])
+    return paths

@@ -12,7 +12,7 @@ import sys
 
 from otclust.errors import UserError, is_out_of_memory, out_of_memory_message
 
-COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report", "upgrade-checkpoint"]
+COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report", "upgrade-checkpoint", "embed"]
 
 # Advice when memory runs out where no finer guard caught it (e.g. while decoding the data).
 GENERIC_MEMORY_ADVICE = "use a smaller data set or --image-size, a smaller --batch-size, or a machine with more memory"

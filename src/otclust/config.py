@@ -43,6 +43,10 @@ class FitConfig:
     params: dict = field(default_factory=dict)
     download: bool = False
     image_size: int | None = None
+    # A pretrained backbone (LIBRARY:NAME): its weights file and that file's sha256, which
+    # predict checks before running new images through the same network.
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +70,13 @@ class FitConfig:
             raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
         if self.split not in ("all", "train", "test", "unlabeled", "train+unlabeled"):
             raise UserError(f"--split must be all, train or test, got '{self.split}'")
+        from otclust.models import BACKBONES
+        from otclust.models.pretrained import is_pretrained
+
+        if self.backbone not in BACKBONES and not is_pretrained(self.backbone):
+            raise UserError(f"unknown backbone '{self.backbone}': use one of {', '.join(BACKBONES)}, or a pretrained timm:NAME, torchvision:NAME, otclust:RUN/model.pt")
+        if self.weights and not is_pretrained(self.backbone):
+            raise UserError(f"--weights is for a pretrained backbone (timm:NAME, torchvision:NAME); --backbone is '{self.backbone}'")
         return self
 
 

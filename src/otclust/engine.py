@@ -173,6 +173,9 @@ class Trainer:
         # The run's length, fixed when fit knows N (`_resolve_budget`): methods schedule within it.
         self.steps_per_epoch: int | None = None
         self.total_steps: int | None = None
+        # N x k nearest neighbours of the training inputs when already known (a pretrained
+        # backbone's cached kNN graph), for methods that pair samples with neighbours.
+        self.input_neighbors: torch.Tensor | None = None
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)

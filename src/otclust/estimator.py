@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from otclust.config import FitConfig
 from otclust.errors import UserError
+from otclust.models.pretrained import is_pretrained
 
 
 class InputValueError(UserError, ValueError):
@@ -126,7 +127,7 @@ class OTClust(ClusterMixin, BaseEstimator):
     with a ValueError all the same).
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
@@ -140,12 +141,13 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.params = params
         self.augment = augment
         self.verbose = verbose
+        self.weights = weights  # weights file of a pretrained backbone (timm:NAME, torchvision:NAME)
 
     def _config(self) -> FitConfig:
         from otclust.methods import get_method_class
 
         values = dict(get_method_class(self.method).default_config)
-        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}))
+        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights)
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
             values.update(epochs=self.epochs, steps=self.steps)
         for key in ("batch_size", "lr"):
@@ -163,7 +165,13 @@ class OTClust(ClusterMixin, BaseEstimator):
         dataset = dataset_from_array(X)
         if dataset.n_samples < config.clusters:
             raise InputValueError(f"n_samples={dataset.n_samples} is fewer than n_clusters={config.clusters}: pass more samples or ask for fewer clusters")
+        neighbors = None
+        if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
+            from otclust.data.embeddings import pretrained_training_data
+
+            dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         trainer = Trainer(config, out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+        trainer.input_neighbors = neighbors
         result = trainer.fit(dataset)
         self.model_ = result.method
         self.config_ = trainer.config
@@ -189,6 +197,10 @@ class OTClust(ClusterMixin, BaseEstimator):
 
         self._check_fitted()
         dataset = dataset_from_array(X)
+        if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
+            from otclust.data.embeddings import features_for_model
+
+            dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:

@@ -79,7 +79,7 @@ class DataCache:
 
         key = (config.data, config.split, bool(config.download), config.image_size)
         if key not in self._loaded:
-            self._loaded[key] = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size)
+            self._loaded[key] = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size, backbone=config.backbone)
         return self._loaded[key]
 
 
@@ -173,6 +173,7 @@ def run_one(
     import yaml
 
     from otclust.engine import Trainer
+    from otclust.models.pretrained import is_pretrained
     from otclust.runs import prepare_output_folder
 
     out = Path(out)
@@ -193,9 +194,16 @@ def run_one(
     try:
         prepare_output_folder(out, overwrite=overwrite, check_only=True)
         dataset = data.get(config)
-        prepare_output_folder(out, overwrite=overwrite)
         log = (lambda message: print(f"    {message}", flush=True)) if verbose else (lambda message: None)
-        result = Trainer(config, out_dir=out, progress=False, log=log).fit(dataset)
+        input_neighbors = None
+        if is_pretrained(config.backbone):  # frozen stage: embeddings (cached once for all runs) in place of images
+            from otclust.data.embeddings import pretrained_training_data
+
+            dataset, _, input_neighbors = pretrained_training_data(config, dataset, progress=False, log=log)
+        prepare_output_folder(out, overwrite=overwrite)
+        trainer = Trainer(config, out_dir=out, progress=False, log=log)
+        trainer.input_neighbors = input_neighbors
+        result = trainer.fit(dataset)
         outcome.metrics = result.metrics
     except UserError as error:
         outcome.error = str(error)

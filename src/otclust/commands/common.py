@@ -35,7 +35,7 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = False) ->
         help=f"data set: {', '.join(DATASET_NAMES)}; e.g. digits, fashion-mnist, cifar10:DIR, folder:DIR, features:X.npy (default: digits)",
     )
     parser.add_argument("--split", default=None, help="which part of the data: all (train and test joined, the papers' protocol; default), train, test")
-    parser.add_argument("--download", action="store_true", default=None, help="download the data set if it is missing (needs a network)")
+    parser.add_argument("--download", action="store_true", default=None, help="download the data set (and a pretrained backbone's weights) if missing (needs a network)")
     parser.add_argument(
         "--image-size",
         type=int,
@@ -124,7 +124,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=int, default=None, help=f"linear warm-up epochs ({method_defaults('warmup_epochs')})")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     parser.add_argument("--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-    parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        metavar="|".join(BACKBONES) + "|LIBRARY:NAME",
+        help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks. Or a frozen pretrained "
+        "extractor, timm:NAME, torchvision:NAME or otclust:RUN/model.pt: the data are embedded once (cached) and the method "
+        "trains on the embeddings (docs/pretrained.md)",
+    )
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file of a pretrained --backbone (default: the library's local cache; --download fetches them)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
     parser.add_argument(
         "--sync-batchnorm",
@@ -139,7 +147,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         metavar="uniform|auto[:TAU]|auto:p2ot[:TAU]|P1,P2,..|FILE",
         help="cluster sizes for the OT constraint: uniform (default), auto (estimated while training; auto:TAU also "
         "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:1: unbalanced OT for CLOT, SwAV and SeLa; auto:p2ot[:TAU]: progressive partial OT as in P2OT, "
-        "the sizes KL-relaxed and the labelled share of the mass ramped from 10% to 100% over training), or known sizes (any order)",
+        "the sizes KL-relaxed and the labelled share of the mass ramped from 10%% to 100%% over training), or known sizes (any order)",
     )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param lam=20 (repeatable)")
     parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable)")
@@ -170,7 +178,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         values.pop("steps", None)
     if getattr(args, "steps", None) is not None:
         values.pop("epochs", None)
-    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size"):
+    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size", "weights"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value

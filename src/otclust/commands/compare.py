@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--batch-size", type=int, default=None, help="images per step for every method")
     parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: the recipe's, else 10)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--backbone", default=None, choices=BACKBONES, help="network for every method (default: each recipe's choice)")
+    parser.add_argument("--backbone", default=None, metavar="|".join(BACKBONES) + "|LIBRARY:NAME", help="network for every method (default: each recipe's choice); a pretrained timm:NAME / torchvision:NAME / otclust:RUN/model.pt embeds the data once and every method clusters the embeddings")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file of a pretrained --backbone")
     parser.add_argument("--cluster-proportions", default=None, metavar="uniform|auto|P1,P2,..|FILE", help="cluster-size prior for every method")
     parser.add_argument("--eval-every", type=int, default=None, help="score every N epochs (the last epoch is always scored)")
     parser.add_argument("--overwrite", action="store_true", help="redo every run and replace the tables in --out")
@@ -88,6 +89,7 @@ def method_config(args, method: str, data: str):
         batch_size=args.batch_size,
         device=args.device,
         backbone=args.backbone,
+        weights=args.weights,
         cluster_proportions=args.cluster_proportions,
         eval_every=args.eval_every,
         param=[],

@@ -35,6 +35,7 @@ def run(args) -> int:
     from otclust.data import load_dataset
     from otclust.distributed import env_rank
     from otclust.engine import Trainer
+    from otclust.models.pretrained import is_pretrained
     from otclust.runs import prepare_output_folder
 
     config = config_from_args(args)
@@ -42,13 +43,24 @@ def run(args) -> int:
     main = env_rank() == 0  # under torchrun only rank 0 touches the run folder
     if main and not args.resume:
         prepare_output_folder(out, overwrite=args.overwrite, check_only=True)
-    dataset = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size)
+    if args.no_progress:
+        from otclust.data.decode import SETTINGS
+
+        SETTINGS.progress = False  # the decoding bars too
+    # The folder loader picks its working resolution for the backbone that will read the images.
+    dataset = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size, backbone=config.backbone)
     eval_dataset = None
     if args.eval_split and args.eval_split != config.split:
-        eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size)
+        eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size, backbone=config.backbone)
+    input_neighbors = None
+    if is_pretrained(config.backbone):  # frozen stage: embed once (cached), train on the embeddings
+        from otclust.data.embeddings import pretrained_training_data
+
+        dataset, eval_dataset, input_neighbors = pretrained_training_data(config, dataset, eval_dataset, progress=main and not args.no_progress)
     if main:
         out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
     trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
+    trainer.input_neighbors = input_neighbors
     result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
     if not trainer.is_main:
         return 0

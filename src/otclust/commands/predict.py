@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out, and otclust's cluster folders in --export, if they exist")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="a model fitted behind a pretrained backbone: its weights file, if no longer where the model recorded it (its sha256 must match)")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     parser.add_argument("--assign", choices=["argmax", "balanced"], default="argmax", help=ASSIGN_HELP)
     parser.add_argument("--eps", type=float, default=0.05, help="entropic temperature of --assign balanced, in log-probability units (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05)")
@@ -60,6 +61,12 @@ def load_data_for_model(args, method, config):
 
     spec = args.data or config.data
     dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=args.image_size)
+    from otclust.models.pretrained import is_pretrained
+
+    if is_pretrained(config.backbone) and not dataset.is_features:  # through the same frozen backbone first
+        from otclust.data.embeddings import features_for_model
+
+        dataset = features_for_model(config, dataset, weights=getattr(args, "weights", None), device=args.device)
     model_spec = method.spec
     if model_spec.is_features != dataset.is_features:
         kind = "feature vectors" if model_spec.is_features else "images"

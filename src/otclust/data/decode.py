@@ -255,7 +255,7 @@ def _map(function, items: list, workers: int, description: str | None):
         if show:
             from tqdm.auto import tqdm
 
-            results = tqdm(results, total=len(items), desc=description, unit="img", leave=False, file=sys.stderr)
+            results = tqdm(results, total=len(items), desc=description, unit="img", leave=False, file=sys.stderr, disable=None)
         yield from results
     finally:
         if pool is not None:

@@ -74,6 +74,10 @@ class ClotParams:
     neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
     neighbor_start: int = 1  # first epoch (0-based) with neighbour views; mined from the backbone before it
     neighbor_every: int = 1  # re-mine the neighbours every this many epochs
+    # backbone: neighbours in the backbone's feature space, mined as above. input: neighbours of the
+    # inputs themselves (feature vectors, e.g. a frozen pretrained backbone's embeddings, whose
+    # cached kNN graph the trainer passes in), found once before the first epoch and kept.
+    neighbor_source: str = "backbone"
     # Where 'auto' takes its cluster sizes from. "features": the sorted cluster masses of k-means
     # (lowest inertia of 10 restarts) on the neighbour-smoothed backbone features, re-estimated
     # size_updates times evenly spread over training, or each time neighbours are mined when
@@ -279,6 +283,10 @@ class Clot(ClusteringMethod):
             raise UserError(f"clot parameter kmeans_choice must be 'prior' or 'inertia', got '{params.kmeans_choice}'")
         if params.smooth_rounds < 0 or params.smooth_neighbors < 1:
             raise UserError(f"clot parameters smooth_rounds must be >= 0 and smooth_neighbors >= 1, got {params.smooth_rounds} and {params.smooth_neighbors}")
+        if params.neighbor_source not in ("backbone", "input"):
+            raise UserError(f"clot parameter neighbor_source must be 'backbone' or 'input', got '{params.neighbor_source}'")
+        if params.neighbor_source == "input" and params.neighbors > 0 and not spec.is_features:
+            raise UserError("clot parameter neighbor_source=input needs feature vectors (features:X.npy or a pretrained --backbone)")
         if params.neighbors < 0 or params.neighbor_every < 1:
             raise UserError(f"clot parameters neighbors must be >= 0 and neighbor_every >= 1, got {params.neighbors} and {params.neighbor_every}")
         self.teacher = None
@@ -296,16 +304,21 @@ class Clot(ClusteringMethod):
         self.neighbor_images = trainer.train_data
         if self.neighbor_index is not None:  # resumed from a checkpoint
             self.neighbor_index = self.neighbor_index.to(trainer.train_data.device)
+        elif self.params.neighbors > 0 and self.params.neighbor_source == "input":
+            given = trainer.input_neighbors
+            if given is None or given.shape[1] < min(self.params.neighbors, len(trainer.train_data) - 1):
+                given = nearest_neighbors(trainer.train_data, self.params.neighbors)
+            self.neighbor_index = given[:, : self.params.neighbors].to(trainer.train_data.device)
 
     def on_epoch_start(self, trainer, epoch):
         self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
         self.clustering = epoch >= self.params.cluster_start
         p = self.params
-        mining = p.neighbors > 0 and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None)
+        mining = p.neighbors > 0 and p.neighbor_source == "backbone" and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None)
         # auto_sizes=features re-estimates when neighbours are mined (one embedding, one kNN
         # search for both: 47 s a time on Fashion-MNIST), else size_updates times over training.
         estimating = self.prior_mode == "auto" and p.auto_sizes == "features"
-        estimating = estimating and (mining if p.neighbors > 0 else epoch in size_update_epochs(trainer.config.epochs, p.size_updates))
+        estimating = estimating and (mining if p.neighbors > 0 and p.neighbor_source == "backbone" else epoch in size_update_epochs(trainer.config.epochs, p.size_updates))
         if not (mining or estimating):
             return
         features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)

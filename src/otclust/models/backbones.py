@@ -108,6 +108,14 @@ def build_backbone(name: str, channels: int | None, image_size: tuple[int, int] 
     The small CNN is the default for images because it is what runs on a CPU; choose resnet18 on
     a GPU for CIFAR/STL-sized photos.
     """
+    from otclust.models.pretrained import is_pretrained
+
+    if is_pretrained(name):
+        # A pretrained backbone is a frozen stage before training (data/embeddings.py): the
+        # method's own network is the MLP on the features it produced.
+        if feature_dim is None:
+            raise UserError(f"backbone '{name}' embeds images before training: use otclust fit or OTClust, which run it first")
+        name = "mlp"
     if name == "auto":
         name = "mlp" if feature_dim is not None else "small-cnn"
     if feature_dim is not None and name != "mlp":
@@ -120,4 +128,4 @@ def build_backbone(name: str, channels: int | None, image_size: tuple[int, int] 
         return SmallCNN(channels, image_size)
     if name in ("resnet18", "resnet34"):
         return ResNetCifar(channels, depth=int(name[len("resnet"):]))
-    raise UserError(f"unknown backbone '{name}': use one of {', '.join(BACKBONES)}")
+    raise UserError(f"unknown backbone '{name}': use one of {', '.join(BACKBONES)}, or a pretrained timm:NAME, torchvision:NAME, otclust:RUN/model.pt")

@@ -1,0 +1,66 @@
+"""otclust embed: run a data set through a frozen pretrained backbone once and cache the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from otclust.commands.common import HelpFormatter, add_data_options
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed a data set with a frozen pretrained backbone (cached with its kNN graph; fit reuses it)",
+        description=(
+            "Run every image of --data through a frozen pretrained backbone (its own preprocessing, batched, with a "
+            "progress bar in images/s) and store the embeddings and their nearest-neighbour graph in otclust's cache, "
+            "where 'otclust fit --backbone B' with the same data and weights finds them. --out also writes them as "
+            "FILE.npy (+ FILE.labels.npy, FILE.knn.npy, FILE.json), usable as --data features:FILE.npy. See docs/pretrained.md."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    add_data_options(parser)
+    parser.add_argument("--backbone", required=True, metavar="LIBRARY:NAME", help="timm:NAME, torchvision:NAME or otclust:RUN/model.pt")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the library's local cache; --download fetches them)")
+    parser.add_argument("--out", default=None, metavar="FILE.npy", help="also write the embeddings to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--neighbors", type=int, default=50, help="neighbours per image in the cached kNN graph (0: none)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from otclust.data import load_dataset
+    from otclust.data.embeddings import embed_dataset, write_features_file
+    from otclust.engine import select_device
+    from otclust.errors import UserError
+    from otclust.models.pretrained import is_pretrained, load_extractor
+
+    if not is_pretrained(args.backbone):
+        raise UserError(f"--backbone must be timm:NAME, torchvision:NAME or otclust:RUN/model.pt, got '{args.backbone}'")
+    if args.batch_size < 1 or args.neighbors < 0:
+        raise UserError(f"--batch-size must be at least 1 and --neighbors at least 0, got {args.batch_size} and {args.neighbors}")
+    no_cache = args.cache is False  # --no-cache (a data option): neither the decoded-image nor the embedding cache
+    if no_cache and not args.out:
+        raise UserError("--no-cache keeps nothing without --out FILE.npy")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.suffix != ".npy":
+            raise UserError(f"--out must name a .npy file, got {out}")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
+    extractor = load_extractor(args.backbone, args.weights, download=bool(args.download))
+    dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size)
+    embeddings = embed_dataset(
+        dataset, extractor, select_device(args.device), batch_size=args.batch_size, neighbors=args.neighbors, progress=not args.no_progress, use_cache=not no_cache
+    )
+    meta = embeddings.meta
+    speed = " (from the cache)" if embeddings.from_cache else f" at {meta['images_per_second']:.1f} images/s"
+    print(f"{len(embeddings.features)} x {embeddings.features.shape[1]} embeddings of {dataset.name} by {args.backbone}{speed}")
+    if out is not None:
+        for path in write_features_file(out, embeddings, dataset.labels):
+            print(f"written: {path}")
+        print(f"cluster them with: otclust fit --data features:{out}")
+    return 0

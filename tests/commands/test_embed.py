@@ -1,0 +1,156 @@
+"""otclust embed, and fit / predict / the estimator with a frozen pretrained backbone: the cache
+(embeddings + kNN graph) is filled once and reused, the backbone stays frozen, the checkpoint
+names the weights by sha256 and predict runs new images through the same network or refuses."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import otclust.data.embeddings as embeddings_module
+from otclust.cli import main
+from otclust.models.pretrained import file_sha256, load_extractor
+
+TIMM = "timm:test_vit"
+TV = "torchvision:mobilenet_v3_small"
+
+
+@pytest.fixture
+def count_embedding(monkeypatch):
+    """How many images went through a backbone (embed_images wrapped with a counter)."""
+    calls = []
+    real = embeddings_module.embed_images
+
+    def counted(extractor, data, *args, **kwargs):
+        calls.append(len(data))
+        return real(extractor, data, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings_module, "embed_images", counted)
+    return calls
+
+
+def fit_args(data, weights, out, backbone=TIMM, *extra):
+    return ["fit", "--data", data, "--backbone", backbone, "--weights", str(weights), "--clusters", "3", "--epochs", "2", "--batch-size", "40", "--out", str(out), "--no-progress", "--device", "cpu", *extra]
+
+
+def test_embed_writes_features_labels_and_the_knn_graph(blob_image_folder, random_weights, offline_caches, tmp_path, capsys):
+    out = tmp_path / "emb.npy"
+    code = main(["embed", "--data", f"folder:{blob_image_folder}", "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--out", str(out), "--neighbors", "5", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    features = np.load(out)
+    assert features.shape == (120, 64) and features.dtype == np.float32
+    assert np.load(tmp_path / "emb.labels.npy").tolist() == sorted(np.load(tmp_path / "emb.labels.npy").tolist())
+    meta = json.loads((tmp_path / "emb.json").read_text())
+    assert meta["backbone"] == TIMM and meta["weights_sha256"] == file_sha256(random_weights[TIMM]) and meta["images_per_second"] > 0
+    # the kNN graph against scikit-learn's exact cosine neighbours (each image excluded from its own list)
+    from sklearn.neighbors import NearestNeighbors
+
+    expected = NearestNeighbors(n_neighbors=6, metric="cosine").fit(features).kneighbors(features, return_distance=False)[:, 1:]
+    graph = np.load(tmp_path / "emb.knn.npy")
+    assert graph.shape == (120, 5)
+    # the same neighbours up to near-ties: the similarities of both lists agree (float64 reference)
+    unit = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    rows = np.arange(120)[:, None]
+    ours, theirs = (unit[rows] * unit[graph]).sum(-1), (unit[rows] * unit[expected]).sum(-1)
+    assert np.allclose(ours, theirs, atol=1e-5)
+    assert (graph != rows).all()
+    assert "features:" in capsys.readouterr().out
+    # the same embeddings when the features file is clustered as any features file
+    assert main(["fit", "--data", f"features:{out}", "--clusters", "3", "--epochs", "1", "--batch-size", "40", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 0
+
+
+def test_fit_reuses_the_cache_and_predict_runs_new_images_through_the_same_backbone(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding, capsys):
+    data = f"folder:{blob_image_folder}"
+    weights = random_weights[TIMM]
+    assert main(["embed", "--data", data, "--backbone", TIMM, "--weights", str(weights), "--no-progress", "--device", "cpu"]) == 0
+    assert count_embedding == [120]
+    before = file_sha256(weights)
+    assert main(fit_args(data, weights, tmp_path / "run")) == 0
+    assert count_embedding == [120], "fit embedded the data again instead of reading the cache"
+    assert main(fit_args(data, weights, tmp_path / "run2", TIMM, "--seed", "1")) == 0
+    assert count_embedding == [120]
+    checkpoint = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    assert config["backbone"] == TIMM and config["weights_sha256"] == before and config["weights"] == str(weights.resolve())
+    # frozen: the weights file is untouched and nothing of the backbone went into the checkpoint
+    assert file_sha256(weights) == before
+    assert not any(key.startswith(("blocks.", "patch_embed", "network.")) for key in checkpoint["model"])
+    # CLOT trained on the cached kNN graph: the neighbour view came from the frozen space
+    graph = np.load(next((offline_caches / "xdg" / "otclust" / "embeddings").glob("*.knn.npy")))
+    assert np.array_equal(checkpoint["method_state"]["neighbor_index"].numpy(), graph[:, :20])
+
+    # new images, another size and colour mode: embedded by the same network, then the head
+    new = tmp_path / "new"
+    new.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, size=(15, 11, 3), dtype=np.uint8)).save(new / f"{i}.png")
+    preds = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", f"folder:{new}", "--out", str(preds), "--device", "cpu"]) == 0
+    assert count_embedding == [120, 7]
+    rows = list(csv.DictReader(open(preds)))
+    from otclust.data import load_dataset
+    from otclust.engine import load_trained
+
+    method, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
+    images = load_dataset(f"folder:{new}").data
+    expected = method.predict_proba(load_extractor(TIMM, str(weights))(images)).argmax(1)
+    assert [int(r["cluster"]) for r in rows] == expected.tolist()
+
+
+def test_predict_refuses_other_weights_and_asks_for_moved_ones(blob_image_folder, random_weights, offline_caches, tmp_path, capsys):
+    data = f"folder:{blob_image_folder}"
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights[TIMM].read_bytes())
+    assert main(fit_args(data, weights, tmp_path / "run")) == 0
+    model = str(tmp_path / "run" / "model.pt")
+    other = tmp_path / "other.pt"
+    state = torch.load(weights, weights_only=True)
+    state["cls_token"] = state["cls_token"] + 1.0
+    torch.save(state, other)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", model, "--data", data, "--out", str(tmp_path / "p.csv"), "--weights", str(other), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "is not the one this model was trained with" in error and len(error.splitlines()) == 1
+    weights.rename(tmp_path / "moved.pt")
+    assert main(["predict", "--checkpoint", model, "--data", data, "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 2
+    assert "weights file not found" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", model, "--data", data, "--out", str(tmp_path / "p.csv"), "--weights", str(tmp_path / "moved.pt"), "--device", "cpu"]) == 0
+
+
+def test_estimator_with_a_torchvision_backbone(blob_images, random_weights, offline_caches, tmp_path):
+    from otclust import OTClust
+
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=2, batch_size=40, device="cpu", backbone=TV, weights=str(random_weights[TV])).fit(images)
+    assert model.config_.weights_sha256 == file_sha256(random_weights[TV])
+    assert model.model_.spec.feature_dim == 1024
+    new = np.random.default_rng(2).integers(0, 256, size=(9, 16, 16, 3), dtype=np.uint8)
+    labels = model.predict(new)
+    model.save(tmp_path / "m.pt")
+    again = OTClust.load(tmp_path / "m.pt", device="cpu")
+    assert np.array_equal(again.predict(new), labels)
+    assert np.array_equal(again.predict(images), model.labels_)
+
+
+def test_unknown_backbone_and_weights_without_a_pretrained_backbone_are_one_line_errors(tmp_path, capsys):
+    assert main(["fit", "--backbone", "resnet50", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown backbone 'resnet50'" in capsys.readouterr().err
+    assert main(["fit", "--backbone", "small-cnn", "--weights", "x.pt", "--out", str(tmp_path / "b")]) == 2
+    assert "--weights is for a pretrained backbone" in capsys.readouterr().err
+    assert main(["embed", "--data", "digits", "--backbone", "resnet18"]) == 2
+    assert main(["embed", "--data", "features:x.npy", "--backbone", TIMM, "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_compare_clusters_the_embeddings_with_every_method_embedding_once(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding):
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", f"folder:{blob_image_folder}", "--methods", "kmeans,clot", "--seeds", "1", "--epochs", "1", "--batch-size", "40", "--clusters", "3"]
+    assert main([*args, "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--device", "cpu", "--out", str(out)]) == 0
+    assert count_embedding == [120]
+    for method in ("kmeans", "clot"):
+        config = yaml.safe_load((out / method / "seed0" / "config.yaml").read_text())
+        assert config["backbone"] == TIMM and config["weights_sha256"] == file_sha256(random_weights[TIMM])

@@ -1,0 +1,158 @@
+"""Frozen pretrained extractors: the libraries' own preprocessing and classifier removal, checked
+against the libraries' per-image paths; where weights come from (file, local cache, never the
+network unasked); clear one-line errors for a missing extra and a file that does not fit."""
+
+import builtins
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otclust.errors import UserError
+from otclust.models.pretrained import file_sha256, import_timm, import_torchvision, is_pretrained, load_extractor, parse_backbone
+
+
+def some_images(n=6, size=20, channels=3, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, size=(n, channels, size, size), dtype=np.uint8))
+
+
+def test_backbone_names():
+    assert is_pretrained("timm:resnet18") and is_pretrained("torchvision:resnet18") and is_pretrained("otclust:runs/x/model.pt")
+    assert not any(is_pretrained(name) for name in ("resnet18", "auto", "mlp", "timm", "hub:resnet18", None))
+    assert parse_backbone("timm:vit_small_patch16_224.dino") == ("timm", "vit_small_patch16_224.dino")
+    with pytest.raises(UserError):
+        parse_backbone("timm:")
+
+
+def test_timm_extractor_matches_timms_own_pil_pipeline(random_weights, offline_caches):
+    """The batched tensor preprocessing gives the features timm's create_transform gives on PIL
+    images (resize, crop, mean/std from resolve_data_config), and the classifier is gone."""
+    timm = import_timm()
+    extractor = load_extractor("timm:test_vit", str(random_weights["timm:test_vit"]))
+    reference = timm.create_model("test_vit", pretrained=False)
+    reference.load_state_dict(torch.load(random_weights["timm:test_vit"], weights_only=True))
+    reference.eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=reference))
+    images = some_images()
+    with torch.no_grad():
+        pil = torch.stack([transform(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images])
+        expected = reference.forward_head(reference.forward_features(pil), pre_logits=True)
+        got = extractor(images)
+    assert got.shape == (6, reference.num_features) == (6, extractor.out_dim)
+    # PIL resizes uint8 images, the batch path float ones: close, not bit-identical.
+    assert torch.allclose(got, expected, atol=0.05 * expected.abs().max().item())
+    assert extractor.weights_sha256 == file_sha256(random_weights["timm:test_vit"])
+    assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_torchvision_extractor_is_the_classifiers_input_after_the_weights_own_transforms(random_weights, offline_caches):
+    import_torchvision()
+    from torchvision.models import MobileNet_V3_Small_Weights, get_model
+
+    extractor = load_extractor("torchvision:mobilenet_v3_small", str(random_weights["torchvision:mobilenet_v3_small"]))
+    full = get_model("mobilenet_v3_small", weights=None)
+    full.load_state_dict(torch.load(random_weights["torchvision:mobilenet_v3_small"], weights_only=True))
+    full.eval()
+    preset = MobileNet_V3_Small_Weights.DEFAULT.transforms()
+    images = some_images(channels=1)  # grayscale goes in as three equal channels
+    with torch.no_grad():
+        pil = torch.stack([preset(Image.fromarray(img[0].numpy()).convert("RGB")) for img in images])
+        pooled = full.avgpool(full.features(pil)).flatten(1)
+        expected = full.classifier[:-1](pooled)  # everything but the last linear layer
+        got = extractor(images)
+    assert got.shape == (6, 1024) and extractor.out_dim == 1024
+    assert torch.allclose(got, expected, atol=1e-3 * expected.abs().max().item() + 1e-5)
+
+
+def test_a_weights_file_of_another_network_is_refused_in_one_line(random_weights, offline_caches):
+    with pytest.raises(UserError, match="does not fit timm:test_vit") as error:
+        load_extractor("timm:test_vit", str(random_weights["torchvision:mobilenet_v3_small"]))
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="does not fit torchvision:mobilenet_v3_small"):
+        load_extractor("torchvision:mobilenet_v3_small", str(random_weights["timm:test_vit"]))
+
+
+CALLS = []
+
+
+def record_call():
+    CALLS.append(1)
+    return {}
+
+
+class RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (record_call, ())
+
+
+def test_a_pickled_object_is_not_executed(tmp_path, offline_caches):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(UserError, match="cannot read weights file"):
+        load_extractor("torchvision:mobilenet_v3_small", str(path))
+    assert CALLS == []
+
+
+def test_without_weights_nothing_is_downloaded_unless_asked(offline_caches):
+    for backbone in ("timm:test_vit", "torchvision:mobilenet_v3_small"):
+        with pytest.raises(UserError, match="--weights PATH, or --download"):
+            load_extractor(backbone)
+
+
+def test_download_without_a_network_is_a_one_line_error(offline_caches):
+    with pytest.raises(UserError, match="could not download the weights of torchvision:mobilenet_v3_small"):
+        load_extractor("torchvision:mobilenet_v3_small", download=True)
+
+
+def test_the_librarys_local_caches_are_used(random_weights, offline_caches):
+    import_torchvision()
+    from torchvision.models import MobileNet_V3_Small_Weights
+
+    # torch hub's checkpoint folder, where torchvision's own download would have put the file
+    cached = offline_caches / "torch" / "hub" / "checkpoints" / MobileNet_V3_Small_Weights.DEFAULT.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(random_weights["torchvision:mobilenet_v3_small"].read_bytes())
+    extractor = load_extractor("torchvision:mobilenet_v3_small")
+    assert extractor.weights_path == str(cached) and extractor.weights_sha256 == file_sha256(cached)
+    # Hugging Face's hub cache, where timm's own download would have put it
+    snapshot = offline_caches / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    (snapshot / "pytorch_model.bin").write_bytes(random_weights["timm:test_vit"].read_bytes())
+    assert load_extractor("timm:test_vit").weights_sha256 == file_sha256(random_weights["timm:test_vit"])
+
+
+@pytest.mark.parametrize("module, backbone", [("timm", "timm:test_vit"), ("torchvision", "torchvision:mobilenet_v3_small")])
+def test_a_missing_extra_names_the_install_command(module, backbone, monkeypatch):
+    real_import = builtins.__import__
+
+    def without(name, *args, **kwargs):
+        if name == module or name.startswith(module + "."):
+            raise ImportError(f"No module named '{module}'")
+        return real_import(name, *args, **kwargs)
+
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(UserError, match=r"pip install 'otclust\[pretrained\]'"):
+        load_extractor(backbone, "unused.pt")
+
+
+def test_an_otclust_model_is_a_frozen_extractor_with_its_own_input_path(tmp_path, offline_caches, blob_images):
+    from otclust import OTClust
+    from otclust.data import ImageDataset, conform
+
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu", params={"predict_by": "head"}).fit(images)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    extractor = load_extractor(f"otclust:{path}")
+    # another data set: 12 x 12 RGB images, converted as `conform` converts them for this model
+    other = some_images(n=5, size=12, channels=3)
+    expected = model.model_.eval().embed_batch(conform(ImageDataset(other, None, "x"), 1, (8, 8)).data)
+    assert extractor.out_dim == model.model_.backbone.out_dim
+    assert torch.allclose(extractor(other), expected, atol=1e-5)
+    assert extractor.weights_sha256 == file_sha256(path)
