@@ -235,3 +235,12 @@ def test_bad_readout_settings_fail_before_any_training(blobs, monkeypatch):
     monkeypatch.setattr(trainer, "_train_one_epoch", lambda *args: pytest.fail("trained before checking the read-out settings"))
     with pytest.raises(UserError, match="restarts"):
         trainer.fit(blobs)
+
+
+def test_another_methods_parameter_of_a_deprecated_name_is_its_own(blobs, recwarn):
+    """OT k-means' kmeans_restarts (its own k-means) is not CLOT's old read-out setting."""
+    config = FitConfig(method="ot-kmeans", clusters=3, params={"kmeans_restarts": 3})
+    method = get_method_class("ot-kmeans")(3, InputSpec.from_dataset(blobs), get_method_class("ot-kmeans").Params(kmeans_restarts=3))
+    assert resolve_readout(config, method) == ("head", resolve_readout(FitConfig(), method)[1])
+    assert resolve_readout(config, method)[1].restarts == 50
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]

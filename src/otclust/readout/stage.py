@@ -29,8 +29,10 @@ from otclust.readout.neighbors import smoothed_unit_features
 READOUTS = ("head", "kmeans", "smoothed")
 # Read-out scored beside the head when the run's predictor is the head: the one shared by all.
 SHARED_READOUT = "smoothed"
-# Method parameters of earlier versions (CLOT's) that are now read-out settings: old -> new name.
-DEPRECATED_PARAMS = {"smooth_neighbors": "neighbors", "smooth_rounds": "rounds", "kmeans_restarts": "restarts", "kmeans_choice": "choice"}
+# Parameters of earlier versions that are now read-out settings, per method: old -> new name
+# (besides CLOT's predict_by, now --readout). Other methods' parameters of the same name (OT
+# k-means' kmeans_restarts) are their own.
+DEPRECATED_PARAMS = {"clot": {"smooth_neighbors": "neighbors", "smooth_rounds": "rounds", "kmeans_restarts": "restarts", "kmeans_choice": "choice"}}
 # kmeans read-out: logits are cosines to the centres / 0.1, the confidences of a cosine head.
 COSINE_TEMPERATURE = 0.1
 
@@ -71,14 +73,17 @@ def check_readout_name(name: str | None) -> None:
         raise UserError(f"--readout must be one of {', '.join(READOUTS)}, got '{name}'")
 
 
-def deprecated_settings(params) -> tuple[str | None, dict]:
+def deprecated_settings(method) -> tuple[str | None, dict]:
     """(read-out name or None, settings) from a method's deprecated parameters (CLOT's
     predict_by, smooth_neighbors, ...; None where unset), with a warning when any is set."""
-    predict_by = getattr(params, "predict_by", None)
-    values = {new: getattr(params, old) for old, new in DEPRECATED_PARAMS.items() if getattr(params, old, None) is not None}
+    if method.name not in DEPRECATED_PARAMS:
+        return None, {}
+    renamed, params = DEPRECATED_PARAMS[method.name], method.params
+    predict_by = params.predict_by
+    values = {new: getattr(params, old) for old, new in renamed.items() if getattr(params, old) is not None}
     if predict_by is None and not values:
         return None, {}
-    used = ", ".join(["predict_by"] * (predict_by is not None) + [old for old, new in DEPRECATED_PARAMS.items() if new in values])
+    used = ", ".join(["predict_by"] * (predict_by is not None) + [old for old, new in renamed.items() if new in values])
     warnings.warn(f"method parameter(s) {used} are deprecated: use --readout head|kmeans|smoothed and --readout-param", FutureWarning, stacklevel=3)
     if predict_by not in (None, "head", "kmeans", "auto"):
         raise UserError(f"parameter predict_by (deprecated: use --readout) must be 'head', 'kmeans' or 'auto', got {predict_by!r}")
@@ -90,7 +95,7 @@ def deprecated_settings(params) -> tuple[str | None, dict]:
 def resolve_readout(config, method) -> tuple[str, ReadoutParams]:
     """The run's predictor and read-out settings: --readout and --readout-param, over the
     method's deprecated parameters for them (`deprecated_settings`), over its defaults."""
-    legacy_name, legacy_values = deprecated_settings(method.params)
+    legacy_name, legacy_values = deprecated_settings(method)
     name = config.readout or legacy_name or method.default_readout
     check_readout_name(name)
     values = {**legacy_values, **(config.readout_params or {})}
