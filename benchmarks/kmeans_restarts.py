@@ -3,10 +3,10 @@
     python benchmarks/kmeans_restarts.py runs/fm-s2 --restarts 50 --rounds 0,5
 
 For each feature version (rounds=0: the unit backbone features; rounds=R: smoothed over
---neighbors nearest neighbours R times, as CLOT's read-out does), runs --restarts single-restart
-k-means (`kmeans_restarts`, seeded by the run's seed, as CLOT's read-out) and prints one row per
+--neighbors nearest neighbours R times, as the smoothed read-out does), runs --restarts single-restart
+k-means (`kmeans_restarts`, seeded by the run's seed, as the read-out) and prints one row per
 distinct partition: inertia, inertia under equal cluster sizes (`size_constrained_inertia`, what
-the read-out's kmeans_choice=prior compares), ACC/NMI there, and how many restarts ended in it.
+the read-out's choice=prior compares), ACC/NMI there, and how many restarts ended in it.
 The lowest of each cost is marked. Labels are used only to score.
 """
 
@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from otclust.data import load_dataset  # noqa: E402
 from otclust.engine import embed_in_batches, load_trained  # noqa: E402
-from otclust.methods.clot import nearest_neighbors, smooth_over_neighbors  # noqa: E402
-from otclust.methods.kmeans import kmeans_restarts  # noqa: E402
+from otclust.readout import kmeans_restarts, nearest_neighbors, smooth_over_neighbors  # noqa: E402
 from otclust.ot import size_constrained_inertia  # noqa: E402
 from otclust.metrics import evaluate_clustering  # noqa: E402
 

@@ -1,3 +1,12 @@
+import os
+
+from hypothesis import settings
+
+# CI replays a fixed set of examples (a red build is then reproducible); locally hypothesis keeps
+# exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
 import numpy as np
 import pytest
 import torch

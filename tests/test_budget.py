@@ -188,7 +188,7 @@ def test_compare_scales_the_default_budget(tmp_path):
 
     args = argparse.Namespace(
         configs_dir=str(tmp_path), split=None, download=None, image_size=None, clusters=None, epochs=None, batch_size=None,
-        device=None, backbone=None, cluster_proportions=None, eval_every=None, epochs_scale=0.1,
+        device=None, backbone=None, cluster_proportions=None, eval_every=None, epochs_scale=0.1, weights=None, readout=None,
     )
     config, recipe = method_config(args, "swav", "digits")
     assert recipe is None and config.epochs is None and config.budget_scale == 0.1

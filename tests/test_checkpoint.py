@@ -40,7 +40,7 @@ def malicious_checkpoint(path: Path, marker: Path, format_name: str = CHECKPOINT
 
 
 def fit_tiny(out: Path, dataset, **settings) -> Path:
-    config = FitConfig(**{"clusters": 3, "epochs": 1, "batch_size": 40, "params": {"predict_by": "head"}, **settings})
+    config = FitConfig(**{"clusters": 3, "epochs": 1, "batch_size": 40, "readout": "head", **settings})
     Trainer(config, out_dir=prepare_output_folder(out), progress=False, log=quiet).fit(dataset)
     return out / "model.pt"
 
@@ -150,7 +150,7 @@ def test_upgraded_run_checkpoint_resumes(tmp_path, blobs):
     fit_tiny(run, blobs)
     old = write_format_1(tmp_path / "old.pt", run / "model.pt")
     assert main(["upgrade-checkpoint", str(old), str(run / "model.pt"), "--overwrite"]) == 0
-    args = ["fit", "--resume", "--out", str(run), "--clusters", "3", "--epochs", "2", "--batch-size", "40", "--param", "predict_by=head", "--no-progress"]
+    args = ["fit", "--resume", "--out", str(run), "--clusters", "3", "--epochs", "2", "--batch-size", "40", "--readout", "head", "--no-progress"]
     assert main(args) == 0
     assert read_checkpoint(run / "model.pt")["epoch"] == 2
 
@@ -190,7 +190,7 @@ def test_every_method_writes_a_checkpoint_that_loads_the_safe_way(tmp_path, blob
 
 def test_fit_predict_round_trip_reads_format_2(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["fit", "--data", "digits", "--clusters", "10", "--epochs", "1", "--batch-size", "256", "--param", "predict_by=head", "--out", str(run), "--no-progress"])
+    code = main(["fit", "--data", "digits", "--clusters", "10", "--epochs", "1", "--batch-size", "256", "--readout", "head", "--out", str(run), "--no-progress"])
     assert code == 0
     assert torch.load(run / "model.pt", weights_only=True)["format"] == CHECKPOINT_FORMAT
     preds = tmp_path / "preds.csv"

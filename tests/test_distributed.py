@@ -185,13 +185,13 @@ def _worker(rank: int, port: int, folder: str) -> None:
     # 1b. SeLa's whole-data labels: each process scores its share (23 and 24 of 47 samples).
     out["sela_labels"] = _sela_labels()
 
-    # 1c. CLOT's neighbour mining: each process ranks its share of the rows, the shares are gathered.
-    from otclust.methods import clot
+    # 1c. Neighbour mining (CLOT's views, the read-out's smoothing): each process ranks its share of the rows, the shares are gathered.
+    from otclust.readout import neighbors
 
-    gather = clot.all_gather_rows
-    clot.all_gather_rows = lambda rows: out.setdefault("neighbor_rows_ranked", len(rows)) and gather(rows)
-    out["neighbors"] = clot.nearest_neighbors(_neighbor_features(), 4, chunk=5)
-    clot.all_gather_rows = gather
+    gather = neighbors.all_gather_rows
+    neighbors.all_gather_rows = lambda rows: out.setdefault("neighbor_rows_ranked", len(rows)) and gather(rows)
+    out["neighbors"] = neighbors.nearest_neighbors(_neighbor_features(), 4, chunk=5)
+    neighbors.all_gather_rows = gather
 
     # 2. NT-Xent with the negatives of both processes.
     z_a, z_b = (z.chunk(WORLD)[rank].clone().requires_grad_(True) for z in _nt_xent_inputs())
@@ -301,7 +301,7 @@ def test_sela_labels_of_shards_are_those_of_one_process(runs):
 
 
 def test_neighbour_mining_split_over_processes_equals_one_process(runs):
-    from otclust.methods.clot import nearest_neighbors
+    from otclust.readout import nearest_neighbors
 
     expected = nearest_neighbors(_neighbor_features(), 4)
     assert [out["neighbor_rows_ranked"] for out in runs["ranks"]] == [12, 11]  # split, not repeated

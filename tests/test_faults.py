@@ -47,7 +47,7 @@ def features(tmp_path):
 
 
 def fit_args(data, out, epochs=3, *extra):
-    return ["fit", "--data", data, "--clusters", "3", "--epochs", str(epochs), "--batch-size", "40", "--param", "predict_by=head", "--out", str(out), "--no-progress", *extra]
+    return ["fit", "--data", data, "--clusters", "3", "--epochs", str(epochs), "--batch-size", "40", "--readout", "head", "--out", str(out), "--no-progress", *extra]
 
 
 # --- the output folder --------------------------------------------------------------------
@@ -134,7 +134,7 @@ def raise_out_of_memory(*args, **kwargs):
     [
         ("training_step", "lower --batch-size (now 40)"),
         ("predict_proba", "--image-size"),
-        ("on_fit_end", "kmeans_restarts"),
+        ("on_fit_end", "--readout-param restarts"),
     ],
 )
 def test_out_of_memory_in_each_stage_of_fit_names_what_to_lower(blobs, monkeypatch, where, fragment):
@@ -279,7 +279,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_metrics(tmp_path, features
     kill_resume = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "kill_resume", kill_resume)  # its dataclasses look themselves up there
     spec.loader.exec_module(kill_resume)
-    extra = ["--clusters", "3", "--batch-size", "40", "--param", "predict_by=head"]
+    extra = ["--clusters", "3", "--batch-size", "40", "--readout", "head"]
     setup = kill_resume.Setup(root=tmp_path / "trials", data=features, epochs=3, extra=extra, pause=0.1)
     reference = kill_resume.uninterrupted(setup)
     rng = np.random.default_rng(1)

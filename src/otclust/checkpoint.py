@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from otclust.errors import UserError
+from otclust.readout import readout_state
 from otclust.runs import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "otclust-checkpoint-2"
@@ -74,6 +75,7 @@ def trained_state(method, config) -> dict:
         "spec": to_plain(asdict(method.spec), "spec"),
         "model": method.state_dict(),
         "method_state": to_plain(method.method_state(), "method_state"),
+        "readout": to_plain(readout_state(method), "readout"),  # the fitted read-out (otclust.readout)
     }
 
 

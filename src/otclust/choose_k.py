@@ -53,7 +53,7 @@ def smoothed_features(features, neighbors: int = 10, rounds: int = 5) -> np.ndar
     times and normalised again (rounds = 0: just unit-normalised)."""
     import torch.nn.functional as F
 
-    from otclust.methods.clot import nearest_neighbors, smooth_over_neighbors
+    from otclust.readout.neighbors import nearest_neighbors, smooth_over_neighbors
 
     x = torch.as_tensor(np.asarray(features, dtype=np.float32)).flatten(1)
     unit = F.normalize(x, dim=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from otclust.errors import UserError
+from otclust.readout.stage import check_readout_name
 
 
 @dataclass
@@ -41,6 +42,9 @@ class FitConfig:
     cluster_proportions: str = "uniform"  # uniform | auto | comma-separated sizes | path to a file
     augment: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    # After training: head | kmeans | smoothed (otclust.readout); None: the method's default.
+    readout: str | None = None
+    readout_params: dict = field(default_factory=dict)  # the read-out's settings (ReadoutParams)
     download: bool = False
     image_size: int | None = None
     # A pretrained backbone (LIBRARY:NAME): its weights file and that file's sha256, which
@@ -68,6 +72,7 @@ class FitConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
+        check_readout_name(self.readout)
         if self.split not in ("all", "train", "test", "unlabeled", "train+unlabeled"):
             raise UserError(f"--split must be all, train or test, got '{self.split}'")
         from otclust.models import BACKBONES

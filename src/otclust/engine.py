@@ -36,6 +36,7 @@ from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params
 from otclust.metrics import evaluate_clustering
 from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
+from otclust.readout import SHARED_READOUT, fit_method_readout, install_readout, resolve_readout
 from otclust.runs import RunWriter
 
 # Re-exported: other modules import the checkpoint functions from here.
@@ -44,8 +45,8 @@ __all__ = ["CHECKPOINT_FORMAT", "Trainer", "load_trained", "read_checkpoint", "t
 # What to lower when the fit's own whole-data passes (evaluation, embedding) run out of memory:
 # they go 1024 samples at a time, which only the images' size and the device decide about.
 FIT_PASS_MEMORY_ADVICE = "use a smaller --image-size, or --device cpu when the GPU is the one that is full"
-# The end-of-fit read-out (CLOT's predict_by=kmeans): k-means restarts on neighbour-smoothed features.
-READOUT_MEMORY_ADVICE = "lower --param kmeans_restarts or --param smooth_neighbors, or predict with the head (--param predict_by=head)"
+# The end-of-fit read-out (otclust.readout): k-means restarts on neighbour-smoothed features.
+READOUT_MEMORY_ADVICE = "lower --readout-param restarts=N or --readout-param neighbors=N, or predict with the head (--readout head)"
 
 
 def prediction_memory_advice(batch_size: int) -> str:
@@ -176,6 +177,8 @@ class Trainer:
         # N x k nearest neighbours of the training inputs when already known (a pretrained
         # backbone's cached kNN graph), for methods that pair samples with neighbours.
         self.input_neighbors: torch.Tensor | None = None
+        self.predictor: str | None = None  # the run's predictor and read-out settings (otclust.readout)
+        self.readout_params = None
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)
@@ -196,6 +199,8 @@ class Trainer:
         if checkpoint is not None:
             spec = InputSpec(**checkpoint["spec"])
         self.method = method = build_method(config, spec).to(self.device)
+        # The read-out fitted after training: its settings fail here, before any training.
+        self.predictor, self.readout_params = resolve_readout(config, method)
         if self.distributed:
             self.method = method = self._prepare_distributed(method, dataset.n_samples)
         # An out-of-core set stays memory-mapped; its batches go to the device one at a time.
@@ -255,15 +260,21 @@ class Trainer:
                     self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
             with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
                 method.on_fit_end(self)
-            if self.out is not None:
-                self._save_checkpoint(config.epochs, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
+        with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
+            head_proba, readout_proba, readout_name = self._read_out(method, eval_data, eval_dataset.labels is not None)
         seconds = seconds_before + time.perf_counter() - started
-        proba = self._predict_eval(eval_data, description="predicting")
+        if self.out is not None:
+            self._save_checkpoint(config.epochs if method.trainable else 0, optimizer, scheduler, history, seconds)
+        proba = head_proba if method.predictor == "head" else readout_proba
         labels = proba.argmax(axis=1)
         metrics = {"method": config.method, "data": config.data, "clusters": config.clusters, "epochs": config.epochs, "seed": config.seed, "n_samples": int(len(proba))}
         if self.is_main:
+            metrics["predictor"] = method.predictor
             if eval_dataset.labels is not None:
                 metrics.update(evaluate_clustering(eval_dataset.labels, labels))
+                metrics["head"] = _final_scores(head_proba, eval_dataset.labels)
+                if readout_proba is not None:
+                    metrics["readout"] = {"name": readout_name, **_final_scores(readout_proba, eval_dataset.labels)}
             else:
                 metrics["note"] = "no labels: ACC/NMI/ARI not computed"
             metrics["nonempty_clusters"] = int(len(np.unique(labels)))
@@ -272,12 +283,30 @@ class Trainer:
             # Every process returns rank 0's metrics and history (computed there only).
             metrics, history = dist_utils.broadcast_object((metrics, history))
         if self.out is not None:
-            if not method.trainable:
-                self._save_checkpoint(0, None, None, history, seconds)
             self.out.write_final_metrics(metrics)
             self.out.write_assignments(proba, eval_dataset.labels, eval_dataset.paths)
         dist_utils.barrier()  # the run folder is complete when fit returns, on every process
         return FitResult(method=method, proba=proba, labels=labels, metrics=metrics, history=history)
+
+    # --- the read-out stage -------------------------------------------------------------------
+    def _read_out(self, method: ClusteringMethod, eval_data: torch.Tensor, scored: bool):
+        """After training: the head's predictions, and the read-out's (otclust.readout).
+
+        The run's predictor (--readout, else the method's default) is fitted and installed on the
+        method; when it is the head and the evaluation data have labels, the shared read-out is
+        fitted too, so that the final metrics always score both from the same network.
+        Returns (head probabilities, read-out probabilities or None, read-out name)."""
+        predictor, params = self.predictor, self.readout_params
+        method.readout_fits, method.predictor = {}, "head"
+        head_proba = self._predict_eval(eval_data, description="predicting")
+        name = predictor if predictor != "head" else SHARED_READOUT
+        if predictor == "head" and not scored:
+            return head_proba, None, name
+        method.readout_fits = {name: fit_method_readout(self, method, name, params)}
+        method.predictor = name
+        readout_proba = self._predict_eval(eval_data, description="predicting")
+        method.predictor = predictor
+        return head_proba, readout_proba, name
 
     # --- several processes --------------------------------------------------------------------
     def _prepare_distributed(self, method: ClusteringMethod, n_samples: int) -> ClusteringMethod:
@@ -476,15 +505,23 @@ class Trainer:
 
 
 def _describe(proba: np.ndarray, true_labels: np.ndarray | None) -> dict:
+    """An epoch row's scores: always the head's (the read-out is fitted once, after training)."""
     labels = proba.argmax(axis=1)
-    row = {"nonempty_clusters": int(len(np.unique(labels))), "mean_confidence": round(float(proba.max(axis=1).mean()), 4)}
+    row = {"predictor": "head", "nonempty_clusters": int(len(np.unique(labels))), "mean_confidence": round(float(proba.max(axis=1).mean()), 4)}
     if true_labels is not None:
         row.update({k: round(v, 4) for k, v in evaluate_clustering(true_labels, labels).items()})
     return row
 
 
+def _final_scores(proba: np.ndarray, true_labels: np.ndarray) -> dict:
+    labels = proba.argmax(axis=1)
+    return {**evaluate_clustering(true_labels, labels), "nonempty_clusters": int(len(np.unique(labels)))}
+
+
 def _format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
+    if "acc" in row:
+        parts.append(f"({row.get('predictor', 'head')})")
     for key in ("acc", "nmi", "ari"):
         if key in row:
             parts.append(f"{key} {row[key]:.3f}")
@@ -505,8 +542,9 @@ def restore_method_state(method: ClusteringMethod, checkpoint: dict) -> None:
     method.load_method_state({key: value for key, value in (checkpoint.get("method_state") or {}).items() if key in own})
 
 
-def load_trained(path, device: str = "auto") -> tuple[ClusteringMethod, FitConfig]:
-    """Rebuild a trained method from its checkpoint, ready to predict."""
+def load_trained(path, device: str = "auto", predictor: str | None = None) -> tuple[ClusteringMethod, FitConfig]:
+    """Rebuild a trained method from its checkpoint, ready to predict with `predictor` (head,
+    kmeans or smoothed; default: the run's own)."""
     checkpoint = read_checkpoint(path)
     try:
         config = FitConfig(**checkpoint["config"])
@@ -517,6 +555,7 @@ def load_trained(path, device: str = "auto") -> tuple[ClusteringMethod, FitConfi
         method = build_method(config, spec)
         method.load_state_dict(checkpoint["model"])
         restore_method_state(method, checkpoint)
+        install_readout(method, checkpoint.get("readout"), predictor)
     except (TypeError, KeyError, ValueError, RuntimeError) as error:
         # A file of the right format whose contents do not build this otclust's model.
         raise UserError(f"{path} does not hold a model this otclust can rebuild ({type(error).__name__}); was it written by another version?") from None

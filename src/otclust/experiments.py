@@ -24,6 +24,15 @@ from otclust.config import CONFIG_FIELDS, FitConfig, coerce_param
 from otclust.errors import UserError
 
 SCORES = ("acc", "nmi", "ari")
+# The predictors a run is scored with (metrics.json): "run" is the run's own (top-level scores),
+# "head" the method's own prediction, "readout" the read-out fitted after training.
+PREDICTORS = ("run", "head", "readout")
+
+
+def predictor_scores(metrics: dict, predictor: str = "run") -> dict:
+    """ACC/NMI/ARI of one predictor of a run's metrics.json ({} when that run did not score it)."""
+    source = metrics if predictor == "run" else metrics.get(predictor) or {}
+    return {key: source[key] for key in SCORES if key in source}
 
 
 @dataclass
@@ -222,12 +231,13 @@ def _same_config(saved: dict, current: dict) -> bool:
     return {k: v for k, v in (saved or {}).items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
 
 
-def summarize(outcomes: list[RunOutcome], group: str) -> Summary:
+def summarize(outcomes: list[RunOutcome], group: str, predictor: str = "run") -> Summary:
+    """Mean ± std of one group's runs, scored by `predictor` (PREDICTORS)."""
     runs = [o for o in outcomes if o.group == group]
     done = [o for o in runs if o.ok]
     mean, std = {}, {}
     for key in (*SCORES, "minutes"):
-        values = [o.metrics["seconds"] / 60 if key == "minutes" else o.metrics.get(key) for o in done]
+        values = [o.metrics["seconds"] / 60 if key == "minutes" else predictor_scores(o.metrics, predictor).get(key) for o in done]
         values = [v for v in values if v is not None]
         if values:
             mean[key] = float(np.mean(values))
@@ -276,17 +286,14 @@ def runs_csv_rows(outcomes: list[RunOutcome], group_column: str) -> list[dict]:
     """One row per run (runs.csv), for re-analysis beyond mean ± std."""
     rows = []
     for o in outcomes:
-        rows.append({
-            group_column: o.group,
-            "seed": o.seed,
-            "status": "ok" if o.ok else "failed",
-            "acc": _round(o.metrics.get("acc")),
-            "nmi": _round(o.metrics.get("nmi")),
-            "ari": _round(o.metrics.get("ari")),
-            "minutes": _round(o.metrics.get("seconds", o.seconds) / 60),
-            "run_dir": str(o.out),
-            "error": o.error or "",
-        })
+        row = {group_column: o.group, "seed": o.seed, "status": "ok" if o.ok else "failed", "predictor": o.metrics.get("predictor", "")}
+        row.update({key: _round(o.metrics.get(key)) for key in SCORES})
+        head, readout = predictor_scores(o.metrics, "head"), predictor_scores(o.metrics, "readout")
+        row.update({f"head_{key}": _round(head.get(key)) for key in SCORES})
+        row["readout"] = (o.metrics.get("readout") or {}).get("name", "")
+        row.update({f"readout_{key}": _round(readout.get(key)) for key in SCORES})
+        row.update({"minutes": _round(o.metrics.get("seconds", o.seconds) / 60), "run_dir": str(o.out), "error": o.error or ""})
+        rows.append(row)
     return rows
 
 

@@ -102,16 +102,39 @@ def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, 
     assert "skipped kmeans: not implemented" in printed
     assert "[2/2] clot seed 1" in printed and "FAILED: RuntimeError: boom" in printed
     table = (out / "comparison.md").read_text()
-    assert "| method | recipe | epochs | ACC |" in printed  # the table, printed at the end
+    assert "| method | predictor | recipe | epochs | ACC |" in printed  # the table, printed at the end
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[2].startswith("| clot | clot-features.yaml | 1 |")  # 4 epochs x 0.25
+    assert lines[2].startswith("| clot | head | clot-features.yaml | 1 |")  # 4 epochs x 0.25
+    assert lines[3].startswith("| clot | smoothed (default) | clot-features.yaml | 1 |")
     assert "1/2 runs; failed: seed 1: RuntimeError: boom" in lines[2]
-    assert lines[3].startswith("| kmeans |") and "not implemented" in lines[3]
+    assert lines[4].startswith("| kmeans |") and "not implemented" in lines[4]
     rows = read_csv(out / "comparison.csv")
-    assert [r["method"] for r in rows] == ["clot", "kmeans"]
+    assert [(r["method"], r["predictor"]) for r in rows] == [("clot", "head"), ("clot", "smoothed"), ("kmeans", "")]
     assert rows[0]["ok"] == "1" and float(rows[0]["acc_std"]) == 0.0
     assert yaml.safe_load((out / "clot" / "seed0" / "config.yaml").read_text())["params"] == {"lam": 7}
     assert main(args) == 2  # tables exist: --overwrite or --resume
+
+
+def test_compare_scores_every_method_by_its_head_and_by_the_shared_readout(blobs, tmp_path, capsys):
+    """One network per run, two predictors: the head's and the read-out's scores, each from the
+    run's metrics.json, in rows of their own; a head-predicting method gets the shared read-out."""
+    import json
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", blobs, "--methods", "sela,clot", "--seeds", "1", "--epochs", "1", "--clusters", "3", "--batch-size", "40", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    rows = {(r["method"], r["predictor"]): r for r in read_csv(out / "comparison.csv")}
+    assert set(rows) == {("sela", "head"), ("sela", "smoothed"), ("clot", "head"), ("clot", "smoothed")}
+    assert rows[("sela", "head")]["default"] == "True" and rows[("clot", "smoothed")]["default"] == "True"
+    for method in ("sela", "clot"):
+        metrics = json.loads((out / method / "seed0" / "metrics.json").read_text())
+        assert metrics["readout"]["name"] == "smoothed"
+        for predictor, scores in (("head", metrics["head"]), ("smoothed", metrics["readout"])):
+            assert float(rows[(method, predictor)]["acc_mean"]) == pytest.approx(scores["acc"], abs=1e-5)
+        assert metrics["acc"] == metrics["head" if method == "sela" else "readout"]["acc"]
+    per_run = read_csv(out / "runs.csv")
+    assert {r["readout"] for r in per_run} == {"smoothed"} and all(r["head_acc"] and r["readout_acc"] for r in per_run)
 
 
 def test_compare_orders_kmeans_first_and_rejects_unknown_names(monkeypatch, capsys):

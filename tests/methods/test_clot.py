@@ -56,7 +56,7 @@ def test_clot_beats_pixel_kmeans_where_only_learned_invariances_separate_the_cla
 def test_multiple_heads_predict_with_the_lowest_loss_head(blob_images):
     images, _ = blob_images
     dataset = dataset_from_array(images)
-    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, params={"n_heads": 3, "predict_by": "head"}, eval_every=1)
+    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, params={"n_heads": 3}, eval_every=1, readout="head")
     result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
     method = result.method
     assert method.best_head() == int(torch.argmin(method.head_loss))
@@ -104,136 +104,6 @@ def test_teacher_momentum_outside_its_range_is_a_user_error():
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match="teacher_momentum"):
         Clot(2, spec, ClotParams(teacher_momentum=1.0))
-
-
-def _fit_predicting_by_kmeans(blob_images, out_dir, **params):
-    images, labels = blob_images
-    dataset = dataset_from_array(images)
-    dataset.labels = labels
-    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params={"predict_by": "kmeans", **params})
-    out_dir.mkdir()
-    result = Trainer(config, out_dir=out_dir, progress=False, log=lambda m: None).fit(dataset)
-    method = result.method
-    method.eval()
-    with torch.no_grad():
-        unit = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
-    return dataset, result, unit
-
-
-def test_predict_by_kmeans_without_smoothing_assigns_to_the_nearest_feature_center(blob_images, tmp_path):
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-
-    from otclust.engine import load_trained
-
-    dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_rounds=0)
-    method = result.method
-    centers = KMeans(3, n_init=50, random_state=0).fit(unit.double().numpy()).cluster_centers_
-    nearest = torch.cdist(unit.double(), torch.from_numpy(centers)).argmin(dim=1).numpy()
-    assert adjusted_rand_score(nearest, result.labels) == 1.0  # the same partition, up to cluster names
-    assert len(np.unique(result.labels)) == 3
-    assert not bool(method.readout_bias.any())
-    reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
-    np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
-
-
-def test_predict_by_kmeans_reads_out_the_clusters_of_neighbour_smoothed_features(blob_images, tmp_path):
-    """k-means on the smoothed features (recomputed here with a dense walk matrix), then a linear
-    read-out of each image's own features predicts those clusters."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-    from sklearn.neighbors import NearestNeighbors
-
-    from otclust.engine import load_trained
-
-    dataset, result, unit = _fit_predicting_by_kmeans(blob_images, tmp_path / "run", smooth_neighbors=5, smooth_rounds=3)
-    x = unit.double().numpy()
-    neighbours = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(x).kneighbors(x, return_distance=False)[:, 1:]
-    walk = np.zeros((len(x), len(x)))
-    np.put_along_axis(walk, neighbours, 1 / 5, axis=1)
-    smoothed = np.linalg.matrix_power(0.5 * np.eye(len(x)) + 0.5 * walk, 3) @ x
-    smoothed /= np.linalg.norm(smoothed, axis=1, keepdims=True)
-    clusters = KMeans(3, n_init=50, random_state=0).fit_predict(smoothed)
-    assert adjusted_rand_score(clusters, result.labels) > 0.95  # the same partition, up to cluster names
-    assert bool(result.method.readout_bias.any())
-    reloaded, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
-    np.testing.assert_array_equal(reloaded.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
-
-
-@pytest.mark.parametrize("params, name", [({"kmeans_restarts": 0}, "kmeans_restarts"), ({"kmeans_choice": "lowest"}, "kmeans_choice"), ({"smooth_rounds": -1}, "smooth_rounds"), ({"smooth_neighbors": 0}, "smooth_neighbors")])
-def test_bad_readout_settings_are_user_errors(params, name):
-    from otclust.errors import UserError
-    from otclust.methods.base import InputSpec
-
-    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
-    with pytest.raises(UserError, match=name):
-        Clot(2, spec, ClotParams(**params))
-
-
-def test_smoothing_over_neighbours_equals_powers_of_the_dense_walk_matrix():
-    from otclust.methods.clot import smooth_over_neighbors
-
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    index = torch.randint(30, (30, 6), generator=g)
-    walk = np.zeros((30, 30))
-    for row, cols in enumerate(index.numpy()):
-        for col in cols:
-            walk[row, col] += 1 / 6  # a neighbour listed twice counts twice
-    expected = np.linalg.matrix_power(0.5 * np.eye(30) + 0.5 * walk, 4) @ features.numpy()
-    np.testing.assert_allclose(smooth_over_neighbors(features, index, 4).numpy(), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(smooth_over_neighbors(features, index, 0), features.float())
-
-
-@pytest.mark.parametrize("n_clusters, present", [(2, [0, 1]), (4, [0, 1, 3])])
-def test_linear_readout_predicts_the_labels_it_was_fitted_to(n_clusters, present):
-    from otclust.methods.clot import fit_linear_readout
-
-    g = torch.Generator().manual_seed(0)
-    centers = 4 * torch.randn(n_clusters, 5, generator=g)
-    labels = np.repeat(present, 20)
-    features = centers[labels] + torch.randn(len(labels), 5, generator=g)
-    weight, bias = fit_linear_readout(features, labels, n_clusters, seed=0)
-    assert weight.shape == (n_clusters, 5) and bias.shape == (n_clusters,)
-    np.testing.assert_array_equal((features @ weight.T + bias).argmax(1).numpy(), labels)  # an empty cluster never wins
-
-
-def test_a_checkpoint_with_kmeans_centres_still_predicts_by_nearest_centre(blob_images):
-    from otclust.methods.base import InputSpec
-
-    images, _ = blob_images
-    dataset = dataset_from_array(images)
-    method = Clot(3, InputSpec.from_dataset(dataset), ClotParams())
-    state = {k: v for k, v in method.state_dict().items() if not k.startswith("readout_")}
-    centers = torch.nn.functional.normalize(torch.randn(3, method.backbone.out_dim), dim=1)
-    state["feature_centers"] = centers
-    method.load_state_dict(state)
-    method.eval()
-    with torch.no_grad():
-        unit = torch.nn.functional.normalize(method.backbone(method.standardize(dataset.data)), dim=1)
-        predicted = method.predict_proba(dataset.data).argmax(1)
-    torch.testing.assert_close(predicted, torch.cdist(unit, centers).argmin(dim=1))
-
-
-def test_unknown_predict_by_is_a_user_error():
-    from otclust.errors import UserError
-    from otclust.methods.base import InputSpec
-
-    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
-    with pytest.raises(UserError, match="predict_by"):
-        Clot(2, spec, ClotParams(predict_by="centroids"))
-
-
-def test_nearest_neighbors_match_scikit_learn_cosine_neighbours():
-    from sklearn.neighbors import NearestNeighbors
-
-    from otclust.methods.clot import nearest_neighbors
-
-    features = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
-    ours = nearest_neighbors(features, 5, chunk=64).numpy()  # several chunks
-    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
-    np.testing.assert_array_equal(ours, reference[:, :5])
-    assert not (ours == np.arange(300)[:, None]).any()  # a sample is never its own neighbour
 
 
 def test_neighbour_views_come_from_the_mined_neighbours_and_resume(run_interrupted_and_resumed, blobs):
@@ -294,94 +164,6 @@ def test_cluster_loss_counts_only_from_cluster_start(blob_images):
     torch.testing.assert_close(parts["loss"].detach(), parts["contrastive"] + method.params.cluster_weight * parts["cluster"])
 
 
-@pytest.mark.parametrize("proportions, predict_by, expected", [("uniform", None, "kmeans"), ("0.5,0.3,0.2", None, "kmeans"), ("auto", "auto", "kmeans"), ("auto", "head", "head")])
-def test_the_kmeans_readout_predicts_under_every_prior_unless_the_head_is_asked_for(blobs, proportions, predict_by, expected):
-    params = {} if predict_by is None else {"predict_by": predict_by}
-    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions, params=params)
-    method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
-    assert method.predicts_by() == expected
-    assert bool(method.readout_weight.any()) == (expected == "kmeans")
-
-
-@pytest.mark.parametrize("choice, separated", [("prior", True), ("inertia", False)])
-def test_kmeans_restart_choice_under_equal_sizes_keeps_the_balanced_partition(choice, separated):
-    """Two tight blobs and a long line: the lowest plain inertia merges the blobs and splits the
-    line; under equal cluster sizes the restart that separates all three wins."""
-    from sklearn.metrics import adjusted_rand_score
-
-    from otclust.methods.clot import choose_kmeans_restart
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(100, 2, generator=g) * 0.05, torch.randn(100, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
-    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
-    truth = np.repeat([0, 1, 2], 100)
-    chosen = choose_kmeans_restart(x, 3, seed=0, params=ClotParams(kmeans_restarts=30, kmeans_choice=choice))
-    assert (adjusted_rand_score(truth, chosen.labels) == 1.0) == separated
-
-
-def test_kmeans_restart_choice_matches_known_sizes_to_clusters():
-    """Known unequal sizes, given in any order: the restart whose clusters fit them wins."""
-    from sklearn.metrics import adjusted_rand_score
-
-    from otclust.methods.clot import choose_kmeans_restart
-
-    g = torch.Generator().manual_seed(1)
-    x = torch.cat([torch.randn(150, 2, generator=g) * 0.05, torch.randn(50, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
-    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
-    truth = np.repeat([0, 1, 2], [150, 50, 100])
-    sizes = torch.tensor([100.0, 150.0, 50.0]) / 300  # shuffled relative to the clusters
-    params = ClotParams(kmeans_restarts=30)
-    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, params=params, sizes=sizes).labels) == 1.0
-    inertia_choice = choose_kmeans_restart(x, 3, seed=0, params=ClotParams(kmeans_restarts=30, kmeans_choice="inertia"))
-    assert adjusted_rand_score(truth, inertia_choice.labels) < 1.0
-
-
-@pytest.mark.parametrize("proportions", ["uniform", "0.5,0.3,0.2", "auto"])
-def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportions, monkeypatch):
-    import otclust.methods.clot as clot_module
-
-    seen = {}
-    real = clot_module.fit_kmeans_readout
-
-    def spy(features, n_clusters, seed, params, sizes=None, **kwargs):
-        seen["sizes"], seen["choice"] = sizes, params.kmeans_choice
-        return real(features, n_clusters, seed, params, sizes=sizes, **kwargs)
-
-    monkeypatch.setattr(clot_module, "fit_kmeans_readout", spy)
-    config = FitConfig(method="clot", clusters=3, epochs=1, batch_size=60, seed=0, cluster_proportions=proportions, params={"predict_by": "kmeans"})
-    method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
-    if proportions == "uniform":  # equal sizes imposed
-        assert seen["sizes"] is None and seen["choice"] == "prior"
-    elif proportions == "auto":  # sizes unknown: none imposed, plain inertia decides
-        assert seen["sizes"] is None and seen["choice"] == "inertia"
-    else:  # the known multiset; the read-out matches it to each restart's clusters
-        torch.testing.assert_close(torch.sort(seen["sizes"]).values, torch.tensor([0.2, 0.3, 0.5]))
-        assert seen["choice"] == "prior"
-    assert bool(method.readout_weight.any())
-
-
-def test_feature_size_estimate_recovers_unequal_cluster_sizes():
-    from otclust.methods.clot import estimate_sizes_from_features
-
-    g = torch.Generator().manual_seed(0)
-    counts = [240, 120, 40]
-    centers = torch.eye(8)[:3] * 10
-    features = torch.cat([c + torch.randn(n, 8, generator=g) for c, n in zip(centers, counts)])
-    sizes = estimate_sizes_from_features(features, 3, seed=0, params=ClotParams())
-    torch.testing.assert_close(sizes, torch.tensor([0.6, 0.3, 0.1]))  # largest first, above the 0.2/K floor
-    # a cluster smaller than the floor (12 of 252 points, floor 0.2/K = 0.1) is held at the floor
-    tiny = estimate_sizes_from_features(torch.cat([features[:240], features[-12:]]), 2, seed=0, params=ClotParams())
-    torch.testing.assert_close(tiny, torch.tensor([240 / 252, 0.1]) / (240 / 252 + 0.1))
-
-
-def test_size_updates_are_spread_over_training_and_skip_the_untrained_first_epoch():
-    from otclust.methods.clot import size_update_epochs
-
-    assert size_update_epochs(300, 9) == set(range(30, 300, 30))
-    assert size_update_epochs(10, 3) == {2, 5, 8}
-    assert size_update_epochs(1, 9) == set()
-
-
 def test_auto_prior_trains_towards_the_cluster_sizes_the_features_show(blob_images):
     images, labels = blob_images
     keep = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)[:30], np.flatnonzero(labels == 2)[:10]])
@@ -420,14 +202,14 @@ def test_auto_sizes_are_estimated_when_neighbours_are_mined(blobs, monkeypatch):
 
     estimated_at, real = [], clot_module.estimate_sizes_from_features
 
-    def spy(features, n_clusters, seed, params, neighbor_index=None, **kwargs):
+    def spy(features, n_clusters, seed, neighbors, rounds, neighbor_index=None, **kwargs):
         estimated_at.append(seed)  # the seed is the run's seed + the epoch
-        assert neighbor_index is not None and neighbor_index.shape[1] == params.smooth_neighbors
-        return real(features, n_clusters, seed, params, neighbor_index=neighbor_index, **kwargs)
+        assert neighbor_index is not None and neighbor_index.shape[1] == neighbors == 5
+        return real(features, n_clusters, seed, neighbors, rounds, neighbor_index=neighbor_index, **kwargs)
 
     monkeypatch.setattr(clot_module, "estimate_sizes_from_features", spy)
-    params = {"neighbors": 3, "neighbor_start": 1, "neighbor_every": 2, "smooth_neighbors": 5}
-    config = FitConfig(method="clot", clusters=3, epochs=5, batch_size=60, seed=0, cluster_proportions="auto", params=params)
+    params = {"neighbors": 3, "neighbor_start": 1, "neighbor_every": 2}
+    config = FitConfig(method="clot", clusters=3, epochs=5, batch_size=60, seed=0, cluster_proportions="auto", params=params, readout_params={"neighbors": 5})
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert estimated_at == [1, 3]  # the mining epochs, one kNN search each
     assert method.neighbor_index.shape[1] == 3  # the views still pair each sample with its 3 nearest
@@ -443,3 +225,30 @@ def test_auto_sizes_are_equal_until_the_first_feature_estimate():
     torch.testing.assert_close(method.estimated_sizes(), torch.full((3,), 1 / 3))
     method.feature_sizes.copy_(torch.tensor([0.6, 0.3, 0.1]))
     torch.testing.assert_close(method.estimated_sizes(), torch.tensor([0.1, 0.6, 0.3]))  # largest to the fullest cluster
+
+
+def test_each_head_matches_a_known_prior_to_its_own_cluster_masses():
+    """Two heads number their clusters differently (head 0 fills cluster 0, head 1 cluster 2).
+    Under known sizes 0.6/0.3/0.1 each head's OT columns must give 0.6 to its own fullest
+    cluster and 0.3 to the middle one; one running mass shared by both heads would mix them."""
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(3, spec, ClotParams(n_heads=2))
+    method.set_cluster_prior("known", torch.tensor([0.6, 0.3, 0.1]))
+    preferred = [torch.tensor([4.0, 2.0, 0.0]), torch.tensor([0.0, 2.0, 4.0])]
+
+    class FixedHeads(torch.nn.Module):
+        def forward(self, features):
+            return [scores.expand(len(features), 3) + 0 * features[:, :1] for scores in preferred]
+
+    method.cluster_head = FixedHeads()
+    columns, solve = [], method.solve_transport
+    method.solve_transport = lambda scores, eps, b=None, **kwargs: (columns.append(b.clone()), solve(scores, eps, b=b, **kwargs))[1]
+    batch = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    for _ in range(30):
+        method.training_step(batch, torch.arange(32))
+    head_0, head_1 = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.1, 0.3, 0.6])
+    for b, expected in zip(columns[-4:], [head_0, head_0, head_1, head_1]):  # two views per head
+        torch.testing.assert_close(b, expected)
+    torch.testing.assert_close(method.predicted_mass, method.head_mass[method.best_head()])

@@ -22,7 +22,7 @@ def test_neighbours_are_the_inputs_own_and_are_never_mined_again():
     from sklearn.neighbors import NearestNeighbors
 
     x = blob_features()
-    model = OTClust(n_clusters=3, epochs=3, batch_size=30, device="cpu", params={"neighbors": 4, "neighbor_source": "input", "predict_by": "head"}).fit(x)
+    model = OTClust(n_clusters=3, epochs=3, batch_size=30, device="cpu", params={"neighbors": 4, "neighbor_source": "input"}).fit(x)
     expected = NearestNeighbors(n_neighbors=5, metric="cosine").fit(x).kneighbors(x, return_distance=False)[:, 1:]
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     got = model.model_.neighbor_index.cpu().numpy()
@@ -33,7 +33,7 @@ def test_neighbours_are_the_inputs_own_and_are_never_mined_again():
 def test_a_graph_given_to_the_trainer_is_used_as_it_is():
     x = torch.from_numpy(blob_features())
     given = torch.stack([torch.roll(torch.arange(len(x)), -s) for s in (1, 2, 3)], dim=1)  # not the true neighbours
-    config = FitConfig(data="array", clusters=3, epochs=2, batch_size=30, device="cpu", params={"neighbors": 2, "neighbor_source": "input", "predict_by": "head"})
+    config = FitConfig(data="array", clusters=3, epochs=2, batch_size=30, device="cpu", params={"neighbors": 2, "neighbor_source": "input"}, readout="head")
     trainer = Trainer(config, progress=False, log=lambda message: None)
     trainer.input_neighbors = given
     result = trainer.fit(ImageDataset(x, None, "x"))

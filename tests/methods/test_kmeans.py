@@ -54,20 +54,3 @@ def test_kmeans_on_feature_vectors_and_checkpoint(tmp_path):
     method, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
     assert torch.equal(method.centers, result.method.centers)
     assert np.array_equal(method.predict_proba(dataset.data).argmax(1).numpy(), result.labels)
-
-
-def test_kmeans_restarts_report_each_end_point_as_scikit_learn_would():
-    from otclust.methods.kmeans import kmeans_restarts
-
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(c, 1.0, size=(40, 3)) for c in (0, 3, 6, 9)])
-    ends = kmeans_restarts(x, 4, seed=0, n_restarts=7)
-    assert len(ends) == 7
-    for end in ends:
-        distances = ((x[:, None, :] - end.centers.double().numpy()[None]) ** 2).sum(-1)
-        np.testing.assert_array_equal(end.labels, distances.argmin(1))
-        assert end.inertia == pytest.approx(distances.min(1).sum(), rel=1e-5)
-    # independent restarts, not one repeated: they reach the same partition with centres in other orders
-    assert len({tuple(end.labels[::40]) for end in ends}) > 1
-    best = min(end.inertia for end in ends)
-    assert best == pytest.approx(KMeans(4, n_init=7, random_state=0).fit(x).inertia_, rel=0.05)

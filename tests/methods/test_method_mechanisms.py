@@ -102,7 +102,10 @@ def test_deepcluster_resets_its_classifier_and_its_optimizer_state_every_epoch(m
         assert torch.all(bias == 0)
         assert 0.007 < float(weight.std()) < 0.013 and abs(float(weight.mean())) < 0.003
         if epoch > 0:
-            assert float((weight - trained[epoch - 1]).abs().max()) > 0.05
+            # A fresh draw is uncorrelated with the weights trained in the last epoch; a classifier
+            # kept (or only nudged) would correlate almost perfectly with them.
+            correlation = torch.corrcoef(torch.stack([weight.flatten(), trained[epoch - 1].flatten()]))[0, 1]
+            assert abs(float(correlation)) < 0.5
     # Adam's moments: the classifier's were dropped at every epoch start, the backbone's kept.
     optimizer = optimizers[-1]
     backbone_steps = int(optimizer.state[next(method.backbone.parameters())]["step"])

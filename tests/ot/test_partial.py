@@ -257,7 +257,7 @@ def test_the_engine_installs_p2ot_and_reports_training_progress_each_step(blobs)
         seen.append((self.partial_tau, self.training_progress))
         return original(self, batch, indices)
 
-    config = FitConfig(method="clot", clusters=3, epochs=2, batch_size=40, seed=0, cluster_proportions="auto:p2ot", params={"predict_by": "head"})
+    config = FitConfig(method="clot", clusters=3, epochs=2, batch_size=40, seed=0, cluster_proportions="auto:p2ot", readout="head")
     import unittest.mock as mock
 
     with mock.patch.object(Clot, "training_step", recording_step):

@@ -99,9 +99,22 @@ def method_defaults(field: str) -> str:
     return "; ".join([f"default: {show(base)}", *(f"{show(value)} for {', '.join(names)}" for value, names in others.items())])
 
 
+def add_readout_option(parser: argparse.ArgumentParser) -> None:
+    """predict and evaluate: which of a checkpoint's predictors assigns the clusters."""
+    from otclust.readout import READOUTS
+
+    parser.add_argument(
+        "--readout",
+        default=None,
+        choices=list(READOUTS),
+        help="which fitted predictor assigns the clusters: head, or a read-out saved in the checkpoint (default: the run's own, see its metrics.json 'predictor')",
+    )
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     from otclust.methods import METHOD_MODULES
     from otclust.models import BACKBONES
+    from otclust.readout import READOUTS
 
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of settings (see configs/); flags given on the command line win")
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
@@ -150,6 +163,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "the sizes KL-relaxed and the labelled share of the mass ramped from 10%% to 100%% over training), or known sizes (any order)",
     )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param lam=20 (repeatable)")
+    parser.add_argument(
+        "--readout",
+        default=None,
+        choices=list(READOUTS),
+        help="how clusters are read off after training: head (the method's own prediction), kmeans (k-means on the "
+        "network's features), smoothed (k-means on features averaged over nearest neighbours, then a linear read-out); "
+        "default: the method's (smoothed for clot, head for the others). The final scores name both head and read-out",
+    )
+    parser.add_argument("--readout-param", action="append", default=[], metavar="KEY=VALUE", help="a read-out setting: neighbors, rounds, restarts, choice (prior|inertia); e.g. --readout-param restarts=10")
     parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable)")
 
 
@@ -178,13 +200,16 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         values.pop("steps", None)
     if getattr(args, "steps", None) is not None:
         values.pop("epochs", None)
-    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size", "weights"):
+    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size", "weights", "readout"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value
     params = dict(values.get("params") or {})
     params.update(_parse_pairs(args.param, "--param"))
     values["params"] = params
+    readout_params = dict(values.get("readout_params") or {})
+    readout_params.update(_parse_pairs(getattr(args, "readout_param", None) or [], "--readout-param"))
+    values["readout_params"] = readout_params
     augment = dict(values.get("augment") or {})
     augment.update(_parse_pairs(args.augment, "--augment"))
     values["augment"] = augment

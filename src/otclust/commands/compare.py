@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
             "Run each method of --methods on --data with seeds 0..S-1, each with its recipe "
             "CONFIGS_DIR/<method>-<data>.yaml when there is one (else the method's defaults), and write "
             "OUT/comparison.md and OUT/comparison.csv: mean ± std of ACC, NMI, ARI and minutes per run, "
-            "one row per method, the k-means baseline first. Each run's folder is OUT/<method>/seed<S>. "
+            "two rows per method, the k-means baseline first: the trained network scored by its head and by the "
+            "read-out fitted after training (--readout in fit; smoothed k-means unless the recipe names another). Each run's folder is OUT/<method>/seed<S>. "
             "Methods not implemented in this installation are skipped and listed; a failing run is "
             "reported in the table instead of stopping the comparison."
         ),
@@ -169,6 +170,15 @@ def _with_seed(config, seed: int):
     return dataclasses.replace(config, seed=seed, params=dict(config.params), augment=dict(config.augment))
 
 
+def predictor_rows(runs) -> list[tuple[str, str, bool]]:
+    """(where the scores are in metrics.json, predictor name, whether it is the runs' own) for
+    the two rows of a method: its head and its read-out."""
+    finished = [o.metrics for o in runs if o.ok] or [{}]
+    used = finished[0].get("predictor", "head")
+    readout = next((m["readout"]["name"] for m in finished if "readout" in m), "smoothed")
+    return [("head", "head", used == "head"), ("readout", readout, used == readout)]
+
+
 def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes) -> dict[str, str]:
     """Build (and write, after every run, so an interrupted comparison keeps what it has) the tables."""
     from otclust import experiments
@@ -177,23 +187,30 @@ def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], ski
 
     rows_md, rows_csv = [], []
     for method in methods:
-        if not any(o.group == method for o in outcomes):
+        runs = [o for o in outcomes if o.group == method]
+        if not runs:
             continue
-        summary = experiments.summarize(outcomes, method)
         config, recipe = configs[method]
         recipe_text = recipe.name if recipe else "defaults"
         epochs = (config.epochs or "budget") if get_method_class(method).trainable else "-"  # k-means trains no network
-        rows_md.append([method, recipe_text, str(epochs), *experiments.summary_cells(summary)])
-        rows_csv.append({"method": method, "recipe": str(recipe) if recipe else "", "epochs": epochs, **experiments.summary_csv_fields(summary)})
+        for predictor, name, used in predictor_rows(runs):
+            summary = experiments.summarize(outcomes, method, predictor)
+            label = name + (" (default)" if used else "")
+            rows_md.append([method, label, recipe_text, str(epochs), *experiments.summary_cells(summary)])
+            csv_fields = {"method": method, "predictor": name, "default": used, "recipe": str(recipe) if recipe else "", "epochs": epochs}
+            rows_csv.append({**csv_fields, **experiments.summary_csv_fields(summary)})
     for name in skipped:
-        rows_md.append([name, "-", "-", "n/a", "n/a", "n/a", "n/a", "skipped: not implemented"])
-        rows_csv.append({"method": name, "recipe": "", "epochs": "", **experiments.summary_csv_fields(experiments.Summary(name, 0, 0, {}, {}, ["not implemented"]))})
-    header = ["method", "recipe", "epochs", "ACC", "NMI", "ARI", "minutes/run", "runs"]
+        rows_md.append([name, "-", "-", "-", "n/a", "n/a", "n/a", "n/a", "skipped: not implemented"])
+        skipped_fields = {"method": name, "predictor": "", "default": "", "recipe": "", "epochs": ""}
+        rows_csv.append({**skipped_fields, **experiments.summary_csv_fields(experiments.Summary(name, 0, 0, {}, {}, ["not implemented"]))})
+    header = ["method", "predictor", "recipe", "epochs", "ACC", "NMI", "ARI", "minutes/run", "runs"]
     lines = [
         f"# Comparison on {data}",
         "",
         f"Mean ± std over seeds {', '.join(map(str, seeds))} (std over the runs that finished; 0 for a single run). "
-        "ACC is Hungarian-matched accuracy; minutes are wall-clock training time per run.",
+        "ACC is Hungarian-matched accuracy; minutes are wall-clock time per run (training and read-out). Each trained "
+        "network is scored twice: by its head (the method's own prediction) and by the read-out fitted after "
+        "training (otclust.readout); 'default' marks the predictor the method uses when --readout is not given.",
         "",
         experiments.markdown_table(header, rows_md),
     ]

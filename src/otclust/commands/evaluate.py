@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from otclust.commands.common import add_data_options
+from otclust.commands.common import add_data_options, add_readout_option
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    add_readout_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -28,15 +29,15 @@ def run(args) -> int:
     from otclust.errors import UserError
     from otclust.metrics import evaluate_clustering
 
-    method, config = load_trained(args.checkpoint, device=args.device)
+    method, config = load_trained(args.checkpoint, device=args.device, predictor=args.readout)
     dataset = load_data_for_model(args, method, config)
     if dataset.labels is None:
         raise UserError(f"{dataset.name} has no labels, so it cannot be scored: use 'otclust predict' to get its clusters")
     device = select_device(args.device)
     proba = predict_in_batches(method, dataset.data, device, args.batch_size, description="predicting")
-    metrics = {"checkpoint": str(args.checkpoint), "data": dataset.name, "n_samples": len(proba), **evaluate_clustering(dataset.labels, proba.argmax(axis=1))}
+    metrics = {"checkpoint": str(args.checkpoint), "data": dataset.name, "n_samples": len(proba), "predictor": method.predictor, **evaluate_clustering(dataset.labels, proba.argmax(axis=1))}
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation.json"
     out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  ({len(proba)} samples of {dataset.name})")
+    print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  ({len(proba)} samples of {dataset.name}, {method.predictor} predictor)")
     print(f"written: {out}")
     return 0

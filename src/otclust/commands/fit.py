@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "fit",
         help="train a clustering model on a data set and write a run folder",
-        description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint every epoch), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist) and assignments.csv. "
+        description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint every epoch), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist, of the run's predictor, and of the head and the read-out separately) and assignments.csv. "
         "It trains for --epochs, or --steps, or else a budget that grows with the data's size (see --epochs).",
         formatter_class=HelpFormatter,
     )
@@ -74,15 +74,23 @@ def run(args) -> int:
 
 
 def format_metrics_table(metrics: dict) -> str:
-    """A small Markdown table of the final scores, readable in a terminal and pasteable in docs."""
-    header = "| method | data | K | ACC | NMI | ARI | seconds |"
-    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    """A small Markdown table of the final scores, readable in a terminal and pasteable in docs:
+    one row per predictor of the same trained network, the run's own (its predictions) first."""
+    header = "| method | data | K | predictor | ACC | NMI | ARI | seconds |"
+    rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    predictor = metrics.get("predictor", "head")
+    scored = [(f"{predictor} (used)", metrics)]
+    others = [("head", metrics.get("head"))] if predictor != "head" else []
+    if "readout" in metrics and metrics["readout"]["name"] != predictor:
+        others.append((metrics["readout"]["name"], metrics["readout"]))
+    scored += [(name, scores) for name, scores in others if scores]
 
-    def fmt(key):
-        return f"{metrics[key]:.4f}" if key in metrics else "n/a"
+    def fmt(scores, key):
+        return f"{scores[key]:.4f}" if key in scores else "n/a"
 
-    row = f"| {metrics['method']} | {metrics['data']} | {metrics['clusters']} | {fmt('acc')} | {fmt('nmi')} | {fmt('ari')} | {metrics['seconds']:.1f} |"
-    lines = [header, rule, row]
+    lines = [header, rule]
+    for name, scores in scored:
+        lines.append(f"| {metrics['method']} | {metrics['data']} | {metrics['clusters']} | {name} | {fmt(scores, 'acc')} | {fmt(scores, 'nmi')} | {fmt(scores, 'ari')} | {metrics['seconds']:.1f} |")
     if "note" in metrics:
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)

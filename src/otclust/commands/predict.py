@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otclust.commands.common import add_data_options
+from otclust.commands.common import add_data_options, add_readout_option
 
 ASSIGN_HELP = (
     "argmax (default): each image goes to its most probable cluster, trusting its own prediction; right for any set, "
@@ -40,6 +40,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--weights", default=None, metavar="PATH", help="a model fitted behind a pretrained backbone: its weights file, if no longer where the model recorded it (its sha256 must match)")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    add_readout_option(parser)
     parser.add_argument("--assign", choices=["argmax", "balanced"], default="argmax", help=ASSIGN_HELP)
     parser.add_argument("--eps", type=float, default=0.05, help="entropic temperature of --assign balanced, in log-probability units (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05)")
     parser.add_argument("--export", default=None, metavar="DIR", help="copy each image into DIR/cluster_XX/ (image files only, e.g. --data folder:PATH)")
@@ -193,7 +194,7 @@ def run(args) -> int:
     if export is not None:
         check_export_dir(export, args.overwrite)
 
-    method, config = load_trained(args.checkpoint, device=args.device)
+    method, config = load_trained(args.checkpoint, device=args.device, predictor=args.readout)
     dataset = load_data_for_model(args, method, config)
     if export is not None and dataset.paths is None:
         raise UserError(f"--export needs image files, and {dataset.name} has none (it is held in memory): use --data folder:PATH, or drop --export")
@@ -214,7 +215,7 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions_csv(out, clusters, confidence, dataset.paths, uncertain)
     sizes = np.bincount(clusters, minlength=k)
-    print(f"{len(proba)} samples assigned to {int((sizes > 0).sum())} of {k} clusters; written: {out}")
+    print(f"{len(proba)} samples assigned to {int((sizes > 0).sum())} of {k} clusters by the {method.predictor} predictor; written: {out}")
     if uncertain is not None:
         print(f"{int(uncertain.sum())} samples below confidence {args.min_confidence:g}" + (" go to uncertain/" if export is not None else " (marked in the 'uncertain' column)"))
     if export is not None:

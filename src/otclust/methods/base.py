@@ -112,6 +112,8 @@ class ClusteringMethod(nn.Module):
     # Share of training done, in [0, 1], set by the engine before each step; 'auto:p2ot' ramps
     # the transported mass with it. None (never set, e.g. a method driven by hand): all mass.
     training_progress: float | None = None
+    # How clusters are read off after training when --readout is not given (otclust.readout).
+    default_readout: ClassVar[str] = "head"
 
     def __init__(self, n_clusters: int, spec: InputSpec, params, backbone: str = "auto", augment: dict | None = None):
         super().__init__()
@@ -136,6 +138,9 @@ class ClusteringMethod(nn.Module):
         # Running mean of the predicted cluster masses: matches a known prior to clusters and
         # estimates sizes in 'auto' mode.
         self.register_buffer("predicted_mass", torch.full((n_clusters,), 1.0 / n_clusters))
+        # The read-outs fitted after training (otclust.readout) and which one predicts ("head": none).
+        self.readout_fits: dict = {}
+        self.predictor = "head"
 
     def make_backbone(self) -> nn.Module:
         return build_backbone(self.backbone_name, self.spec.channels, self.spec.image_size, self.spec.feature_dim)
@@ -266,8 +271,12 @@ class ClusteringMethod(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw batch -> N x K cluster probabilities (no augmentation)."""
-        return torch.softmax(self.cluster_logits(self.standardize(batch)).float(), dim=1)
+        """Raw batch -> N x K cluster probabilities (no augmentation), from the run's predictor:
+        the fitted read-out of the features, or the method's own cluster scores."""
+        x = self.standardize(batch)
+        readout = self.readout_fits.get(self.predictor)
+        logits = readout.logits(self.embed(x)) if readout is not None else self.cluster_logits(x)
+        return torch.softmax(logits.float(), dim=1)
 
     @torch.no_grad()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,7 @@ between two clusterings follows the run's budget:
 1. Clustering (`on_epoch_start` of a re-clustering epoch): backbone features of the whole training set (no augmentation,
    eval mode) are PCA-whitened (`pca_dim` dimensions) and L2-normalised, then k-means gives
    every sample a pseudo-label among `kmeans_clusters` (K, the number of clusters, by default;
-   more over-clusters, as the paper's 10,000 on ImageNet). An empty cluster is re-seeded by
-   splitting a non-empty one: its centroid, perturbed in a small random direction, becomes the
-   empty cluster's centroid and the non-empty cluster's points are shared between the two.
+   more over-clusters, as the paper's 10,000 on ImageNet). No cluster is left empty (see below).
 2. Training: the pseudo-label classifier (a linear layer on the features) is re-initialised
    (weights N(0, 0.01), bias 0) and the network learns the pseudo-labels with cross-entropy on
    one augmented view. Batches are drawn uniformly over pseudo-labels (`epoch_order`: N draws,
@@ -30,10 +28,12 @@ with whitening then L2 normalisation; 20 k-means iterations; the classifier re-i
 N(0, 0.01) weights and given a new optimizer every epoch (here: Adam forgets its moments for it,
 see `reset_linear`); uniform sampling over pseudo-labels of N // clusters + 1 samples each,
 shuffled and cut to N; a constant learning rate. Faiss, which the reference uses, splits empty
-clusters itself (picking the cluster to split with probability proportional to its size minus
-one); the split here follows that rule and makes the paper's reassignment of points explicit.
+clusters (picking the cluster to split with probability proportional to its size minus one);
+`split_empty_clusters` follows that rule for a cluster still empty at the end of k-means.
 
-Deviations: Adam instead of SGD (lr 0.05, momentum 0.9); k-means++ seeding instead of random
+Deviations: the k-means is the package's one (scikit-learn's, otclust.readout.kmeans), which
+while it iterates moves an emptied cluster's centre to the point farthest from its own, not the
+paper's split; Adam instead of SGD (lr 0.05, momentum 0.9); k-means++ seeding instead of random
 points (the single-start k-means of the reference makes the read-out needlessly noisy); the
 features are the backbone output after its final ReLU (the reference clusters AlexNet's fc7
 before its ReLU); tiny PCA eigenvalues are floored at 1e-5 of the largest (as DeeperCluster's
@@ -55,25 +55,12 @@ from otclust.budget import spread_epochs
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import multi_head_cross_entropy
 from otclust.methods.base import ClusteringMethod
+from otclust.readout.kmeans import kmeans as shared_kmeans
 
 
 # ------------------------------------------------------------------------------------------------
-# k-means with explicit empty-cluster splitting
+# k-means (the package's one, scikit-learn's) and the paper's empty-cluster split
 # ------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each row and its squared distance, in chunks of rows."""
-    labels, distances = [], []
-    c_norm = (centroids * centroids).sum(dim=1)
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk]
-        d = (part * part).sum(dim=1, keepdim=True) - 2 * part @ centroids.T + c_norm
-        best, index = d.min(dim=1)
-        labels.append(index)
-        distances.append(best.clamp(min=0))
-    return torch.cat(labels), torch.cat(distances)
 
 
 @torch.no_grad()
@@ -114,57 +101,27 @@ def split_empty_clusters(x: torch.Tensor, labels: torch.Tensor, centroids: torch
 
 
 @torch.no_grad()
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
-    n = x.shape[0]
-    centroids = [x[int(torch.randint(n, (1,), generator=generator))]]
-    best = ((x - centroids[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        weights = best.double().cpu()
-        index = int(torch.multinomial(weights, 1, generator=generator)) if float(weights.sum()) > 0 else int(torch.randint(n, (1,), generator=generator))
-        centroids.append(x[index])
-        best = torch.minimum(best, ((x - x[index]) ** 2).sum(1))
-    return torch.stack(centroids)
-
-
-@torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, n_iters: int = 20, init: torch.Tensor | str = "random", n_init: int = 1, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on the rows of x -> (k x d centroids, N labels); no cluster is left empty.
+    """The package's one k-means (otclust.readout.kmeans) on the rows of x -> (k x d centroids,
+    N labels) on x's device; no cluster is left empty.
 
     `init`: "random" (k distinct random rows, as DeepCluster's faiss k-means), "k-means++", or a
-    k x d tensor of starting centroids. Each iteration assigns points to the nearest centroid,
-    splits empty clusters (`split_empty_clusters`) and moves centroids to their means; the
-    returned labels are the final assignment (after a last split if a cluster emptied). With
-    `n_init` > 1 the run of lowest inertia (sum of squared distances) is kept.
+    k x d tensor of starting centroids; `n_iters` Lloyd iterations at most; with `n_init` > 1 the
+    run of lowest inertia is kept. The seed is drawn from torch's generator, so runs repeat under
+    the engine's seeding. scikit-learn moves an emptied cluster's centre to a far point while it
+    iterates; a cluster still empty at the end (duplicate points) is split off a non-empty one
+    (`split_empty_clusters`, the paper's rule).
     """
     n = x.shape[0]
     if k > n:
         raise UserError(f"k-means with {k} clusters needs at least {k} samples, got {n}")
     x = x.float()
-    best = None
-    for _ in range(max(1, n_init)):
-        if torch.is_tensor(init):
-            centroids = init.to(x).clone()
-        elif init == "k-means++":
-            centroids = kmeans_plus_plus(x, k, generator)
-        else:
-            centroids = x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
-        previous = None
-        for _ in range(n_iters):
-            labels, _ = assign(x, centroids)
-            split = split_empty_clusters(x, labels, centroids, generator)
-            if not split and previous is not None and torch.equal(labels, previous):
-                break  # converged: the centroids are already the means of these labels
-            previous = labels
-            counts = torch.bincount(labels, minlength=k).to(x.dtype)
-            sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-            centroids = sums / counts.clamp(min=1)[:, None]
-        labels, _ = assign(x, centroids)
-        split_empty_clusters(x, labels, centroids, generator)
-        inertia = float(((x - centroids[labels]) ** 2).sum())
-        if best is None or inertia < best[0]:
-            best = (inertia, centroids, labels)
-    return best[1], best[2]
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    end = shared_kmeans(x, k, seed, n_init=max(1, n_init), max_iter=n_iters, init=init)
+    centroids = end.centers.to(x.device)
+    labels = torch.from_numpy(end.labels).long().to(x.device)
+    split_empty_clusters(x, labels, centroids, generator)
+    return centroids, labels
 
 
 def uniform_label_order(labels: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,3 +38,16 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
+
+
+class CosineClusterHead(nn.Module):
+    """Prototypes on the unit sphere scored by cosine similarity / T (as SwAV's prototypes)."""
+
+    def __init__(self, in_dim: int, n_clusters: int, n_heads: int, temperature: float):
+        super().__init__()
+        self.prototypes = nn.ParameterList([nn.Parameter(torch.randn(n_clusters, in_dim) / in_dim**0.5) for _ in range(n_heads)])
+        self.temperature = temperature
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        unit = F.normalize(features, dim=1)
+        return [unit @ F.normalize(p, dim=1).T / self.temperature for p in self.prototypes]

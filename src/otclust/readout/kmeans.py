@@ -1,0 +1,93 @@
+"""The one k-means of otclust: scikit-learn's KMeans (k-means++ seeding, Lloyd iterations).
+
+Every k-means of the package runs here: the k-means baseline, OT k-means' starting centres,
+DeepCluster's and DeeperCluster's pseudo-labels and read-out, the read-out stage and CLOT's size
+estimate. scikit-learn's rather than a torch one: it is the reference implementation the tests
+compare against, it relocates empty clusters itself, and at the sizes otclust runs (up to
+70,000 x 512 features, tens of clusters) its compiled multi-threaded Lloyd on the CPU takes
+seconds, next to minutes of training; features on a GPU are copied to the CPU for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from otclust.ot import size_constrained_inertia
+from otclust.ot.priors import match_prior_to_mass
+
+KMEANS_CHOICES = ("prior", "inertia")
+
+
+@dataclass
+class KMeansRestart:
+    """One k-means end point: K x D centers, each point's nearest center, inertia."""
+
+    centers: torch.Tensor
+    labels: np.ndarray
+    inertia: float
+
+
+def _as_float64_array(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    """scikit-learn's KMeans input: a contiguous float64 array, from a tensor or an array."""
+    if torch.is_tensor(points):
+        points = points.detach().cpu().numpy()
+    return np.ascontiguousarray(points, dtype=np.float64)
+
+
+def kmeans(points, n_clusters: int, seed: int, n_init: int = 10, max_iter: int = 300, init: str | np.ndarray | torch.Tensor = "k-means++") -> KMeansRestart:
+    """The lowest-inertia of `n_init` k-means runs on N x D points (threads as torch's).
+
+    `init`: "k-means++", "random" or K x D starting centers (then one run)."""
+    return _runs(points, n_clusters, [seed], n_init, max_iter, init)[0]
+
+
+def kmeans_centers(points, n_clusters: int, seed: int, n_init: int = 10, max_iter: int = 300) -> torch.Tensor:
+    """K x D float32 centers of the lowest-inertia of `n_init` k-means++ runs."""
+    return kmeans(points, n_clusters, seed, n_init, max_iter).centers
+
+
+def kmeans_restarts(points, n_clusters: int, seed: int, n_restarts: int, max_iter: int = 300) -> list[KMeansRestart]:
+    """Every restart of k-means, not only the lowest-inertia one, so a caller can choose by
+    another criterion (the read-out: the cost under the run's cluster-size prior)."""
+    restart_seeds = np.random.default_rng(seed % 2**32).integers(2**31 - 1, size=n_restarts)
+    return _runs(points, n_clusters, [int(s) for s in restart_seeds], 1, max_iter, "k-means++")
+
+
+def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int, init) -> list[KMeansRestart]:
+    """One scikit-learn KMeans fit per seed, all under one thread limit (setting it is slow)."""
+    # Imported here: scikit-learn takes a second to import, and most commands never cluster.
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    points = _as_float64_array(points)
+    if not isinstance(init, str):
+        init, n_init = _as_float64_array(init), 1
+    ends = []
+    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+        for seed in seeds:
+            model = KMeans(n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, random_state=seed % 2**32).fit(points)
+            ends.append(KMeansRestart(torch.from_numpy(model.cluster_centers_).float(), model.labels_, float(model.inertia_)))
+    return ends
+
+
+def choose_kmeans_restart(points: torch.Tensor, n_clusters: int, seed: int, restarts: int, choice: str = "prior", sizes: torch.Tensor | None = None) -> KMeansRestart:
+    """The restart (of `restarts`) kept. choice "inertia": plain k-means' lowest inertia.
+    "prior": the lowest inertia under a cluster-size prior (the OT k-means cost, where a
+    merge-and-split end point pays for its odd sizes); `sizes` are known proportions (a multiset,
+    matched to each restart's clusters by mass), None for equal sizes."""
+    ends = kmeans_restarts(points, n_clusters, seed, restarts)
+    if choice == "inertia":
+        return min(ends, key=lambda end: end.inertia)
+    distinct = {}  # restarts that end in the same partition share its inertia: solve the OT once
+    for end in ends:
+        distinct.setdefault(round(end.inertia, 6), end)
+    costs = {}
+    for key, end in distinct.items():
+        matched = None
+        if sizes is not None:
+            mass = torch.from_numpy(np.bincount(end.labels, minlength=n_clusters)).double()
+            matched = match_prior_to_mass(sizes.double().cpu(), mass)
+        costs[key] = size_constrained_inertia(torch.as_tensor(points), end.centers, matched)
+    return distinct[min(costs, key=costs.get)]

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from otclust.readout import choose_kmeans_restart, kmeans, kmeans_restarts
+
+
+def test_kmeans_restarts_report_each_end_point_as_scikit_learn_would():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 1.0, size=(40, 3)) for c in (0, 3, 6, 9)])
+    ends = kmeans_restarts(x, 4, seed=0, n_restarts=7)
+    assert len(ends) == 7
+    for end in ends:
+        distances = ((x[:, None, :] - end.centers.double().numpy()[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(end.labels, distances.argmin(1))
+        assert end.inertia == pytest.approx(distances.min(1).sum(), rel=1e-5)
+    # independent restarts, not one repeated: they reach the same partition with centres in other orders
+    assert len({tuple(end.labels[::40]) for end in ends}) > 1
+    best = min(end.inertia for end in ends)
+    assert best == pytest.approx(KMeans(4, n_init=7, random_state=0).fit(x).inertia_, rel=0.05)
+
+
+def test_kmeans_from_given_centres_moves_an_empty_one_into_the_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(30, 2, generator=g) * 0.3 + torch.tensor([3.0, 0.0]), torch.randn(30, 2, generator=g) * 0.3 - torch.tensor([3.0, 0.0])])
+    start = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [100.0, 100.0]])  # the third is empty after one assignment
+    end = kmeans(x, 3, seed=0, init=start, max_iter=5)
+    assert (np.bincount(end.labels, minlength=3) > 0).all()
+    assert end.centers.abs().max() < 10
+
+
+@pytest.mark.parametrize("choice, separated", [("prior", True), ("inertia", False)])
+def test_restart_choice_under_equal_sizes_keeps_the_balanced_partition(choice, separated):
+    """Two tight blobs and a long line: the lowest plain inertia merges the blobs and splits the
+    line; under equal cluster sizes the restart that separates all three wins."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, 2, generator=g) * 0.05, torch.randn(100, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
+    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
+    truth = np.repeat([0, 1, 2], 100)
+    chosen = choose_kmeans_restart(x, 3, seed=0, restarts=30, choice=choice)
+    assert (adjusted_rand_score(truth, chosen.labels) == 1.0) == separated
+
+
+def test_restart_choice_matches_known_sizes_to_clusters():
+    """Known unequal sizes, given in any order: the restart whose clusters fit them wins."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(150, 2, generator=g) * 0.05, torch.randn(50, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
+    x = torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)])
+    truth = np.repeat([0, 1, 2], [150, 50, 100])
+    sizes = torch.tensor([100.0, 150.0, 50.0]) / 300  # shuffled relative to the clusters
+    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, restarts=30, sizes=sizes).labels) == 1.0
+    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, restarts=30, choice="inertia").labels) < 1.0
