@@ -80,8 +80,8 @@ FAULTS = [
         "sinkhorn-prior-reversed",
         "Sinkhorn: cluster prior b applied to the clusters in reverse order",
         "ot/sinkhorn.py",
-        '        b = _as_marginal(b, k, "b", s, pot_dtype)',
-        '        b = _as_marginal(b, k, "b", s, pot_dtype).flip(0)',
+        '        b = as_marginal(b, k, "b", s, pot_dtype)',
+        '        b = as_marginal(b, k, "b", s, pot_dtype).flip(0)',
         ["tests/ot/test_sinkhorn.py", "tests/ot/test_sinkhorn_properties.py"],
     ),
     Fault(

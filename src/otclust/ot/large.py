@@ -119,11 +119,11 @@ import torch
 from otclust.ot.sinkhorn import (
     _ERR_FLOOR,
     _RATE_WINDOW,
-    _as_marginal,
+    as_marginal,
     _check_same_everywhere,
     _flush_denormals,
-    _iteration_cap,
-    _several_processes,
+    iteration_cap,
+    several_processes,
     _Solver,
     _warm_log_v,
 )
@@ -366,12 +366,12 @@ def sinkhorn_labels(
     """
     if not isinstance(scores, QuantizedScores):
         raise TypeError("sinkhorn_labels: scores must be QuantizedScores (see quantize_scores)")
-    n_iters = _iteration_cap(n_iters, tol, "sinkhorn_labels")
-    distributed = distributed and _several_processes()
+    n_iters = iteration_cap(n_iters, tol, "sinkhorn_labels")
+    distributed = distributed and several_processes()
     codes = scores.codes
     n, k = codes.shape
     device = codes.device
-    b = _as_marginal(b, k, "b", codes, torch.float64)
+    b = as_marginal(b, k, "b", codes, torch.float64)
     if abs(float(b.sum()) - 1.0) > 1e-4:
         raise ValueError(f"sinkhorn_labels: b must sum to 1 (the rows' total mass), got {float(b.sum()):.6g}")
     b = b / b.sum()

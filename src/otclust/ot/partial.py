@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from otclust.ot.sinkhorn import SinkhornResult, _as_marginal, _iteration_cap, _several_processes
-from otclust.ot.unbalanced import _global_column_logsumexp
+from otclust.ot.sinkhorn import SinkhornResult
+from otclust.ot.unbalanced import global_column_logsumexp, relaxed_problem
 
 __all__ = ["PartialResult", "sinkhorn_partial", "training_rho"]
 
@@ -94,34 +94,14 @@ def sinkhorn_partial(
         virtual == a`` exactly, ``virtual.sum() == (1 - rho) * A`` within ``tol``; ``error`` is the
         last iteration's largest change of a log column scaling.
     """
-    if scores.dim() != 2:
-        raise ValueError(f"sinkhorn_partial: scores must be N x K, got shape {tuple(scores.shape)}")
-    eps, tau, rho = float(eps), float(tau), float(rho)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"sinkhorn_partial: eps must be positive and finite, got {eps}")
-    if not tau > 0:
-        raise ValueError(f"sinkhorn_partial: tau must be positive (math.inf for exact cluster sizes), got {tau}")
+    rho = float(rho)
     if not 0 < rho <= 1:
         raise ValueError(f"sinkhorn_partial: rho (the transported share) must be in (0, 1], got {rho}")
-    n_iters = _iteration_cap(n_iters, tol, "sinkhorn_partial")
-    distributed = distributed and _several_processes()
-
-    in_dtype = scores.dtype
-    work = torch.float64 if in_dtype == torch.float64 else torch.float32
+    s, a, b, total_a, in_dtype, n_iters, distributed = relaxed_problem("sinkhorn_partial", scores, eps, tau, a, b, n_iters, tol, distributed)
+    eps, tau = float(eps), float(tau)
+    work = s.dtype
+    n, k = s.shape
     with torch.no_grad():
-        s = scores.detach().to(work) / eps
-        n, k = s.shape
-        if n == 0 or k == 0:
-            raise ValueError("sinkhorn_partial: scores must have at least one row and one column")
-        if a is None and distributed:
-            n_total = torch.tensor([float(n)], device=s.device)
-            torch.distributed.all_reduce(n_total)
-            a = torch.full((n,), 1.0 / float(n_total.item()), dtype=work, device=s.device)
-        a = _as_marginal(a, n, "a", s, work)
-        b = _as_marginal(b, k, "b", s, work)
-        total_a = a.sum()
-        if distributed:
-            torch.distributed.all_reduce(total_a)
         log_a = torch.log(a)
         log_b = torch.log(b * (rho * total_a / b.sum()))
         # rho = 1 leaves the virtual column empty: its log scaling stays -inf (exp gives exact zeros).
@@ -139,12 +119,12 @@ def sinkhorn_partial(
         log_u = row_update()
         change, done = math.inf, 0
         while done < n_iters:
-            column = _global_column_logsumexp(s + log_u[:, None], distributed)
+            column = global_column_logsumexp(s + log_u[:, None], distributed)
             new_log_v = damping * (log_b - column)
             change = float((new_log_v - log_v).abs().max())  # the same on every process
             log_v = new_log_v
             if rho < 1:
-                new_log_w = log_virtual_mass - _global_column_logsumexp(log_u[:, None], distributed)[0]
+                new_log_w = log_virtual_mass - global_column_logsumexp(log_u[:, None], distributed)[0]
                 change = max(change, float((new_log_w - log_w).abs()))
                 log_w = new_log_w
             log_u = row_update()

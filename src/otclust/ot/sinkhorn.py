@@ -173,7 +173,7 @@ def _flush_denormals(active: bool):
             torch.set_flush_denormal(False)
 
 
-def _as_marginal(x, size: int, name: str, like: torch.Tensor, pot_dtype) -> torch.Tensor:
+def as_marginal(x, size: int, name: str, like: torch.Tensor, pot_dtype) -> torch.Tensor:
     if x is None:
         return torch.full((size,), 1.0 / size, dtype=pot_dtype, device=like.device)
     x = torch.as_tensor(x).to(device=like.device, dtype=pot_dtype).reshape(-1)
@@ -526,7 +526,7 @@ class _Solver:
         return plan, log_u, log_v
 
 
-def _iteration_cap(n_iters, tol, caller: str) -> int:
+def iteration_cap(n_iters, tol, caller: str) -> int:
     """Validated iteration cap: 1000 when a tolerance decides, else 100 (shared by the solvers)."""
     if tol is not None and not tol > 0:
         raise ValueError(f"{caller}: tol must be positive, got {tol}")
@@ -538,7 +538,7 @@ def _iteration_cap(n_iters, tol, caller: str) -> int:
     return n_iters
 
 
-def _several_processes() -> bool:
+def several_processes() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -635,12 +635,12 @@ def sinkhorn(
     eps = float(eps)
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"sinkhorn: eps must be positive and finite, got {eps}")
-    n_iters = _iteration_cap(n_iters, tol, "sinkhorn")
+    n_iters = iteration_cap(n_iters, tol, "sinkhorn")
     in_dtype = scores.dtype
     work_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
     device = scores.device
     pot_dtype = torch.float32 if device.type == "mps" else torch.float64
-    distributed = distributed and _several_processes()
+    distributed = distributed and several_processes()
 
     with torch.no_grad():
         s = scores.detach()
@@ -654,8 +654,8 @@ def sinkhorn(
             n_total = torch.tensor([float(n)], device=device)
             torch.distributed.all_reduce(n_total)
             a = torch.full((n,), 1.0 / float(n_total.item()), dtype=pot_dtype, device=device)
-        a = _as_marginal(a, n, "a", s, pot_dtype)
-        b = _as_marginal(b, k, "b", s, pot_dtype)
+        a = as_marginal(a, n, "a", s, pot_dtype)
+        b = as_marginal(b, k, "b", s, pot_dtype)
         sum_a = a.sum()
         if distributed:
             torch.distributed.all_reduce(sum_a)

@@ -26,12 +26,12 @@ import math
 
 import torch
 
-from otclust.ot.sinkhorn import SinkhornResult, _as_marginal, _iteration_cap, _several_processes
+from otclust.ot.sinkhorn import SinkhornResult, as_marginal, iteration_cap, several_processes
 
 __all__ = ["sinkhorn_semi_relaxed"]
 
 
-def _global_column_logsumexp(x: torch.Tensor, distributed: bool) -> torch.Tensor:
+def global_column_logsumexp(x: torch.Tensor, distributed: bool) -> torch.Tensor:
     """logsumexp over rows (dim 0), over the rows of every process when distributed."""
     if not distributed:
         return torch.logsumexp(x, dim=0)
@@ -43,6 +43,38 @@ def _global_column_logsumexp(x: torch.Tensor, distributed: bool) -> torch.Tensor
     total = torch.exp(x - safe_peak).sum(dim=0)
     dist.all_reduce(total)
     return safe_peak + torch.log(total)
+
+
+def relaxed_problem(name, scores, eps, tau, a, b, n_iters, tol, distributed):
+    """What the KL-relaxed solvers (semi-relaxed here, partial in partial.py) share before
+    iterating: the checks, scores / eps in the working precision, the marginals, and the total
+    row mass over processes. Returns (s, a, b, total_a, input dtype, iteration cap, distributed)."""
+    if scores.dim() != 2:
+        raise ValueError(f"{name}: scores must be N x K, got shape {tuple(scores.shape)}")
+    eps, tau = float(eps), float(tau)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"{name}: eps must be positive and finite, got {eps}")
+    if not tau > 0:
+        raise ValueError(f"{name}: tau must be positive (math.inf for exact cluster sizes), got {tau}")
+    n_iters = iteration_cap(n_iters, tol, name)
+    distributed = distributed and several_processes()
+    in_dtype = scores.dtype
+    work = torch.float64 if in_dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        s = scores.detach().to(work) / eps
+        n, k = s.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"{name}: scores must have at least one row and one column")
+        if a is None and distributed:
+            n_total = torch.tensor([float(n)], device=s.device)
+            torch.distributed.all_reduce(n_total)
+            a = torch.full((n,), 1.0 / float(n_total.item()), dtype=work, device=s.device)
+        a = as_marginal(a, n, "a", s, work)
+        b = as_marginal(b, k, "b", s, work)
+        total_a = a.sum()
+        if distributed:
+            torch.distributed.all_reduce(total_a)
+    return s, a, b, total_a, in_dtype, n_iters, distributed
 
 
 def sinkhorn_semi_relaxed(
@@ -77,32 +109,11 @@ def sinkhorn_semi_relaxed(
         depends on tau), ``n_iters`` done, and ``error`` = the last iteration's largest change of a
         log column scaling (the stopping quantity here: the columns are not meant to equal b).
     """
-    if scores.dim() != 2:
-        raise ValueError(f"sinkhorn_semi_relaxed: scores must be N x K, got shape {tuple(scores.shape)}")
+    s, a, b, total_a, in_dtype, n_iters, distributed = relaxed_problem("sinkhorn_semi_relaxed", scores, eps, tau, a, b, n_iters, tol, distributed)
     eps, tau = float(eps), float(tau)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"sinkhorn_semi_relaxed: eps must be positive and finite, got {eps}")
-    if not tau > 0:
-        raise ValueError(f"sinkhorn_semi_relaxed: tau must be positive (math.inf for balanced columns), got {tau}")
-    n_iters = _iteration_cap(n_iters, tol, "sinkhorn_semi_relaxed")
-    distributed = distributed and _several_processes()
-
-    in_dtype = scores.dtype
-    work = torch.float64 if in_dtype == torch.float64 else torch.float32
+    work = s.dtype
+    n, k = s.shape
     with torch.no_grad():
-        s = scores.detach().to(work) / eps
-        n, k = s.shape
-        if n == 0 or k == 0:
-            raise ValueError("sinkhorn_semi_relaxed: scores must have at least one row and one column")
-        if a is None and distributed:
-            n_total = torch.tensor([float(n)], device=s.device)
-            torch.distributed.all_reduce(n_total)
-            a = torch.full((n,), 1.0 / float(n_total.item()), dtype=work, device=s.device)
-        a = _as_marginal(a, n, "a", s, work)
-        b = _as_marginal(b, k, "b", s, work)
-        total_a = a.sum()
-        if distributed:
-            torch.distributed.all_reduce(total_a)
         log_a, log_b = torch.log(a), torch.log(b * (total_a / b.sum()))
         # v = (b / K^T u)^damping; damping = 1 is the balanced column update.
         damping = 1.0 if math.isinf(tau) else tau / (tau + eps)
@@ -111,7 +122,7 @@ def sinkhorn_semi_relaxed(
         log_u = log_a - torch.logsumexp(s + log_v, dim=1)
         change, done = math.inf, 0
         while done < n_iters:
-            column = _global_column_logsumexp(s + log_u[:, None], distributed)
+            column = global_column_logsumexp(s + log_u[:, None], distributed)
             new_log_v = damping * (log_b - column)
             change = float((new_log_v - log_v).abs().max())  # the same on every process
             log_v = new_log_v
