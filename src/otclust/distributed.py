@@ -19,6 +19,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from otclust.errors import UserError
+
 __all__ = [
     "all_gather_rows",
     "all_gather_with_grad",
@@ -87,7 +89,6 @@ def init_from_env(device: str | torch.device = "auto") -> torch.device:
     device is resolved as usual. A process group that already exists (started by the caller) is
     used as it is.
     """
-    from otclust.errors import UserError
 
     name = str(device)
     if not launched_by_torchrun() and not is_initialized():
@@ -121,9 +122,21 @@ def init_from_env(device: str | torch.device = "auto") -> torch.device:
 
 
 def _resolve_device(name: str) -> torch.device:
-    from otclust.engine import select_device
-
     return select_device(name)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The torch device for --device: auto (CUDA when visible), cpu, cuda, cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible: use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+
+
 
 
 def _destroy() -> None:

@@ -28,6 +28,7 @@ import torch
 
 from otclust import budget
 from otclust import distributed as dist_utils
+from otclust.distributed import select_device  # noqa: F401 - kept importable from the engine
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
 from otclust.data.datasets import place_for_training, prefetch_to_device
@@ -51,17 +52,6 @@ READOUT_MEMORY_ADVICE = "lower --readout-param restarts=N or --readout-param nei
 
 def prediction_memory_advice(batch_size: int) -> str:
     return f"lower the batch size (now {batch_size}: --batch-size of predict, evaluate and report)"
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible: use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> None:

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from otclust.data import load_dataset
     from otclust.data.embeddings import embed_dataset, write_features_file
-    from otclust.engine import select_device
+    from otclust.distributed import select_device
     from otclust.errors import UserError
     from otclust.models.pretrained import is_pretrained, load_extractor
 

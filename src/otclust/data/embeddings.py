@@ -223,7 +223,7 @@ def pretrained_training_data(config, dataset: ImageDataset, eval_dataset: ImageD
 
     Records the weights file and its sha256 in `config` (so the checkpoint names them) and puts
     CLOT's frozen-feature settings under the user's own --param values."""
-    from otclust.engine import select_device
+    from otclust.distributed import select_device
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     extractor = _extractor_for(config)
@@ -247,7 +247,7 @@ def pretrained_training_data(config, dataset: ImageDataset, eval_dataset: ImageD
 
 def features_for_model(config, dataset: ImageDataset, weights: str | None = None, device: str = "auto", progress: bool = True, log=None) -> ImageDataset:
     """New images through the backbone a trained model was fitted behind (refusing other weights)."""
-    from otclust.engine import select_device
+    from otclust.distributed import select_device
 
     if dataset.is_features:
         return dataset
