@@ -1,6 +1,7 @@
-"""Dataset loading: each on-disk format is written here in its exact layout (tiny), read back, and
-checked for shapes, dtypes, labels, pixel orientation and split order; every user mistake must
-be a one-line UserError. Nothing here touches the network: downloads are served from memory.
+"""Dataset loading: each on-disk format is written in its exact layout (tiny; the writers are in
+tests/fake_datasets.py), read back, and checked for shapes, dtypes, labels, pixel orientation and
+split order; every user mistake must be a one-line UserError. Nothing here touches the network:
+downloads are served from memory.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import gzip
 import hashlib
 import io
 import pickle
-import struct
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -23,6 +23,8 @@ from otclust.data import DATASET_NAMES, ImageDataset, conform, load_dataset
 from otclust.data import formats
 from otclust.data.datasets import dataset_help, parse_spec
 from otclust.errors import UserError
+
+from fake_datasets import cifar_pickle, cifar_rows, idx_bytes, pattern_images, write_cifar10, write_cifar100, write_idx_dir, write_stl10
 
 
 @pytest.fixture(autouse=True)
@@ -40,81 +42,6 @@ def one_line_error(excinfo) -> str:
     message = str(excinfo.value)
     assert "\n" not in message and message
     return message
-
-
-# --------------------------------------------------------------------------------------------
-# Writers of the real formats
-# --------------------------------------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """idx: 0x0000, type 0x08 (ubyte), ndim, big-endian dims, then the data row-major."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def pattern_images(n: int, h: int, w: int, offset: int = 0) -> np.ndarray:
-    """Images whose every pixel is distinct from its transpose position: pixel = 7i + 3r + c."""
-    i, r, c = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
-    return ((offset + 7 * i + 3 * r + c) % 256).astype(np.uint8)
-
-
-def write_idx_dir(directory: Path, n_train=3, n_test=2, h=4, w=5, gz=True) -> tuple[np.ndarray, np.ndarray]:
-    directory.mkdir(parents=True, exist_ok=True)
-    train, test = pattern_images(n_train, h, w), pattern_images(n_test, h, w, offset=100)
-    files = {
-        "train-images-idx3-ubyte": idx_bytes(train),
-        "train-labels-idx1-ubyte": idx_bytes(np.arange(n_train) % 10),
-        "t10k-images-idx3-ubyte": idx_bytes(test),
-        "t10k-labels-idx1-ubyte": idx_bytes((np.arange(n_test) + 5) % 10),
-    }
-    for name, content in files.items():
-        if gz:
-            (directory / (name + ".gz")).write_bytes(gzip.compress(content))
-        else:
-            (directory / name).write_bytes(content)
-    return train, test
-
-
-def cifar_pickle(obj: dict, path: Path) -> None:
-    """Protocol 2 with bytes keys and the numpy.core module name, as the original Python 2 files."""
-    raw = pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    path.write_bytes(raw)
-
-
-def cifar_rows(n: int, offset: int) -> np.ndarray:
-    """N x 3072 rows: 1024 red, 1024 green, 1024 blue values, each plane row-major 32 x 32."""
-    return pattern_images(n * 3, 32, 32, offset).reshape(n, 3072)
-
-
-def write_cifar10(root: Path) -> Path:
-    batches = root / "cifar-10-batches-py"
-    batches.mkdir(parents=True)
-    for b in range(1, 6):
-        cifar_pickle(
-            {b"batch_label": b"training batch", b"labels": [b, b + 1], b"data": cifar_rows(2, 10 * b),
-             b"filenames": [b"a.png", b"b.png"]},
-            batches / f"data_batch_{b}",
-        )  # fmt: skip
-    cifar_pickle({b"labels": [9], b"data": cifar_rows(1, 200), b"filenames": [b"t.png"]}, batches / "test_batch")
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    cifar_pickle({b"label_names": names, b"num_cases_per_batch": 10000, b"num_vis": 3072}, batches / "batches.meta")
-    return batches
-
-
-def write_stl10(root: Path) -> dict[str, np.ndarray]:
-    """STL-10 binary: each image 3 x 96 x 96 stored column-major, labels 1..10 as bytes."""
-    d = root / "stl10_binary"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images = {part: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for part, n in
-              (("train", 2), ("test", 1), ("unlabeled", 2))}  # fmt: skip
-    for part, img in images.items():
-        (d / f"{part}_X.bin").write_bytes(np.ascontiguousarray(img.transpose(0, 1, 3, 2)).tobytes())
-    (d / "train_y.bin").write_bytes(bytes([1, 10]))
-    (d / "test_y.bin").write_bytes(bytes([4]))
-    (d / "class_names.txt").write_text("\n".join(formats.STL10_CLASSES) + "\n")
-    return images
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,12 +188,7 @@ def test_cifar_errors_and_no_code_execution(tmp_path):
 
 
 def test_cifar100_uses_the_20_superclasses(tmp_path):
-    d = tmp_path / "cifar-100-python"
-    d.mkdir()
-    cifar_pickle({b"data": cifar_rows(3, 0), b"fine_labels": [99, 50, 1], b"coarse_labels": [19, 7, 0]}, d / "train")
-    cifar_pickle({b"data": cifar_rows(2, 9), b"fine_labels": [3, 4], b"coarse_labels": [5, 6]}, d / "test")
-    coarse = [f"super{i}".encode() for i in range(20)]
-    cifar_pickle({b"fine_label_names": [b"f"] * 100, b"coarse_label_names": coarse}, d / "meta")
+    d = write_cifar100(tmp_path, train_coarse=[19, 7, 0], test_coarse=[5, 6])
     ds = load_dataset(f"cifar100-20:{tmp_path}")
     assert ds.data.shape == (5, 3, 32, 32) and ds.labels.tolist() == [19, 7, 0, 5, 6]
     assert ds.class_names == [f"super{i}" for i in range(20)] and ds.n_classes == 20
