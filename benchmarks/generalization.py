@@ -53,8 +53,8 @@ def all_methods() -> list[str]:
 
 
 def flags_from_sets(pairs: list[str]) -> list[str]:
-    """``--set`` KEY=VALUE pairs as `otclust fit` flags: epochs=1 -> --epochs 1; param.lam=20 ->
-    --param lam=20; augment.x=y -> --augment x=y; no-amp=true -> --no-amp."""
+    """``--set`` KEY=VALUE pairs as `otclust fit` flags: epochs=1 -> --epochs 1; param.sinkhorn_eps=0.05 ->
+    --param sinkhorn_eps=0.05; augment.x=y -> --augment x=y; no-amp=true -> --no-amp."""
     flags = []
     for pair in pairs:
         key, equals, value = pair.partition("=")
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads per run (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "generalization", help="results folder (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra `otclust fit` flag for every run: epochs=1 -> --epochs 1, param.lam=20 -> --param lam=20 (repeatable)")  # fmt: skip
+                        help="extra `otclust fit` flag for every run: epochs=1 -> --epochs 1, param.sinkhorn_eps=0.05 -> --param sinkhorn_eps=0.05 (repeatable)")  # fmt: skip
     parser.add_argument("--folder-image-size", type=int, default=None,
                         help="pass --image-size N for the photo-folder sets only (default: none, otclust chooses)")  # fmt: skip
     parser.add_argument("--data-root", type=Path, default=suite_data.DEFAULT_ROOT, help="generated data cache (default: %(default)s)")

@@ -27,6 +27,7 @@ from otclust.config import FitConfig, coerce_param, load_config_file  # noqa: E4
 from otclust.data import load_dataset  # noqa: E402
 from otclust.engine import Trainer  # noqa: E402
 from otclust.methods import get_method_class  # noqa: E402
+from otclust.methods.base import override_params  # noqa: E402
 
 
 def long_tailed(dataset, ratio: float, seed: int = 0, largest_class: int | None = None):
@@ -67,10 +68,12 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     values = load_config_file(args.config)
-    merged = dict(get_method_class(values.get("method", "clot")).default_config)
+    method_class = get_method_class(values.get("method", "clot"))
+    merged = dict(method_class.default_config)
     merged.update(values)
     merged.update({k: coerce_param(v) for k, _, v in (p.partition("=") for p in args.set)})
-    merged["params"] = {**(merged.get("params") or {}), **{k: coerce_param(v) for k, _, v in (p.partition("=") for p in args.param)}}
+    overrides = {k: coerce_param(v) for k, _, v in (p.partition("=") for p in args.param)}
+    merged["params"] = override_params(method_class.Params, merged.get("params") or {}, overrides)
     base = FitConfig(**merged)
     full = load_dataset(base.data, split=base.split)
 

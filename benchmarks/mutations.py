@@ -64,8 +64,8 @@ FAULTS = [
         "clot-eps-is-lambda",
         "CLOT: Sinkhorn eps = lambda instead of 1/lambda (P^lambda becomes P^(1/lambda))",
         "methods/clot.py",
-        "eps=1.0 / self.params.lam, b=sizes",
-        "eps=self.params.lam, b=sizes",
+        "eps=self.params.sinkhorn_eps, b=sizes",
+        "eps=1.0 / self.params.sinkhorn_eps, b=sizes",
         [M + "test_method_mechanisms.py", M + "test_clot.py::test_pseudo_labels_are_balanced_and_follow_the_predictions"],
     ),
     Fault(

@@ -1,7 +1,7 @@
 """Clustering quality of one recipe over several seeds: mean ± std of ACC / NMI / ARI and minutes.
 
     python benchmarks/quality.py --config configs/clot-digits.yaml --seeds 0,1,2
-    python benchmarks/quality.py --config configs/clot-fashion-mnist.yaml --seeds 0,1,2 --param lam=10
+    python benchmarks/quality.py --config configs/clot-fashion-mnist.yaml --seeds 0,1,2 --param sinkhorn_eps=0.1
 
 Each run is a full `otclust fit` in memory (no run folder); labels are used only to score.
 Prints a Markdown table; --csv appends one row per run to a file for ablation tables.
@@ -23,6 +23,7 @@ from otclust.config import FitConfig, coerce_param, load_config_file  # noqa: E4
 from otclust.data import load_dataset  # noqa: E402
 from otclust.engine import Trainer  # noqa: E402
 from otclust.methods import get_method_class  # noqa: E402
+from otclust.methods.base import override_params  # noqa: E402
 
 
 def parse_pairs(pairs):
@@ -54,7 +55,8 @@ def main() -> None:
     merged = dict(get_method_class(method_name).default_config)
     merged.update(values)
     merged.update(parse_pairs(args.set))
-    merged["params"] = {**(merged.get("params") or {}), **parse_pairs(args.param)}
+    # A --param under any of a parameter's names (sinkhorn_eps, or the former lam) replaces the recipe's.
+    merged["params"] = override_params(get_method_class(method_name).Params, merged.get("params") or {}, parse_pairs(args.param))
     merged["augment"] = {**(merged.get("augment") or {}), **parse_pairs(args.augment)}
     label = args.label or " ".join(args.param + args.set + args.augment) or "default"
     base = FitConfig(**merged)

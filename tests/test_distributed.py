@@ -64,7 +64,7 @@ def _sela_labels() -> dict:
     x, _ = _features()
     dataset = dataset_from_array(x[:47])
     torch.manual_seed(0)
-    method = Sela(3, InputSpec.from_dataset(dataset), SelaParams(lam=10, n_heads=2, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
+    method = Sela(3, InputSpec.from_dataset(dataset), SelaParams(sinkhorn_eps=0.1, n_heads=2, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
     labels = {"rows_scored": []}
     for name in ("head_log_probs", "head_codes"):  # record how many samples this process scores
         original = getattr(method, name)

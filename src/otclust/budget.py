@@ -96,13 +96,13 @@ def fraction_of_steps(fraction: float, total_steps: int) -> int:
     return int(round(fraction * total_steps))
 
 
-def warn_deprecated(params, old: str, new: str, method_name: str) -> None:
-    """A FutureWarning (shown to users, unlike DeprecationWarning) when a renamed parameter is set:
-    a fixed epoch or step count that its replacement expresses as a share of the run."""
-    if getattr(params, old) is not None:
-        warnings.warn(
-            f"{method_name} parameter {old} is deprecated: it fixes a count whatever the run's length; use {new}, "
-            "which follows the run's budget",
-            FutureWarning,
-            stacklevel=3,
-        )
+def warn_deprecated(params, old: str, new: str, method_name: str, reason: str | None = None) -> None:
+    """A FutureWarning (shown to users, unlike DeprecationWarning) when a deprecated parameter is set
+    (`params`: a method's Params, or the dict of values given for it). `reason` says what to use
+    instead; by default that the old parameter fixed an epoch or step count, which its replacement
+    expresses as a share of the run. Renamed parameters (`otclust.methods.base.Renamed`) warn
+    through here too."""
+    value = params.get(old) if isinstance(params, dict) else getattr(params, old)
+    if value is not None:
+        reason = reason or f"it fixes a count whatever the run's length; use {new}, which follows the run's budget"
+        warnings.warn(f"{method_name} parameter {old} is deprecated: {reason}", FutureWarning, stacklevel=3)

@@ -34,7 +34,7 @@ from otclust.config import FitConfig
 from otclust.data.datasets import place_for_training, prefetch_to_device
 from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
-from otclust.methods.base import build_params
+from otclust.methods.base import build_params, current_param_names
 from otclust.metrics import evaluate_clustering
 from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
 from otclust.readout import SHARED_READOUT, fit_method_readout, install_readout, resolve_readout
@@ -539,6 +539,9 @@ def load_trained(path, device: str = "auto", predictor: str | None = None) -> tu
     try:
         config = FitConfig(**checkpoint["config"])
         config.device = device
+        # A checkpoint keeps the parameter names it was trained with: former ones are read as
+        # today's without a warning, since there is nothing in the file for the user to change.
+        config.params = current_param_names(get_method_class(config.method).Params, config.params, config.method, warn=False)
         spec = InputSpec(**checkpoint["spec"])
         if spec.image_size is not None:
             spec.image_size = tuple(spec.image_size)

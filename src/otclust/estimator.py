@@ -112,7 +112,7 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
     epochs) set the training length, else it grows with the data (`otclust.budget`); `params`
-    holds the method's hyper-parameters (e.g. {"lam": 20} for CLOT). After fit, `labels_` holds
+    holds the method's hyper-parameters (e.g. {"sinkhorn_eps": 0.05} for CLOT). After fit, `labels_` holds
     the training samples' clusters, and `n_features_in_` the D of feature vectors (images have no
     fixed D: new images of another size or colour mode are converted as the training data were).
     X is described in the module docstring: (N, D) feature vectors are used as given; images are

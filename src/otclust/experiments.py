@@ -133,19 +133,23 @@ def with_value(config: FitConfig, name: str, value) -> FitConfig:
             value = str(value)
         setattr(new, key, value)
     else:
-        new.params[name.strip().replace("-", "_")] = value
+        from otclust.methods import get_method_class
+        from otclust.methods.base import override_params
+
+        new.params = override_params(get_method_class(config.method).Params, new.params, {name.strip().replace("-", "_"): value})
     return new.validate()
 
 
 def check_swept_name(config: FitConfig, name: str) -> None:
     """A swept name must be a FitConfig field or a parameter of the method: fail before any run."""
     from otclust.methods import get_method_class
+    from otclust.methods.base import renamed_parameters
 
     if config_field_name(name) is not None:
         return
     params_class = get_method_class(config.method).Params
     names = [f.name for f in dataclasses.fields(params_class)]
-    if name.strip().replace("-", "_") not in names:
+    if name.strip().replace("-", "_") not in [*names, *renamed_parameters(params_class)]:  # former names warn when built
         fields = sorted(CONFIG_FIELDS - {"params", "augment", "method", "seed"})
         raise UserError(
             f"cannot sweep '{name}': it is neither a parameter of {config.method} ({', '.join(names) or 'none'}) "

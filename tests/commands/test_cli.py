@@ -69,11 +69,14 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     from otclust.cli import build_parser
 
     config_file = tmp_path / "c.yaml"
-    config_file.write_text("epochs: 7\nclusters: 4\nparams:\n  lam: 5\n")
+    config_file.write_text("epochs: 7\nclusters: 4\nparams:\n  sinkhorn_eps: 0.2\n")
     args = build_parser().parse_args(["fit", "--config", str(config_file), "--clusters", "6", "--param", "temperature=0.2"])
     config = config_from_args(args)
     assert (config.epochs, config.clusters) == (7, 6)
-    assert config.params == {"lam": 5, "temperature": 0.2}
+    assert config.params == {"sinkhorn_eps": 0.2, "temperature": 0.2}
+    # A --param under a former name replaces the file's value of the same parameter (as --steps replaces epochs).
+    args = build_parser().parse_args(["fit", "--config", str(config_file), "--param", "lam=10"])
+    assert config_from_args(args).params == {"lam": 10}
     config_file.write_text("epoch: 7\n")
     with pytest.raises(Exception, match="unknown setting"):
         config_from_args(build_parser().parse_args(["fit", "--config", str(config_file)]))

@@ -35,19 +35,19 @@ def read_csv(path):
 
 def test_sweep_writes_tables_plot_and_one_folder_per_run(blobs, tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--param", "lam", "--values", "5,50", "--seeds", "2", "--param", "temperature=0.4", "--out", str(out)]
+    args = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--param", "sinkhorn_eps", "--values", "0.2,0.02", "--seeds", "2", "--param", "temperature=0.4", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "[4/4] lam=50 seed 1" in printed and "| lam |" in printed
+    assert "[4/4] sinkhorn_eps=0.02 seed 1" in printed and "| sinkhorn_eps |" in printed
     rows = read_csv(out / "sweep.csv")
-    assert [r["value"] for r in rows] == ["5", "50"]
+    assert [r["value"] for r in rows] == ["0.2", "0.02"]
     assert all(r["ok"] == "2" and 0 <= float(r["acc_mean"]) <= 1 and float(r["acc_std"]) >= 0 for r in rows)
     assert len(read_csv(out / "runs.csv")) == 4
     with Image.open(out / "sweep.png") as image:
         image.verify()
-    assert "![ACC against lam](sweep.png)" in (out / "sweep.md").read_text()
-    config = yaml.safe_load((out / "lam=50" / "seed1" / "config.yaml").read_text())
-    assert config["params"] == {"lam": 50.0, "temperature": 0.4} and config["seed"] == 1
+    assert "![ACC against sinkhorn_eps](sweep.png)" in (out / "sweep.md").read_text()
+    config = yaml.safe_load((out / "sinkhorn_eps=0.02" / "seed1" / "config.yaml").read_text())
+    assert config["params"] == {"sinkhorn_eps": 0.02, "temperature": 0.4} and config["seed"] == 1
     # Rerunning needs --overwrite, or --resume, which keeps the finished runs.
     assert main(args) == 2
     assert main(args + ["--resume"]) == 0
@@ -68,9 +68,12 @@ def test_swept_values_reach_fit_settings_and_method_parameters():
     config = FitConfig(method="clot")
     assert with_value(config, "batch-size", 64.0).batch_size == 64
     assert with_value(config, "lr", 1).lr == 1.0
-    assert with_value(config, "lam", 5).params == {"lam": 5}
+    assert with_value(config, "sinkhorn_eps", 0.1).params == {"sinkhorn_eps": 0.1}
     assert config.params == {}
+    check_swept_name(config, "sinkhorn_eps")
+    # A former name may still be swept; its value replaces the parameter's under its other name.
     check_swept_name(config, "lam")
+    assert with_value(FitConfig(method="clot", params={"sinkhorn_eps": 0.2, "temperature": 0.4}), "lam", 5).params == {"temperature": 0.4, "lam": 5}
     check_swept_name(config, "weight_decay")
     with pytest.raises(UserError):
         check_swept_name(config, "eps")
@@ -84,7 +87,7 @@ def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, 
     monkeypatch.setattr(otclust.methods, "available_methods", lambda: ["clot"])
     recipes = tmp_path / "recipes"
     recipes.mkdir()
-    (recipes / "clot-features.yaml").write_text("method: clot\nepochs: 4\nparams:\n  lam: 7\n")
+    (recipes / "clot-features.yaml").write_text("method: clot\nepochs: 4\nparams:\n  sinkhorn_eps: 0.125\n")
     from otclust.engine import Trainer
 
     original_fit = Trainer.fit
@@ -111,7 +114,7 @@ def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, 
     rows = read_csv(out / "comparison.csv")
     assert [(r["method"], r["predictor"]) for r in rows] == [("clot", "head"), ("clot", "smoothed"), ("kmeans", "")]
     assert rows[0]["ok"] == "1" and float(rows[0]["acc_std"]) == 0.0
-    assert yaml.safe_load((out / "clot" / "seed0" / "config.yaml").read_text())["params"] == {"lam": 7}
+    assert yaml.safe_load((out / "clot" / "seed0" / "config.yaml").read_text())["params"] == {"sinkhorn_eps": 0.125}
     assert main(args) == 2  # tables exist: --overwrite or --resume
 
 

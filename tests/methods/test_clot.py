@@ -12,7 +12,7 @@ def test_pseudo_labels_are_balanced_and_follow_the_predictions():
     from otclust.methods.base import InputSpec
 
     spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
-    method = Clot(4, spec, ClotParams(lam=20, sinkhorn_iters=1000, sinkhorn_tol=1e-3))
+    method = Clot(4, spec, ClotParams(sinkhorn_eps=0.05, sinkhorn_iters=1000, sinkhorn_tol=1e-3))
     torch.manual_seed(0)
     logits = torch.randn(64, 4) * 3
     logits[:, 0] += 5  # the network prefers cluster 0 for everyone: the collapse OT must prevent
@@ -29,7 +29,7 @@ def test_relaxed_auto_prior_lets_cluster_sizes_follow_the_predictions():
     from otclust.methods.base import InputSpec
 
     spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
-    method = Clot(2, spec, ClotParams(lam=5, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
+    method = Clot(2, spec, ClotParams(sinkhorn_eps=0.2, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
     torch.manual_seed(0)
     logits = torch.randn(64, 2)
     logits[:48, 0] += 4  # three quarters of the batch clearly belong to cluster 0

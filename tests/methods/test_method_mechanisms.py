@@ -22,12 +22,12 @@ def quiet(message):
     pass
 
 
-def pot_targets(logits: torch.Tensor, lam: float) -> torch.Tensor:
-    """CLOT's Q = diag(u) P^lambda diag(v) with equal cluster sizes, rows rescaled to sum to 1,
-    from POT (float64), not from our solver."""
+def pot_targets(logits: torch.Tensor, eps: float) -> torch.Tensor:
+    """CLOT's Q = diag(u) P^lambda diag(v) (lambda = 1/eps) with equal cluster sizes, rows rescaled
+    to sum to 1, from POT (float64), not from our solver."""
     log_p = torch.log_softmax(logits.double(), dim=1).numpy()
     n, k = log_p.shape
-    plan = ot.sinkhorn(np.full(n, 1 / n), np.full(k, 1 / k), -log_p, 1 / lam, stopThr=1e-12, numItermax=100000)
+    plan = ot.sinkhorn(np.full(n, 1 / n), np.full(k, 1 / k), -log_p, eps, stopThr=1e-12, numItermax=100000)
     return torch.from_numpy(plan * n)
 
 
@@ -52,7 +52,7 @@ def test_clot_each_view_learns_the_other_views_targets_without_gradient_through_
     parts["loss"].backward()
     (logits,) = captured
     logits_a, logits_b = logits.detach().chunk(2)
-    q_a, q_b = pot_targets(logits_a, params.lam), pot_targets(logits_b, params.lam)
+    q_a, q_b = pot_targets(logits_a, params.sinkhorn_eps), pot_targets(logits_b, params.sinkhorn_eps)
     assert (q_a - q_b).abs().max() > 0.2  # the swapped and the same-view losses differ clearly
     # Soft cross-entropy against a constant target q has gradient (softmax - q) / N per view; the
     # loss is the mean of the two directions. Targets with gradient, or not swapped, change it.
@@ -91,7 +91,7 @@ def test_deepcluster_resets_its_classifier_and_its_optimizer_state_every_epoch(m
     optimizers = []
     handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: optimizers.append(optimizer))
     try:
-        config = FitConfig(method="deepcluster", clusters=3, epochs=epochs, batch_size=20, lr=1e-2, seed=0, params={"pca_dim": 4, "readout_inits": 1})
+        config = FitConfig(method="deepcluster", clusters=3, epochs=epochs, batch_size=20, lr=1e-2, seed=0, params={"pca_dim": 4, "kmeans_restarts": 1})
         result = Trainer(config, progress=False, log=quiet).fit(_tiny_images())
     finally:
         handle.remove()

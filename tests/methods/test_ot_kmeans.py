@@ -90,7 +90,7 @@ def test_pretraining_follows_the_budget_and_the_old_epoch_count_still_works(data
 
 def test_ot_kmeans_plan_follows_the_cluster_size_prior(dataset):
     spec = InputSpec.from_dataset(dataset)
-    method = OtKMeans(3, spec, OtKMeansParams(eps=1.0))
+    method = OtKMeans(3, spec, OtKMeansParams(sinkhorn_eps=1.0))
     prior = torch.tensor([0.5, 0.3, 0.2])
     method.set_cluster_prior("known", prior)
     mass_before = method.predicted_mass.clone()
@@ -103,7 +103,7 @@ def test_ot_kmeans_plan_follows_the_cluster_size_prior(dataset):
 
 def test_soft_kmeans_plan_is_the_softmin_of_proposition_2(dataset):
     spec = InputSpec.from_dataset(dataset)
-    method = SoftKMeans(3, spec, SoftKMeansParams(eps=0.5))
+    method = SoftKMeans(3, spec, SoftKMeansParams(sinkhorn_eps=0.5))
     z = method.embed(method.standardize(dataset.data[:10]))
     _, plan = method.clustering_loss(z)
     expected = torch.softmax(-torch.cdist(z, method.centers) ** 2 / 0.5, dim=1) / 10
@@ -160,5 +160,5 @@ def test_centers_survive_a_state_dict_round_trip_and_logits_are_scaled_distances
     method.eval()
     x = method.standardize(dataset.data[:5])
     z = method.embed(x)
-    expected = -(torch.cdist(z, method.centers) ** 2) / method.params.eps
+    expected = -(torch.cdist(z, method.centers) ** 2) / method.params.sinkhorn_eps
     assert torch.allclose(method.cluster_logits(x), expected, rtol=1e-3, atol=1e-2)

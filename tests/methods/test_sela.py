@@ -30,7 +30,7 @@ def test_whole_data_labels_are_balanced_and_equal_a_direct_sinkhorn(blobs):
     torch.manual_seed(0)
     spec = InputSpec.from_dataset(blobs)
     # Chunks of 32 images: the labelling pass must not depend on holding all data at once.
-    method = Sela(3, spec, SelaParams(lam=10, n_heads=2, label_batch_size=32, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
+    method = Sela(3, spec, SelaParams(sinkhorn_eps=0.1, n_heads=2, label_batch_size=32, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
     method.update_labels(blobs.data)
     assert method.labels.shape == (2, 120)
     method.eval()
@@ -79,7 +79,7 @@ def test_beyond_the_dense_limit_labels_come_from_8_bit_codes_and_training_works(
 def test_dense_and_quantized_paths_give_the_same_labels(blobs):
     torch.manual_seed(0)
     spec = InputSpec.from_dataset(blobs)
-    method = Sela(3, spec, SelaParams(lam=10, n_heads=2, label_batch_size=32, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
+    method = Sela(3, spec, SelaParams(sinkhorn_eps=0.1, n_heads=2, label_batch_size=32, sinkhorn_tol=1e-4, sinkhorn_iters=5000))
     method.update_labels(blobs.data)
     dense = method.labels.clone()
     assert [solve["path"] for solve in method.last_label_solve] == ["dense", "dense"]
@@ -95,7 +95,7 @@ def test_relaxed_sizes_use_the_semi_relaxed_solver_and_are_refused_by_the_8_bit_
 
     torch.manual_seed(0)
     spec = InputSpec.from_dataset(blobs)
-    method = Sela(3, spec, SelaParams(lam=10, label_batch_size=32, sinkhorn_tol=1e-6, sinkhorn_iters=5000))
+    method = Sela(3, spec, SelaParams(sinkhorn_eps=0.1, label_batch_size=32, sinkhorn_tol=1e-6, sinkhorn_iters=5000))
     method.set_cluster_prior("uniform", None, size_penalty=1.0)
     method.update_labels(blobs.data)
     method.eval()

@@ -186,7 +186,7 @@ def test_method_transports_a_growing_share_as_training_progresses():
     from otclust.methods.clot import Clot, ClotParams
 
     spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
-    method = Clot(4, spec, ClotParams(lam=5, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
+    method = Clot(4, spec, ClotParams(sinkhorn_eps=0.2, sinkhorn_iters=1000, sinkhorn_tol=1e-6))
     method.set_cluster_prior("auto", None, partial_tau=1.0)
     logits = 3 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     labelled = []

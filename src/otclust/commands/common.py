@@ -162,7 +162,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:1: unbalanced OT for CLOT, SwAV and SeLa; auto:p2ot[:TAU]: progressive partial OT as in P2OT, "
         "the sizes KL-relaxed and the labelled share of the mass ramped from 10%% to 100%% over training), or known sizes (any order)",
     )
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param lam=20 (repeatable)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param sinkhorn_eps=0.05 (repeatable)")
     parser.add_argument(
         "--readout",
         default=None,
@@ -188,6 +188,7 @@ def _parse_pairs(pairs: list[str], flag: str) -> dict:
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     """Defaults < the method's own defaults < --config file < flags given on the command line."""
     from otclust.methods import get_method_class
+    from otclust.methods.base import override_params
 
     file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
     method_name = args.method or file_values.get("method") or FitConfig.method
@@ -204,9 +205,8 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value
-    params = dict(values.get("params") or {})
-    params.update(_parse_pairs(args.param, "--param"))
-    values["params"] = params
+    # A --param replaces the file's value of that parameter under any of its names (lam, sinkhorn_eps).
+    values["params"] = override_params(get_method_class(method_name).Params, values.get("params") or {}, _parse_pairs(args.param, "--param"))
     readout_params = dict(values.get("readout_params") or {})
     readout_params.update(_parse_pairs(getattr(args, "readout_param", None) or [], "--readout-param"))
     values["readout_params"] = readout_params

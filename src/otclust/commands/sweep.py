@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         help="train for each value of one hyper-parameter and several seeds; plot ACC against it",
         description=(
             "Run `otclust fit` for every value of --values and every seed: --param NAME (no '=') names what "
-            "is swept, a method parameter (e.g. eps, lam) or a fit setting (lr, batch-size, epochs, ...). "
+            "is swept, a method parameter (e.g. sinkhorn_eps, cluster_weight) or a fit setting (lr, batch-size, epochs, ...). "
             "Writes OUT/sweep.csv and OUT/sweep.md (mean ± std of ACC/NMI/ARI per value), OUT/runs.csv "
             "(one row per run) and OUT/sweep.png (ACC with std error bars against the value, log axis when "
             "the values span more than 10x). Each run's folder is OUT/NAME=VALUE/seed<S>. Every other "

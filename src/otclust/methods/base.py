@@ -9,13 +9,15 @@ methods that need whole-data passes (DeepCluster's k-means, SeLa's labelling) ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from otclust.budget import warn_deprecated
 from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, augment_config_from_dict
 from otclust.distributed import all_reduce_sum, is_distributed
 from otclust.errors import UserError
@@ -79,8 +81,79 @@ class NoParams:
     """A method without hyper-parameters of its own."""
 
 
-def build_params(params_class: type, values: dict, method_name: str):
-    """Fill a method's Params dataclass from a dict, rejecting unknown names and wrong types."""
+@dataclass(frozen=True)
+class Renamed:
+    """A method parameter's former name, still accepted (with a FutureWarning) for the one that
+    replaced it, so that one idea has one name in every method. A Params dataclass lists its
+    former names in a class attribute `renamed` ({old name: Renamed}); `convert` turns a value
+    given under the old name into the new one's (None: the same value), `relation` says how the
+    two relate (for the warning, when they differ)."""
+
+    new: str
+    convert: Callable[[Any], Any] | None = None
+    relation: str = ""
+
+
+def reciprocal(value):
+    """1 / value, for a parameter renamed to its reciprocal (lambda -> eps = 1/lambda); the same
+    float division the methods did, so the converted value gives bit for bit the same runs."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return 1.0 / value
+
+
+def renamed_parameters(params_class: type) -> dict[str, Renamed]:
+    return dict(getattr(params_class, "renamed", {}))
+
+
+def parameter_names(params_class: type, name: str) -> set[str]:
+    """Every name of the parameter that `name` names: its current one and its former ones."""
+    renamed = renamed_parameters(params_class)
+    current = renamed[name].new if name in renamed else name
+    return {current, *(old for old, rename in renamed.items() if rename.new == current)}
+
+
+def override_params(params_class: type, base: dict, overrides: dict) -> dict:
+    """`base` updated with `overrides`, where a parameter set in `overrides` under any of its names
+    replaces that parameter in `base` under every other name (a recipe's sinkhorn_eps gives way
+    to --param lam, as --epochs to --steps); both names among the overrides stay an error."""
+    merged = dict(base)
+    for key in overrides:
+        for other in parameter_names(params_class, key) - {key}:
+            merged.pop(other, None)
+    merged.update(overrides)
+    return merged
+
+
+def current_param_names(params_class: type, values: dict, method_name: str, warn: bool = True) -> dict:
+    """`values` with every former parameter name replaced by its current one (the value converted,
+    the order kept), with a FutureWarning for each (`warn`); a UserError when both names are given."""
+    renamed = renamed_parameters(params_class)
+    out = {}
+    for key, value in values.items():
+        if key not in renamed:
+            out[key] = value
+            continue
+        rename = renamed[key]
+        if rename.new in values:
+            raise UserError(f"{method_name} parameters {key} and {rename.new} are both set, and {key} is the former name of {rename.new}: give only {rename.new}")
+        if rename.convert is not None:
+            try:
+                value = rename.convert(value)
+            except ValueError as error:
+                raise UserError(f"parameter '{key}' of method '{method_name}' {error}") from None
+        if warn:
+            relation = f" ({rename.relation})" if rename.relation else ""
+            given = f"{rename.new}={value!r}{relation}" if rename.convert is not None else rename.new
+            warn_deprecated(values, key, rename.new, method_name, reason=f"use {given}, the name this setting has in every method")
+        out[rename.new] = value
+    return out
+
+
+def build_params(params_class: type, values: dict, method_name: str, warn: bool = True):
+    """Fill a method's Params dataclass from a dict, rejecting unknown names and wrong types;
+    former names (`Renamed`) are read as their current ones, with a FutureWarning (`warn`)."""
+    values = current_param_names(params_class, values, method_name, warn)
     fields = {f.name: f for f in dataclasses.fields(params_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

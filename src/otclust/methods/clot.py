@@ -1,7 +1,7 @@
 """CLOT: contrastive learning-driven and optimal-transport-based clustering (Aburidi & Marcia).
 
 Each batch, two augmented views a and b pass through one backbone. The cluster head gives
-probabilities P_a, P_b; the pseudo-labels Q = diag(u) P^lambda diag(v) are the entropic OT plan
+probabilities P_a, P_b; the pseudo-labels Q = diag(u) P^lambda diag(v) (lambda = 1/`sinkhorn_eps`) are the entropic OT plan
 between the batch and the clusters (rows 1/N, columns the cluster-size prior), which rules out
 putting everything in one cluster. The network learns each view's Q from the other view's
 prediction (transformation invariance), and a SimCLR projection head adds NT-Xent on z_a, z_b.
@@ -13,6 +13,7 @@ k-means on neighbour-smoothed backbone features and a linear read-out (`--readou
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from otclust.distributed import all_reduce_mean, is_distributed, world_size
 from otclust.errors import UserError
 from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.losses.selflabel import selflabel_loss
-from otclust.methods.base import ClusteringMethod
+from otclust.methods.base import ClusteringMethod, Renamed, reciprocal
 from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
 from otclust.ot.priors import match_prior_to_mass
 from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs, take_legacy_readout
@@ -31,12 +32,16 @@ from otclust.readout import estimate_sizes_from_features, nearest_neighbors, siz
 
 @dataclass
 class ClotParams:
-    lam: float = 5.0  # lambda of P^lambda: the Sinkhorn eps is 1/lam (docs/ablations.md)
+    # Entropic eps of the pseudo-labels' Sinkhorn on log-probabilities. The paper parametrises it by
+    # lambda of P^lambda, eps = 1/lambda: lambda 5 is sinkhorn_eps 0.2 (docs/ablations.md).
+    sinkhorn_eps: float = 0.2
     sinkhorn_iters: int = 200  # a cap: Sinkhorn stops earlier once the marginals are met
     sinkhorn_tol: float = 1e-2  # relative marginal error at which Sinkhorn stops
     temperature: float = 0.5  # NT-Xent tau
     gather_negatives: bool = True  # several processes: NT-Xent negatives from the whole global batch
-    cluster_weight: float = 0.3  # weight of the OT cluster loss beside NT-Xent (full weight can lock in early merges)
+    # Weight of the clustering loss beside the representation loss: here the OT cluster loss beside
+    # NT-Xent (at full weight the cluster loss can lock in early merges).
+    cluster_weight: float = 0.3
     cluster_start: int = 0  # first epoch (0-based) with the OT cluster loss; before it only NT-Xent trains
     contrastive_weight: float = 1.0
     projection_dim: int = 128
@@ -65,6 +70,8 @@ class ClotParams:
     smooth_rounds: int | None = None
     kmeans_restarts: int | None = None
     kmeans_choice: str | None = None
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"lam": Renamed("sinkhorn_eps", reciprocal, "sinkhorn_eps = 1/lam")}
 
 
 class ClusterPredictor(nn.Module):
@@ -88,6 +95,7 @@ class Clot(ClusteringMethod):
         super().__init__(n_clusters, spec, params, backbone, augment)
         p = params
         for ok, message in (
+            (p.sinkhorn_eps > 0, f"sinkhorn_eps must be positive, got {p.sinkhorn_eps}"),
             (p.head in ("linear", "cosine"), f"head must be 'linear' or 'cosine', got {p.head!r}"),
             (p.auto_sizes in ("predictions", "features") and p.size_updates >= 0, f"auto_sizes must be 'predictions' or 'features' and size_updates >= 0, got {p.auto_sizes!r} and {p.size_updates}"),
             (p.neighbors >= 0 and p.neighbor_every >= 1, f"neighbors must be >= 0 and neighbor_every >= 1, got {p.neighbors} and {p.neighbor_every}"),
@@ -184,7 +192,7 @@ class Clot(ClusteringMethod):
 
     @torch.no_grad()
     def pseudo_labels(self, logits: torch.Tensor, head: int | None = 0) -> torch.Tensor:
-        """Q for one view of head `head`: Sinkhorn on log P with eps = 1/lambda, rows rescaled to sum to 1.
+        """Q for one view of head `head`: Sinkhorn on log P with eps = sinkhorn_eps (1/lambda), rows rescaled to sum to 1.
 
         The columns follow the run's size prior, matched to that head's own running masses;
         head=None (auxiliary over-clustering head): equal sizes over its own clusters. With several
@@ -198,7 +206,7 @@ class Clot(ClusteringMethod):
             sizes = self.target_marginal(log_p.exp())
             self.head_mass[head].copy_(self.predicted_mass)
         distributed = is_distributed()
-        plan = self.solve_transport(log_p, eps=1.0 / self.params.lam, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol, distributed=distributed).plan
+        plan = self.solve_transport(log_p, eps=self.params.sinkhorn_eps, b=sizes, n_iters=self.params.sinkhorn_iters, tol=self.params.sinkhorn_tol, distributed=distributed).plan
         # Rows of the plan sum to 1 / (global batch size); the engine gives every process as many rows.
         return plan * (plan.shape[0] * (world_size() if distributed else 1))
 

@@ -16,7 +16,7 @@ between two clusterings follows the run's budget:
 
 The clustering is the k-means assignment in the whitened space: `cluster_logits` is the negative
 squared distance to K centroids divided by `assign_temperature`. These come from a careful
-K-means of the whitened training features (k-means++ seeding, best inertia of `readout_inits`
+K-means of the whitened training features (k-means++ seeding, best inertia of `kmeans_restarts`
 runs); with `kmeans_clusters` = K the same K-means also gives the pseudo-labels, otherwise the
 pseudo-labels come from a separate k-means. To make the read-out agree with the final network,
 the clustering is recomputed after every evaluated epoch and before every re-clustering epoch
@@ -44,6 +44,7 @@ below 256: whitening many weak directions drowns the cluster structure (see conf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import weakref
 
@@ -54,7 +55,7 @@ from torch import nn
 from otclust.budget import spread_epochs
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import multi_head_cross_entropy
-from otclust.methods.base import ClusteringMethod
+from otclust.methods.base import ClusteringMethod, Renamed
 from otclust.readout.kmeans import kmeans as shared_kmeans
 
 
@@ -208,9 +209,9 @@ class FeatureClusteringMethod(ClusteringMethod):
 
     @torch.no_grad()
     def fit_prediction_centroids(self, whitened: torch.Tensor) -> torch.Tensor:
-        """The read-out: a careful K-means (k-means++, best of `readout_inits` runs) of the whitened
+        """The read-out: a careful K-means (k-means++, best of `kmeans_restarts` runs) of the whitened
         features; stores its centroids for `cluster_logits` and returns its labels."""
-        centroids, labels = kmeans(whitened, self.n_clusters, max(self.params.kmeans_iters, 50), init="k-means++", n_init=self.params.readout_inits)
+        centroids, labels = kmeans(whitened, self.n_clusters, max(self.params.kmeans_iters, 50), init="k-means++", n_init=self.params.kmeans_restarts)
         self.centroids.copy_(centroids)
         return labels
 
@@ -297,11 +298,13 @@ class DeepClusterParams:
     kmeans_iters: int = 20  # Lloyd iterations per clustering (reference: 20)
     uniform_sampling: bool = True  # batches drawn uniformly over pseudo-labels (paper); False: plain shuffle
     assign_temperature: float = 0.1  # softmax temperature of -squared distances for predicted probabilities
-    readout_inits: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
+    kmeans_restarts: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
     # Re-clusterings per run, spread evenly over its epochs, at most one per epoch (the paper's: every
     # epoch). A count per run, so the steps a fresh classifier gets between two clusterings grow
     # with the run's budget instead of being one epoch of whatever size the data set has.
     reclusterings: int = 100
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"readout_inits": Renamed("kmeans_restarts")}
 
 
 class DeepCluster(FeatureClusteringMethod):

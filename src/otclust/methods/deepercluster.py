@@ -28,7 +28,7 @@ instead of one rotation per worker; Adam instead of SGD; PCA to `pca_dim`
 
 The final clustering is read from the cluster part, never from the rotation: the assignment of
 the unrotated image's whitened features to the centroids of a K-means of the training features
-(k-means++, best of `readout_inits` runs), recomputed after every evaluated epoch (always after
+(k-means++, best of `kmeans_restarts` runs), recomputed after every evaluated epoch (always after
 the last) so that it matches the final network. With one group of exactly K sub-clusters that K-means is also the pseudo-labels'.
 All k-means here start from k-means++ (the reference's start from random points).
 """
@@ -36,6 +36,7 @@ All k-means here start from k-means++ (the reference's start from random points)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from torch import nn
 from otclust.budget import warn_deprecated
 from otclust.errors import UserError
 from otclust.losses.hierarchical_cross_entropy import hierarchical_cross_entropy
+from otclust.methods.base import Renamed
 from otclust.methods.deepcluster import FeatureClusteringMethod, kmeans, uniform_label_order
 
 ROTATIONS = 4
@@ -68,8 +70,10 @@ class DeeperClusterParams:
     kmeans_iters: int = 10  # Lloyd iterations per k-means (reference: 10)
     uniform_sampling: bool = True  # batches drawn uniformly over sub-cluster pseudo-labels
     assign_temperature: float = 0.1  # softmax temperature of -squared distances for predicted probabilities
-    readout_inits: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
+    kmeans_restarts: int = 10  # k-means++ restarts of the K-means read out as the clustering (best inertia kept)
     reclusterings: int = 100  # clusterings per run, spread over its epochs, at most one per epoch (as DeepCluster's)
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"readout_inits": Renamed("kmeans_restarts")}
 
 
 class DeeperCluster(FeatureClusteringMethod):

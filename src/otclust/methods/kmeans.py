@@ -1,7 +1,7 @@
 """k-means on the inputs themselves: the baseline every table of the papers starts from.
 
 No network is trained (`trainable = False`): the package's one k-means (otclust.readout.kmeans,
-scikit-learn's KMeans: k-means++ seeding, n_init restarts, Lloyd iterations) runs once on the
+scikit-learn's KMeans: k-means++ seeding, `kmeans_restarts` restarts, Lloyd iterations) runs once on the
 flattened standardised pixels (or standardised feature vectors) of the training set, and a
 sample goes to its nearest center. For images the
 standardisation is one affine map of all pixels (channel statistics; per channel for RGB), so
@@ -14,18 +14,21 @@ k-means has no cluster-size constraint: `--cluster-proportions` does not apply (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from otclust.methods.base import ClusteringMethod
+from otclust.methods.base import ClusteringMethod, Renamed
 from otclust.ot.kmeans_loss import squared_distances
 from otclust.readout.kmeans import kmeans_centers
 
 
 @dataclass
 class KMeansParams:
-    n_init: int = 10  # k-means++ restarts; the best inertia is kept
+    kmeans_restarts: int = 10  # k-means++ restarts; the best inertia is kept
     max_iter: int = 300  # Lloyd iterations per restart
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"n_init": Renamed("kmeans_restarts")}
 
 
 class KMeansBaseline(ClusteringMethod):
@@ -43,7 +46,7 @@ class KMeansBaseline(ClusteringMethod):
         if self.prior_mode != "uniform":
             trainer.log("note: k-means has no cluster-size constraint; --cluster-proportions is not used")
         points = torch.cat([self.flat_inputs(batch) for batch, _ in trainer.iterate_batches(trainer.train_data, 4096, shuffle=False)])
-        centers = kmeans_centers(points, self.n_clusters, trainer.config.seed, self.params.n_init, self.params.max_iter)
+        centers = kmeans_centers(points, self.n_clusters, trainer.config.seed, self.params.kmeans_restarts, self.params.max_iter)
         self.centers.copy_(centers.to(self.centers.device))
 
     @torch.no_grad()

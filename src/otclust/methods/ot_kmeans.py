@@ -5,8 +5,8 @@ All three train an autoencoder (encoder f, decoder g) on the standardised inputs
 augmentation (the paper uses none), and cluster the embeddings f(x) in R^10:
 
 * ``ot-kmeans`` (the paper's method, Algorithm 2): loss ``l_r + lambda * OT_eps(f(batch), mu, w)``,
-  the entropic transport between the batch (mass 1/m per sample) and learned centers mu
-  (parameters) with cluster proportions w, solved by Sinkhorn (`otclust.ot.ot_kmeans_loss`,
+  the entropic transport (eps: ``sinkhorn_eps``) between the batch (mass 1/m per sample) and
+  learned centers mu (parameters) with cluster proportions w, solved by Sinkhorn (`otclust.ot.ot_kmeans_loss`,
   envelope-theorem gradient). w is the run's cluster-size prior (``--cluster-proportions``,
   uniform by default) through `target_marginal`. The centers are initialised by k-means on the
   embeddings after the optional pre-training (the first ``pretrain_fraction`` of the run's epochs,
@@ -18,7 +18,7 @@ augmentation (the paper uses none), and cluster the embeddings f(x) in R^10:
   embeddings (run after every evaluated epoch, so each history row is AE + k-means at that point).
 
 A sample's cluster is ``argmin_k ||f(x) - mu_k||^2``; `cluster_logits` returns
-``-||f(x) - mu_k||^2 / eps`` (eps = 1 for ae-kmeans), whose softmax is the soft assignment.
+``-||f(x) - mu_k||^2 / eps`` (eps = ``sinkhorn_eps``, 1 for ae-kmeans), whose softmax is the soft assignment.
 
 Choices where the paper is silent or our engine differs (we found no public code of the paper):
 
@@ -47,13 +47,14 @@ Choices where the paper is silent or our engine differs (we found no public code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from otclust.budget import fraction_of_epochs, warn_deprecated
 from otclust.errors import UserError
-from otclust.methods.base import ClusteringMethod
+from otclust.methods.base import ClusteringMethod, Renamed
 from otclust.methods.kmeans import kmeans_centers
 from otclust.models.backbones import SmallCNN
 from otclust.ot import ot_kmeans_loss, soft_kmeans_loss
@@ -132,8 +133,13 @@ class AeKMeansParams:
 
 @dataclass
 class SoftKMeansParams(AeKMeansParams):
-    eps: float = 1e-2  # entropic temperature, in squared embedding distances (paper: 1e-2)
-    cluster_weight: float = 1.0  # lambda in l_r + lambda * l_c (paper's Eq. 11: 1)
+    # Entropic eps of the transport between batch and centers, in squared embedding distances
+    # (paper: 1e-2): ot-kmeans's Sinkhorn; soft-kmeans keeps only the sample marginal, whose plan
+    # is the closed-form softmin softmax(-C / eps) (Sinkhorn's first row step).
+    sinkhorn_eps: float = 1e-2
+    # Weight of the clustering loss beside the representation loss: lambda in l_r + lambda * l_c,
+    # l_c beside the reconstruction loss l_r (paper's Eq. 11: 1).
+    cluster_weight: float = 1.0
     # Share of the run's epochs (rounded) with the reconstruction loss only, then k-means on the
     # embeddings initialises mu (0: none, the paper's OT k-means; DKM pre-trains): a share, so the
     # warm-up follows the run's budget.
@@ -148,14 +154,16 @@ class SoftKMeansParams(AeKMeansParams):
     # soft-kmeans False is DKM's objective (gradient through the softmin too) and True the
     # envelope gradient of Proposition 2's regularized value.
     entropy: bool = False
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"eps": Renamed("sinkhorn_eps")}
 
 
 @dataclass
 class OtKMeansParams(SoftKMeansParams):
     sinkhorn_iters: int = 1000  # cap on Sinkhorn iterations per batch
-    # Relative marginal error at which Sinkhorn stops. At eps = 1e-2 on embeddings whose squared
-    # distances are O(1-10), 1e-4 takes over 1000 iterations per batch; 1e-3 makes the plan (the
-    # envelope gradient) accurate to 0.1 % of each cluster's mass, far below SGD's own noise.
+    # Relative marginal error at which Sinkhorn stops. At sinkhorn_eps = 1e-2 on embeddings whose
+    # squared distances are O(1-10), 1e-4 takes over 1000 iterations per batch; 1e-3 makes the plan
+    # (the envelope gradient) accurate to 0.1 % of each cluster's mass, far below SGD's own noise.
     sinkhorn_tol: float = 1e-3
 
 
@@ -224,7 +232,7 @@ class AutoencoderClustering(ClusteringMethod):
         return squared_distances(z.float(), self.centers.float())
 
     def logit_eps(self) -> float:
-        return float(getattr(self.params, "eps", 1.0))
+        return float(getattr(self.params, "sinkhorn_eps", 1.0))
 
     def cluster_logits(self, x):
         return -self.distances(self.embed(x)) / self.logit_eps()
@@ -280,7 +288,7 @@ class SoftKMeans(AutoencoderClustering):
     def init_centers(self, centers: torch.Tensor) -> None:
         # mu = center_lr_scale * center_param: Adam moves center_param by about lr per step, so
         # mu moves about center_lr_scale * lr per step (a learning rate of its own for mu).
-        for key in ("center_lr_scale", "eps"):
+        for key in ("center_lr_scale", "sinkhorn_eps"):
             if not getattr(self.params, key) > 0:
                 raise UserError(f"{self.name} parameter {key} must be positive, got {getattr(self.params, key)}")
         self.center_param = nn.Parameter(centers / self.params.center_lr_scale)
@@ -328,7 +336,7 @@ class SoftKMeans(AutoencoderClustering):
             self.centers_initialized.fill_(epoch + 1 == self.pretrain_epochs)
 
     def clustering_loss(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return soft_kmeans_loss(z.float(), self.centers.float(), self.params.eps, entropy=self.params.entropy)
+        return soft_kmeans_loss(z.float(), self.centers.float(), self.params.sinkhorn_eps, entropy=self.params.entropy)
 
     def training_step(self, batch, indices):
         x = self.standardize(batch)
@@ -351,6 +359,6 @@ class OtKMeans(SoftKMeans):
         p = self.params
         z, centers = z.float(), self.centers.float()
         with torch.no_grad():
-            probs = torch.softmax(-squared_distances(z, centers) / p.eps, dim=1)
+            probs = torch.softmax(-squared_distances(z, centers) / p.sinkhorn_eps, dim=1)
         weights = self.target_marginal(probs)
-        return ot_kmeans_loss(z, centers, p.eps, weights=weights, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, entropy=p.entropy)
+        return ot_kmeans_loss(z, centers, p.sinkhorn_eps, weights=weights, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, entropy=p.entropy)

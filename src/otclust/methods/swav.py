@@ -4,7 +4,7 @@ Every view of a batch goes through the backbone and a projection MLP, and is L2-
 z. Trainable prototypes C (one per cluster, also on the unit sphere) give scores z^T C. For each
 of the two large views, codes Q are the entropic OT plan between the batch and the prototypes,
 
-    Q = diag(u) exp(z^T C / eps) diag(v),  eps = 0.05, 3 Sinkhorn iterations,
+    Q = diag(u) exp(z^T C / eps) diag(v),  eps = 0.05 (`sinkhorn_eps`), 3 Sinkhorn iterations,
 
 with columns following the cluster prior (equal sizes by default) and rows rescaled to sum to 1.
 The network then predicts each large view's code from every other view (swapped prediction),
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +50,13 @@ from otclust.data.augment import BatchAugmenter
 from otclust.distributed import all_gather_rows, is_distributed, world_size
 from otclust.errors import UserError
 from otclust.losses.swapped_prediction import swapped_prediction_loss
-from otclust.methods.base import ClusteringMethod
+from otclust.methods.base import ClusteringMethod, Renamed
 from otclust.models import ProjectionHead, ResNetCifar
 
 
 @dataclass
 class SwavParams:
-    epsilon: float = 0.05  # entropic regularisation of the codes' Sinkhorn
+    sinkhorn_eps: float = 0.05  # entropic eps of the codes' Sinkhorn on the prototype scores z^T C (paper: 0.05)
     sinkhorn_iters: int = 3  # Sinkhorn iterations per code computation
     temperature: float = 0.1  # softmax temperature of the swapped prediction
     projection_dim: int = 128  # dimension of z (the unit sphere the prototypes live on)
@@ -74,6 +75,8 @@ class SwavParams:
     n_small_crops: int = 0  # extra low-resolution views of small parts of the image (multi-crop)
     small_crop_size: int = 0  # side of the small crops in pixels; 0: 96/224 of the image side
     small_crop_scale: list = field(default_factory=lambda: [0.05, 0.14])  # area fraction of a small crop
+    # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
+    renamed: ClassVar[dict] = {"epsilon": Renamed("sinkhorn_eps")}
 
 
 class Swav(ClusteringMethod):
@@ -84,8 +87,8 @@ class Swav(ClusteringMethod):
 
     def __init__(self, n_clusters, spec, params: SwavParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
-        if params.epsilon <= 0 or params.temperature <= 0 or params.sinkhorn_iters < 1:
-            raise UserError("swav parameters epsilon and temperature must be positive and sinkhorn_iters at least 1")
+        if params.sinkhorn_eps <= 0 or params.temperature <= 0 or params.sinkhorn_iters < 1:
+            raise UserError("swav parameters sinkhorn_eps and temperature must be positive and sinkhorn_iters at least 1")
         extra = [int(k) for k in (params.extra_prototypes or [])]
         if any(k < 2 for k in extra):
             raise UserError(f"swav parameter extra_prototypes must list sizes of at least 2, got {params.extra_prototypes}")
@@ -159,11 +162,11 @@ class Swav(ClusteringMethod):
         # With several processes the problem is the global batch's (SwAV's distributed Sinkhorn):
         # the column sums, and so this first column update, run over every process's rows.
         distributed = is_distributed()
-        column_mass = torch.logsumexp(scores.double() / p.epsilon, dim=0)
+        column_mass = torch.logsumexp(scores.double() / p.sinkhorn_eps, dim=0)
         if distributed:
             column_mass = torch.logsumexp(all_gather_rows(column_mass[None]), dim=0)
         first_column = torch.log(sizes.double()) - column_mass
-        plan = self.solve_transport(scores, eps=p.epsilon, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed).plan
+        plan = self.solve_transport(scores, eps=p.sinkhorn_eps, b=sizes, n_iters=p.sinkhorn_iters - 1, warm_start=first_column, distributed=distributed).plan
         rows = plan.shape[0] * (world_size() if distributed else 1)
         return plan[-n:] * rows
 
