@@ -31,7 +31,8 @@ Measured, the two peers interleaved so that drift of the machine's load hits bot
       already made), --steps steps per round, --rounds rounds alternating between the peers;
       the median round. Images, not views: one image is two views.
   (b) epoch images/s: whole epochs, data preparation included (loading, augmentation, collate,
-      shuffling), i.e. (steps x batch) / wall time of the epoch; the mean over the timed epochs.
+      shuffling), i.e. (steps x batch) / wall time of the epoch, over the epochs that both peers
+      trained (alternating; once one peer has reached the target the other trains alone).
       "data s/epoch" is the part of the epoch spent getting the next batch of views ready
       (lightly: waiting on the DataLoader's iterator; otclust: indexing + the two augmentations),
       "data images/s" the images (two views each) made ready per second of it. With lightly's
@@ -449,8 +450,10 @@ def main(argv=None):
 
     started_at = datetime.datetime.now().astimezone()
     load_before = load_average()
-    log(f"load average {load_before}; (a) step throughput...")
+    log(f"load average {load_before}" + ("" if args.skip_steps else "; (a) step throughput..."))
     steps = {} if args.skip_steps else measure_steps(peers, spec, args)
+    for name, rate in steps.items():
+        log(f"(a) {name}: {rate:.0f} images/s per training step")
     log("(b)/(c) epochs...")
     if args.target is None and args.throughput_epochs == 0:
         runs = {peer.name: {"epochs": [], "evals": [], "reached": None} for peer in peers}
@@ -473,9 +476,12 @@ def main(argv=None):
     target = "-" if args.target is None else f"{args.target:.2f}"
     print(f"| peer | (a) step images/s | (b) epoch images/s | s/epoch | data s/epoch | data images/s | (c) training time to ACC >= {target} | last ACC (epoch) | epochs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    # (b) over the epochs both peers trained, alternating (a peer that stopped at the target
+    # leaves the other training alone, under whatever load then is).
+    common = min(len(runs[peer.name]["epochs"]) for peer in peers)
     for peer in peers:
         run = runs[peer.name]
-        epochs = run["epochs"]
+        epochs = run["epochs"][:common]
         seconds = sum(e["seconds"] for e in epochs)
         data_seconds = sum(e["data_seconds"] for e in epochs)
         trained = sum(e["images"] for e in epochs)
@@ -489,10 +495,18 @@ def main(argv=None):
         elif run["reached"]:
             reach = f"{run['reached'][1]:.0f} s (epoch {run['reached'][0]})"
         else:
-            reach = f"not reached in {run['train_seconds']:.0f} s ({len(epochs)} epochs)"
+            reach = f"not reached in {run['train_seconds']:.0f} s ({len(run['epochs'])} epochs)"
         if args.target is not None:
             last = f"{run['evals'][-1][2]:.3f} ({run['evals'][-1][0]})" if run["evals"] else "-"
-        print(f"| {peer.name} | {step} | {throughput} | {per_epoch} | {data} | {data_rate} | {reach} | {last} | {len(epochs)} |")
+        print(f"| {peer.name} | {step} | {throughput} | {per_epoch} | {data} | {data_rate} | {reach} | {last} | {len(run['epochs'])} |")
+    print()
+    notes = f"(b), s/epoch and data: the {common} epoch(s) both peers trained, alternating."
+    if args.workers > 0:
+        notes += f" lightly's {args.workers} DataLoader workers prepare batches while the step runs: its 'data' is only the wait for them."
+    if args.target is not None:
+        notes += (f" (c): training time only, k-means read-outs every {args.eval_every} epochs not counted"
+                  " (so the epoch reached is the first evaluated one at or above the target).")
+    print(notes)
     if args.target is not None:
         print()
         for peer in peers:
