@@ -1,7 +1,7 @@
 """Side by side with lightly: SimCLR on the same small CNN, otclust's data path against lightly's.
 
     .venv-bench/bin/python benchmarks/peer_lightly.py                  # Fashion-MNIST, all three parts
-    .venv-bench/bin/python benchmarks/peer_lightly.py --quick          # digits, a minute or two
+    .venv-bench/bin/python benchmarks/peer_lightly.py --quick          # digits, under a minute on an idle 2-core CPU
     .venv-bench/bin/python benchmarks/peer_lightly.py --check          # the two NT-Xent losses agree?
 
 Needs lightly (requirements-bench.txt; `make bench-peer` makes the venv .venv-bench and runs this).
@@ -391,6 +391,10 @@ def check(args, spec, images) -> bool:
 # --- main ---------------------------------------------------------------------------------------
 
 
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -493,9 +497,9 @@ def main(argv=None):
         if args.target is None:
             reach, last = "-", "-"
         elif run["reached"]:
-            reach = f"{run['reached'][1]:.0f} s (epoch {run['reached'][0]})"
+            reach = f"{seconds_text(run['reached'][1])} s (epoch {run['reached'][0]})"
         else:
-            reach = f"not reached in {run['train_seconds']:.0f} s ({len(run['epochs'])} epochs)"
+            reach = f"not reached in {seconds_text(run['train_seconds'])} s ({len(run['epochs'])} epochs)"
         if args.target is not None:
             last = f"{run['evals'][-1][2]:.3f} ({run['evals'][-1][0]})" if run["evals"] else "-"
         print(f"| {peer.name} | {step} | {throughput} | {per_epoch} | {data} | {data_rate} | {reach} | {last} | {len(run['epochs'])} |")
