@@ -34,6 +34,16 @@ def parse_pairs(pairs):
     return out
 
 
+def append_csv_row(path: str, row: dict) -> None:
+    """Append one run's row to a CSV file, writing the header when the file is new."""
+    new = not Path(path).exists()
+    with open(path, "a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML recipe (configs/...)")
@@ -76,12 +86,7 @@ def main() -> None:
         before = f"  (last training epoch: ACC {last_eval['acc']:.4f} NMI {last_eval['nmi']:.4f})" if "acc" in last_eval and round(row["acc"], 4) != last_eval["acc"] else ""
         print(f"seed {seed}: ACC {row['acc']:.4f}  NMI {row['nmi']:.4f}  ARI {row['ari']:.4f}  {minutes:.2f} min{before}", file=sys.stderr, flush=True)
         if args.csv:
-            new = not Path(args.csv).exists()
-            with open(args.csv, "a", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_csv_row(args.csv, row)
 
     def stat(key):
         values = np.array([r[key] for r in rows])

@@ -24,7 +24,6 @@ alike; still, compare rows of one table, not tables of different days. Columns:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from otclust.config import FitConfig, coerce_param, load_config_file  # noqa: E4
 from otclust.data import load_dataset  # noqa: E402
 from otclust.engine import Trainer  # noqa: E402
 from otclust.methods import get_method_class  # noqa: E402
+from quality import append_csv_row  # noqa: E402  (benchmarks/, the script's own folder)
 
 SECTIONS = ("param", "readout", "augment")
 
@@ -120,12 +120,7 @@ def main() -> None:
             print(f"{label} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} ({row['predictor']}; head {row['head_acc']:.4f}) "
                   f"train {row['train_min']:.2f} + read-out {row['readout_min']:.2f} = {row['total_min']:.2f} min, load {row['load']:.1f}", file=sys.stderr, flush=True)
             if args.csv:
-                new = not Path(args.csv).exists()
-                with open(args.csv, "a", newline="") as file:
-                    writer = csv.DictWriter(file, fieldnames=list(row))
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                append_csv_row(args.csv, row)
 
     reference = np.mean([r["total_min"] for r in rows if r["variant"] == variants[0][0]])
     reached = f" | reached {args.target}" if args.target is not None else ""
