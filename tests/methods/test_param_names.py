@@ -32,6 +32,7 @@ RENAMES = [
     ("ot-kmeans", "eps", 0.5, "sinkhorn_eps", 0.5),
     ("soft-kmeans", "eps", 0.5, "sinkhorn_eps", 0.5),
     ("kmeans", "n_init", 3, "kmeans_restarts", 3),
+    ("kmeans", "max_iter", 40, "kmeans_iters", 40),
     ("deepcluster", "readout_inits", 3, "kmeans_restarts", 3),
     ("deepercluster", "readout_inits", 3, "kmeans_restarts", 3),
 ]
@@ -55,6 +56,9 @@ def test_every_entropic_eps_and_kmeans_restart_count_has_one_name():
     for method in ("kmeans", "deepcluster", "deepercluster", "ot-kmeans", "soft-kmeans", "ae-kmeans"):
         names = {f.name for f in dataclasses.fields(get_method_class(method).Params)}
         assert "kmeans_restarts" in names and not names & {"n_init", "readout_inits"}, method
+    for method in ("kmeans", "deepcluster", "deepercluster"):  # Lloyd iterations
+        names = {f.name for f in dataclasses.fields(get_method_class(method).Params)}
+        assert "kmeans_iters" in names and "max_iter" not in names, method
 
 
 def test_the_converted_defaults_are_the_old_ones_bit_for_bit():

@@ -26,9 +26,9 @@ from otclust.readout.kmeans import kmeans_centers
 @dataclass
 class KMeansParams:
     kmeans_restarts: int = 10  # k-means++ restarts; the best inertia is kept
-    max_iter: int = 300  # Lloyd iterations per restart
+    kmeans_iters: int = 300  # Lloyd iterations per restart (the name DeepCluster's uses too)
     # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
-    renamed: ClassVar[dict] = {"n_init": Renamed("kmeans_restarts")}
+    renamed: ClassVar[dict] = {"n_init": Renamed("kmeans_restarts"), "max_iter": Renamed("kmeans_iters")}
 
 
 class KMeansBaseline(ClusteringMethod):
@@ -46,7 +46,7 @@ class KMeansBaseline(ClusteringMethod):
         if self.prior_mode != "uniform":
             trainer.log("note: k-means has no cluster-size constraint; --cluster-proportions is not used")
         points = torch.cat([self.flat_inputs(batch) for batch, _ in trainer.iterate_batches(trainer.train_data, 4096, shuffle=False)])
-        centers = kmeans_centers(points, self.n_clusters, trainer.config.seed, self.params.kmeans_restarts, self.params.max_iter)
+        centers = kmeans_centers(points, self.n_clusters, trainer.config.seed, self.params.kmeans_restarts, self.params.kmeans_iters)
         self.centers.copy_(centers.to(self.centers.device))
 
     @torch.no_grad()
