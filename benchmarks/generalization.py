@@ -258,7 +258,7 @@ def parse_list(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help=f"comma-separated, of {', '.join(suite_data.SUITE)} (default: {','.join(DEFAULT_DATASETS)})")
+    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help=f"comma-separated, of {', '.join(suite_data.SUITE)}; 'dev' for the development sets (default: {','.join(DEFAULT_DATASETS)})")
     parser.add_argument("--methods", default=None, help="comma-separated (default: every method); k-means on pixels always runs first")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads per run (default: %(default)s)")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fashion_dir is not None:
         args.fashion_dir = args.fashion_dir.resolve()
 
-    dataset_names = parse_list(args.datasets)
+    dataset_names = [name for part in parse_list(args.datasets) for name in (suite_data.DEV_SETS if part == "dev" else [part])]
     unknown = [d for d in dataset_names if d not in suite_data.SUITE]
     if unknown:
         parser.error(f"unknown data set(s) {', '.join(unknown)}: use {', '.join(suite_data.SUITE)}")

@@ -18,6 +18,11 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
                   grid, blotches) in random colours, scales and angles, under uneven light
     strokes       10,000 28x28 glyphs (L T V Z N O C S X U) drawn as pen strokes with random
                   affine distortion, wobble and pen width: MNIST-like, procedurally
+    dev-fmnist, dev-strokes, dev-textures
+                  development sets: 2,000 / 2,000 / 300 images drawn with seed 1 (another
+                  class-balanced Fashion-MNIST train subset, other glyphs, other photos). Code
+                  defaults are compared on these (and on digits, long used for that); the other
+                  sets are for reporting only.
 
 Every generated image depends only on (seed, its index), so a set is reproducible from its
 parameters, and a smaller set with the same seed is the start of a larger one.
@@ -594,7 +599,15 @@ SUITE: dict[str, SuiteEntry] = {
     "fmnist-lt": SuiteEntry(fashion_long_tailed, {"largest": 3000, "ratio": 10.0, "seed": 0}, needs_fashion=True),
     "textures": SuiteEntry(textures, {"n": 1200, "seed": 0}),
     "strokes": SuiteEntry(strokes, {"n": 10000, "seed": 0}),
+    # Development sets: small, drawn with other seeds than the sets above, and the only ones on
+    # which code defaults may be compared by score (docs/results.md section 3 says which).
+    "dev-fmnist": SuiteEntry(fashion_subset, {"n": 2000, "seed": 1, "split": "train"}, needs_fashion=True),
+    "dev-strokes": SuiteEntry(strokes, {"n": 2000, "seed": 1}),
+    "dev-textures": SuiteEntry(textures, {"n": 300, "seed": 1}),
 }
+
+# The development sets as a group (`--datasets dev` in benchmarks/generalization.py).
+DEV_SETS = ("dev-fmnist", "dev-strokes", "dev-textures")
 
 
 def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None, **overrides) -> SuiteSet:

@@ -15,7 +15,9 @@ from otclust.engine import Trainer
 from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
 from otclust.methods.clot import Clot, ClotParams
-from otclust.methods.deepcluster import DeepCluster, DeepClusterParams
+from otclust.errors import UserError
+from otclust.methods.deepcluster import DeepCluster, DeepClusterParams, automatic_pca_dim
+from otclust.methods.deepercluster import DeeperCluster, DeeperClusterParams
 
 
 def quiet(message):
@@ -162,3 +164,16 @@ def test_known_cluster_sizes_are_the_column_sums_of_clots_targets():
     q = method.pseudo_labels(logits)
     torch.testing.assert_close(q.sum(1), torch.ones(n), atol=1e-5, rtol=0)
     torch.testing.assert_close(q.mean(0), sizes, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method_class,params_class", [(DeepCluster, DeepClusterParams), (DeeperCluster, DeeperClusterParams)])
+def test_automatic_pca_dim_keeps_a_sixteenth_of_the_features(method_class, params_class):
+    """pca_dim 0 keeps DeepCluster's share (256 of 4096); a given pca_dim wins; a negative one is refused."""
+    spec = InputSpec(n_samples=500, channels=1, image_size=(8, 8), mean=[0.5], std=[0.25])
+    method = method_class(3, spec, params_class())
+    assert method.backbone.out_dim == 256 and method.pca_components_n == 16
+    assert tuple(method.pca_components.shape) == (16, 256)
+    assert method_class(3, spec, params_class(pca_dim=40)).pca_components_n == 40
+    assert automatic_pca_dim(512) == 32 and automatic_pca_dim(4096) == 256 and automatic_pca_dim(8) == 2
+    with pytest.raises(UserError, match="pca_dim must be 0"):
+        method_class(3, spec, params_class(pca_dim=-1))

@@ -37,8 +37,9 @@ paper's split; Adam instead of SGD (lr 0.05, momentum 0.9); k-means++ seeding in
 points (the single-start k-means of the reference makes the read-out needlessly noisy); the
 features are the backbone output after its final ReLU (the reference clusters AlexNet's fc7
 before its ReLU); tiny PCA eigenvalues are floored at 1e-5 of the largest (as DeeperCluster's
-PCA) so that dead units cannot blow up in the whitening. On small data sets `pca_dim` must be far
-below 256: whitening many weak directions drowns the cluster structure (see configs/).
+PCA) so that dead units cannot blow up in the whitening. `pca_dim` keeps the paper's share of the
+features (256 of 4096, a sixteenth: `automatic_pca_dim`) rather than its count: 256 whitened
+dimensions of a 256-long feature give the weak directions as much weight as the strong ones.
 """
 
 from __future__ import annotations
@@ -151,6 +152,14 @@ def uniform_label_order(labels: torch.Tensor, n: int | None = None, generator: t
 # ------------------------------------------------------------------------------------------------
 
 
+def automatic_pca_dim(feature_dim: int) -> int:
+    """Whitened dimensions kept when `pca_dim` is 0: a sixteenth of the feature length, the share
+    DeepCluster keeps (256 of AlexNet's 4096 fc7 dimensions); 16 for the small CNN and the MLP
+    (256 features), 32 for ResNet-18/34 (512). Whitening every direction gives the many weak
+    ones as much weight as the few that separate clusters (docs/results.md section 3)."""
+    return max(2, feature_dim // 16)
+
+
 class FeatureClusteringMethod(ClusteringMethod):
     """A method whose clusters are k-means centroids in the PCA-whitened feature space.
 
@@ -163,10 +172,12 @@ class FeatureClusteringMethod(ClusteringMethod):
 
     def init_feature_clustering(self) -> None:
         p = self.params
-        if p.pca_dim < 1 or p.kmeans_iters < 1 or p.assign_temperature <= 0:
-            raise UserError(f"{self.name} parameters pca_dim and kmeans_iters must be at least 1 and assign_temperature positive")
+        if p.pca_dim < 0 or p.kmeans_iters < 1 or p.assign_temperature <= 0:
+            raise UserError(
+                f"{self.name} parameters: pca_dim must be 0 (automatic) or positive, kmeans_iters at least 1, assign_temperature positive"
+            )
         dim = self.backbone.out_dim
-        self.pca_components_n = min(p.pca_dim, dim, self.spec.n_samples)
+        self.pca_components_n = min(p.pca_dim or automatic_pca_dim(dim), dim, self.spec.n_samples)
         self.register_buffer("pca_mean", torch.zeros(dim))
         self.register_buffer("pca_components", torch.eye(self.pca_components_n, dim))
         self.register_buffer("pca_scale", torch.ones(self.pca_components_n))
@@ -294,7 +305,7 @@ class FeatureClusteringMethod(ClusteringMethod):
 @dataclass
 class DeepClusterParams:
     kmeans_clusters: int = 0  # k of the pseudo-label k-means; 0: the number of clusters (paper: 10000 on ImageNet)
-    pca_dim: int = 256  # dimensions kept by the PCA whitening (paper: 256; far fewer on small data, see configs/)
+    pca_dim: int = 0  # dimensions kept by the PCA whitening; 0: a sixteenth of the feature length (the paper's 256 of 4096)
     kmeans_iters: int = 20  # Lloyd iterations per clustering (reference: 20)
     uniform_sampling: bool = True  # batches drawn uniformly over pseudo-labels (paper); False: plain shuffle
     assign_temperature: float = 0.1  # softmax temperature of -squared distances for predicted probabilities
