@@ -120,7 +120,7 @@ def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, 
 
 def test_compare_scores_every_method_by_its_head_and_by_the_shared_readout(blobs, tmp_path, capsys):
     """One network per run, two predictors: the head's and the read-out's scores, each from the
-    run's metrics.json, in rows of their own; a head-predicting method gets the shared read-out."""
+    run's metrics.json, in rows of their own; the read-out is every trained method's default."""
     import json
 
     out = tmp_path / "cmp"
@@ -129,13 +129,14 @@ def test_compare_scores_every_method_by_its_head_and_by_the_shared_readout(blobs
     capsys.readouterr()
     rows = {(r["method"], r["predictor"]): r for r in read_csv(out / "comparison.csv")}
     assert set(rows) == {("sela", "head"), ("sela", "smoothed"), ("clot", "head"), ("clot", "smoothed")}
-    assert rows[("sela", "head")]["default"] == "True" and rows[("clot", "smoothed")]["default"] == "True"
+    assert rows[("sela", "smoothed")]["default"] == "True" and rows[("clot", "smoothed")]["default"] == "True"
+    assert rows[("sela", "head")]["default"] == "False"
     for method in ("sela", "clot"):
         metrics = json.loads((out / method / "seed0" / "metrics.json").read_text())
         assert metrics["readout"]["name"] == "smoothed"
         for predictor, scores in (("head", metrics["head"]), ("smoothed", metrics["readout"])):
             assert float(rows[(method, predictor)]["acc_mean"]) == pytest.approx(scores["acc"], abs=1e-5)
-        assert metrics["acc"] == metrics["head" if method == "sela" else "readout"]["acc"]
+        assert metrics["acc"] == metrics["readout"]["acc"]
     per_run = read_csv(out / "runs.csv")
     assert {r["readout"] for r in per_run} == {"smoothed"} and all(r["head_acc"] and r["readout_acc"] for r in per_run)
 

@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from otclust.config import FitConfig
 from otclust.engine import Trainer, load_trained
 from otclust.errors import UserError
-from otclust.methods import get_method_class
+from otclust.methods import available_methods, get_method_class
 from otclust.methods.base import InputSpec
 from otclust.methods.clot import Clot, ClotParams
 from otclust.readout import fit_linear_readout, resolve_readout
@@ -98,14 +98,30 @@ def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportion
         assert seen["choice"] == "prior"
 
 
+def test_every_trained_method_reads_out_smoothed_by_default_and_the_baseline_by_its_centres():
+    for name in available_methods():
+        expected = "head" if name == "kmeans" else "smoothed"
+        assert get_method_class(name).default_readout == expected, name
+
+
+@pytest.mark.parametrize("method", ["sela", "deepcluster"])
+def test_a_default_run_predicts_by_the_readout_and_scores_the_head_beside_it(blobs, tmp_path, method):
+    params = {"pca_dim": 4} if method == "deepcluster" else {}
+    _fit(blobs, tmp_path / "run", method=method, epochs=1, batch_size=40, params=params)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["predictor"] == "smoothed" and metrics["acc"] == metrics["readout"]["acc"]
+    assert {"acc", "nmi", "ari"} <= set(metrics["head"])
+
+
 @pytest.mark.parametrize("method", ["sela", "deepcluster"])
 def test_any_method_is_scored_by_its_head_and_the_shared_readout(blobs, tmp_path, method):
-    """A head-predicting method keeps its head's predictions and also gets the smoothed read-out
-    of the same network, scored in metrics.json and saved for predict --readout smoothed."""
+    """A method told to predict by its head (--readout head) keeps its head's predictions and also
+    gets the smoothed read-out of the same network, scored in metrics.json and saved for
+    predict --readout smoothed."""
     params = {"pca_dim": 4} if method == "deepcluster" else {}
-    result = _fit(blobs, tmp_path / "run", method=method, epochs=1, batch_size=40, params=params)
+    result = _fit(blobs, tmp_path / "run", method=method, epochs=1, batch_size=40, params=params, readout="head")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert get_method_class(method).default_readout == "head" and metrics["predictor"] == "head"
+    assert metrics["predictor"] == "head"
     assert metrics["acc"] == metrics["head"]["acc"] and metrics["readout"]["name"] == "smoothed"
     head, _ = load_trained(tmp_path / "run" / "model.pt", device="cpu")
     np.testing.assert_array_equal(head.predict_proba(blobs.data).argmax(1).numpy(), result.labels)
@@ -133,7 +149,7 @@ def test_metrics_name_the_predictor_of_every_score(blobs, tmp_path):
 def test_without_labels_a_head_predicting_run_fits_no_second_readout(blob_images):
     from otclust.estimator import dataset_from_array
 
-    result = _fit(dataset_from_array(blob_images[0]), method="sela", epochs=1, batch_size=40)
+    result = _fit(dataset_from_array(blob_images[0]), method="sela", epochs=1, batch_size=40, readout="head")
     assert result.method.readout_fits == {} and result.metrics["predictor"] == "head" and "readout" not in result.metrics
 
 
@@ -241,6 +257,6 @@ def test_another_methods_parameter_of_a_deprecated_name_is_its_own(blobs, recwar
     """OT k-means' kmeans_restarts (its own k-means) is not CLOT's old read-out setting."""
     config = FitConfig(method="ot-kmeans", clusters=3, params={"kmeans_restarts": 3})
     method = get_method_class("ot-kmeans")(3, InputSpec.from_dataset(blobs), get_method_class("ot-kmeans").Params(kmeans_restarts=3))
-    assert resolve_readout(config, method) == ("head", resolve_readout(FitConfig(), method)[1])
+    assert resolve_readout(config, method) == ("smoothed", resolve_readout(FitConfig(), method)[1])
     assert resolve_readout(config, method)[1].restarts == 50
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]

@@ -89,7 +89,6 @@ class ClusterPredictor(nn.Module):
 class Clot(ClusteringMethod):
     name = "clot"
     Params = ClotParams
-    default_readout = "smoothed"
 
     def __init__(self, n_clusters, spec, params: ClotParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)

@@ -36,6 +36,8 @@ class KMeansBaseline(ClusteringMethod):
     Params = KMeansParams
     trainable = False
     default_config = {"epochs": 1}
+    # The baseline is k-means on pixels itself: its own centres, not a read-out of smoothed pixels.
+    default_readout = "head"
 
     def __init__(self, n_clusters, spec, params: KMeansParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)

@@ -9,7 +9,8 @@ Any method with features (`embed_batch`) can be read out three ways (`--readout`
   (`smoothed_unit_features`); since those clusters exist only for the training samples, a
   logistic regression from each sample's own unit feature carries them to any image.
 
-Each method declares its default (`default_readout`). A fitted read-out is K x D weights and K
+Each method declares its default (`default_readout`): smoothed for every trained method, head for
+k-means on pixels. A fitted read-out is K x D weights and K
 biases on unit features (`FittedReadout`), kept in the checkpoint as plain tensors.
 """
 
