@@ -1,6 +1,6 @@
 import torch
 
-from otclust.data.augment import AugmentConfig, BatchAugmenter, Normalizer, default_augment_config
+from otclust.data.augment import AugmentConfig, BatchAugmenter, Normalizer, default_augment_config, rotate_hue
 
 
 def make(config, channels=1):
@@ -47,3 +47,44 @@ def test_output_size_resamples_the_crop_and_keeps_the_default_unchanged():
     resized = make(off)(images, output_size=(4, 4))
     expected = torch.nn.functional.interpolate(images.float() / 255, size=(4, 4), mode="bilinear", align_corners=False)
     assert torch.allclose(resized, expected, atol=1e-5)
+
+
+def test_hue_turn_keeps_luma_and_grey_and_undoes_itself():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 5, 5, dtype=torch.float64)
+    x[:, :, 0, 0] = x[:, :1, 0, 0]  # one grey pixel per image
+    turn = torch.rand(16, dtype=torch.float64) - 0.5
+    turned = rotate_hue(x, turn)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close((turned * luma).sum(1), (x * luma).sum(1))
+    torch.testing.assert_close(turned[:, :, 0, 0], x[:, :, 0, 0])
+    torch.testing.assert_close(rotate_hue(turned, -turn), x)
+    torch.testing.assert_close(rotate_hue(x, torch.ones(16, dtype=torch.float64)), x)
+    assert (turned - x).abs().max() > 0.1  # and it does change colours
+
+
+def test_hue_turn_moves_the_hsv_hue_by_the_turn_on_average():
+    """Checked against Python's colorsys: torchvision turns HSV hue exactly, we turn the YIQ chroma
+    plane (luma kept), which moves the HSV hue of saturated colours by the turn on average."""
+    import colorsys
+
+    import numpy as np
+
+    torch.manual_seed(1)
+    x = 0.2 + 0.6 * torch.rand(400, 3, 1, 1, dtype=torch.float64)
+    for turn in (0.05, -0.1, 0.2):
+        y = rotate_hue(x, torch.full((400,), turn)).clamp(0, 1)
+        shifts = []
+        for before, after in zip(x[:, :, 0, 0].numpy(), y[:, :, 0, 0].numpy()):
+            hue, saturation, _ = colorsys.rgb_to_hsv(*before)
+            if saturation > 0.3:  # the hue of near-grey colours is ill-defined
+                shifts.append((colorsys.rgb_to_hsv(*after)[0] - hue + 0.5) % 1 - 0.5)
+        shifts = np.array(shifts)
+        assert len(shifts) > 200
+        assert abs(shifts.mean() - turn) < 0.015 and abs(np.median(shifts) - turn) < 0.015
+        assert np.all(np.sign(shifts) == np.sign(turn))
+
+
+def test_rgb_preset_turns_hue_and_grey_images_have_none():
+    assert default_augment_config(3, (32, 32)).hue == 0.1
+    assert default_augment_config(1, (28, 28)).hue == 0.0

@@ -25,6 +25,7 @@ class AugmentConfig:
     brightness: float = 0.4  # colour jitter strengths, as torchvision's ColorJitter
     contrast: float = 0.4
     saturation: float = 0.4
+    hue: float = 0.0  # RGB: hue turned by up to this share of a full turn, either way (torchvision's hue, at most 0.5)
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2  # RGB only
     blur_prob: float = 0.0
@@ -40,7 +41,9 @@ def default_augment_config(channels: int, image_size: tuple[int, int]) -> Augmen
     class while changing the pixels.
     """
     if channels == 3:
-        return AugmentConfig(blur_prob=0.5 if min(image_size) >= 64 else 0.0)
+        # SimCLR's colour distortion at its CIFAR strength (0.4, 0.4, 0.4, hue 0.1): without the hue
+        # turn, an image's own colours alone tell it from the others, and colour is learnt instead of form.
+        return AugmentConfig(hue=0.1, blur_prob=0.5 if min(image_size) >= 64 else 0.0)
     return AugmentConfig(
         crop_scale=(0.6, 1.0),
         aspect_ratio=(0.8, 1.25),
@@ -66,6 +69,29 @@ def augment_config_from_dict(values: dict | None, channels: int, image_size: tup
             raise UserError(f"unknown augmentation setting '{key}': use one of {known}")
         setattr(config, key, tuple(value) if isinstance(value, list) else value)
     return config
+
+
+# RGB <-> YIQ (NTSC): Y is the luma the grayscale conversion uses, I and Q the chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rotate_hue(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """Turn the hue of each image of an N x 3 x H x W batch by `turn` (N shares of a full turn).
+
+    A rotation of the chroma plane of YIQ about the grey axis: luma and grey pixels stay as they
+    are, one 3 x 3 matrix per image, so a batch needs no per-pixel HSV conversion. torchvision's
+    adjust_hue turns the hue of HSV instead; the two agree closely but not exactly.
+    """
+    angle = -turn.double() * (2 * math.pi)  # YIQ turns the other way round than HSV hue
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(len(turn), 3, 3, dtype=torch.float64, device=x.device)
+    rotation[:, 0, 0] = 1.0
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    to_yiq, to_rgb = _RGB_TO_YIQ.to(x.device), _YIQ_TO_RGB.to(x.device)
+    matrices = (to_rgb @ rotation @ to_yiq).to(x.dtype)
+    return torch.einsum("nij,njhw->nihw", matrices, x)
 
 
 class Normalizer:
@@ -151,6 +177,9 @@ class BatchAugmenter:
             if c.saturation > 0:
                 factor = self._uniform(n, 1 - c.saturation, 1 + c.saturation, x, generator).view(shape)
                 x = torch.where(jitter, (x - gray) * factor + gray, x)
+            if c.hue > 0:
+                turn = self._uniform(n, -c.hue, c.hue, x, generator)
+                x = torch.where(jitter, rotate_hue(x, turn), x)
             if c.grayscale_prob > 0:
                 to_gray = self._bernoulli(n, c.grayscale_prob, x, generator).view(shape)
                 x = torch.where(to_gray, gray, x)
