@@ -129,3 +129,15 @@ def test_balanced_cli_prints_how_many_moved(trained, tmp_path, capsys):
     assert "balanced assignment:" in capsys.readouterr().out
     sizes = np.bincount([int(r["cluster"]) for r in read_rows(tmp_path / "b.csv")], minlength=3)
     assert sizes.min() >= 25  # 120 images, uniform prior: about 40 each
+
+
+def test_balanced_eps_has_the_methods_name_and_keeps_its_former_one(trained, tmp_path, capsys):
+    model, data = trained
+    common = ["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--assign", "balanced", "--device", "cpu"]
+    outputs = {}
+    for flag in ("--sinkhorn-eps", "--eps"):
+        out = tmp_path / f"{flag.strip('-')}.csv"
+        assert main([*common, "--out", str(out), flag, "0.5"]) == 0
+        outputs[flag] = [r["cluster"] for r in read_rows(out)]
+    capsys.readouterr()
+    assert outputs["--sinkhorn-eps"] == outputs["--eps"]

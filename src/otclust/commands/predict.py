@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     add_readout_option(parser)
     parser.add_argument("--assign", choices=["argmax", "balanced"], default="argmax", help=ASSIGN_HELP)
-    parser.add_argument("--eps", type=float, default=0.05, help="entropic temperature of --assign balanced, in log-probability units (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05)")
+    parser.add_argument("--sinkhorn-eps", "--eps", dest="eps", type=float, default=0.05, help="entropic eps of --assign balanced's Sinkhorn, in log-probability units, as the methods' sinkhorn_eps (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05; --eps is its former name)")
     parser.add_argument("--export", default=None, metavar="DIR", help="copy each image into DIR/cluster_XX/ (image files only, e.g. --data folder:PATH)")
     parser.add_argument("--link", action="store_true", help="with --export: make symbolic links to the images instead of copies")
     parser.add_argument(
