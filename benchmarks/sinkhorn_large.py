@@ -13,7 +13,7 @@ them beyond ``dense_label_limit_gb``):
   drawn uniformly (so the clusters' true sizes vary by the multinomial noise), generated chunk by
   chunk (``--chunk`` rows) and quantized on arrival, as SeLa does while scoring the data: the
   N x K float32 matrix never exists. ``--scale`` sets how confident the "network" is; the mean
-  top probability is printed. lambda = 25 (eps = 0.04), SeLa's ImageNet value.
+  top probability is printed. sinkhorn_eps = 0.04 (lambda = 25), SeLa's ImageNet value.
 * Each size runs in a fresh process (spawned), so that its peak RSS (getrusage ru_maxrss: the
   process's whole peak, torch and the generator's chunks included) is its own; the goal is the
   8 GB of issue 6. On CUDA the codes live on the GPU and the peak GPU memory is reported too.
@@ -65,7 +65,7 @@ def sync(device):
 def quantize(n, k, args, device, offsets=None):
     from otclust.ot import QuantizedScores
 
-    q = QuantizedScores(n, k, 1.0 / args.lam, device=device, offsets=offsets)
+    q = QuantizedScores(n, k, args.sinkhorn_eps, device=device, offsets=offsets)
     gen_s = quant_s = 0.0
     top_prob = 0.0
     chunks = score_chunks(n, k, args, device)
@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument("--sizes", default="1280000x3000", help="comma-separated NxK")
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu, and cuda when available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--lam", type=float, default=25.0, help="SeLa's lambda (eps = 1/lambda)")
+    p.add_argument("--sinkhorn-eps", type=float, default=0.04, help="entropic eps, as SeLa's sinkhorn_eps (default 0.04: its paper's lambda 25)")
     p.add_argument("--tol", type=float, default=1e-2, help="relative column error (SeLa's sinkhorn_tol)")
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--scale", type=float, default=5.0, help="logit scale of the synthetic head (confidence)")
@@ -163,7 +163,7 @@ def main(argv=None):
     print(f"# Chunked Sinkhorn labels {datetime.date.today()} | {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, threads={args.threads} | torch {torch.__version__}"
           + (f" | {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
-    print(f"lambda={args.lam:g} (eps={1 / args.lam:g}), tol={args.tol:g}, synthetic scores: scale={args.scale:g}, "
+    print(f"sinkhorn_eps={args.sinkhorn_eps:g} (lambda={1 / args.sinkhorn_eps:g}), tol={args.tol:g}, synthetic scores: scale={args.scale:g}, "
           f"noise={args.noise:g}, chunks of {args.chunk} rows\n", flush=True)
 
     ctx = mp.get_context("spawn")  # a fresh process per size: its own peak RSS
