@@ -186,9 +186,9 @@ class ClusteringMethod(nn.Module):
     # the transported mass with it. None (never set, e.g. a method driven by hand): all mass.
     training_progress: float | None = None
     # How clusters are read off after training when --readout is not given (otclust.readout):
-    # for every trained method the smoothed k-means read-out of its backbone features, which
-    # beat or tied each method's own head on every data set it was measured on
-    # (docs/results.md sections 1 and 3); `--readout head` gives the method's own predictions.
+    # for every trained method the smoothed k-means read-out of its backbone features, since a
+    # network's features are often good where its head is poor and the read-out recovers them
+    # (docs/results.md section 3); `--readout head` gives the method's own predictions.
     default_readout: ClassVar[str] = "smoothed"
 
     def __init__(self, n_clusters: int, spec: InputSpec, params, backbone: str = "auto", augment: dict | None = None):
