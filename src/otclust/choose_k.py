@@ -50,16 +50,12 @@ def parse_clusters(text: str | int) -> int | tuple[int, int]:
 
 def smoothed_features(features, neighbors: int = 10, rounds: int = 5) -> np.ndarray:
     """N x D float64: unit features averaged over their `neighbors` nearest neighbours `rounds`
-    times and normalised again (rounds = 0: just unit-normalised)."""
-    import torch.nn.functional as F
-
-    from otclust.readout.neighbors import nearest_neighbors, smooth_over_neighbors
+    times and normalised again (rounds = 0: just unit-normalised), as the smoothed read-out does."""
+    # Imported here: otclust.readout imports this module.
+    from otclust.readout.neighbors import smoothed_unit_features
 
     x = torch.as_tensor(np.asarray(features, dtype=np.float32)).flatten(1)
-    unit = F.normalize(x, dim=1)
-    if rounds > 0:
-        unit = F.normalize(smooth_over_neighbors(unit, nearest_neighbors(x, neighbors), rounds), dim=1)
-    return unit.double().numpy()
+    return smoothed_unit_features(x, neighbors, rounds).double().numpy()
 
 
 def _kmeans(points: np.ndarray, k: int, seed: int, n_init: int):

@@ -7,11 +7,13 @@ dataclass when the method is built, so a typo fails at once with the list of val
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from otclust.choose_k import parse_clusters
 from otclust.errors import UserError
 from otclust.readout.stage import check_readout_name
 
@@ -21,7 +23,9 @@ class FitConfig:
     method: str = "clot"
     data: str = "digits"
     split: str = "all"  # train and test joined, as the papers evaluate
-    clusters: int = 10
+    # K, or "auto" / "auto:MIN-MAX": the network trains with MAX clusters (over-clustering) and K
+    # is chosen after training on the read-out's features (otclust.choose_k).
+    clusters: int | str = 10
     # How long to train: epochs, or optimizer steps (rounded up to whole epochs); neither (None):
     # the default budget, which grows with the data (otclust.budget). budget_scale multiplies
     # that default (compare --epochs-scale sets it).
@@ -55,9 +59,30 @@ class FitConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def k_range(self) -> tuple[int, int] | None:
+        """(MIN, MAX) when K is chosen after training (--clusters auto), else None."""
+        parsed = parse_clusters(self.clusters)
+        return parsed if isinstance(parsed, tuple) else None
+
+    @property
+    def training_clusters(self) -> int:
+        """The number of clusters the network trains with: K, or MAX of --clusters auto:MIN-MAX."""
+        k_range = self.k_range
+        return k_range[1] if k_range else int(self.clusters)
+
     def validate(self) -> "FitConfig":
-        if self.clusters < 2:
+        if isinstance(self.clusters, bool) or not isinstance(self.clusters, (numbers.Integral, str)):
+            raise UserError(f"--clusters must be a number or 'auto', got {self.clusters!r}")
+        parsed = parse_clusters(self.clusters)
+        self.clusters = parsed if isinstance(parsed, int) else self.clusters.strip()
+        if isinstance(self.clusters, int) and self.clusters < 2:
             raise UserError(f"--clusters must be at least 2, got {self.clusters}")
+        if self.k_range:
+            if self.readout == "head":
+                raise UserError("--clusters auto chooses K on the network's features after training, which the head cannot do: drop --readout head (or use smoothed or kmeans)")
+            if not str(self.cluster_proportions).startswith(("uniform", "auto")):
+                raise UserError(f"--cluster-proportions {self.cluster_proportions} gives K sizes, so K is known: pass --clusters K instead of '{self.clusters}'")
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.steps is not None and self.steps < 1:

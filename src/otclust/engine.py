@@ -63,10 +63,11 @@ def seed_everything(seed: int) -> None:
 def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
     method_class = get_method_class(config.method)
     params = build_params(method_class.Params, config.params, config.method)
-    if spec.n_samples < config.clusters:
-        raise UserError(f"--clusters {config.clusters} is more than the {spec.n_samples} samples: choose fewer clusters")
-    method = method_class(config.clusters, spec, params, backbone=config.backbone, augment=config.augment)
-    mode, sizes = parse_cluster_proportions(config.cluster_proportions, config.clusters)
+    k = config.training_clusters
+    if spec.n_samples < k:
+        raise UserError(f"--clusters {config.clusters} asks for {k} clusters, more than the {spec.n_samples} samples: choose fewer clusters")
+    method = method_class(k, spec, params, backbone=config.backbone, augment=config.augment)
+    mode, sizes = parse_cluster_proportions(config.cluster_proportions, k)
     method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions), partial_tau=partial_transport(config.cluster_proportions))
     return method
 
@@ -191,6 +192,8 @@ class Trainer:
         self.method = method = build_method(config, spec).to(self.device)
         # The read-out fitted after training: its settings fail here, before any training.
         self.predictor, self.readout_params = resolve_readout(config, method)
+        if config.k_range and self.predictor == "head":
+            raise UserError(f"--clusters {config.clusters} chooses K on features after training, and {config.method} predicts by its head by default: add --readout kmeans")
         if self.distributed:
             self.method = method = self._prepare_distributed(method, dataset.n_samples)
         # An out-of-core set stays memory-mapped; its batches go to the device one at a time.
@@ -251,13 +254,16 @@ class Trainer:
             with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
                 method.on_fit_end(self)
         with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
-            head_proba, readout_proba, readout_name = self._read_out(method, eval_data, eval_dataset.labels is not None)
+            head_proba, readout_proba, readout_name, k_selection = self._read_out(method, eval_data, eval_dataset.labels is not None)
         seconds = seconds_before + time.perf_counter() - started
         if self.out is not None:
             self._save_checkpoint(config.epochs if method.trainable else 0, optimizer, scheduler, history, seconds)
         proba = head_proba if method.predictor == "head" else readout_proba
         labels = proba.argmax(axis=1)
-        metrics = {"method": config.method, "data": config.data, "clusters": config.clusters, "epochs": config.epochs, "seed": config.seed, "n_samples": int(len(proba))}
+        clusters = k_selection["chosen"] if k_selection else config.clusters
+        metrics = {"method": config.method, "data": config.data, "clusters": clusters, "epochs": config.epochs, "seed": config.seed, "n_samples": int(len(proba))}
+        if k_selection:
+            metrics["k_selection"] = k_selection
         if self.is_main:
             metrics["predictor"] = method.predictor
             if eval_dataset.labels is not None:
@@ -284,19 +290,25 @@ class Trainer:
 
         The run's predictor (--readout, else the method's default) is fitted and installed on the
         method; when it is the head and the evaluation data have labels, the shared read-out is
-        fitted too, so that the final metrics always score both from the same network.
-        Returns (head probabilities, read-out probabilities or None, read-out name)."""
-        predictor, params = self.predictor, self.readout_params
+        fitted too, so that the final metrics always score both from the same network. Under
+        --clusters auto the read-out chooses K first (the head keeps the training K).
+        Returns (head probabilities, read-out probabilities or None, read-out name, K choice or None)."""
+        predictor, params, k_range = self.predictor, self.readout_params, self.config.k_range
         method.readout_fits, method.predictor = {}, "head"
         head_proba = self._predict_eval(eval_data, description="predicting")
         name = predictor if predictor != "head" else SHARED_READOUT
         if predictor == "head" and not scored:
-            return head_proba, None, name
-        method.readout_fits = {name: fit_method_readout(self, method, name, params)}
+            return head_proba, None, name, None
+        if k_range and predictor != "head":
+            self.log(f"choosing K in {k_range[0]}-{k_range[1]} on the {name} read-out's features (the network trained with {method.n_clusters} clusters)")
+        fitted, k_selection = fit_method_readout(self, method, name, params, k_range if predictor != "head" else None)
+        if k_selection:
+            self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
+        method.readout_fits = {name: fitted}
         method.predictor = name
         readout_proba = self._predict_eval(eval_data, description="predicting")
         method.predictor = predictor
-        return head_proba, readout_proba, name
+        return head_proba, readout_proba, name, k_selection
 
     # --- several processes --------------------------------------------------------------------
     def _prepare_distributed(self, method: ClusteringMethod, n_samples: int) -> ClusteringMethod:

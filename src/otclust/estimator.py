@@ -112,8 +112,10 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
     epochs) set the training length, else it grows with the data (`otclust.budget`); `params`
-    holds the method's hyper-parameters (e.g. {"sinkhorn_eps": 0.05} for CLOT). After fit, `labels_` holds
-    the training samples' clusters, and `n_features_in_` the D of feature vectors (images have no
+    holds the method's hyper-parameters (e.g. {"sinkhorn_eps": 0.05} for CLOT). `n_clusters="auto"`
+    (or "auto:MIN-MAX") trains with MAX clusters and chooses K after training, as `fit --clusters auto`
+    does. After fit, `labels_` holds the training samples' clusters, `n_clusters_` the K they use
+    (with its curve in `k_selection_` under "auto"), and `n_features_in_` the D of feature vectors (images have no
     fixed D: new images of another size or colour mode are converted as the training data were).
     X is described in the module docstring: (N, D) feature vectors are used as given; images are
     uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
@@ -159,12 +161,13 @@ class OTClust(ClusterMixin, BaseEstimator):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""
         from otclust.engine import Trainer
 
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
-            raise InputValueError(f"n_clusters must be an integer of at least 2, got {self.n_clusters!r}")
+        is_auto = isinstance(self.n_clusters, str) and self.n_clusters.strip().startswith("auto")
+        if not is_auto and (isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2):
+            raise InputValueError(f"n_clusters must be an integer of at least 2, or 'auto' / 'auto:MIN-MAX', got {self.n_clusters!r}")
         config = self._config()
         dataset = dataset_from_array(X)
-        if dataset.n_samples < config.clusters:
-            raise InputValueError(f"n_samples={dataset.n_samples} is fewer than n_clusters={config.clusters}: pass more samples or ask for fewer clusters")
+        if dataset.n_samples < config.training_clusters:
+            raise InputValueError(f"n_samples={dataset.n_samples} is fewer than the {config.training_clusters} clusters asked for (n_clusters={config.clusters}): pass more samples or ask for fewer clusters")
         neighbors = None
         if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
             from otclust.data.embeddings import pretrained_training_data
@@ -177,6 +180,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.config_ = trainer.config
         self.labels_ = result.labels
         self.history_ = result.history
+        self.n_clusters_ = int(result.metrics["clusters"])  # the K predicted: n_clusters, or the one chosen under 'auto'
+        self.k_selection_ = result.metrics.get("k_selection")  # n_clusters='auto': the criterion's curve, else None
         if dataset.is_features:
             self.n_features_in_ = int(dataset.data.shape[1])
         elif hasattr(self, "n_features_in_"):
@@ -244,6 +249,8 @@ class OTClust(ClusterMixin, BaseEstimator):
             estimator = cls(method=config.method, n_clusters=config.clusters, device=device)
         estimator.model_ = method
         estimator.config_ = config
+        fitted = method.readout_fits.get(method.predictor)
+        estimator.n_clusters_ = int(fitted.weight.shape[0]) if fitted is not None else int(method.n_clusters)
         if "labels" in checkpoint:
             estimator.labels_ = np.asarray(checkpoint["labels"])
         return estimator

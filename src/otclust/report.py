@@ -32,7 +32,7 @@ import numpy as np
 
 from otclust.errors import UserError
 
-FIXED_FIGURES = ("curves.png", "confusion.png", "tsne.png", "sizes.png")
+FIXED_FIGURES = ("curves.png", "confusion.png", "tsne.png", "sizes.png", "k_selection.png")
 GUIDE = "docs/reports.md"
 
 
@@ -242,6 +242,24 @@ def plot_sizes(path: Path, clusters: np.ndarray, n_clusters: int, prior: np.ndar
     _save(fig, path)
 
 
+def plot_k_selection(path: Path, selection: dict) -> None:
+    """The K-selection curve of --clusters auto: stability per K, the chosen K marked."""
+    ks = sorted(int(k) for k in selection["curve"])
+    values = [selection["curve"][str(k)] for k in ks]
+    fig = _figure(5.5, 3.4)
+    ax = fig.subplots()
+    ax.plot(ks, values, marker="o", color="C0", label="stability (mean ARI of subsampled k-means)")
+    chosen = int(selection["chosen"])
+    ax.axvline(chosen, color="C3", linestyle="--", linewidth=1.2, label=f"chosen K = {chosen}")
+    ax.set_xticks(ks)
+    ax.set_xlabel("K")
+    ax.set_ylabel("stability")
+    ax.set_title(f"choosing K in {ks[0]}-{ks[-1]} (network trained with {selection['training_clusters']} clusters)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def tsne_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -372,6 +390,8 @@ def plot_sweep(path: Path, name: str, values: list, summaries: list) -> bool:
 def _prior(method, config, n_clusters: int) -> tuple[np.ndarray, str]:
     from otclust.ot.priors import estimate_sizes, parse_cluster_proportions
 
+    if method is not None and n_clusters != method.n_clusters:
+        return np.full(n_clusters, 1.0 / n_clusters), "1/K (reference; K was chosen after training)"
     if method is not None:
         mode = method.prior_mode
         if mode == "auto":
@@ -461,7 +481,11 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
             clusters, _, labels = saved
             class_names = None
             source = f"the {len(clusters)} samples of assignments.csv"
-    k = config.clusters
+    k = config.training_clusters  # the head's K, which the per-epoch rows score
+    # The predictions' K: the read-out's, which --clusters auto chooses after training.
+    k_final = proba.shape[1] if proba is not None else int(final.get("clusters", k))
+    if clusters is not None:
+        k_final = max(k_final, int(clusters.max()) + 1)
 
     # 1. Training curves.
     section = Section("Training curves", "One point per epoch from metrics.jsonl. The losses should fall; with labels, ACC/NMI/ARI should rise and level off. "
@@ -501,12 +525,21 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
                       "aimed at during training (uniform 1/K unless --cluster-proportions said otherwise), also largest first, since a known prior is matched "
                       "to clusters by rank. With labels, red diamonds give the true class sizes. Methods without an OT constraint (k-means, DeepCluster) ignore the prior.")
     if clusters is not None:
-        prior, prior_label = _prior(method, config, k)
-        plot_sizes(figures / "sizes.png", clusters, k, prior, prior_label, labels)
+        prior, prior_label = _prior(method, config, k_final)
+        plot_sizes(figures / "sizes.png", clusters, k_final, prior, prior_label, labels)
         section.figures.append(("sizes.png", f"on {source}"))
     else:
         section.notes.append("no assignments to show")
     sections.append(section)
+
+    # 4b. How K was chosen (--clusters auto).
+    if "k_selection" in final:
+        section = Section("Choosing K", "The run was given --clusters auto: the network trained with the largest K of the range, then for each K "
+                          "k-means was run on random 80% subsets of the read-out's features and the labellings compared (mean adjusted Rand index). "
+                          "The chosen K is the largest one within 0.02 of the highest stability: a real cluster split in two splits differently from run to run.")
+        plot_k_selection(figures / "k_selection.png", final["k_selection"])
+        section.figures.append(("k_selection.png", "stability of the partitions per K"))
+        sections.append(section)
 
     # 5. Image grids.
     section = Section("The clusters' most and least confident images", "For each cluster (largest first): top row, the images the model is surest belong to it; bottom row, "
@@ -643,7 +676,9 @@ footer { margin-top: 3em; font-size: 0.85em; color: #777; }
 def _html(run: Path, config, final: dict, history: list[dict], notes: list[str], sections: list[Section], version: str) -> str:
     esc = html.escape
     title = f"{config.method} on {config.data}"
-    rows = [("method", config.method), ("data", f"{config.data} (split {config.split})"), ("clusters K", config.clusters),
+    selection = final.get("k_selection")
+    k_text = f"{selection['chosen']} (chosen in {selection['range'][0]}-{selection['range'][1]}; the head has {selection['training_clusters']})" if selection else config.clusters
+    rows = [("method", config.method), ("data", f"{config.data} (split {config.split})"), ("clusters K", k_text),
             ("epochs", f"{len(history)} of {config.epochs}" if history and len(history) != config.epochs else config.epochs),
             ("seed", config.seed), ("batch size / lr", f"{config.batch_size} / {config.lr:g}"),
             ("cluster prior", config.cluster_proportions)]
@@ -652,7 +687,7 @@ def _html(run: Path, config, final: dict, history: list[dict], notes: list[str],
     if "n_samples" in final:
         rows.append(("samples", final["n_samples"]))
     if "nonempty_clusters" in final:
-        rows.append(("clusters used", f"{final['nonempty_clusters']} of {config.clusters}"))
+        rows.append(("clusters used", f"{final['nonempty_clusters']} of {final.get('clusters', config.clusters)}"))
     if "seconds" in final:
         rows.append(("training time", f"{final['seconds'] / 60:.1f} min" if final["seconds"] >= 120 else f"{final['seconds']:.1f} s"))
     summary = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)

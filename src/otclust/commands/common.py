@@ -119,7 +119,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of settings (see configs/); flags given on the command line win")
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
     add_data_options(parser)
-    parser.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters K (default: 10)")
+    parser.add_argument(
+        "--clusters",
+        "-k",
+        default=None,
+        metavar="K|auto|auto:MIN-MAX",
+        help="number of clusters K (default: 10); auto (K in 2-15) or auto:MIN-MAX: the network trains with MAX clusters, then K is "
+        "chosen without labels by the stability of k-means partitions of the read-out's features, and the read-out predicts K clusters "
+        "(metrics.json 'k_selection' holds the curve; docs/results.md section 5 says how often it finds the true K)",
+    )
     from otclust.budget import describe_default_budget
 
     parser.add_argument(

@@ -88,6 +88,9 @@ def model_prior(method, proba: np.ndarray):
 
     from otclust.ot.priors import match_prior_to_mass
 
+    k = proba.shape[1]
+    if k != method.n_clusters:  # a read-out with K chosen after training (--clusters auto): no sizes were trained towards
+        return torch.full((k,), 1.0 / k)
     if method.prior_mode == "known":
         # A known prior is a multiset of sizes, matched to clusters by rank of their mass (as in training).
         return match_prior_to_mass(method.cluster_prior.cpu(), torch.from_numpy(proba.mean(axis=0)).float())

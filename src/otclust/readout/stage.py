@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from otclust.choose_k import choose_k
 from otclust.errors import UserError
 from otclust.readout.kmeans import KMEANS_CHOICES, choose_kmeans_restart
-from otclust.readout.neighbors import smoothed_unit_features
+from otclust.readout.neighbors import nearest_neighbors, smoothed_unit_features
 
 READOUTS = ("head", "kmeans", "smoothed")
 # Read-out scored beside the head when the run's predictor is the head: the one shared by all.
@@ -163,10 +164,23 @@ def fit_readout(
     return FittedReadout(name, *fit_linear_readout(unit, chosen.labels, n_clusters, seed))
 
 
-def fit_method_readout(trainer, method, name: str, params: ReadoutParams) -> FittedReadout:
-    """Fit read-out `name` to the method's features of the trainer's training set (labels never used)."""
+def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_range: tuple[int, int] | None = None) -> tuple[FittedReadout, dict | None]:
+    """Fit read-out `name` to the method's features of the trainer's training set (labels never used).
+
+    With `k_range` (--clusters auto:MIN-MAX) K is first chosen by `otclust.choose_k` on the very
+    points the read-out's k-means clusters (smoothed or plain unit features), and the read-out is
+    fitted with that K; the second value then records the choice (else None)."""
     features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
-    return fit_readout(name, features, method.n_clusters, trainer.config.seed, params, method.prior_mode, method.cluster_prior)
+    seed = trainer.config.seed
+    if k_range is None:
+        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior), None
+    neighbor_index = nearest_neighbors(features, params.neighbors) if name == "smoothed" and params.rounds > 0 else None
+    rounds = params.rounds if name == "smoothed" else 0
+    points = smoothed_unit_features(features, params.neighbors, rounds, neighbor_index)
+    k, curve = choose_k(None, *k_range, seed=seed, points=points.double().numpy())
+    selection = {"criterion": "stability", "range": list(k_range), "chosen": k, "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
+    # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
+    return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index), selection
 
 
 def readout_state(method) -> dict:

@@ -1,0 +1,75 @@
+"""--clusters auto: the network trains with the range's largest K, then K is chosen on the
+read-out's features, and everything downstream (predict, balanced assignment, report, the
+estimator) works with the chosen K."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from otclust.cli import main
+from otclust.estimator import OTClust
+
+
+def _blobs(tmp_path, k=4, n=60, dim=6):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, size=(k, dim))
+    x = np.concatenate([rng.normal(c, 0.5, size=(n, dim)) for c in centres]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "x.labels.npy", np.repeat(np.arange(k), n))
+    return f"features:{tmp_path / 'x.npy'}", x
+
+
+def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
+    data, _ = _blobs(tmp_path)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "3", "--batch-size", "60", "--out", str(out), "--no-progress", "--report"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    selection = metrics["k_selection"]
+    assert selection["chosen"] == metrics["clusters"] == 4  # the four blobs, not the training K
+    assert selection["training_clusters"] == 7 and sorted(map(int, selection["curve"])) == list(range(2, 8))
+    assert metrics["readout"]["nonempty_clusters"] == 4 and metrics["acc"] == 1.0
+    assert (out / "figures" / "k_selection.png").is_file() and "Choosing K" in (out / "report.html").read_text()
+    for assign in ("argmax", "balanced"):
+        preds = tmp_path / f"{assign}.csv"
+        assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", data, "--out", str(preds), "--assign", assign]) == 0
+        clusters = np.loadtxt(preds, delimiter=",", skiprows=1, usecols=1).astype(int)
+        assert set(clusters) == {0, 1, 2, 3}
+
+
+def test_a_fixed_k_writes_no_selection(tmp_path):
+    data, _ = _blobs(tmp_path)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", data, "--clusters", "3", "--epochs", "1", "--batch-size", "60", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["clusters"] == 3 and "k_selection" not in metrics
+
+
+def test_estimator_auto(tmp_path):
+    _, x = _blobs(tmp_path, k=3)
+    model = OTClust(n_clusters="auto:2-6", epochs=2, batch_size=60).fit(x)
+    assert model.n_clusters_ == 3 and model.k_selection_["chosen"] == 3
+    assert len(np.unique(model.labels_)) == 3 and model.predict_proba(x).shape == (len(x), 3)
+    model.save(tmp_path / "m.pt")
+    assert OTClust.load(tmp_path / "m.pt").n_clusters_ == 3
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--clusters", "auto", "--readout", "head"], "head cannot"),
+        (["--clusters", "auto", "--cluster-proportions", "0.5,0.5"], "K is known"),
+        (["--clusters", "auto:6-3"], "MIN <= MAX"),
+        (["--clusters", "auto:2-5000"], "more than the"),
+        (["--clusters", "many"], "neither a number"),
+        (["--method", "kmeans", "--clusters", "auto"], "--readout kmeans"),
+    ],
+)
+def test_bad_auto_requests_exit_2_with_one_line(tmp_path, args, fragment):
+    result = subprocess.run([sys.executable, "-m", "otclust", "fit", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), *args], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()
