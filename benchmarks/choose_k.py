@@ -74,9 +74,10 @@ def feature_sets(names: list[str], extra: list[str] = ()):
         makers["fashion-mnist-5k"] = lambda: (images, labels)
         makers["fashion-mnist-5k-pca50"] = lambda: (PCA(50, random_state=0).fit_transform(images), labels)
     for spec in extra:
+        # Own names: the Fashion-MNIST makers above read `labels` when called, after this loop.
         name, _, paths = spec.partition("=")
-        features, _, labels = paths.partition(",")
-        makers[name] = lambda features=features, labels=labels: (np.load(features), np.load(labels))
+        features_path, _, labels_path = paths.partition(",")
+        makers[name] = lambda f=features_path, y=labels_path: (np.load(f), np.load(y))
         names = [*names, name]
     for name in names:
         if name not in makers:

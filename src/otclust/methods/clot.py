@@ -16,9 +16,6 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from otclust.distributed import all_reduce_mean, is_distributed, world_size
 from otclust.errors import UserError
@@ -26,6 +23,7 @@ from otclust.losses import nt_xent_loss, soft_cross_entropy
 from otclust.losses.selflabel import selflabel_loss
 from otclust.methods.base import ClusteringMethod, Renamed, reciprocal
 from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
+from otclust.models.teacher import ClusterPredictor, ema_teacher
 from otclust.ot.priors import match_prior_to_mass
 from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs, take_legacy_readout
 
@@ -74,18 +72,6 @@ class ClotParams:
     renamed: ClassVar[dict] = {"lam": Renamed("sinkhorn_eps", reciprocal, "sinkhorn_eps = 1/lam")}
 
 
-class ClusterPredictor(nn.Module):
-    """Backbone followed by the cluster heads: the part an EMA teacher copies."""
-
-    def __init__(self, backbone: nn.Module, cluster_head: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.cluster_head = cluster_head
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.cluster_head(self.backbone(x))
-
-
 class Clot(ClusteringMethod):
     name = "clot"
     Params = ClotParams
@@ -123,12 +109,7 @@ class Clot(ClusteringMethod):
         self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
         # auto_sizes=features: the latest k-means estimate of the cluster sizes (all zero: none yet).
         self.register_buffer("feature_sizes", torch.zeros(n_clusters))
-        self.teacher = None
-        if p.teacher_momentum > 0:
-            # Targets from a slowly moving average of the network change less from step to step
-            # than the network's own (mean teacher / BYOL / DINO); the teacher is never trained.
-            self.teacher = AveragedModel(ClusterPredictor(self.backbone, self.cluster_head), multi_avg_fn=get_ema_multi_avg_fn(p.teacher_momentum), use_buffers=True)
-            self.teacher.requires_grad_(False)
+        self.teacher = ema_teacher(self.backbone, self.cluster_head, p.teacher_momentum) if p.teacher_momentum > 0 else None
 
     def on_fit_start(self, trainer):
         self.neighbor_images = trainer.train_data
