@@ -43,16 +43,18 @@ def fixed_k_result(suite_set, method: str, seed: int, out: Path, fixed_from: Pat
         found = generalization.read_finished(generalization.run_folder(fixed_from, suite_set.name, method, seed), [])
         if found is not None:
             return found, generalization.run_folder(fixed_from, suite_set.name, method, seed)
-    result = generalization.run_one(suite_set, method, seed, out / "fixed", [], threads, None, commit)
-    return result, generalization.run_folder(out / "fixed", suite_set.name, method, seed)
+    folder = generalization.run_folder(out / "fixed", suite_set.name, method, seed)
+    result = generalization.read_finished(folder, []) or generalization.run_one(suite_set, method, seed, out / "fixed", [], threads, None, commit)
+    return result, folder
 
 
-def baseline_ks(run: Path, data: str, k_range: tuple[int, int], seed: int, threads: int) -> dict[str, int]:
+def baseline_ks(run: Path, suite_set, k_range: tuple[int, int], seed: int, threads: int) -> dict[str, int]:
     """The K the silhouette and Calinski-Harabasz index pick on the auto run's smoothed features."""
     features = run / "features.npy"
     if not features.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
-        command = [sys.executable, "-m", "otclust", "embed", "--data", data, "--backbone", f"otclust:{run / 'model.pt'}", "--out", str(features), "--overwrite", "--no-progress"]
+        data = ["--data", suite_set.data] + (["--split", suite_set.split] if suite_set.split != "all" else [])
+        command = [sys.executable, "-m", "otclust", "embed", *data, "--backbone", f"otclust:{run / 'model.pt'}", "--out", str(features), "--overwrite", "--no-progress"]
         subprocess.run(command, check=True, capture_output=True, env=env)
     points = smoothed_features(np.load(features))
     ks = range(k_range[0], k_range[1] + 1)
@@ -89,7 +91,7 @@ def main() -> None:
             if auto.metrics is None or fixed.metrics is None:
                 rows.append(f"| {name} | {seed} | {suite_set.clusters} | failed: {auto.error or fixed.error} | | | | | |")
                 continue
-            baselines = baseline_ks(generalization.run_folder(args.out / "auto", name, args.method, seed), suite_set.data, k_range, seed, args.threads)
+            baselines = baseline_ks(generalization.run_folder(args.out / "auto", name, args.method, seed), suite_set, k_range, seed, args.threads)
             chosen = auto.metrics["k_selection"]["chosen"]
             rows.append(f"| {name} | {seed} | {suite_set.clusters} | {chosen} | {baselines['silhouette']} | {baselines['calinski_harabasz']} | "
                         f"{fixed.metrics['acc']:.3f} | {auto.metrics['acc']:.3f} | {auto.wall_seconds / 60:.1f} |")  # fmt: skip

@@ -55,7 +55,7 @@ def test_out_under_a_file_is_one_line_before_any_work(tmp_path, features, capsys
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     loaded = []
-    monkeypatch.setattr("otclust.data.load_dataset", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("otclust.commands.fit.load_dataset", lambda *a, **k: loaded.append(1))
     assert main(fit_args(features, blocker / "run")) == 2
     assert "is a file" in one_line_error(capsys)
     assert not loaded and blocker.read_text() == "mine"
@@ -159,7 +159,7 @@ def test_out_of_memory_anywhere_else_is_a_generic_one_line(tmp_path, features, c
     def decode(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr("otclust.data.load_dataset", decode)
+    monkeypatch.setattr("otclust.commands.fit.load_dataset", decode)  # where fit looks it up
     assert main(fit_args(features, tmp_path / "run")) == 2
     assert one_line_error(capsys).startswith("otclust: error: out of memory while running fit: ")
 

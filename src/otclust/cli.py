@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from otclust import __version__
 from otclust.errors import UserError, is_out_of_memory, out_of_memory_message
 
 COMMANDS = ["fit", "evaluate", "predict", "compare", "sweep", "report", "upgrade-checkpoint", "embed"]
@@ -24,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cluster unlabeled images into K groups by training a network whose pseudo-labels come from optimal transport.",
         epilog="Run 'otclust COMMAND --help' for the options of each command.",
     )
-    from otclust import __version__
-
     parser.add_argument("--version", action="version", version=f"otclust {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -15,6 +15,8 @@ import yaml
 
 from otclust.choose_k import parse_clusters
 from otclust.errors import UserError
+from otclust.models import BACKBONES
+from otclust.models.pretrained import is_pretrained
 from otclust.readout.stage import check_readout_name
 
 
@@ -100,9 +102,6 @@ class FitConfig:
         check_readout_name(self.readout)
         if self.split not in ("all", "train", "test", "unlabeled", "train+unlabeled"):
             raise UserError(f"--split must be all, train or test, got '{self.split}'")
-        from otclust.models import BACKBONES
-        from otclust.models.pretrained import is_pretrained
-
         if self.backbone not in BACKBONES and not is_pretrained(self.backbone):
             raise UserError(f"unknown backbone '{self.backbone}': use one of {', '.join(BACKBONES)}, or a pretrained timm:NAME, torchvision:NAME, otclust:RUN/model.pt")
         if self.weights and not is_pretrained(self.backbone):

@@ -21,8 +21,13 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
+from otclust.checkpoint import to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
+from otclust.data import ImageDataset, conform
+from otclust.data.embeddings import features_for_model, pretrained_training_data
+from otclust.engine import Trainer, load_trained, predict_in_batches, read_checkpoint
 from otclust.errors import UserError
+from otclust.methods import get_method_class
 from otclust.models.pretrained import is_pretrained
 
 
@@ -76,8 +81,6 @@ def _as_uint8_images(array: np.ndarray) -> np.ndarray:
 
 def dataset_from_array(X, name: str = "array"):
     """X (see the module docstring for what its shapes and values mean) -> ImageDataset."""
-    from otclust.data import ImageDataset
-
     array = _checked_array(X)
     if array.ndim == 2:
         return ImageDataset(data=torch.tensor(array, dtype=torch.float32), labels=None, name=name)
@@ -146,8 +149,6 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.weights = weights  # weights file of a pretrained backbone (timm:NAME, torchvision:NAME)
 
     def _config(self) -> FitConfig:
-        from otclust.methods import get_method_class
-
         values = dict(get_method_class(self.method).default_config)
         values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights)
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
@@ -159,8 +160,6 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""
-        from otclust.engine import Trainer
-
         is_auto = isinstance(self.n_clusters, str) and self.n_clusters.strip().startswith("auto")
         if not is_auto and (isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2):
             raise InputValueError(f"n_clusters must be an integer of at least 2, or 'auto' / 'auto:MIN-MAX', got {self.n_clusters!r}")
@@ -170,8 +169,6 @@ class OTClust(ClusterMixin, BaseEstimator):
             raise InputValueError(f"n_samples={dataset.n_samples} is fewer than the {config.training_clusters} clusters asked for (n_clusters={config.clusters}): pass more samples or ask for fewer clusters")
         neighbors = None
         if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
-            from otclust.data.embeddings import pretrained_training_data
-
             dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         trainer = Trainer(config, out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         trainer.input_neighbors = neighbors
@@ -198,13 +195,9 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """N x K cluster probabilities of X (converted to what the model was trained on)."""
-        from otclust.data import conform
-
         self._check_fitted()
         dataset = dataset_from_array(X)
         if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
-            from otclust.data.embeddings import features_for_model
-
             dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
@@ -214,8 +207,6 @@ class OTClust(ClusterMixin, BaseEstimator):
         elif spec.is_features and (not dataset.is_features or dataset.data.shape[1] != spec.feature_dim):
             found = f"X has {dataset.data.shape[1]} features" if dataset.is_features else "X holds images"
             raise InputValueError(f"{found}, but OTClust is expecting {spec.feature_dim} features as input")
-        from otclust.engine import predict_in_batches
-
         device = next(self.model_.parameters(), torch.empty(0)).device
         return predict_in_batches(self.model_, dataset.data, device)
 
@@ -227,8 +218,6 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     def save(self, path) -> None:
         """Write a checkpoint that `OTClust.load` and `otclust predict --checkpoint` both read."""
-        from otclust.checkpoint import to_plain, trained_state, write_checkpoint
-
         self._check_fitted()
         state = trained_state(self.model_, self.config_)
         state["estimator_params"] = to_plain(self.get_params(), "estimator parameters")
@@ -238,8 +227,6 @@ class OTClust(ClusterMixin, BaseEstimator):
     @classmethod
     def load(cls, path, device: str = "auto") -> "OTClust":
         """Read a checkpoint (without running any code it may hold) into a fitted estimator."""
-        from otclust.engine import load_trained, read_checkpoint
-
         checkpoint = read_checkpoint(path)
         method, config = load_trained(path, device=device)
         if "estimator_params" in checkpoint:

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from otclust.config import CONFIG_FIELDS, FitConfig, coerce_param
+from otclust.data import load_dataset
+from otclust.data.embeddings import pretrained_training_data
+from otclust.engine import Trainer
 from otclust.errors import UserError
+from otclust.methods import get_method_class
+from otclust.methods.base import override_params, renamed_parameters
+from otclust.models.pretrained import is_pretrained
+from otclust.runs import prepare_output_folder
 
 SCORES = ("acc", "nmi", "ari")
 # The predictors a run is scored with (metrics.json): "run" is the run's own (top-level scores),
@@ -84,8 +91,6 @@ class DataCache:
         self._loaded: dict[tuple, object] = {}
 
     def get(self, config: FitConfig):
-        from otclust.data import load_dataset
-
         key = (config.data, config.split, bool(config.download), config.image_size)
         if key not in self._loaded:
             self._loaded[key] = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size, backbone=config.backbone)
@@ -133,18 +138,12 @@ def with_value(config: FitConfig, name: str, value) -> FitConfig:
             value = str(value)
         setattr(new, key, value)
     else:
-        from otclust.methods import get_method_class
-        from otclust.methods.base import override_params
-
         new.params = override_params(get_method_class(config.method).Params, new.params, {name.strip().replace("-", "_"): value})
     return new.validate()
 
 
 def check_swept_name(config: FitConfig, name: str) -> None:
     """A swept name must be a FitConfig field or a parameter of the method: fail before any run."""
-    from otclust.methods import get_method_class
-    from otclust.methods.base import renamed_parameters
-
     if config_field_name(name) is not None:
         return
     params_class = get_method_class(config.method).Params
@@ -185,10 +184,6 @@ def run_one(
 
     import yaml
 
-    from otclust.engine import Trainer
-    from otclust.models.pretrained import is_pretrained
-    from otclust.runs import prepare_output_folder
-
     out = Path(out)
     outcome = RunOutcome(group=group, seed=config.seed, out=out)
     if reuse and (out / "metrics.json").is_file() and (out / "config.yaml").is_file():
@@ -210,8 +205,6 @@ def run_one(
         log = (lambda message: print(f"    {message}", flush=True)) if verbose else (lambda message: None)
         input_neighbors = None
         if is_pretrained(config.backbone):  # frozen stage: embeddings (cached once for all runs) in place of images
-            from otclust.data.embeddings import pretrained_training_data
-
             dataset, _, input_neighbors = pretrained_training_data(config, dataset, progress=False, log=log)
         prepare_output_folder(out, overwrite=overwrite)
         trainer = Trainer(config, out_dir=out, progress=False, log=log)

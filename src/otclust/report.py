@@ -30,7 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from otclust import __version__
+from otclust.checkpoint import CheckpointRefused
+from otclust.config import CONFIG_FIELDS, FitConfig
+from otclust.data import conform, load_dataset
+from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
+from otclust.metrics import hungarian_mapping, matched_confusion_matrix
+from otclust.ot.priors import estimate_sizes, parse_cluster_proportions
+from otclust.runs import atomic_write_text
 
 FIXED_FIGURES = ("curves.png", "confusion.png", "tsne.png", "sizes.png", "k_selection.png")
 GUIDE = "docs/reports.md"
@@ -67,8 +75,6 @@ def read_history(run: Path) -> list[dict]:
 
 def read_config(run: Path):
     import yaml
-
-    from otclust.config import CONFIG_FIELDS, FitConfig
 
     path = run / "config.yaml"
     if not run.is_dir():
@@ -189,8 +195,6 @@ def plot_curves(path: Path, history: list[dict], clusters: int) -> list[str]:
 
 
 def plot_confusion(path: Path, labels: np.ndarray, clusters: np.ndarray, class_names: list[str] | None) -> None:
-    from otclust.metrics import matched_confusion_matrix
-
     matrix, order = matched_confusion_matrix(labels, clusters)
     classes = np.unique(labels)
     names = [class_names[c] if class_names is not None and c < len(class_names) else str(c) for c in classes]
@@ -388,8 +392,6 @@ def plot_sweep(path: Path, name: str, values: list, summaries: list) -> bool:
 
 
 def _prior(method, config, n_clusters: int) -> tuple[np.ndarray, str]:
-    from otclust.ot.priors import estimate_sizes, parse_cluster_proportions
-
     if method is not None and n_clusters != method.n_clusters:
         return np.full(n_clusters, 1.0 / n_clusters), "1/K (reference; K was chosen after training)"
     if method is not None:
@@ -422,9 +424,6 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     With overwrite=False an existing report.html is an error (`otclust report` without
     --overwrite); `otclust fit --report` rewrites it, since it just rewrote the whole run.
     """
-    from otclust import __version__
-    from otclust.runs import atomic_write_text
-
     if log is None:
         import sys
 
@@ -448,9 +447,6 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     method = dataset = proba = None
     device_obj = None
     if (run / "model.pt").is_file():
-        from otclust.checkpoint import CheckpointRefused
-        from otclust.engine import load_trained, predict_in_batches, select_device
-
         try:
             method, _ = load_trained(run / "model.pt", device=device)
             device_obj = select_device(device)
@@ -562,9 +558,6 @@ def _map_section(section: Section, figures: Path, method, dataset, proba, cluste
     """t-SNE of the model's embedding (its cluster probabilities if it has none) on a random subset."""
     import torch
 
-    from otclust.engine import embed_in_batches
-    from otclust.metrics import hungarian_mapping
-
     pick = np.sort(np.random.default_rng(0).choice(len(proba), size=min(max_points, len(proba)), replace=False))
     if len(pick) < 10:
         section.notes.append(f"only {len(pick)} samples: too few for a map")
@@ -592,8 +585,6 @@ def _map_section(section: Section, figures: Path, method, dataset, proba, cluste
 
 def _load_run_data(config, method, notes: list[str]):
     """The run's data as it trained on them, or None with a note (moved, deleted, not downloaded)."""
-    from otclust.data import conform, load_dataset
-
     try:
         dataset = load_dataset(config.data, split=config.split, download=False, image_size=config.image_size)
     except UserError as error:
@@ -610,8 +601,6 @@ def _load_run_data(config, method, notes: list[str]):
 
 def _cluster_grids(figures: Path, dataset, proba, clusters, labels, class_names, count: int, max_grids: int, notes: list[str]) -> list[tuple[str, str]]:
     import torch
-
-    from otclust.metrics import hungarian_mapping
 
     k = proba.shape[1]
     sizes = np.bincount(clusters, minlength=k)

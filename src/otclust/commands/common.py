@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from otclust.budget import describe_default_budget
 from otclust.config import FitConfig, coerce_param, load_config_file
+from otclust.data import DATASET_NAMES
+from otclust.data.decode import SETTINGS
 from otclust.errors import UserError
+from otclust.methods import METHOD_MODULES, get_method_class
+from otclust.methods.base import override_params
+from otclust.models import BACKBONES
+from otclust.readout import READOUTS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -22,9 +29,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    from otclust.data import DATASET_NAMES
-    from otclust.data.decode import SETTINGS
-
     SETTINGS.__init__()  # each command line starts from the decoder's defaults (_DecodeSetting)
 
     parser.add_argument(
@@ -61,8 +65,6 @@ class _DecodeSetting(argparse.Action):
     so that every command that loads a folder honours it without passing it along."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from otclust.data.decode import SETTINGS
-
         if self.dest == "cache":
             values = False
         elif self.dest == "workers" and values < 1:
@@ -79,8 +81,6 @@ def method_defaults(field: str) -> str:
     """'default: 256; 64 for deepcluster, deepercluster; ...' from each method's default_config,
     so the help of an option that some methods override names every effective default."""
     import dataclasses
-
-    from otclust.methods import METHOD_MODULES, get_method_class
 
     base = {f.name: f.default for f in dataclasses.fields(FitConfig)}[field]
     others: dict = {}
@@ -101,8 +101,6 @@ def method_defaults(field: str) -> str:
 
 def add_readout_option(parser: argparse.ArgumentParser) -> None:
     """predict and evaluate: which of a checkpoint's predictors assigns the clusters."""
-    from otclust.readout import READOUTS
-
     parser.add_argument(
         "--readout",
         default=None,
@@ -112,10 +110,6 @@ def add_readout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    from otclust.methods import METHOD_MODULES
-    from otclust.models import BACKBONES
-    from otclust.readout import READOUTS
-
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of settings (see configs/); flags given on the command line win")
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")
     add_data_options(parser)
@@ -128,8 +122,6 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "chosen without labels by the stability of k-means partitions of the read-out's features, and the read-out predicts K clusters "
         "(metrics.json 'k_selection' holds the curve; docs/results.md section 5 says how often it finds the true K)",
     )
-    from otclust.budget import describe_default_budget
-
     parser.add_argument(
         "--epochs",
         type=int,
@@ -195,9 +187,6 @@ def _parse_pairs(pairs: list[str], flag: str) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     """Defaults < the method's own defaults < --config file < flags given on the command line."""
-    from otclust.methods import get_method_class
-    from otclust.methods.base import override_params
-
     file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
     method_name = args.method or file_values.get("method") or FitConfig.method
     values = dict(get_method_class(method_name).default_config)

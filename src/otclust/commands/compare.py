@@ -6,15 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from otclust import experiments
 from otclust.budget import describe_length
-from otclust.commands.common import HelpFormatter, add_data_options
+from otclust.commands.common import HelpFormatter, add_data_options, config_from_args
+from otclust.data import parse_spec
+from otclust.errors import UserError
+from otclust import methods
+from otclust.methods import METHOD_MODULES, get_method_class
+from otclust.models import BACKBONES
+from otclust.runs import atomic_write_text
 
 TABLES = ["comparison.md", "comparison.csv", "runs.csv"]
 
 
 def add_parser(subparsers) -> None:
-    from otclust.models import BACKBONES
-
     parser = subparsers.add_parser(
         "compare",
         help="run several methods with several seeds on one data set and tabulate mean ± std",
@@ -52,10 +57,7 @@ def add_parser(subparsers) -> None:
 
 def ordered_methods(text: str) -> tuple[list[str], list[str]]:
     """(methods to run, k-means first; methods named but not implemented here)."""
-    from otclust.errors import UserError
-    from otclust.methods import METHOD_MODULES, available_methods
-
-    available = available_methods()
+    available = methods.available_methods()  # looked up on the registry module each time (tests substitute it)
     if text.strip() == "all":
         names = list(available)
     else:
@@ -73,9 +75,6 @@ def ordered_methods(text: str) -> tuple[list[str], list[str]]:
 
 def method_config(args, method: str, data: str):
     """The FitConfig of one method: its defaults < its recipe file < the options of compare."""
-    from otclust.commands.common import config_from_args
-    from otclust.data import parse_spec
-
     data_name = parse_spec(data)[0]
     recipe = Path(args.configs_dir) / f"{method}-{data_name}.yaml"
     namespace = argparse.Namespace(
@@ -111,11 +110,6 @@ def method_config(args, method: str, data: str):
 
 
 def run(args) -> int:
-    from otclust import experiments
-    from otclust.data import parse_spec
-    from otclust.errors import UserError
-    from otclust.methods import get_method_class
-
     data = args.data or "digits"
     data_name = parse_spec(data)[0]
     seeds = experiments.parse_seeds(args.seeds)
@@ -159,9 +153,7 @@ def run(args) -> int:
 
 
 def experiments_available() -> list[str]:
-    from otclust.methods import available_methods
-
-    return available_methods()
+    return methods.available_methods()
 
 
 def _with_seed(config, seed: int):
@@ -181,10 +173,6 @@ def predictor_rows(runs) -> list[tuple[str, str, bool]]:
 
 def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes) -> dict[str, str]:
     """Build (and write, after every run, so an interrupted comparison keeps what it has) the tables."""
-    from otclust import experiments
-    from otclust.methods import get_method_class
-    from otclust.runs import atomic_write_text
-
     rows_md, rows_csv = [], []
     for method in methods:
         runs = [o for o in outcomes if o.group == method]

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_data_options
+from otclust.data import load_dataset
+from otclust.data.embeddings import embed_dataset, write_features_file
+from otclust.distributed import select_device
+from otclust.errors import UserError
+from otclust.models.pretrained import is_pretrained, load_extractor
 
 
 def add_parser(subparsers) -> None:
@@ -32,12 +37,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from otclust.data import load_dataset
-    from otclust.data.embeddings import embed_dataset, write_features_file
-    from otclust.distributed import select_device
-    from otclust.errors import UserError
-    from otclust.models.pretrained import is_pretrained, load_extractor
-
     if not is_pretrained(args.backbone):
         raise UserError(f"--backbone must be timm:NAME, torchvision:NAME or otclust:RUN/model.pt, got '{args.backbone}'")
     if args.batch_size < 1 or args.neighbors < 0:

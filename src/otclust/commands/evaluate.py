@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 from otclust.commands.common import add_data_options, add_readout_option
+from otclust.commands.predict import load_data_for_model
+from otclust.engine import load_trained, predict_in_batches, select_device
+from otclust.errors import UserError
+from otclust.metrics import evaluate_clustering
 
 
 def add_parser(subparsers) -> None:
@@ -24,11 +28,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from otclust.commands.predict import load_data_for_model
-    from otclust.engine import load_trained, predict_in_batches, select_device
-    from otclust.errors import UserError
-    from otclust.metrics import evaluate_clustering
-
     method, config = load_trained(args.checkpoint, device=args.device, predictor=args.readout)
     dataset = load_data_for_model(args, method, config)
     if dataset.labels is None:

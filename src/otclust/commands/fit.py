@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
+from otclust.data import load_dataset
+from otclust.data.decode import SETTINGS
+from otclust.data.embeddings import pretrained_training_data
+from otclust.distributed import env_rank
+from otclust.engine import Trainer
+from otclust.models.pretrained import is_pretrained
+from otclust.report import write_report
+from otclust.runs import prepare_output_folder
 
 
 def add_parser(subparsers) -> None:
@@ -32,20 +39,12 @@ def default_out(config) -> Path:
 
 
 def run(args) -> int:
-    from otclust.data import load_dataset
-    from otclust.distributed import env_rank
-    from otclust.engine import Trainer
-    from otclust.models.pretrained import is_pretrained
-    from otclust.runs import prepare_output_folder
-
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config)
     main = env_rank() == 0  # under torchrun only rank 0 touches the run folder
     if main and not args.resume:
         prepare_output_folder(out, overwrite=args.overwrite, check_only=True)
     if args.no_progress:
-        from otclust.data.decode import SETTINGS
-
         SETTINGS.progress = False  # the decoding bars too
     # The folder loader picks its working resolution for the backbone that will read the images.
     dataset = load_dataset(config.data, split=config.split, download=config.download, image_size=config.image_size, backbone=config.backbone)
@@ -54,8 +53,6 @@ def run(args) -> int:
         eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size, backbone=config.backbone)
     input_neighbors = None
     if is_pretrained(config.backbone):  # frozen stage: embed once (cached), train on the embeddings
-        from otclust.data.embeddings import pretrained_training_data
-
         dataset, eval_dataset, input_neighbors = pretrained_training_data(config, dataset, eval_dataset, progress=main and not args.no_progress)
     if main:
         out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
@@ -67,8 +64,6 @@ def run(args) -> int:
     print(format_metrics_table(result.metrics))
     print(f"run folder: {out}")
     if args.report:
-        from otclust.report import write_report
-
         print(f"report: {write_report(out, device=config.device)}")
     return 0
 

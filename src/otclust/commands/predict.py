@@ -12,6 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from otclust.commands.common import add_data_options, add_readout_option
+from otclust.data import conform, load_dataset
+from otclust.data.embeddings import features_for_model
+from otclust.engine import load_trained, predict_in_batches, select_device
+from otclust.errors import UserError
+from otclust.models.pretrained import is_pretrained
+from otclust.ot import sinkhorn
+from otclust.ot.priors import match_prior_to_mass
+from otclust.runs import atomic_write_text
 
 ASSIGN_HELP = (
     "argmax (default): each image goes to its most probable cluster, trusting its own prediction; right for any set, "
@@ -57,16 +65,9 @@ def add_parser(subparsers) -> None:
 
 def load_data_for_model(args, method, config):
     """The data of --data (default: the model's training data), converted to what the model saw."""
-    from otclust.data import conform, load_dataset
-    from otclust.errors import UserError
-
     spec = args.data or config.data
     dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=args.image_size)
-    from otclust.models.pretrained import is_pretrained
-
     if is_pretrained(config.backbone) and not dataset.is_features:  # through the same frozen backbone first
-        from otclust.data.embeddings import features_for_model
-
         dataset = features_for_model(config, dataset, weights=getattr(args, "weights", None), device=args.device)
     model_spec = method.spec
     if model_spec.is_features != dataset.is_features:
@@ -86,8 +87,6 @@ def model_prior(method, proba: np.ndarray):
     """The cluster sizes the model was trained towards, as the balanced assignment's column marginal."""
     import torch
 
-    from otclust.ot.priors import match_prior_to_mass
-
     k = proba.shape[1]
     if k != method.n_clusters:  # a read-out with K chosen after training (--clusters auto): no sizes were trained towards
         return torch.full((k,), 1.0 / k)
@@ -103,8 +102,6 @@ def balanced_assignment(proba: np.ndarray, prior, eps: float = 0.05) -> np.ndarr
     """Cluster per row: argmax of the Sinkhorn plan between the set (rows 1/N) and the prior."""
     import torch
 
-    from otclust.ot import sinkhorn
-
     log_p = torch.from_numpy(np.ascontiguousarray(proba, dtype=np.float32)).clamp_min(1e-30).log()
     b = torch.as_tensor(prior, dtype=torch.float32)
     b = b / b.sum()
@@ -113,8 +110,6 @@ def balanced_assignment(proba: np.ndarray, prior, eps: float = 0.05) -> np.ndarr
 
 
 def check_export_dir(export: Path, overwrite: bool) -> None:
-    from otclust.errors import UserError
-
     if export.exists() and not export.is_dir():
         raise UserError(f"--export {export} is a file: choose a folder")
     if export.is_dir() and any(export.iterdir()) and not overwrite:
@@ -163,8 +158,6 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
 
 
 def write_predictions_csv(path: Path, clusters: np.ndarray, confidence: np.ndarray, paths: list[str] | None, uncertain: np.ndarray | None) -> None:
-    from otclust.runs import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["index"] + (["path"] if paths is not None else []) + ["cluster", "confidence"] + (["uncertain"] if uncertain is not None else []))
@@ -177,9 +170,6 @@ def write_predictions_csv(path: Path, clusters: np.ndarray, confidence: np.ndarr
 
 
 def run(args) -> int:
-    from otclust.engine import load_trained, predict_in_batches, select_device
-    from otclust.errors import UserError
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists: pass --overwrite or choose another --out")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from otclust.commands.common import HelpFormatter
+from otclust.errors import UserError
+from otclust.report import write_report
 
 
 def add_parser(subparsers) -> None:
@@ -32,9 +32,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from otclust.errors import UserError
-    from otclust.report import write_report
-
     for flag, value in (("--max-points", args.max_points), ("--images", args.images), ("--max-clusters", args.max_clusters), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")

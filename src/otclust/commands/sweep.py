@@ -6,8 +6,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from otclust import experiments
 from otclust.budget import describe_length
-from otclust.commands.common import HelpFormatter, add_training_options
+from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
+from otclust.errors import UserError
+from otclust.report import plot_sweep
+from otclust.runs import atomic_write_text
 
 TABLES = ["sweep.csv", "sweep.md", "runs.csv", "sweep.png"]
 
@@ -39,8 +43,6 @@ def add_parser(subparsers) -> None:
 
 def split_swept_name(params: list[str]) -> tuple[str, list[str]]:
     """--param entries: the single one without '=' is swept; the KEY=VALUE ones are fixed."""
-    from otclust.errors import UserError
-
     names = [p for p in params if "=" not in p]
     fixed = [p for p in params if "=" in p]
     if len(names) != 1:
@@ -51,11 +53,6 @@ def split_swept_name(params: list[str]) -> tuple[str, list[str]]:
 
 def run(args) -> int:
     import sys
-
-    from otclust import experiments
-    from otclust.commands.common import config_from_args
-    from otclust.errors import UserError
-    from otclust.report import plot_sweep
 
     if args.seed is not None:
         raise UserError("sweep takes its seeds from --seeds (a count or a list), not --seed")
@@ -102,9 +99,6 @@ def _with_params(args, fixed: list[str]):
 
 
 def write_tables(out: Path, key: str, base, raw_values: list[str], values: list, seeds: list[int], outcomes, plotted: bool = False) -> str:
-    from otclust import experiments
-    from otclust.runs import atomic_write_text
-
     rows_md, rows_csv = [], []
     for raw in raw_values:
         if not any(o.group == raw for o in outcomes):

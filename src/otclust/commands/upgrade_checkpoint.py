@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from otclust.checkpoint import upgrade_checkpoint
+from otclust.errors import UserError
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,9 +27,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from otclust.checkpoint import upgrade_checkpoint
-    from otclust.errors import UserError
-
     new = Path(args.new)
     if new.exists() and not args.overwrite:
         raise UserError(f"{new} already exists: pass --overwrite or choose another NEW")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from otclust.errors import UserError
+
 
 @dataclass
 class AugmentConfig:
@@ -63,8 +65,6 @@ def augment_config_from_dict(values: dict | None, channels: int, image_size: tup
     config = default_augment_config(channels, image_size)
     for key, value in (values or {}).items():
         if not hasattr(config, key):
-            from otclust.errors import UserError
-
             known = ", ".join(asdict(config))
             raise UserError(f"unknown augmentation setting '{key}': use one of {known}")
         setattr(config, key, tuple(value) if isinstance(value, list) else value)

@@ -35,7 +35,7 @@ def cache_root() -> Path:
         return Path(SETTINGS.cache_dir).expanduser()
     if os.environ.get("OTCLUST_CACHE"):
         return Path(os.environ["OTCLUST_CACHE"]).expanduser()
-    from otclust.data.formats import cache_dir
+    from otclust.data.formats import cache_dir  # here: formats imports this module
 
     return cache_dir("decoded")
 

@@ -487,7 +487,7 @@ def load_dataset(
             dataset.notes.append("image size ignored: the data are feature vectors")
         elif dataset.image_size != size:
             old = dataset.image_size
-            dataset.data = _resize(dataset.data, size)
+            dataset.data = resize_images(dataset.data, size)
             dataset.notes.append(
                 f"resized all {dataset.n_samples} images from {old[0]}x{old[1]} to {size[0]}x{size[1]}"
             )
@@ -555,7 +555,7 @@ def prefetch_to_device(batches, device: torch.device):
 # --------------------------------------------------------------------------------------------
 
 
-def _resize(data: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_images(data: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of uint8 images, antialiased when shrinking (as PIL does).
 
     Done in chunks so that resizing a large dataset needs float memory for a slice, not for all.
@@ -572,7 +572,7 @@ def _resize(data: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def _to_gray(data: torch.Tensor) -> torch.Tensor:
+def to_gray(data: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma in PIL's exact integer arithmetic, so folder images converted by PIL
     and tensors converted here agree pixel for pixel."""
     out = torch.empty((data.shape[0], 1, *data.shape[2:]), dtype=torch.uint8)
@@ -609,13 +609,13 @@ def conform(dataset: ImageDataset, channels: int, image_size) -> ImageDataset:
             return data
         kind = {1: "grayscale", 3: "RGB"}
         notes.append(f"converted {kind[data.shape[1]]} images to {kind[channels]} to match the model")
-        return data.expand(-1, 3, -1, -1).contiguous() if channels == 3 else _to_gray(data)
+        return data.expand(-1, 3, -1, -1).contiguous() if channels == 3 else to_gray(data)
 
     def resize(data):
         if tuple(data.shape[2:]) == size:
             return data
         notes.append(f"resized images from {data.shape[2]}x{data.shape[3]} to {size[0]}x{size[1]} to match the model")
-        return _resize(data, size)
+        return resize_images(data, size)
 
     # Work on as few channels as possible: drop colour before resizing, add it after.
     data = resize(convert(data)) if channels < data.shape[1] else convert(resize(data))

@@ -23,7 +23,11 @@ import torch
 
 from otclust.data.datasets import ImageDataset
 from otclust.data.formats import cache_dir
+from otclust.distributed import select_device
 from otclust.errors import UserError
+from otclust.models.pretrained import load_extractor
+from otclust.readout.neighbors import nearest_neighbors
+from otclust.runs import atomic_write_text
 
 EMBEDDING_FORMAT = "otclust-embeddings-1"
 CACHE_NEIGHBORS = 50  # neighbours kept per sample in the cached graph (TEMI's k on ImageNet)
@@ -72,8 +76,6 @@ def embed_images(extractor, data: torch.Tensor, device: torch.device, batch_size
 
 
 def knn_graph(features: np.ndarray, k: int, device: torch.device) -> np.ndarray:
-    from otclust.readout.neighbors import nearest_neighbors
-
     return nearest_neighbors(torch.from_numpy(features).to(device), k).cpu().numpy()
 
 
@@ -163,8 +165,6 @@ def embed_dataset(
         _save_npy(features_path, features)
         if graph is not None:
             _save_npy(knn_path, graph.astype(np.int32))
-        from otclust.runs import atomic_write_text
-
         atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return Embeddings(features, graph, meta)
 
@@ -195,8 +195,6 @@ def write_features_file(out: Path, embeddings: Embeddings, labels: np.ndarray | 
     if embeddings.neighbors is not None:
         written.append(Path(f"{base}.knn.npy"))
         _save_npy(written[-1], embeddings.neighbors.astype(np.int32))
-    from otclust.runs import atomic_write_text
-
     written.append(Path(f"{base}.json"))
     atomic_write_text(written[-1], json.dumps(embeddings.meta, indent=1))
     return written
@@ -206,8 +204,6 @@ def write_features_file(out: Path, embeddings: Embeddings, labels: np.ndarray | 
 
 
 def _extractor_for(config, weights: str | None = None):
-    from otclust.models.pretrained import load_extractor
-
     extractor = load_extractor(config.backbone, weights or config.weights, download=bool(config.download))
     expected = getattr(config, "weights_sha256", None)
     if expected and extractor.weights_sha256 != expected:
@@ -223,8 +219,6 @@ def pretrained_training_data(config, dataset: ImageDataset, eval_dataset: ImageD
 
     Records the weights file and its sha256 in `config` (so the checkpoint names them) and puts
     CLOT's frozen-feature settings under the user's own --param values."""
-    from otclust.distributed import select_device
-
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     extractor = _extractor_for(config)
     config.weights = extractor.weights_path
@@ -247,8 +241,6 @@ def pretrained_training_data(config, dataset: ImageDataset, eval_dataset: ImageD
 
 def features_for_model(config, dataset: ImageDataset, weights: str | None = None, device: str = "auto", progress: bool = True, log=None) -> ImageDataset:
     """New images through the backbone a trained model was fitted behind (refusing other weights)."""
-    from otclust.distributed import select_device
-
     if dataset.is_features:
         return dataset
     extractor = _extractor_for(config, weights)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otclust.data import cache, decode
 from otclust.errors import UserError
 
 # --------------------------------------------------------------------------------------------
@@ -447,8 +448,6 @@ def read_image_folder(
     case the array stays a memory-mapped file and training reads batches from it
     (``Part.on_disk``). Files that fail only while decoding (truncated) are skipped as well.
     """
-    from otclust.data import cache, decode
-
     files, labels, class_names, notes = list_image_folder(root)
     paths = [str(p) for p in files]
     probes = decode.probe_all(paths)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from otclust.errors import UserError
 from otclust.losses.drc import assignment_feature_loss, assignment_probability_loss, cluster_regularization
 from otclust.methods.base import ClusteringMethod
 
@@ -69,8 +70,6 @@ class Drc(ClusteringMethod):
     def __init__(self, n_clusters, spec, params: DrcParams, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
         if params.overcluster < 0:
-            from otclust.errors import UserError
-
             raise UserError(f"drc parameter overcluster must be 0 (none) or a number of clusters, got {params.overcluster}")
         self.backbone = self.make_backbone()
         dim = self.backbone.out_dim

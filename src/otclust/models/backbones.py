@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from otclust.errors import UserError
+from otclust.models.pretrained import is_pretrained
 
 
 class SmallCNN(nn.Module):
@@ -108,8 +109,6 @@ def build_backbone(name: str, channels: int | None, image_size: tuple[int, int] 
     The small CNN is the default for images because it is what runs on a CPU; choose resnet18 on
     a GPU for CIFAR/STL-sized photos.
     """
-    from otclust.models.pretrained import is_pretrained
-
     if is_pretrained(name):
         # A pretrained backbone is a frozen stage before training (data/embeddings.py): the
         # method's own network is the MLP on the features it produced.

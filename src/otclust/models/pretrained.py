@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from otclust.data.datasets import resize_images, to_gray
 from otclust.errors import UserError
 
 LIBRARIES = ("timm", "torchvision", "otclust")
@@ -303,14 +304,12 @@ class OtclustPreprocess:
         self.method = method
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from otclust.data.datasets import _resize, _to_gray
-
         spec = self.method.spec
         device = images.device
         if images.shape[1] != spec.channels:  # the conversions `conform` applies, batch by batch
-            images = _to_gray(images.cpu()).to(device) if spec.channels == 1 else images.expand(-1, 3, -1, -1)
+            images = to_gray(images.cpu()).to(device) if spec.channels == 1 else images.expand(-1, 3, -1, -1)
         if tuple(images.shape[2:]) != tuple(spec.image_size):
-            images = _resize(images.cpu(), tuple(spec.image_size)).to(device)
+            images = resize_images(images.cpu(), tuple(spec.image_size)).to(device)
         return self.method.standardize(images)
 
     def __repr__(self) -> str:
@@ -328,6 +327,7 @@ class _OtclustBackbone(nn.Module):
 
 
 def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
+    # Imported here: the engine imports the models, this module among them.
     from otclust.engine import load_trained
 
     path = _check_file(weights or name)
