@@ -203,6 +203,8 @@ def test_compare_scales_the_default_budget(tmp_path):
         ("swav-fashion-mnist", 70000, lambda c, spe: budget.fraction_of_steps(c.params["freeze_prototypes_fraction"], c.epochs * spe), 273),
         ("soft-kmeans-digits", 1797, lambda c, spe: budget.fraction_of_epochs(c.params["pretrain_fraction"], c.epochs), 100),
         ("deepercluster-digits", 1797, lambda c, spe: budget.spread_epochs(c.params["reclusterings"], c.epochs), list(range(30))),
+        ("clot-fashion-mnist", 70000, lambda c, spe: [budget.epochs_of(c.params[f"neighbor_{k}_fraction"], c.epochs, least=1) for k in ("start", "every")], [4, 4]),
+        ("clot-cifar10", 60000, lambda c, spe: [budget.epochs_of(c.params[f"neighbor_{k}_fraction"], c.epochs, least=1) for k in ("start", "every")], [4, 4]),
     ],
 )
 def test_converted_recipes_keep_their_schedules(recipe, n_samples, schedule, old):

@@ -91,6 +91,12 @@ def fraction_of_epochs(fraction: float, total_epochs: int) -> int:
     return int(round(fraction * total_epochs))
 
 
+def epochs_of(fraction: float, total_epochs: int, fixed: int | None = None, least: int = 0) -> int:
+    """A phase of a run in whole epochs: the `fraction` share (at least `least`), or `fixed`, a
+    deprecated epoch count that wins when it is set."""
+    return fixed if fixed is not None else max(least, fraction_of_epochs(fraction, total_epochs))
+
+
 def fraction_of_steps(fraction: float, total_steps: int) -> int:
     """The first `fraction` of a run in optimizer steps (rounded), e.g. a frozen phase."""
     return int(round(fraction * total_steps))

@@ -69,7 +69,7 @@ def test_overclustering_head_and_selflabel_phase_run(blob_images):
     images, labels = blob_images
     dataset = dataset_from_array(images)
     dataset.labels = labels
-    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, eval_every=4, params={"overcluster_factor": 3, "selflabel_epochs": 1, "selflabel_threshold": 0.5})
+    config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, eval_every=4, params={"overcluster_factor": 3, "selflabel_fraction": 0.25, "selflabel_threshold": 0.5})
     result = Trainer(config, progress=False, log=lambda m: None).fit(dataset)
     assert result.method.overcluster_head.heads[0].out_features == 9
     assert "loss_contrastive" in result.history[0] and "loss_selflabel" not in result.history[0]
@@ -107,7 +107,7 @@ def test_teacher_momentum_outside_its_range_is_a_user_error():
 
 
 def test_neighbour_views_come_from_the_mined_neighbours_and_resume(run_interrupted_and_resumed, blobs):
-    params = {"neighbors": 4, "neighbor_start": 1, "neighbor_every": 2}
+    params = {"neighbors": 4, "neighbor_start_fraction": 0.25, "neighbor_every_fraction": 0.5}  # epochs 1 and 3 of 4
     config = FitConfig(method="clot", clusters=3, epochs=4, batch_size=60, lr=3e-3, seed=0, eval_every=4, params=params)
     straight, resumed = run_interrupted_and_resumed(config, blobs, stop_after=2)
     index = straight.method.neighbor_index
@@ -151,7 +151,7 @@ def test_cluster_loss_counts_only_from_cluster_start(blob_images):
 
     images, _ = blob_images
     dataset = dataset_from_array(images)
-    method = Clot(3, InputSpec.from_dataset(dataset), ClotParams(cluster_start=1))
+    method = Clot(3, InputSpec.from_dataset(dataset), ClotParams(cluster_start_fraction=0.34))  # epoch 1 of 3
     trainer = SimpleNamespace(config=SimpleNamespace(epochs=3))
     batch, indices = dataset.data[:32], torch.arange(32)
     method.on_epoch_start(trainer, 0)
@@ -208,7 +208,7 @@ def test_auto_sizes_are_estimated_when_neighbours_are_mined(blobs, monkeypatch):
         return real(features, n_clusters, seed, neighbors, rounds, neighbor_index=neighbor_index, **kwargs)
 
     monkeypatch.setattr(clot_module, "estimate_sizes_from_features", spy)
-    params = {"neighbors": 3, "neighbor_start": 1, "neighbor_every": 2}
+    params = {"neighbors": 3, "neighbor_start_fraction": 0.2, "neighbor_every_fraction": 0.4}  # epochs 1 and 3 of 5
     config = FitConfig(method="clot", clusters=3, epochs=5, batch_size=60, seed=0, cluster_proportions="auto", params=params, readout_params={"neighbors": 5})
     method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
     assert estimated_at == [1, 3]  # the mining epochs, one kNN search each
@@ -252,3 +252,38 @@ def test_each_head_matches_a_known_prior_to_its_own_cluster_masses():
     for b, expected in zip(columns[-4:], [head_0, head_0, head_1, head_1]):  # two views per head
         torch.testing.assert_close(b, expected)
     torch.testing.assert_close(method.predicted_mass, method.head_mass[method.best_head()])
+
+
+def _phases(params: dict, epochs: int) -> dict:
+    """Per epoch of a run: (self-labelling, clustering, neighbours mined) as CLOT schedules them."""
+    from types import SimpleNamespace
+
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(2, spec, ClotParams(**params))
+    mined = []
+    trainer = SimpleNamespace(config=SimpleNamespace(epochs=epochs, seed=0), readout_params=None, train_data=torch.zeros(8, 4))
+    trainer.embed = lambda data: (mined.append(True), np.zeros((8, 4), dtype=np.float32))[1]
+    phases = []
+    for epoch in range(epochs):
+        before = len(mined)
+        method.on_epoch_start(trainer, epoch)
+        phases.append((method.selflabelling, method.clustering, len(mined) > before))
+    return phases
+
+
+def test_the_schedule_is_a_share_of_the_run_whatever_its_length():
+    shares = {"neighbors": 2, "neighbor_start_fraction": 0.2, "neighbor_every_fraction": 0.2, "cluster_start_fraction": 0.1, "selflabel_fraction": 0.1}
+    for epochs in (10, 40):
+        phases = _phases(shares, epochs)
+        assert [e for e, (_, clustering, _) in enumerate(phases) if not clustering] == list(range(epochs // 10))
+        assert [e for e, (selflabel, _, _) in enumerate(phases) if selflabel] == list(range(epochs - epochs // 10, epochs))
+        assert [e for e, (_, _, mined) in enumerate(phases) if mined] == list(range(epochs // 5, epochs, epochs // 5))
+
+
+def test_the_old_epoch_counts_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="neighbor_start is deprecated"):
+        phases = _phases({"neighbors": 2, "neighbor_start": 3, "neighbor_every": 2, "cluster_start": 1}, 20)
+    assert [e for e, (_, _, mined) in enumerate(phases) if mined] == list(range(3, 20, 2))
+    assert [e for e, (_, clustering, _) in enumerate(phases) if not clustering] == [0]

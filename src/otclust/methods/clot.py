@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 
+from otclust.budget import epochs_of, warn_deprecated
 from otclust.distributed import all_reduce_mean, is_distributed, world_size
 from otclust.errors import UserError
 from otclust.losses import nt_xent_loss, soft_cross_entropy
@@ -26,10 +27,11 @@ from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
 from otclust.models.teacher import ClusterPredictor, ema_teacher
 from otclust.ot.priors import match_prior_to_mass
 from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs, take_legacy_readout
+from otclust.readout.stage import LegacyReadoutParams
 
 
 @dataclass
-class ClotParams:
+class ClotParams(LegacyReadoutParams):
     # Entropic eps of the pseudo-labels' Sinkhorn on log-probabilities. The paper parametrises it by
     # lambda of P^lambda, eps = 1/lambda: lambda 5 is sinkhorn_eps 0.2 (docs/ablations.md).
     sinkhorn_eps: float = 0.2
@@ -40,19 +42,21 @@ class ClotParams:
     # Weight of the clustering loss beside the representation loss: here the OT cluster loss beside
     # NT-Xent (at full weight the cluster loss can lock in early merges).
     cluster_weight: float = 0.3
-    cluster_start: int = 0  # first epoch (0-based) with the OT cluster loss; before it only NT-Xent trains
+    cluster_start_fraction: float = 0.0  # share of the run before the OT cluster loss starts (only NT-Xent trains)
     contrastive_weight: float = 1.0
     projection_dim: int = 128
     n_heads: int = 1  # several heads; the one with the lowest loss is the 'head' predictor (no labels used)
     head: str = "linear"  # linear | cosine (L2-normalised features and prototypes)
     head_temperature: float = 0.1  # logit scale 1/T of the cosine head
     overcluster_factor: int = 0  # >1 adds an auxiliary head with factor*K clusters (PICA/DRC style)
-    selflabel_epochs: int = 0  # last epochs spent on SCAN-style self-labelling of confident samples
+    selflabel_fraction: float = 0.0  # last share of the run spent on SCAN-style self-labelling of confident samples
     selflabel_threshold: float = 0.99  # confidence above which a sample's argmax becomes its label
     teacher_momentum: float = 0.0  # >0: pseudo-labels come from an EMA copy of backbone + heads (e.g. 0.99)
     neighbors: int = 0  # >0: the second view is of one of each sample's k nearest neighbours (SCAN/NNCLR)
-    neighbor_start: int = 1  # first epoch (0-based) with neighbour views; mined from the backbone before it
-    neighbor_every: int = 1  # re-mine the neighbours every this many epochs
+    # Shares of the run (rounded to whole epochs, at least one): from the first neighbour views on
+    # (mined from the backbone just before), the neighbours are mined again every such share.
+    neighbor_start_fraction: float = 0.05
+    neighbor_every_fraction: float = 0.05
     # backbone: neighbours in the backbone's feature space, mined as above; input: neighbours of
     # the input feature vectors (a frozen pretrained backbone's cached kNN graph), found once.
     neighbor_source: str = "backbone"
@@ -62,12 +66,11 @@ class ClotParams:
     # matched to the clusters by predicted mass. "predictions": the running predicted masses.
     auto_sizes: str = "features"
     size_updates: int = 9
-    # Deprecated, read (with a warning) by otclust.readout.resolve_readout: --readout and --readout-param.
-    predict_by: str | None = None
-    smooth_neighbors: int | None = None
-    smooth_rounds: int | None = None
-    kmeans_restarts: int | None = None
-    kmeans_choice: str | None = None
+    # Deprecated: fixed epoch counts whatever the run's length (otclust.budget.warn_deprecated).
+    cluster_start: int | None = None
+    selflabel_epochs: int | None = None
+    neighbor_start: int | None = None
+    neighbor_every: int | None = None
     # Former names, read as the new ones with a warning (otclust.methods.base.build_params).
     renamed: ClassVar[dict] = {"lam": Renamed("sinkhorn_eps", reciprocal, "sinkhorn_eps = 1/lam")}
 
@@ -83,7 +86,10 @@ class Clot(ClusteringMethod):
             (p.sinkhorn_eps > 0, f"sinkhorn_eps must be positive, got {p.sinkhorn_eps}"),
             (p.head in ("linear", "cosine"), f"head must be 'linear' or 'cosine', got {p.head!r}"),
             (p.auto_sizes in ("predictions", "features") and p.size_updates >= 0, f"auto_sizes must be 'predictions' or 'features' and size_updates >= 0, got {p.auto_sizes!r} and {p.size_updates}"),
-            (p.neighbors >= 0 and p.neighbor_every >= 1, f"neighbors must be >= 0 and neighbor_every >= 1, got {p.neighbors} and {p.neighbor_every}"),
+            (p.neighbors >= 0, f"neighbors must be >= 0, got {p.neighbors}"),
+            (all(0 <= f < 1 for f in (p.cluster_start_fraction, p.selflabel_fraction, p.neighbor_start_fraction)) and 0 < p.neighbor_every_fraction <= 1,
+             "cluster_start_fraction, selflabel_fraction and neighbor_start_fraction must be in [0, 1), neighbor_every_fraction in (0, 1]"),
+            (p.neighbor_every is None or p.neighbor_every >= 1, f"neighbor_every must be >= 1, got {p.neighbor_every}"),
             (0 <= p.teacher_momentum < 1, f"teacher_momentum must be in [0, 1), got {p.teacher_momentum}"),
             (p.neighbor_source in ("backbone", "input"), f"neighbor_source must be 'backbone' or 'input', got {p.neighbor_source!r}"),
             (p.neighbor_source == "backbone" or p.neighbors == 0 or spec.is_features, "neighbor_source=input needs feature vectors (features:X.npy or a pretrained --backbone)"),
@@ -103,7 +109,9 @@ class Clot(ClusteringMethod):
         self.register_buffer("head_loss", torch.zeros(p.n_heads))
         self.register_buffer("head_mass", torch.full((p.n_heads, n_clusters), 1.0 / n_clusters))
         self.selflabelling = False
-        self.clustering = p.cluster_start <= 0
+        self.clustering = not (p.cluster_start or p.cluster_start_fraction)
+        for old in ("cluster_start", "selflabel_epochs", "neighbor_start", "neighbor_every"):
+            warn_deprecated(p, old, old.replace("_epochs", "") + "_fraction", "clot")
         # Rows of the training set's k nearest neighbours in backbone feature space (N x k), once mined.
         self.neighbor_index: torch.Tensor | None = None
         self.neighbor_images: torch.Tensor | None = None  # the training set the rows point into
@@ -122,10 +130,11 @@ class Clot(ClusteringMethod):
             self.neighbor_index = given[:, : self.params.neighbors].to(trainer.train_data.device)
 
     def on_epoch_start(self, trainer, epoch):
-        self.selflabelling = epoch >= trainer.config.epochs - self.params.selflabel_epochs
-        self.clustering = epoch >= self.params.cluster_start
-        p = self.params
-        mining = p.neighbors > 0 and p.neighbor_source == "backbone" and epoch >= p.neighbor_start and ((epoch - p.neighbor_start) % p.neighbor_every == 0 or self.neighbor_index is None)
+        p, total = self.params, trainer.config.epochs
+        self.selflabelling = epoch >= total - epochs_of(p.selflabel_fraction, total, fixed=p.selflabel_epochs)
+        self.clustering = epoch >= epochs_of(p.cluster_start_fraction, total, fixed=p.cluster_start)
+        start, every = (epochs_of(share, total, fixed, least=1) for share, fixed in ((p.neighbor_start_fraction, p.neighbor_start), (p.neighbor_every_fraction, p.neighbor_every)))
+        mining = p.neighbors > 0 and p.neighbor_source == "backbone" and epoch >= start and ((epoch - start) % every == 0 or self.neighbor_index is None)
         # auto_sizes=features re-estimates when neighbours are mined (one embedding, one kNN
         # search for both), else size_updates times over training.
         estimating = self.prior_mode == "auto" and p.auto_sizes == "features"
@@ -243,7 +252,7 @@ class Clot(ClusteringMethod):
         return {"loss": loss, "selflabel": loss.detach(), "confident": torch.stack(shares).mean()}
 
     def may_leave_parameters_unused(self) -> bool:
-        return self.params.selflabel_epochs > 0  # self-labelling skips the projection head
+        return bool(self.params.selflabel_epochs or self.params.selflabel_fraction)  # self-labelling skips the projection head
 
     def best_head(self) -> int:
         return int(torch.argmin(self.head_loss)) if len(self.head_loss) > 1 else 0

@@ -40,6 +40,18 @@ COSINE_TEMPERATURE = 0.1
 
 
 @dataclass
+class LegacyReadoutParams:
+    """CLOT's read-out settings of earlier versions (DEPRECATED_PARAMS), still accepted as method
+    parameters and read, with a warning, by `resolve_readout`: --readout and --readout-param."""
+
+    predict_by: str | None = None
+    smooth_neighbors: int | None = None
+    smooth_rounds: int | None = None
+    kmeans_restarts: int | None = None
+    kmeans_choice: str | None = None
+
+
+@dataclass
 class ReadoutParams:
     """Settings of the kmeans and smoothed read-outs (`--readout-param KEY=VALUE`)."""
 
