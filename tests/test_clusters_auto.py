@@ -26,6 +26,8 @@ def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
     data, _ = _blobs(tmp_path)
     out = tmp_path / "run"
     assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "3", "--batch-size", "60", "--out", str(out), "--no-progress", "--report"]) == 0
+    table = capsys.readouterr().out
+    assert "| 4 | smoothed (used) |" in table and "| 7 | head |" in table  # each predictor's own K
     metrics = json.loads((out / "metrics.json").read_text())
     selection = metrics["k_selection"]
     assert selection["chosen"] == metrics["clusters"] == 4  # the four blobs, not the training K

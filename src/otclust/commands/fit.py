@@ -83,9 +83,12 @@ def format_metrics_table(metrics: dict) -> str:
     def fmt(scores, key):
         return f"{scores[key]:.4f}" if key in scores else "n/a"
 
+    # Under --clusters auto the head keeps the K it trained with; the read-out has the chosen one.
+    head_k = metrics["k_selection"]["training_clusters"] if "k_selection" in metrics else metrics["clusters"]
     lines = [header, rule]
     for name, scores in scored:
-        lines.append(f"| {metrics['method']} | {metrics['data']} | {metrics['clusters']} | {name} | {fmt(scores, 'acc')} | {fmt(scores, 'nmi')} | {fmt(scores, 'ari')} | {metrics['seconds']:.1f} |")
+        k = head_k if name.startswith("head") else metrics["clusters"]
+        lines.append(f"| {metrics['method']} | {metrics['data']} | {k} | {name} | {fmt(scores, 'acc')} | {fmt(scores, 'nmi')} | {fmt(scores, 'ari')} | {metrics['seconds']:.1f} |")
     if "note" in metrics:
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)
