@@ -54,7 +54,7 @@ def test_bad_ranges_and_criteria_are_user_errors():
     x = _blobs(3, seed=0)
     with pytest.raises(UserError, match="k_min"):
         choose_k(x, k_min=1, k_max=4)
-    with pytest.raises(UserError, match="below"):
+    with pytest.raises(UserError, match="at most 3"):  # 80% of 5 samples hold 4 points: K up to 3
         choose_k(x[:5], k_min=2, k_max=5, smooth_rounds=0)
     with pytest.raises(UserError, match="criterion"):
         choose_k(x, criterion="elbow")

@@ -64,7 +64,7 @@ def test_estimator_auto(tmp_path):
         (["--clusters", "auto", "--readout", "head"], "head cannot"),
         (["--clusters", "auto", "--cluster-proportions", "0.5,0.5"], "K is known"),
         (["--clusters", "auto:6-3"], "MIN <= MAX"),
-        (["--clusters", "auto:2-5000"], "more than the"),
+        (["--clusters", "auto:2-5000"], "can be chosen up to 1437"),
         (["--clusters", "many"], "neither a number"),
         (["--method", "kmeans", "--clusters", "auto"], "--readout kmeans"),
     ],

@@ -24,7 +24,7 @@ import torch
 
 from otclust.errors import UserError
 
-__all__ = ["CRITERIA", "choose_k", "classical_curves", "kmeans_partitions", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
+__all__ = ["CRITERIA", "choose_k", "classical_curves", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
 
 CRITERIA = ("stability", "silhouette", "calinski_harabasz", "davies_bouldin")
 DEFAULT_K_RANGE = (2, 15)
@@ -66,7 +66,16 @@ def _kmeans(points: np.ndarray, k: int, seed: int, n_init: int):
         return KMeans(n_clusters=k, n_init=n_init, random_state=seed % 2**31).fit(points)
 
 
-def stability_curve(points: np.ndarray, ks, seed: int = 0, runs: int = 10, fraction: float = 0.8, max_points: int = 10000) -> dict[int, float]:
+SUBSAMPLE_FRACTION = 0.8  # share of the points each stability run clusters
+
+
+def largest_k(n_samples: int) -> int:
+    """The largest K that can be chosen among n_samples: each stability run's subsample must hold
+    more points than clusters."""
+    return int(round(SUBSAMPLE_FRACTION * n_samples)) - 1
+
+
+def stability_curve(points: np.ndarray, ks, seed: int = 0, runs: int = 10, fraction: float = SUBSAMPLE_FRACTION, max_points: int = 10000) -> dict[int, float]:
     """{K: mean pairwise ARI of `runs` single-restart k-means labellings, each fitted on a random
     `fraction` of the points}. Above max_points, a fixed random subset of that many is used."""
     from sklearn.metrics import adjusted_rand_score
@@ -138,8 +147,8 @@ def choose_k(
     n = len(points) if points is not None else len(features)
     if not 2 <= k_min <= k_max:
         raise UserError(f"choosing K needs 2 <= k_min <= k_max, got {k_min} and {k_max}")
-    if k_max >= n:
-        raise UserError(f"choosing K: k_max {k_max} must be below the {n} samples")
+    if k_max > largest_k(n):
+        raise UserError(f"choosing K among {n} samples: k_max {k_max} must be at most {largest_k(n)} (each stability run clusters {SUBSAMPLE_FRACTION:.0%} of them)")
     if points is None:
         points = smoothed_features(features, smooth_neighbors, smooth_rounds)
     ks = range(k_min, k_max + 1)

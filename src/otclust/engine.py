@@ -30,6 +30,7 @@ from otclust import budget
 from otclust import distributed as dist_utils
 from otclust.distributed import select_device  # noqa: F401 - kept importable from the engine
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
+from otclust.choose_k import largest_k
 from otclust.config import FitConfig
 from otclust.data.datasets import place_for_training, prefetch_to_device
 from otclust.errors import UserError, memory_guard
@@ -64,8 +65,10 @@ def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
     method_class = get_method_class(config.method)
     params = build_params(method_class.Params, config.params, config.method)
     k = config.training_clusters
+    if config.k_range and k > largest_k(spec.n_samples):
+        raise UserError(f"--clusters {config.clusters}: K can be chosen up to {largest_k(spec.n_samples)} among {spec.n_samples} samples: pass --clusters auto:2-{largest_k(spec.n_samples)} or less")
     if spec.n_samples < k:
-        raise UserError(f"--clusters {config.clusters} asks for {k} clusters, more than the {spec.n_samples} samples: choose fewer clusters")
+        raise UserError(f"--clusters {config.clusters} is more than the {spec.n_samples} samples: choose fewer clusters")
     method = method_class(k, spec, params, backbone=config.backbone, augment=config.augment)
     mode, sizes = parse_cluster_proportions(config.cluster_proportions, k)
     method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions), partial_tau=partial_transport(config.cluster_proportions))
