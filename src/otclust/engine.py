@@ -302,9 +302,9 @@ class Trainer:
         name = predictor if predictor != "head" else SHARED_READOUT
         if predictor == "head" and not scored:
             return head_proba, None, name, None
-        if k_range and predictor != "head":
+        if k_range:  # a head predictor with --clusters auto was refused before training
             self.log(f"choosing K in {k_range[0]}-{k_range[1]} on the {name} read-out's features (the network trained with {method.n_clusters} clusters)")
-        fitted, k_selection = fit_method_readout(self, method, name, params, k_range if predictor != "head" else None)
+        fitted, k_selection = fit_method_readout(self, method, name, params, k_range)
         if k_selection:
             self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
         method.readout_fits = {name: fitted}
