@@ -52,3 +52,11 @@ def test_restart_choice_matches_known_sizes_to_clusters():
     sizes = torch.tensor([100.0, 150.0, 50.0]) / 300  # shuffled relative to the clusters
     assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, restarts=30, sizes=sizes).labels) == 1.0
     assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=0, restarts=30, choice="inertia").labels) < 1.0
+
+
+def test_restarts_that_number_one_partition_differently_are_one_partition():
+    from otclust.readout.kmeans import _partition_key
+
+    labels = np.array([2, 2, 0, 1, 0, 1])
+    assert _partition_key(labels) == _partition_key(np.array([0, 0, 1, 2, 1, 2]))  # renumbered
+    assert _partition_key(labels) != _partition_key(np.array([2, 0, 0, 1, 0, 1]))  # one point moved
