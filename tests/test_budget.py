@@ -13,6 +13,7 @@ from otclust.commands.common import config_from_args
 from otclust.config import FitConfig
 from otclust.engine import Trainer
 from otclust.errors import UserError
+from otclust.methods import get_method_class
 
 
 def quiet(message):
@@ -107,6 +108,47 @@ def test_trainer_resolves_the_budget_once_it_knows_n():
     assert trainer.total_steps == config.epochs * (5_000 // 256)
     untrained = Trainer(FitConfig(method="kmeans", clusters=3), progress=False, log=quiet)
     assert untrained._resolve_budget(5_000).epochs == 1  # k-means trains no network
+
+
+@pytest.mark.parametrize("n,reference_steps", [(1_797, 500), (10_000, 500), (70_000, 794), (1_000_000, 3_000)])
+def test_the_short_budget_is_a_tenth_of_the_steps_with_the_same_floor(n, reference_steps):
+    assert budget.default_reference_steps(n, short=True) == reference_steps
+    assert reference_steps == max(500, round(3 * math.sqrt(n)))
+
+
+@pytest.mark.parametrize(
+    "method,params,epochs",
+    [
+        ("clot", {"neighbors": 20, "neighbor_source": "input", "n_heads": 5}, 3),  # the pretrained stage's settings: short
+        ("clot", {}, 30),  # CLOT on feature vectors without the fixed neighbour graph: the full budget
+        ("sela", {}, 30),
+    ],
+)
+def test_clot_on_frozen_features_with_neighbour_views_gets_the_short_budget(tmp_path, monkeypatch, method, params, epochs):
+    import numpy as np
+
+    from otclust.data.datasets import load_dataset
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(70_000, 4)).astype(np.float32))
+    dataset = load_dataset(f"features:{path}")
+    resolved = []
+
+    class Stop(Exception):
+        pass
+
+    original = Trainer._resolve_budget
+
+    def resolve(self, n_samples, features=False):
+        resolved.append(original(self, n_samples, features).epochs)
+        raise Stop
+
+    monkeypatch.setattr(Trainer, "_resolve_budget", resolve)
+    with pytest.raises(Stop):
+        Trainer(FitConfig(method=method, clusters=3, params=params), progress=False, log=quiet).fit(dataset)
+    assert resolved == [epochs]  # short: 794 steps of 273 a pass
+    assert budget.default_epochs(70_000, 256) == 30
+    assert not get_method_class("clot").short_budget(params, features=False)  # images never get it
 
 
 def test_steps_run_whole_epochs_and_the_swav_freeze_follows_them(blobs):

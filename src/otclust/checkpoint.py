@@ -20,14 +20,14 @@ import pickle
 import pickletools
 import random
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from otclust.errors import UserError
-from otclust.readout import readout_state
+from otclust.readout import readout_state, take_legacy_readout
 from otclust.runs import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "otclust-checkpoint-2"
@@ -202,3 +202,17 @@ def upgrade_checkpoint(old, new, warn=print) -> dict:
         raise UserError(f"cannot convert {old} ({type(error).__name__}): it is damaged or not an otclust checkpoint") from None
     write_checkpoint(converted, new)
     return read_checkpoint(new)  # proves the new file loads the safe way
+
+
+def upgrade_clot_state(method, state_dict: dict, prefix: str) -> None:
+    """A CLOT state dict of an earlier version, brought to today's in place: no per-head masses,
+    no feature sizes (its 'auto' sizes then came from predictions), and the read-out in the
+    weights (readout_weight/readout_bias, or feature_centers before that)."""
+    if prefix + "head_mass" not in state_dict:
+        state_dict[prefix + "head_mass"] = state_dict.get(prefix + "predicted_mass", method.predicted_mass).expand_as(method.head_mass).clone()
+    if prefix + "feature_sizes" not in state_dict:
+        state_dict[prefix + "feature_sizes"] = torch.zeros_like(method.feature_sizes)
+        method.params = replace(method.params, auto_sizes="predictions")
+    legacy = take_legacy_readout(state_dict, prefix, method.params.head_temperature)
+    if legacy is not None:
+        method.readout_fits, method.predictor = {legacy.name: legacy}, legacy.name

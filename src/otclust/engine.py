@@ -185,7 +185,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
-        self.config = config = self._resolve_budget(dataset.n_samples)
+        self.config = config = self._resolve_budget(dataset.n_samples, dataset.is_features)
         eval_dataset = eval_dataset or dataset
         seed_everything(config.seed)
         spec = InputSpec.from_dataset(dataset)
@@ -432,15 +432,16 @@ class Trainer:
             kept = "no epoch had finished, so no checkpoint was written"
         return f"{where}; {kept}; to avoid it, start again with a smaller --lr (or --no-amp on a GPU) and --overwrite"
 
-    def _resolve_budget(self, n_samples: int) -> FitConfig:
+    def _resolve_budget(self, n_samples: int, features: bool = False) -> FitConfig:
         """The run's config with its epochs fixed (--epochs, --steps or the default budget for N
         samples), and the run's length in steps (`steps_per_epoch`, `total_steps`) for methods
         whose schedules are fractions of it."""
         config = self.config
         if config.epochs is None:
-            trainable = get_method_class(config.method).trainable
-            epochs = budget.resolve_epochs(config, n_samples) if trainable else 1
-            how = f"--steps {config.steps}" if config.steps is not None else f"the default budget for {n_samples:,} samples"
+            method_class = get_method_class(config.method)
+            trainable, short = method_class.trainable, method_class.short_budget(config.params, features)
+            epochs = budget.resolve_epochs(config, n_samples, short) if trainable else 1
+            how = f"--steps {config.steps}" if config.steps is not None else f"the {'short ' * short}default budget for {n_samples:,} samples"
             # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
             config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
             if trainable:

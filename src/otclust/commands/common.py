@@ -127,7 +127,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="training epochs (default: a budget that grows with the number of samples N, about 30 sqrt(N) steps of 256 "
-        f"samples, the same samples seen at any batch size: {describe_default_budget()}; a --config recipe may set epochs)",
+        f"samples, the same samples seen at any batch size: {describe_default_budget()}; CLOT on a pretrained --backbone's "
+        f"embeddings a tenth of that, at least 500 steps: {describe_default_budget(short=True)}; a --config recipe may set epochs)",
     )
     parser.add_argument("--steps", type=int, default=None, help="train for at least this many optimizer steps, rounded up to whole epochs, instead of --epochs")
     parser.add_argument("--batch-size", type=int, default=None, help=f"images per step ({method_defaults('batch_size')})")

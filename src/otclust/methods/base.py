@@ -263,6 +263,12 @@ class ClusteringMethod(nn.Module):
         """For methods with trainable = False: compute the clustering in one go."""
         raise NotImplementedError
 
+    @classmethod
+    def short_budget(cls, params: dict, features: bool) -> bool:
+        """Whether a run with these --param values on this data gets the short default budget
+        (otclust.budget), decided before the method is built, since its schedules follow it."""
+        return False
+
     def parameter_groups(self) -> list[dict]:
         """Groups for the optimizer; override to give e.g. cluster centres another learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from otclust.budget import epochs_of, warn_deprecated
+from otclust.checkpoint import upgrade_clot_state
 from otclust.distributed import all_reduce_mean, is_distributed, world_size
 from otclust.errors import UserError
 from otclust.losses import nt_xent_loss, soft_cross_entropy
@@ -26,7 +27,7 @@ from otclust.methods.base import ClusteringMethod, Renamed, reciprocal
 from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
 from otclust.models.teacher import ClusterPredictor, ema_teacher
 from otclust.ot.priors import match_prior_to_mass
-from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs, take_legacy_readout
+from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs
 from otclust.readout.stage import LegacyReadoutParams
 
 
@@ -98,10 +99,8 @@ class Clot(ClusteringMethod):
                 raise UserError(f"clot parameter {message}")
         self.backbone = self.make_backbone()
         dim = self.backbone.out_dim
-        if p.head == "linear":
-            self.cluster_head = ClusterHead(dim, n_clusters, n_heads=p.n_heads)
-        else:
-            self.cluster_head = CosineClusterHead(dim, n_clusters, p.n_heads, p.head_temperature)
+        linear = p.head == "linear"
+        self.cluster_head = ClusterHead(dim, n_clusters, n_heads=p.n_heads) if linear else CosineClusterHead(dim, n_clusters, p.n_heads, p.head_temperature)
         self.projection_head = ProjectionHead(dim, out_dim=p.projection_dim)
         self.overcluster_head = ClusterHead(dim, p.overcluster_factor * n_clusters) if p.overcluster_factor > 1 else None
         # Each head's running loss (the lowest predicts) and running cluster masses: heads number
@@ -118,6 +117,11 @@ class Clot(ClusteringMethod):
         # auto_sizes=features: the latest k-means estimate of the cluster sizes (all zero: none yet).
         self.register_buffer("feature_sizes", torch.zeros(n_clusters))
         self.teacher = ema_teacher(self.backbone, self.cluster_head, p.teacher_momentum) if p.teacher_momentum > 0 else None
+
+    @classmethod
+    def short_budget(cls, params, features):
+        """Neighbour views from a fixed graph of frozen features (the pretrained stage's setting)."""
+        return features and params.get("neighbor_source") == "input" and bool(params.get("neighbors"))
 
     def on_fit_start(self, trainer):
         self.neighbor_images = trainer.train_data
@@ -167,27 +171,15 @@ class Clot(ClusteringMethod):
         return {"neighbor_index": self.neighbor_index}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints of earlier versions: no per-head masses, no feature sizes, and the read-out
-        in the weights (readout_weight/readout_bias, or feature_centers before that)."""
-        if prefix + "head_mass" not in state_dict:
-            state_dict[prefix + "head_mass"] = state_dict.get(prefix + "predicted_mass", self.predicted_mass).expand_as(self.head_mass).clone()
-        if prefix + "feature_sizes" not in state_dict:  # trained before auto_sizes: its 'auto' sizes came from predictions
-            state_dict[prefix + "feature_sizes"] = torch.zeros_like(self.feature_sizes)
-            self.params = replace(self.params, auto_sizes="predictions")
-        legacy = take_legacy_readout(state_dict, prefix, self.params.head_temperature)
-        if legacy is not None:
-            self.readout_fits, self.predictor = {legacy.name: legacy}, legacy.name
+        upgrade_clot_state(self, state_dict, prefix)  # checkpoints of earlier versions
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def pseudo_labels(self, logits: torch.Tensor, head: int | None = 0) -> torch.Tensor:
-        """Q for one view of head `head`: Sinkhorn on log P with eps = sinkhorn_eps (1/lambda), rows rescaled to sum to 1.
-
-        The columns follow the run's size prior, matched to that head's own running masses;
-        head=None (auxiliary over-clustering head): equal sizes over its own clusters. With several
-        processes the OT problem is the global batch's (column sums all-reduced, as SwAV's
-        distributed Sinkhorn); each process gets its rows of the global plan.
-        """
+        """Q for one view of head `head`: Sinkhorn on log P with eps = sinkhorn_eps (1/lambda), rows
+        rescaled to sum to 1; columns: the size prior matched to that head's running masses (head
+        None, the over-clustering head: equal sizes). Several processes solve the global batch's
+        problem (column sums all-reduced, as SwAV's distributed Sinkhorn), each keeping its rows."""
         log_p = torch.log_softmax(logits.detach().float(), dim=1)
         sizes = None
         if head is not None:
