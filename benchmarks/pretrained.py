@@ -1,7 +1,8 @@
 """Frozen pretrained backbones: what they cost on this machine. Prints Markdown tables.
 
     python benchmarks/pretrained.py speed --backbones timm:resnet18,timm:vit_small_patch16_224 --images 256
-    python benchmarks/pretrained.py head --samples 70000 --dim 512
+    python benchmarks/pretrained.py head --samples 70000 --dim 512 --full-budget-head
+    python benchmarks/pretrained.py defaults --features a.npy,b.npy --seeds 0,1,2
     python benchmarks/pretrained.py transfer --source fashion-mnist --target digits --epochs 10
 
 speed: images/s of `embed_images` (the library's preprocessing to the model's native input size,
@@ -15,6 +16,11 @@ cached neighbour, several heads) and the default budget for feature vectors unle
 given; "fit s" is the whole run: training, then the read-out (--readout) and the predictions.
 The vectors are a Gaussian mixture (10 equal classes, centres `--separation` apart in units of
 the noise), so ACC says the head works, not what a real backbone would give.
+
+defaults: the frozen stage's choices on real embeddings (files of `otclust embed --out`): k-means
+on them (its centres; the kmeans method's head column), CLOT with the frozen-feature settings at
+the full image budget and at the short default budget, each scored by its head and by the
+smoothed read-out from the same network.
 
 transfer: CLOT with the small CNN trained on --source, then used as `otclust:RUN/model.pt`
 (frozen) to embed and cluster --target, against CLOT trained on --target from scratch.
@@ -33,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from otclust import budget  # noqa: E402
 from otclust.config import FitConfig  # noqa: E402
 from otclust.data import ImageDataset  # noqa: E402
 from otclust.data.embeddings import PRETRAINED_CLOT_PARAMS, embed_images, knn_graph  # noqa: E402
@@ -86,8 +93,11 @@ def head(args) -> None:
     knn_seconds, knn_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(f"| N x D | kNN graph (k=50) s [CPU s] | read-out | epochs | training s | fit s [CPU s] | s/epoch | ACC | NMI | ({torch.get_num_threads()} threads) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for readout in args.readout.split(","):
-        config = FitConfig(data="mixture", clusters=10, epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed, params=dict(PRETRAINED_CLOT_PARAMS), backbone="mlp", readout=readout)
+    runs = [(readout, args.epochs) for readout in args.readout.split(",")]
+    if args.full_budget_head:  # the frozen stage's defaults before 2026-12-03, in the same run
+        runs.append(("head", budget.default_epochs(args.samples, args.batch_size)))
+    for readout, epochs in runs:
+        config = FitConfig(data="mixture", clusters=10, epochs=epochs, batch_size=args.batch_size, device="cpu", seed=args.seed, params=dict(PRETRAINED_CLOT_PARAMS), backbone="mlp", readout=readout)
         trainer = Trainer(config, progress=False, log=lambda message: None)
         trainer.input_neighbors = torch.from_numpy(graph)
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -96,6 +106,34 @@ def head(args) -> None:
         m, rows = result.metrics, result.history
         training = sum(r["seconds"] for r in rows)
         print(f"| {args.samples} x {args.dim} | {knn_seconds:.1f} [{knn_cpu:.1f}] | {readout} | {len(rows)} | {training:.1f} | {seconds:.1f} [{cpu:.1f}] | {training / len(rows):.2f} | {m['acc']:.3f} | {m['nmi']:.3f} | |")
+
+
+def defaults(args) -> None:
+    """Frozen-feature CLOT on embedding files written by `otclust embed --out` (FILE.npy with its
+    .labels.npy and .knn.npy): pixel-free baselines, the full budget and the short default."""
+    quiet = {"progress": False, "log": lambda message: None}
+    print("| features | N | run | epochs | head ACC | smoothed ACC | smoothed NMI | training s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for path in args.features.split(","):
+        stem = Path(path).with_suffix("")
+        x, labels = np.load(path), np.load(f"{stem}.labels.npy")
+        graph = torch.from_numpy(np.load(f"{stem}.knn.npy"))
+        dataset = ImageDataset(torch.from_numpy(x), labels, stem.name)
+        full = budget.default_epochs(len(x), 256)
+        runs = [("k-means on the embeddings", "kmeans", None), (f"CLOT, full budget ({full} epochs)", "clot", full), ("CLOT, short budget (default)", "clot", None)]
+        for name, method, epochs in runs:
+            scores = []
+            for seed in [int(s) for s in args.seeds.split(",")] if method == "clot" else [0]:
+                params = dict(PRETRAINED_CLOT_PARAMS) if method == "clot" else {}
+                config = FitConfig(method=method, data="features", clusters=args.clusters, epochs=epochs, device="cpu", seed=seed, params=params, backbone="mlp", readout="smoothed")
+                trainer = Trainer(config, **quiet)
+                trainer.input_neighbors = graph
+                result = trainer.fit(dataset)
+                m = result.metrics
+                scores.append((m["head"]["acc"], m["acc"], m["nmi"], sum(r["seconds"] for r in result.history), len(result.history)))
+            a = np.array([row[:4] for row in scores])
+            cell = [f"{a[:, j].mean():.3f} ± {a[:, j].std():.3f}" if len(a) > 1 else f"{a[0, j]:.3f}" for j in range(3)]
+            print(f"| {stem.name} | {len(x):,} | {name} | {scores[0][4] if method == 'clot' else '-'} | {cell[0]} | {cell[1]} | {cell[2]} | {a[:, 3].mean():.0f} |", flush=True)
 
 
 def transfer(args) -> None:
@@ -152,7 +190,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--separation", type=float, default=3.0)
     p.add_argument("--readout", default="smoothed", help="comma-separated predictors: smoothed (the default), kmeans, head")
+    p.add_argument("--full-budget-head", action="store_true", help="add a row with the full image budget, predicted by the head (the defaults before 2026-12-03)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("defaults")
+    p.add_argument("--features", required=True, help="comma-separated FILE.npy written by otclust embed --out")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--clusters", type=int, default=10)
     p = sub.add_parser("transfer")
     p.add_argument("--source", default="fashion-mnist")
     p.add_argument("--source-samples", type=int, default=10000)
@@ -167,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"speed": speed, "head": head, "transfer": transfer}[args.what](args)
+    {"speed": speed, "head": head, "defaults": defaults, "transfer": transfer}[args.what](args)
 
 
 if __name__ == "__main__":
