@@ -141,6 +141,14 @@ FAULTS = [
         [M + "test_deepcluster.py", M + "test_method_mechanisms.py"],
     ),
     Fault(
+        "deepcluster-targets-shuffled",
+        "DeepCluster: each image trained towards another image's pseudo-label",
+        "methods/deepcluster.py",
+        "multi_head_cross_entropy(logits, self.pseudo_labels[indices])",
+        "multi_head_cross_entropy(logits, self.pseudo_labels[indices[torch.randperm(len(indices))]])",
+        [M + "test_deepcluster.py"],
+    ),
+    Fault(
         "pca-not-whitened",
         "PCA: projected but not whitened (scales left at 1)",
         "methods/deepcluster.py",
