@@ -149,6 +149,14 @@ FAULTS = [
         [M + "test_deepcluster.py"],
     ),
     Fault(
+        "deepercluster-targets-shuffled",
+        "DeeperCluster: each image trained towards another image's group and sub-cluster",
+        "methods/deepercluster.py",
+        "        features = self.backbone(view)",
+        "        features, indices = self.backbone(view), indices[torch.randperm(len(indices), device=indices.device)]",
+        [M + "test_deepercluster.py"],
+    ),
+    Fault(
         "pca-not-whitened",
         "PCA: projected but not whitened (scales left at 1)",
         "methods/deepcluster.py",

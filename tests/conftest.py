@@ -35,9 +35,10 @@ def draw_blob_images(n_per: int = 40, size: int = 8, seed: int = 0):
     return np.array(images, dtype=np.uint8), np.array(labels)
 
 
-def draw_stripe_images(n_per: int = 60, size: int = 12, period: float = 5.0, seed: int = 0):
-    """Three classes of grayscale stripes (vertical, horizontal, diagonal) at a random phase,
-    amplitude and background level, with pixel noise; returns (uint8 images N x size x size, labels).
+def draw_stripe_images(n_per: int = 60, size: int = 12, period: float = 5.0, seed: int = 0, patterns=("vertical", "horizontal", "diagonal")):
+    """Three classes of grayscale stripes (vertical, horizontal, diagonal; or `patterns` from
+    those and "rings") at a random phase, amplitude and background level, with pixel noise;
+    returns (uint8 images N x size x size, labels).
 
     The class is the orientation, which survives every shift, brightness and contrast change; the
     raw pixels mostly show the phase and the brightness, so k-means on pixels is near chance
@@ -45,10 +46,12 @@ def draw_stripe_images(n_per: int = 60, size: int = 12, period: float = 5.0, see
     """
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:size, 0:size]
+    centre = (size - 1) / 2
+    coordinates = {"vertical": cols, "horizontal": rows, "diagonal": rows + cols, "rings": np.hypot(rows - centre, cols - centre)}
     images, labels = [], []
-    for label, coordinate in enumerate((cols, rows, rows + cols)):
+    for label, pattern in enumerate(patterns):
         for _ in range(n_per):
-            wave = 0.5 + 0.5 * np.sin(2 * np.pi * coordinate / period + rng.uniform(0, 2 * np.pi))
+            wave = 0.5 + 0.5 * np.sin(2 * np.pi * coordinates[pattern] / period + rng.uniform(0, 2 * np.pi))
             image = rng.uniform(0, 50) + rng.uniform(60, 200) * wave + rng.normal(0, 8, size=(size, size))
             images.append(np.clip(image, 0, 255))
             labels.append(label)
