@@ -157,6 +157,14 @@ FAULTS = [
         [M + "test_deepercluster.py"],
     ),
     Fault(
+        "ot-kmeans-one-sinkhorn-step",
+        "OT k-means: the plan stops after one Sinkhorn iteration (cluster sizes barely constrained)",
+        "ot/kmeans_loss.py",
+        "    result = sinkhorn(-cost.detach(), eps=eps, b=weights, n_iters=n_iters, tol=tol)",
+        "    result = sinkhorn(-cost.detach(), eps=eps, b=weights, n_iters=1, tol=tol)",
+        [M + "test_ot_kmeans.py", "tests/ot/test_kmeans_loss.py"],
+    ),
+    Fault(
         "pca-not-whitened",
         "PCA: projected but not whitened (scales left at 1)",
         "methods/deepcluster.py",
