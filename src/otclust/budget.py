@@ -21,8 +21,9 @@ A method may ask for the short budget, a tenth of those steps with the same floo
 frozen backbone's embeddings (`ClusteringMethod.short_budget`), whose second views come from a
 fixed kNN graph of fixed vectors, so that there are no invariances to learn from augmentations.
 On the frozen-feature sets measured (docs/pretrained.md) a tenth reached the read-out ACC of the
-full budget within seed noise, in a tenth of the time; DRC and SeLa on plain feature vectors
-lost 3 to 14 points with it, so it is not a rule for all feature vectors.
+full budget on five of six and cost 2 points on the sixth (digits), in a fifth to a seventh of
+the training time; DRC and SeLa on plain feature vectors lost 3 to 14 points with it, so it is
+not a rule for all feature vectors.
 """
 
 from __future__ import annotations
