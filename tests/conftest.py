@@ -58,6 +58,19 @@ def draw_stripe_images(n_per: int = 60, size: int = 12, period: float = 5.0, see
     return np.array(images, dtype=np.uint8), np.array(labels)
 
 
+def mean_head_acc(dataset, method: str, lr: float, epochs: int, seeds: int, params=None) -> float:
+    """Mean ACC, over seeds 0..seeds-1, of `method` on `dataset` predicted by its own head: for
+    end-to-end tests of methods whose single seed varies too much to decide."""
+    from otclust.config import FitConfig
+    from otclust.engine import Trainer
+
+    accs = []
+    for seed in range(seeds):
+        config = FitConfig(method=method, clusters=3, epochs=epochs, batch_size=20, lr=lr, seed=seed, eval_every=epochs, readout="head", params=params or {})
+        accs.append(Trainer(config, progress=False, log=lambda message: None).fit(dataset).metrics["acc"])
+    return float(np.mean(accs))
+
+
 @pytest.fixture(scope="session")
 def stripe_images():
     """draw_stripe_images and the ACC of k-means (10 restarts) on their raw pixels."""

@@ -31,7 +31,7 @@ def test_deepercluster_learns_what_pixel_kmeans_and_its_untrained_network_miss()
     eight is asked for (trained 0.60, untrained 0.44, pixels 0.47 when this was written)."""
     from sklearn.cluster import KMeans
 
-    from conftest import draw_stripe_images
+    from conftest import draw_stripe_images, mean_head_acc
     from otclust.estimator import dataset_from_array
     from otclust.metrics import cluster_accuracy
 
@@ -40,14 +40,8 @@ def test_deepercluster_learns_what_pixel_kmeans_and_its_untrained_network_miss()
     dataset = dataset_from_array(images)
     dataset.labels = labels
 
-    def mean_acc(lr, epochs):
-        accs = []
-        for seed in range(8):
-            config = FitConfig(method="deepercluster", clusters=3, epochs=epochs, batch_size=20, lr=lr, seed=seed, eval_every=epochs, readout="head")
-            accs.append(Trainer(config, progress=False, log=quiet).fit(dataset).metrics["acc"])
-        return float(np.mean(accs))
-
-    untrained, trained = mean_acc(1e-12, 1), mean_acc(3e-3, 40)
+    untrained = mean_head_acc(dataset, "deepercluster", lr=1e-12, epochs=1, seeds=8)
+    trained = mean_head_acc(dataset, "deepercluster", lr=3e-3, epochs=40, seeds=8)
     assert pixel_acc < 0.5
     assert trained >= untrained + 0.08
     assert trained >= pixel_acc + 0.08
