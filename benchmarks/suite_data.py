@@ -18,9 +18,10 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
                   grid, blotches) in random colours, scales and angles, under uneven light
     strokes       10,000 28x28 glyphs (L T V Z N O C S X U) drawn as pen strokes with random
                   affine distortion, wobble and pen width: MNIST-like, procedurally
-    dev-fmnist, dev-strokes, dev-textures
+    dev-fmnist, dev-strokes, dev-textures, dev-shapes
                   development sets: 2,000 / 2,000 / 300 images drawn with seed 1 (another
-                  class-balanced Fashion-MNIST train subset, other glyphs, other photos). Code
+                  class-balanced Fashion-MNIST train subset, other glyphs, other photos) and
+                  600 shape photos drawn with seed 2 (shapes-300 holds seed 1's). Code
                   defaults are compared on these (and on digits, long used for that); the other
                   sets are for reporting only.
 
@@ -604,10 +605,11 @@ SUITE: dict[str, SuiteEntry] = {
     "dev-fmnist": SuiteEntry(fashion_subset, {"n": 2000, "seed": 1, "split": "train"}, needs_fashion=True),
     "dev-strokes": SuiteEntry(strokes, {"n": 2000, "seed": 1}),
     "dev-textures": SuiteEntry(textures, {"n": 300, "seed": 1}),
+    "dev-shapes": SuiteEntry(shapes, {"n": 600, "seed": 2}),
 }
 
 # The development sets as a group (`--datasets dev` in benchmarks/generalization.py).
-DEV_SETS = ("dev-fmnist", "dev-strokes", "dev-textures")
+DEV_SETS = ("dev-fmnist", "dev-strokes", "dev-textures", "dev-shapes")
 
 
 def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None, **overrides) -> SuiteSet:
