@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from otclust import budget
+from otclust import allocator, budget
 from otclust import distributed as dist_utils
 from otclust.distributed import select_device  # noqa: F401 - kept importable from the engine
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
@@ -254,6 +254,7 @@ class Trainer:
                 if self.out is not None:
                     self.out.write_history(history)
                     self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
+            allocator.hand_back_freed_blocks()
             with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
                 method.on_fit_end(self)
         with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):

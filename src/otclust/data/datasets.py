@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from otclust import allocator
 from otclust.data import formats
 from otclust.data.formats import Part
 from otclust.errors import UserError
@@ -496,33 +496,13 @@ def load_dataset(
 
 def place_for_training(dataset: ImageDataset, device: torch.device) -> torch.Tensor:
     """The tensor the engine draws batches from: the whole set on ``device``, or, for an
-    out-of-core set, the memory-mapped data where it is (each batch is moved on its own)."""
+    out-of-core set, the memory-mapped data where it is (each batch is moved on its own). Sets
+    how freed memory is handled for either case (``otclust.allocator``)."""
     if not dataset.out_of_core:
+        allocator.reuse_freed_blocks()
         return dataset.data.to(device)
-    _return_large_blocks_to_the_system()
+    allocator.return_freed_blocks()
     return dataset.data
-
-
-def _return_large_blocks_to_the_system() -> None:
-    """glibc only: serve every allocation of 128 kB or more by its own mapping, given back when freed.
-
-    By default glibc raises that threshold to the size of the largest block freed so far, after
-    which batch-sized temporaries come from the heap, where the small results kept between
-    them (each batch's predictions) pin the freed space: a pass over an out-of-core set then
-    grows the heap by about the size of the set, which is what out of core must avoid (measured
-    with benchmarks/out_of_core.py). Setting the threshold explicitly turns the adjustment off.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = getattr(libc, "mallopt", None)
-        if mallopt is not None:
-            mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except OSError:  # not glibc (musl has no such knob)
-        pass
 
 
 def prefetch_to_device(batches, device: torch.device):
