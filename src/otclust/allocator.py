@@ -4,9 +4,8 @@ torch's CPU tensors come from the C library's malloc. glibc serves a block above
 threshold with a fresh mapping and unmaps it when freed; the threshold follows the largest block
 freed so far but stops at 32 MB. A training step on photo-sized batches (256 RGB images at 64x64:
 a first activation of 34 MB, a backward pass of several such) frees blocks above that cap every
-step, so every step maps them anew and the kernel zero-fills each page on first touch: on the
-2-core machine half of a run's CPU time was spent in the kernel, 19 million page faults in 20
-epochs of 600 photos (docs/performance.md). Two settings, one per way the data are held:
+step, so every step maps them anew and the kernel zero-fills each page on first touch (what that
+cost is in docs/performance.md, "Photo-sized batches"). Two settings, one per way the data are held:
 
 - ``reuse_freed_blocks`` (the data in memory): blocks up to 1 GiB come from the heap, and freed
   space stays with the process (no trimming), so the next step reuses pages already mapped. The
@@ -35,16 +34,20 @@ GLIBC_MMAP_CAP = 32 << 20  # the highest threshold glibc's own adjustment reache
 _out_of_core_seen = False
 
 
-def _mallopt(setting: int, value: int) -> bool:
-    """glibc's mallopt; False where there is none (not Linux, musl)."""
+def _glibc(name: str):
+    """A function of glibc's malloc, or None where there is none (not Linux, musl)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         import ctypes
 
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+        return getattr(ctypes.CDLL(None), name, None)
     except OSError:
-        return False
+        return None
+
+
+def _mallopt(setting: int, value: int) -> bool:
+    mallopt = _glibc("mallopt")
     return mallopt is not None and bool(mallopt(setting, value))
 
 
@@ -58,15 +61,13 @@ def reuse_freed_blocks() -> bool:
 
 def hand_back_freed_blocks() -> bool:
     """After training: back to the steady state glibc itself reaches (blocks from 32 MB mapped,
-    free heap top beyond 64 MB trimmed), and what training kept given back now. Keeping the
-    training setting through the read-out saved a sixth of a 70,000-image read-out's time but
-    raised its peak by 0.4 GB (docs/performance.md), so the read-out keeps glibc's behaviour."""
+    free heap top beyond 64 MB trimmed), and what training kept given back now, so that the
+    read-out's peak memory is what it was before this module (keeping the training setting
+    through the read-out was faster but raised that peak: docs/performance.md)."""
     if _out_of_core_seen or not _mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_CAP):
         return False
     _mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_CAP)
-    import ctypes
-
-    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    malloc_trim = _glibc("malloc_trim")
     return malloc_trim is not None and bool(malloc_trim(0))
 
 
