@@ -106,7 +106,8 @@ def main() -> None:
         for label, fields, sections in variants:
             config = build_config(recipe, fields, sections, seed)
             started = time.perf_counter()
-            result = Trainer(config, progress=False, log=lambda message: None).fit(dataset)
+            # Notes only (e.g. --cpu-amp falling back to float32 on a CPU without bfloat16).
+            result = Trainer(config, progress=False, log=lambda message: message.startswith("note") and print(message, file=sys.stderr, flush=True)).fit(dataset)
             total = time.perf_counter() - started
             train = sum(row.get("seconds", 0.0) for row in result.history)
             row = {

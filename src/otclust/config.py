@@ -43,6 +43,9 @@ class FitConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backbone: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
+    # bfloat16 mixed precision on the CPU (training steps, predictions, feature passes, the
+    # coarse pass of neighbour searches); only where the CPU computes bfloat16 natively.
+    cpu_amp: bool = False
     sync_batchnorm: bool = False  # several processes (torchrun): batch-norm statistics over the global batch (CUDA only)
     eval_every: int = 1
     cluster_proportions: str = "uniform"  # uniform | auto | comma-separated sizes | path to a file
@@ -99,6 +102,9 @@ class FitConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
+        for name in ("amp", "cpu_amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_readout_name(self.readout)
         if self.split not in ("all", "train", "test", "unlabeled", "train+unlabeled"):
             raise UserError(f"--split must be all, train or test, got '{self.split}'")

@@ -37,6 +37,7 @@ from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params, current_param_names
 from otclust.metrics import evaluate_clustering
+from otclust.precision import resolve_precision
 from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
 from otclust.readout import SHARED_READOUT, fit_method_readout, install_readout, resolve_readout
 from otclust.runs import RunWriter
@@ -126,10 +127,10 @@ def predict_in_batches(method, data, device, batch_size=1024, use_amp=False, des
 
 
 @torch.no_grad()
-def embed_in_batches(method, data, device, batch_size=1024, memory_advice: str | None = None) -> np.ndarray:
+def embed_in_batches(method, data, device, batch_size=1024, memory_advice: str | None = None, use_amp: bool = False) -> np.ndarray:
     was_training = method.training
     method.eval()
-    with memory_guard("computing features", memory_advice or prediction_memory_advice(batch_size)):
+    with memory_guard("computing features", memory_advice or prediction_memory_advice(batch_size)), torch.autocast(device.type, enabled=use_amp):
         chunks = [method.embed_batch(batch.to(device)).cpu() for batch, _ in iterate_batches(data, batch_size, shuffle=False)]
         method.train(was_training)
         return torch.cat(chunks).numpy()
@@ -160,7 +161,8 @@ class Trainer:
         self.progress = progress and self.is_main
         log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.log = log if self.is_main else (lambda message: None)
-        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        self.precision = resolve_precision(config.amp, config.cpu_amp, self.device, self.log)
+        self.use_amp = self.precision.autocast
         self.method: ClusteringMethod | None = None
         # What the training step calls: the method itself, or its DistributedDataParallel wrapper.
         self.model: torch.nn.Module | None = None
@@ -181,7 +183,7 @@ class Trainer:
         return predict_in_batches(self.method, data, self.device, batch_size, self.use_amp, description if self.progress else None, FIT_PASS_MEMORY_ADVICE)
 
     def embed(self, data: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        return embed_in_batches(self.method, data, self.device, batch_size, FIT_PASS_MEMORY_ADVICE)
+        return embed_in_batches(self.method, data, self.device, batch_size, FIT_PASS_MEMORY_ADVICE, self.use_amp)
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
@@ -232,7 +234,7 @@ class Trainer:
             method.fit_without_training(self)
             history = []
         else:
-            scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+            scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
             method.on_fit_start(self)
             for epoch in range(start_epoch, config.epochs):
                 epoch_started = time.perf_counter()
@@ -297,6 +299,13 @@ class Trainer:
         fitted too, so that the final metrics always score both from the same network. Under
         --clusters auto the read-out chooses K first (the head keeps the training K).
         Returns (head probabilities, read-out probabilities or None, read-out name, K choice or None)."""
+        amp, self.use_amp = self.use_amp, self.precision.readout_autocast
+        try:
+            return self._read_out_with(method, eval_data, scored)
+        finally:
+            self.use_amp = amp
+
+    def _read_out_with(self, method: ClusteringMethod, eval_data: torch.Tensor, scored: bool):
         predictor, params, k_range = self.predictor, self.readout_params, self.config.k_range
         method.readout_fits, method.predictor = {}, "head"
         head_proba = self._predict_eval(eval_data, description="predicting")
@@ -414,7 +423,7 @@ class Trainer:
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
                 if self.progress and hasattr(batches, "set_postfix"):
-                    batches.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+                    batches.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if dist_utils.is_distributed() and totals:
             # The epoch's losses are those of the global batches: the mean over processes.
             keys = sorted(totals)

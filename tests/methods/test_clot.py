@@ -100,6 +100,7 @@ def test_ema_teacher_gives_the_targets_and_follows_the_network_slowly(blob_image
 def test_teacher_momentum_outside_its_range_is_a_user_error():
     from otclust.errors import UserError
     from otclust.methods.base import InputSpec
+    from otclust.precision import FLOAT32
 
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match="teacher_momentum"):
@@ -138,6 +139,7 @@ def test_the_second_view_is_drawn_from_the_neighbours():
 def test_negative_neighbour_count_is_a_user_error():
     from otclust.errors import UserError
     from otclust.methods.base import InputSpec
+    from otclust.precision import FLOAT32
 
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match="neighbors"):
@@ -259,11 +261,12 @@ def _phases(params: dict, epochs: int) -> dict:
     from types import SimpleNamespace
 
     from otclust.methods.base import InputSpec
+    from otclust.precision import FLOAT32
 
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     method = Clot(2, spec, ClotParams(**params))
     mined = []
-    trainer = SimpleNamespace(config=SimpleNamespace(epochs=epochs, seed=0), readout_params=None, train_data=torch.zeros(8, 4))
+    trainer = SimpleNamespace(config=SimpleNamespace(epochs=epochs, seed=0), readout_params=None, train_data=torch.zeros(8, 4), precision=FLOAT32)
     trainer.embed = lambda data: (mined.append(True), np.zeros((8, 4), dtype=np.float32))[1]
     phases = []
     for epoch in range(epochs):

@@ -149,7 +149,7 @@ class Clot(ClusteringMethod):
         features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
         rows = None
         if mining:  # top-k comes sorted, so the first k columns of a wider search are the k nearest
-            rows = nearest_neighbors(features, max(p.neighbors, smoothing.neighbors) if estimating else p.neighbors)
+            rows = nearest_neighbors(features, max(p.neighbors, smoothing.neighbors) if estimating else p.neighbors, search_dtype=trainer.precision.search_dtype)
             self.neighbor_index = rows[:, : p.neighbors]
         if estimating:
             index = rows[:, : smoothing.neighbors] if rows is not None else None

@@ -13,25 +13,42 @@ from scipy import sparse
 from otclust.distributed import all_gather_rows, is_distributed, rank, world_size
 
 
-def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """N x k indices of each row's k most cosine-similar other rows (itself excluded).
+def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N x k indices of each row's k most cosine-similar other rows (itself excluded), nearest first.
 
     Brute force in row chunks: a chunk x N similarity block at a time (1024 x 70,000 floats is
-    290 MB), exact, and on the GPU when the features are. With several processes (each holding
-    all the features) every process ranks a contiguous share of the rows and the shares are
-    gathered, so the work is split instead of repeated."""
+    290 MB), on the GPU when the features are. With several processes (each holding all the
+    features) every process ranks a contiguous share of the rows and the shares are gathered, so
+    the work is split instead of repeated.
+
+    `search_dtype` (bfloat16 under --cpu-amp): the block is computed in that dtype, whose
+    rounding (about 0.004 near a similarity of 1) blurs the order among close neighbours; the
+    COARSE_CANDIDATES(k) best of that pass are then ranked again by exact float32 similarity. A
+    neighbour can be missed only for another within that rounding of it. None: exact."""
     unit = F.normalize(features.float(), dim=1)
     k = min(k, len(unit) - 1)
+    coarse = unit if search_dtype is None else unit.to(search_dtype)
+    wide = k if search_dtype is None else min(coarse_candidates(k), len(unit) - 1)
     share = -(-len(unit) // world_size())
     first = rank() * share if is_distributed() else 0
     last = min(len(unit), first + share)
     rows = [torch.empty(0, k, dtype=torch.long, device=unit.device)]
     for start in range(first, last, chunk):
-        similarity = unit[start : min(start + chunk, last)] @ unit.T
-        own = torch.arange(start, start + len(similarity), device=unit.device)
+        stop = min(start + chunk, last)
+        similarity = coarse[start:stop] @ coarse.T
+        own = torch.arange(start, stop, device=unit.device)
         similarity[torch.arange(len(similarity), device=unit.device), own] = -float("inf")
-        rows.append(similarity.topk(k, dim=1).indices)
+        candidates = similarity.topk(wide, dim=1).indices
+        if search_dtype is not None:
+            exact = torch.einsum("cd,cwd->cw", unit[start:stop], unit[candidates])
+            candidates = candidates.gather(1, exact.topk(k, dim=1).indices)
+        rows.append(candidates)
     return all_gather_rows(torch.cat(rows))
+
+
+def coarse_candidates(k: int) -> int:
+    """How many rows of the low-precision pass are ranked again exactly, for k neighbours."""
+    return 2 * k + 16
 
 
 def smooth_over_neighbors(features: torch.Tensor, neighbor_index: torch.Tensor, rounds: int) -> torch.Tensor:

@@ -184,9 +184,11 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
     fitted with that K; the second value then records the choice (else None)."""
     features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
     seed = trainer.config.seed
+    neighbor_index = None
+    if name == "smoothed" and params.rounds > 0:
+        neighbor_index = nearest_neighbors(features, params.neighbors, search_dtype=trainer.precision.search_dtype)
     if k_range is None:
-        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior), None
-    neighbor_index = nearest_neighbors(features, params.neighbors) if name == "smoothed" and params.rounds > 0 else None
+        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index), None
     rounds = params.rounds if name == "smoothed" else 0
     points = smoothed_unit_features(features, params.neighbors, rounds, neighbor_index)
     k, curve = choose_k(None, *k_range, seed=seed, points=points.double().numpy())
