@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from otclust import allocator  # noqa: E402
 from otclust.config import FitConfig  # noqa: E402
 from otclust.data import load_dataset  # noqa: E402
 from otclust.engine import Trainer, build_method  # noqa: E402
@@ -93,6 +94,7 @@ def main() -> None:
 
     params = {key: coerce_param(value) for key, _, value in (pair.partition("=") for pair in args.param)}
     dataset = load_dataset(args.data)
+    allocator.reuse_freed_blocks()  # as `fit` trains an in-memory set (otclust.allocator)
     steps, warmups = {}, {}
     for label, lever in LEVERS.items():
         steps[label], warmups[label] = make_step(args.method, dataset, args.batch_size, params, **lever)
