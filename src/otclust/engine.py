@@ -37,8 +37,8 @@ from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params, current_param_names
 from otclust.metrics import evaluate_clustering
-from otclust.precision import resolve_precision
 from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
+from otclust.precision import resolve_precision
 from otclust.readout import SHARED_READOUT, fit_method_readout, install_readout, resolve_readout
 from otclust.runs import RunWriter
 

@@ -153,7 +153,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         dest="cpu_amp",
         action="store_true",
         default=None,
-        help="bfloat16 mixed precision on the CPU: about 1.6x faster steps where the CPU has AVX512-BF16 or AMX "
+        help="bfloat16 mixed precision on the CPU: about 1.4x faster steps where the CPU has AVX512-BF16 or AMX "
         "(elsewhere a note, and float32); results differ slightly from float32 runs (docs/performance.md)",
     )
     parser.add_argument(

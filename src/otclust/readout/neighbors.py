@@ -23,7 +23,7 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
 
     `search_dtype` (bfloat16 under --cpu-amp): the block is computed in that dtype, whose
     rounding (about 0.004 near a similarity of 1) blurs the order among close neighbours; the
-    COARSE_CANDIDATES(k) best of that pass are then ranked again by exact float32 similarity. A
+    coarse_candidates(k) = 2k + 16 best of that pass are then ranked again by exact float32 similarity. A
     neighbour can be missed only for another within that rounding of it. None: exact."""
     unit = F.normalize(features.float(), dim=1)
     k = min(k, len(unit) - 1)
