@@ -102,3 +102,14 @@ def test_estimator_training_length_is_epochs_steps_or_the_budget():
     assert OTClust(epochs=3)._config().epochs == 3
     with pytest.raises(UserError, match="one of --epochs and --steps"):
         OTClust(epochs=3, steps=40)._config()
+
+
+def test_cpu_amp_reaches_the_training_and_is_refused_when_not_a_boolean(monkeypatch, blob_images):
+    from otclust import precision
+
+    monkeypatch.setattr(precision, "cpu_computes_bfloat16", lambda: True)  # emulated where not native
+    images, labels = blob_images
+    model = OTClust(n_clusters=3, epochs=2, batch_size=40, cpu_amp=True).fit(images)
+    assert model.config_.cpu_amp is True and model.labels_.shape == (len(images),)
+    with pytest.raises(UserError, match="cpu_amp must be true or false"):
+        OTClust(n_clusters=3, epochs=1, cpu_amp="fast").fit(images)

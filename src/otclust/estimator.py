@@ -132,7 +132,7 @@ class OTClust(ClusterMixin, BaseEstimator):
     with a ValueError all the same).
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None, cpu_amp=False):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
@@ -147,10 +147,11 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.augment = augment
         self.verbose = verbose
         self.weights = weights  # weights file of a pretrained backbone (timm:NAME, torchvision:NAME)
+        self.cpu_amp = cpu_amp  # bfloat16 on a CPU that computes it natively (otclust.precision)
 
     def _config(self) -> FitConfig:
         values = dict(get_method_class(self.method).default_config)
-        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights)
+        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp)
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
             values.update(epochs=self.epochs, steps=self.steps)
         for key in ("batch_size", "lr"):
