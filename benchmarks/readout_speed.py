@@ -5,7 +5,7 @@
 
 On N x D features (a file written by `otclust embed --out`, or a Gaussian mixture of 10
 classes), times each part of `fit_readout("smoothed", ...)` with the default read-out settings:
-the kNN search, the smoothing, the k-means restarts with the restart choice under equal sizes,
+the kNN search (exact, and as --cpu-amp runs it), the smoothing, the k-means restarts with the restart choice under equal sizes,
 the logistic regression. Then, in the same run, the restart choice as it ran before 2026-12-03:
 the same restarts, an OT solve (`size_constrained_inertia`) for every distinct partition, where
 today's choice stops once the plain inertia of the next partition exceeds the best cost found.
@@ -86,6 +86,9 @@ def main() -> None:
         x = torch.from_numpy((centres[labels] + rng.normal(size=(args.samples, args.dim))).astype(np.float32))
     p = ReadoutParams()
     index, knn_s = timed(nearest_neighbors, x, p.neighbors)
+    # --cpu-amp's search: a bfloat16 pass, its candidates ranked again in float32 (otclust.precision).
+    coarse_index, coarse_s = timed(nearest_neighbors, x, p.neighbors, search_dtype=torch.bfloat16)
+    agreement = float((coarse_index[:, :, None] == index[:, None, :]).any(dim=2).float().mean())
     smoothed, smooth_s = timed(smoothed_unit_features, x, p.neighbors, p.rounds, index)
     calls, original = counting_solves()
     chosen, kmeans_s = timed(choose_kmeans_restart, smoothed, args.clusters, 0, p.restarts, p.choice, None)
@@ -99,6 +102,7 @@ def main() -> None:
     print("| --- | --- |")
     for name, seconds in (
         ("kNN search", knn_s),
+        (f"kNN search, bfloat16 pass + float32 re-ranking (--cpu-amp; {100 * agreement:.2f}% of the neighbours the same)", coarse_s),
         ("smoothing", smooth_s),
         (f"k-means restarts and the choice under equal sizes ({solves} OT solves)", kmeans_s),
         ("logistic regression", logistic_s),
