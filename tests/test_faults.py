@@ -107,6 +107,17 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, features, 
     assert read_checkpoint(tmp_path / "run" / "model.pt")["epoch"] == 1
 
 
+def test_training_that_raises_still_restores_the_malloc_settings(blobs, monkeypatch):
+    # A Python API caller keeps its process after the error: training's allocator settings
+    # (otclust.allocator) must not stay behind in it.
+    handed_back = []
+    monkeypatch.setattr("otclust.engine.allocator.hand_back_freed_blocks", lambda: handed_back.append(1))
+    monkeypatch.setattr(get_method_class("clot"), "training_step", raise_out_of_memory)
+    with pytest.raises(UserError, match="out of memory"):
+        Trainer(FitConfig(clusters=3, epochs=1, batch_size=40), progress=False, log=quiet).fit(blobs)
+    assert handed_back == [1]
+
+
 # --- out of memory ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "error",

@@ -235,28 +235,32 @@ class Trainer:
             history = []
         else:
             scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
-            method.on_fit_start(self)
-            for epoch in range(start_epoch, config.epochs):
-                epoch_started = time.perf_counter()
-                method.train()
-                self._seed_shared(epoch)
-                method.on_epoch_start(self, epoch)
-                losses = self._train_one_epoch(epoch, optimizer, scheduler, scaler)
-                self._sync_after_epoch(epoch)
-                method.on_epoch_end(self, epoch, losses)
-                row = {"epoch": epoch + 1, **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()}, "lr": optimizer.param_groups[0]["lr"]}
-                last = epoch + 1 == config.epochs
-                if (epoch + 1) % config.eval_every == 0 or last:
-                    proba = self._predict_eval(eval_data)
-                    if self.is_main:
-                        row.update(_describe(proba, eval_dataset.labels))
-                row["seconds"] = round(time.perf_counter() - epoch_started, 3)
-                history.append(row)
-                self.log(_format_row(row, config.epochs))
-                if self.out is not None:
-                    self.out.write_history(history)
-                    self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
-            allocator.hand_back_freed_blocks()
+            try:
+                method.on_fit_start(self)
+                for epoch in range(start_epoch, config.epochs):
+                    epoch_started = time.perf_counter()
+                    method.train()
+                    self._seed_shared(epoch)
+                    method.on_epoch_start(self, epoch)
+                    losses = self._train_one_epoch(epoch, optimizer, scheduler, scaler)
+                    self._sync_after_epoch(epoch)
+                    method.on_epoch_end(self, epoch, losses)
+                    row = {"epoch": epoch + 1, **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()}, "lr": optimizer.param_groups[0]["lr"]}
+                    last = epoch + 1 == config.epochs
+                    if (epoch + 1) % config.eval_every == 0 or last:
+                        proba = self._predict_eval(eval_data)
+                        if self.is_main:
+                            row.update(_describe(proba, eval_dataset.labels))
+                    row["seconds"] = round(time.perf_counter() - epoch_started, 3)
+                    history.append(row)
+                    self.log(_format_row(row, config.epochs))
+                    if self.out is not None:
+                        self.out.write_history(history)
+                        self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
+            finally:
+                # Also when training raises (interrupted, out of memory): the Python API's caller
+                # keeps the process, and must not keep training's malloc settings with it.
+                allocator.hand_back_freed_blocks()
             with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
                 method.on_fit_end(self)
         with memory_guard("fitting the end-of-training read-out", READOUT_MEMORY_ADVICE):
