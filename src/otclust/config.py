@@ -86,7 +86,7 @@ class FitConfig:
         if self.k_range:
             if self.readout == "head":
                 raise UserError("--clusters auto chooses K on the network's features after training, which the head cannot do: drop --readout head (or use smoothed or kmeans)")
-            if not str(self.cluster_proportions).startswith(("uniform", "auto")):
+            if not str(self.cluster_proportions).startswith(("uniform", "auto", "p2ot")):
                 raise UserError(f"--cluster-proportions {self.cluster_proportions} gives K sizes, so K is known: pass --clusters K instead of '{self.clusters}'")
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")

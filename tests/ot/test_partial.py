@@ -172,7 +172,32 @@ def test_parse_p2ot_mode():
     assert size_penalty("auto:p2ot") is None and size_penalty("auto:p2ot:2") is None  # not the semi-relaxed mode
 
 
-@pytest.mark.parametrize("spec", ["auto:p2ot:", "auto:p2ot:-1", "auto:p2ot:x", "auto:p2otx"])
+def test_parse_p2ot_with_equal_sizes_as_in_the_paper():
+    from otclust.ot.priors import parse_cluster_proportions, partial_transport, size_penalty
+
+    assert parse_cluster_proportions("p2ot", 3) == ("uniform", None)
+    assert parse_cluster_proportions("p2ot:0.5", 3) == ("uniform", None)
+    assert partial_transport("p2ot") == 1.0 and partial_transport("p2ot:0.5") == 0.5
+    assert size_penalty("p2ot") is None
+
+
+def test_p2ot_pulls_towards_equal_sizes_and_auto_p2ot_towards_the_estimate():
+    from otclust.methods.base import InputSpec
+    from otclust.methods.clot import Clot, ClotParams
+    from otclust.ot.priors import parse_cluster_proportions, partial_transport
+
+    skewed = torch.tensor([[0.7, 0.2, 0.1]]).repeat(50, 1)  # the model fills cluster 0 most
+    targets = {}
+    for spec in ("p2ot", "auto:p2ot"):
+        method = Clot(3, InputSpec(n_samples=50, feature_dim=2, mean=[0.0] * 2, std=[1.0] * 2), ClotParams(auto_sizes="predictions"))
+        method.set_cluster_prior(*parse_cluster_proportions(spec, 3), partial_tau=partial_transport(spec))
+        for _ in range(30):
+            targets[spec] = method.target_marginal(skewed)
+    torch.testing.assert_close(targets["p2ot"], torch.full((3,), 1 / 3))
+    assert targets["auto:p2ot"][0] > 0.5  # the estimate follows the predicted masses
+
+
+@pytest.mark.parametrize("spec", ["auto:p2ot:", "auto:p2ot:-1", "auto:p2ot:x", "auto:p2otx", "p2ot:", "p2ot:0", "p2otx"])
 def test_bad_p2ot_specs_are_user_errors(spec):
     from otclust.errors import UserError
     from otclust.ot.priors import parse_cluster_proportions

@@ -166,10 +166,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-proportions",
         default=None,
-        metavar="uniform|auto[:TAU]|auto:p2ot[:TAU]|P1,P2,..|FILE",
+        metavar="uniform|auto[:TAU]|p2ot[:TAU]|auto:p2ot[:TAU]|P1,P2,..|FILE",
         help="cluster sizes for the OT constraint: uniform (default), auto (estimated while training; auto:TAU also "
-        "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:1: unbalanced OT for CLOT, SwAV and SeLa; auto:p2ot[:TAU]: progressive partial OT as in P2OT, "
-        "the sizes KL-relaxed and the labelled share of the mass ramped from 10%% to 100%% over training), or known sizes (any order)",
+        "relaxes the constraint into a KL penalty of strength TAU, e.g. auto:1: unbalanced OT for CLOT, SwAV and SeLa; p2ot[:TAU]: progressive partial OT as in P2OT, "
+        "the sizes KL-relaxed towards equal ones and the labelled share of the mass ramped from 10%% to 100%% over training; auto:p2ot[:TAU]: the same, "
+        "relaxed towards the estimated sizes), or known sizes (any order)",
     )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method hyper-parameter, e.g. --param sinkhorn_eps=0.05 (repeatable)")
     parser.add_argument(

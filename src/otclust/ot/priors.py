@@ -9,7 +9,8 @@ a cluster can grow past its current estimate when the scores insist. 'auto:p2ot'
 'auto:p2ot:TAU') estimates the sizes as 'auto' does and solves P²OT's progressive partial problem
 (otclust.ot.partial): the sizes KL-relaxed with strength TAU (default 1), and only a share rho of
 each batch's mass labelled, the least confident rest going to a virtual cluster, rho ramping from
-0.1 to 1 over training. A known prior is a
+0.1 to 1 over training. 'p2ot' (or 'p2ot:TAU') is that problem as the paper poses it: the KL
+pulls towards equal sizes, and no sizes are estimated. A known prior is a
 multiset of sizes, not tied to cluster indices (Genevay et al. point out that a k-means start
 can give the 80% size to the wrong cluster), so it is matched to the clusters by rank of their
 predicted mass: the largest size goes to the cluster the model currently fills most.
@@ -33,6 +34,8 @@ def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Te
     spec = str(spec).strip()
     if spec in ("", "uniform"):
         return "uniform", None
+    if partial_transport(spec) is not None and not spec.startswith("auto"):
+        return "uniform", None  # 'p2ot[:TAU]': the KL pulls towards equal sizes, as in the paper
     if spec == "auto" or spec.startswith("auto:"):
         size_penalty(spec)  # validates TAU
         partial_transport(spec)
@@ -65,24 +68,25 @@ def size_penalty(spec: str) -> float | None:
     return float(text)
 
 
-PARTIAL_PREFIX = "auto:p2ot"
+PARTIAL_PREFIXES = ("auto:p2ot", "p2ot")  # KL towards the estimated sizes / towards equal sizes
 DEFAULT_PARTIAL_TAU = 1.0
 
 
 def partial_transport(spec: str) -> float | None:
-    """KL strength TAU of 'auto:p2ot' / 'auto:p2ot:TAU' (progressive partial OT), or None.
+    """KL strength TAU of 'auto:p2ot[:TAU]' or 'p2ot[:TAU]' (progressive partial OT), or None.
 
     TAU may be 'inf': the sizes are then exact, only the transported share grows.
     """
     spec = str(spec).strip()
-    if spec != PARTIAL_PREFIX and not spec.startswith(PARTIAL_PREFIX + ":"):
-        return None
-    if spec == PARTIAL_PREFIX:
-        return DEFAULT_PARTIAL_TAU
-    text = spec[len(PARTIAL_PREFIX) + 1 :]
-    if not _is_number(text) or not float(text) > 0:
-        raise UserError(f"--cluster-proportions '{spec}': the KL strength after 'auto:p2ot:' must be a positive number or inf, e.g. auto:p2ot:1")
-    return float(text)
+    for prefix in PARTIAL_PREFIXES:
+        if spec == prefix:
+            return DEFAULT_PARTIAL_TAU
+        if spec.startswith(prefix + ":"):
+            text = spec[len(prefix) + 1 :]
+            if not _is_number(text) or not float(text) > 0:
+                raise UserError(f"--cluster-proportions '{spec}': the KL strength after '{prefix}:' must be a positive number or inf, e.g. {prefix}:1")
+            return float(text)
+    return None
 
 
 def _is_number(text: str) -> bool:
