@@ -12,6 +12,24 @@ def test_small_cnn_shapes(channels, size):
     assert out.shape == (4, net.out_dim)
 
 
+@pytest.mark.parametrize("channels,size", [(1, (8, 8)), (1, (28, 28)), (3, (64, 64)), (3, (48, 80))])
+def test_pooled_cnn_shapes(channels, size):
+    net = build_backbone("pooled-cnn", channels, size, None).eval()
+    assert net(torch.randn(4, channels, *size)).shape == (4, net.out_dim)
+
+
+def test_pooled_cnn_features_do_not_depend_on_where_the_object_is():
+    # An object moved by multiples of the total stride (16) on a blank canvas, away from the
+    # borders (the receptive field is 33 px): the same features. The small CNN's differ.
+    canvas = torch.zeros(2, 3, 128, 128)
+    canvas[0, :, 32:48, 32:48] = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    canvas[1, :, 64:80, 48:64] = canvas[0, :, 32:48, 32:48]
+    pooled = build_backbone("pooled-cnn", 3, (128, 128), None).eval()
+    torch.testing.assert_close(pooled(canvas)[0], pooled(canvas)[1], atol=1e-5, rtol=1e-4)
+    small = build_backbone("small-cnn", 3, (128, 128), None).eval()
+    assert not torch.allclose(small(canvas)[0], small(canvas)[1], atol=1e-3)
+
+
 def test_resnet18_and_mlp_shapes():
     net = build_backbone("resnet18", 3, (32, 32), None)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 512)

@@ -142,7 +142,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--backbone",
         default=None,
         metavar="|".join(BACKBONES) + "|LIBRARY:NAME",
-        help="network: small-cnn (CPU-friendly), resnet18/34 (GPU), mlp (feature vectors); auto picks. Or a frozen pretrained "
+        help="network: small-cnn (CPU-friendly), pooled-cnn (the same, pooled: objects anywhere in a photo), resnet18/34 (GPU), mlp (feature vectors); auto picks. Or a frozen pretrained "
         "extractor, timm:NAME, torchvision:NAME or otclust:RUN/model.pt: the data are embedded once (cached) and the method "
         "trains on the embeddings (docs/pretrained.md)",
     )

@@ -46,7 +46,7 @@ _EXIF_ORIENTATION = 0x0112
 # median shorter side capped at this. The small CNN (three stride-2 convolutions, then a dense
 # layer) grows with the input area and runs on a CPU; the CIFAR-stem ResNets pool globally
 # and are meant for a GPU, where twice the side is affordable.
-BACKBONE_SIDE = {"small-cnn": 64, "mlp": 32, "resnet18": 96, "resnet34": 96}
+BACKBONE_SIDE = {"small-cnn": 64, "pooled-cnn": 64, "mlp": 32, "resnet18": 96, "resnet34": 96}
 DEFAULT_BACKBONE = "small-cnn"  # what backbone 'auto' builds for images
 
 # Below this many files, a pool of processes costs more to start than it saves.

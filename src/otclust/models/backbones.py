@@ -39,6 +39,28 @@ class SmallCNN(nn.Module):
         return self.fc(self.conv(x))
 
 
+class PooledCNN(nn.Module):
+    """The small CNN with a fourth strided convolution and global average pooling before its FC.
+
+    The small CNN's FC layer reads every position of its last feature map, so what it learns about
+    an object is tied to where the object was; pooled features are the same wherever the object
+    lies, the bias photos of objects at varying places need (docs/results.md, photo folders).
+    """
+
+    def __init__(self, in_channels: int, out_dim: int = 256):
+        super().__init__()
+        layers, depths = [], [in_channels, 32, 64, 128, 256]
+        for index, (c_in, c_out) in enumerate(zip(depths, depths[1:])):
+            kernel = 5 if index == 0 else 3
+            layers += [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(depths[-1], out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True))
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
@@ -100,7 +122,7 @@ class MLPBackbone(nn.Module):
         return self.net(x)
 
 
-BACKBONES = ["auto", "small-cnn", "resnet18", "resnet34", "mlp"]
+BACKBONES = ["auto", "small-cnn", "pooled-cnn", "resnet18", "resnet34", "mlp"]
 
 
 def build_backbone(name: str, channels: int | None, image_size: tuple[int, int] | None, feature_dim: int | None) -> nn.Module:
@@ -125,6 +147,8 @@ def build_backbone(name: str, channels: int | None, image_size: tuple[int, int] 
         return MLPBackbone(channels * image_size[0] * image_size[1], flatten=True)
     if name == "small-cnn":
         return SmallCNN(channels, image_size)
+    if name == "pooled-cnn":
+        return PooledCNN(channels)
     if name in ("resnet18", "resnet34"):
         return ResNetCifar(channels, depth=int(name[len("resnet"):]))
     raise UserError(f"unknown backbone '{name}': use one of {', '.join(BACKBONES)}, or a pretrained timm:NAME, torchvision:NAME, otclust:RUN/model.pt")
