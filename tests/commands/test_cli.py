@@ -32,6 +32,9 @@ def test_help_lists_the_commands():
         (["fit", "--config", "/nonexistent.yaml"], "not found"),
         (["fit", "--param", "oops", "--epochs", "1"], "KEY=VALUE"),
         (["evaluate", "--checkpoint", "/nonexistent/model.pt"], "checkpoint not found"),
+        (["fit", "--augment", "noise_std=abc", "--epochs", "1"], "noise_std' is a number"),
+        (["fit", "--augment", "crop_scale=[0.5]", "--epochs", "1"], "pair of numbers"),
+        (["fit", "--augment", "per_image=maybe", "--epochs", "1"], "true or false"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fragment):
@@ -40,6 +43,7 @@ def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fra
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0]
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
 def test_fit_evaluate_predict_round_trip(tmp_path, capsys):

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from otclust.data.augment import AugmentConfig, BatchAugmenter, Normalizer, default_augment_config, rotate_hue
@@ -88,3 +89,51 @@ def test_hue_turn_moves_the_hsv_hue_by_the_turn_on_average():
 def test_rgb_preset_turns_hue_and_grey_images_have_none():
     assert default_augment_config(3, (32, 32)).hue == 0.1
     assert default_augment_config(1, (28, 28)).hue == 0.0
+
+
+def test_per_image_standardisation_removes_each_image_brightness_and_contrast():
+    torch.manual_seed(0)
+    unit = torch.rand(4, 3, 8, 8) * 0.5 + 0.1
+    normalizer = Normalizer([0.5] * 3, [0.25] * 3, per_image=True)
+    out = normalizer.standardize(unit)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(1, 2, 3)), torch.ones(4), atol=1e-5, rtol=0)
+    # brighter, more contrasted or colour-cast copies of an image look the same to the network
+    changed = unit * torch.tensor([1.6, 0.5, 1.2, 1.0]).view(4, 1, 1, 1) + torch.tensor([0.1, 0.0, 0.05]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalizer.standardize(changed), out, atol=1e-4, rtol=0)
+    # a flat image is not blown up into noise
+    assert normalizer.standardize(torch.full((1, 3, 8, 8), 0.3)).abs().max() < 1e-4
+
+
+def test_per_image_setting_reaches_training_views_and_prediction():
+    from otclust.methods.base import InputSpec
+    from otclust.methods.clot import Clot, ClotParams
+
+    spec = InputSpec(n_samples=4, channels=3, image_size=(16, 16), mean=[0.5] * 3, std=[0.25] * 3)
+    method = Clot(3, spec, ClotParams(), backbone="small-cnn", augment={"per_image": True})
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    for x in (method.augmenter(images), method.standardize(images)):
+        torch.testing.assert_close(x.mean(dim=(2, 3)), torch.zeros(4, 3), atol=1e-5, rtol=0)
+
+
+def test_sobel_edges_match_scipy_in_float64_and_drop_colour():
+    from scipy import ndimage
+
+    from otclust.data.augment import sobel_edges
+
+    x = torch.rand(3, 3, 12, 10, dtype=torch.float64)
+    edges = sobel_edges(x)
+    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).numpy()
+    for n in range(3):
+        gx = ndimage.sobel(luma[n], axis=1, mode="nearest") / 8
+        gy = ndimage.sobel(luma[n], axis=0, mode="nearest") / 8
+        np.testing.assert_allclose(edges[n, 0].numpy(), gx, atol=1e-12)
+        np.testing.assert_allclose(edges[n, 1].numpy(), gy, atol=1e-12)
+        np.testing.assert_allclose(edges[n, 2].numpy(), np.hypot(gx, gy), atol=1e-12)
+    # a patch that differs from its surround in colour but not in luma leaves no edge; one that
+    # differs in luma does
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    flat[0, :, :, :4] += torch.tensor([0.1, -0.299 * 0.1 / 0.587, 0.0]).view(3, 1, 1)
+    flat[1, :, :, :4] += 0.1
+    magnitude = sobel_edges(flat)[:, 2]
+    assert magnitude[0].abs().max() < 1e-6 and magnitude[1].abs().max() > 0.02

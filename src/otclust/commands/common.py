@@ -7,6 +7,7 @@ import argparse
 from otclust.budget import describe_default_budget
 from otclust.config import FitConfig, coerce_param, load_config_file
 from otclust.data import DATASET_NAMES
+from otclust.data.augment import AUGMENT_SETTINGS
 from otclust.data.decode import SETTINGS
 from otclust.errors import UserError
 from otclust.methods import METHOD_MODULES, get_method_class
@@ -182,7 +183,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "default: smoothed for every trained method, head for the k-means baseline. The final scores name both head and read-out",
     )
     parser.add_argument("--readout-param", action="append", default=[], metavar="KEY=VALUE", help="a read-out setting: neighbors, rounds, restarts, choice (prior|inertia); e.g. --readout-param restarts=10")
-    parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable)")
+    parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable); settings: "
+                        + ", ".join(AUGMENT_SETTINGS) + " (otclust.data.augment.AugmentConfig says what each does)")
 
 
 def _parse_pairs(pairs: list[str], flag: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
@@ -10,6 +11,7 @@ from otclust.data.decode import SETTINGS
 from otclust.data.embeddings import pretrained_training_data
 from otclust.distributed import env_rank
 from otclust.engine import Trainer
+from otclust.errors import UserError
 from otclust.models.pretrained import is_pretrained
 from otclust.report import write_report
 from otclust.runs import prepare_output_folder
@@ -54,11 +56,18 @@ def run(args) -> int:
     input_neighbors = None
     if is_pretrained(config.backbone):  # frozen stage: embed once (cached), train on the embeddings
         dataset, eval_dataset, input_neighbors = pretrained_training_data(config, dataset, eval_dataset, progress=main and not args.no_progress)
+    created = main and not out.exists()
     if main:
         out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
     trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
     trainer.input_neighbors = input_neighbors
-    result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
+    try:
+        result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
+    except UserError:
+        if created:  # a setting refused before anything was written: leave no empty run folder
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     if not trainer.is_main:
         return 0
     print(format_metrics_table(result.metrics))

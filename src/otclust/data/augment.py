@@ -8,7 +8,7 @@ model runs and costs little next to it; per-image PIL transforms would dominate 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,11 @@ class AugmentConfig:
     blur_prob: float = 0.0
     noise_std: float = 0.0  # additive Gaussian noise, in units of [0, 1] intensities
     erase_prob: float = 0.0  # random erasing of one rectangle (Cutout), 1/16..1/4 of the image
+    per_image: bool = False  # standardise each image by its own mean (per channel) and spread, not the data set's
+    edges: bool = False  # RGB: the network sees Sobel edges of the grey image (x, y, magnitude), as DeepCluster's does
+
+
+AUGMENT_SETTINGS = tuple(field.name for field in fields(AugmentConfig))
 
 
 def default_augment_config(channels: int, image_size: tuple[int, int]) -> AugmentConfig:
@@ -67,8 +72,27 @@ def augment_config_from_dict(values: dict | None, channels: int, image_size: tup
         if not hasattr(config, key):
             known = ", ".join(asdict(config))
             raise UserError(f"unknown augmentation setting '{key}': use one of {known}")
-        setattr(config, key, tuple(value) if isinstance(value, list) else value)
+        setattr(config, key, _checked_value(key, value, getattr(config, key)))
     return config
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked_value(key: str, value, default):
+    """``value`` for setting ``key`` in the type of its default, or a UserError saying what is expected."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"augmentation setting '{key}' is true or false, got {value!r}: e.g. --augment {key}=true")
+        return value
+    if isinstance(default, tuple):
+        if not (isinstance(value, (list, tuple)) and len(value) == len(default) and all(_is_number(v) for v in value)):
+            raise UserError(f"augmentation setting '{key}' is a pair of numbers, got {value!r}: e.g. --augment {key}=[{default[0]},{default[1]}]")
+        return tuple(float(v) for v in value)
+    if not _is_number(value) or value < 0:
+        raise UserError(f"augmentation setting '{key}' is a number of at least 0, got {value!r}: e.g. --augment {key}={default}")
+    return float(value)
 
 
 # RGB <-> YIQ (NTSC): Y is the luma the grayscale conversion uses, I and Q the chroma plane.
@@ -97,20 +121,39 @@ def rotate_hue(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
 class Normalizer:
     """uint8 images -> float tensors standardised with the training data's channel statistics."""
 
-    def __init__(self, mean: list[float], std: list[float]):
+    def __init__(self, mean: list[float], std: list[float], per_image: bool = False, edges: bool = False):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.per_image = per_image
+        self.edges = edges
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0)
 
     def standardize(self, unit_images: torch.Tensor) -> torch.Tensor:
+        if self.edges:
+            unit_images = sobel_edges(unit_images)
+        if self.per_image or self.edges:
+            centred = unit_images - unit_images.mean(dim=(2, 3), keepdim=True)
+            return centred / centred.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-2)
         mean = self.mean.to(unit_images.device)
         std = self.std.to(unit_images.device)
         return (unit_images - mean) / std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.standardize(self.to_unit(images))
+
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+
+
+def sobel_edges(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W RGB -> N x 3 x H x W: horizontal and vertical Sobel gradients of the luma and
+    their magnitude. Colour and overall brightness are gone; outlines and texture stay."""
+    luma = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    kernels = torch.stack([_SOBEL, _SOBEL.T]).unsqueeze(1).to(x.device, x.dtype)
+    gradients = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kernels)
+    return torch.cat([gradients, gradients.norm(dim=1, keepdim=True)], dim=1)
 
 
 class BatchAugmenter:

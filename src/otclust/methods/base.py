@@ -204,8 +204,11 @@ class ClusteringMethod(nn.Module):
             self.augmenter = FeatureAugmenter(mean, std)
             self.standardize = self.augmenter.standardize
         else:
-            normalizer = Normalizer(spec.mean, spec.std)
-            self.augmenter = BatchAugmenter(augment_config_from_dict(augment, spec.channels, spec.image_size), normalizer)
+            augment_config = augment_config_from_dict(augment, spec.channels, spec.image_size)
+            if augment_config.edges and spec.channels != 3:
+                raise UserError("--augment edges=true needs colour (RGB) images")
+            normalizer = Normalizer(spec.mean, spec.std, per_image=augment_config.per_image, edges=augment_config.edges)
+            self.augmenter = BatchAugmenter(augment_config, normalizer)
             self.standardize = normalizer
         # Target cluster sizes for OT-based methods; the engine installs the run's prior.
         self.prior_mode = "uniform"
