@@ -47,18 +47,20 @@ def shape_scene_factors(folder: Path, paths: list[str]) -> dict[str, np.ndarray]
     meta = json.loads((folder / "suite.json").read_text())
     params = meta["params"]
     kinds = list(suite_data.BACKGROUNDS)
-    background, hue, value, radius = [], [], [], []
+    background, contrast, hue, value, radius = [], [], [], [], []
     for path in paths:
         index = int(Path(path).stem)
         scene: dict = {}
         suite_data.draw_shape_photo(params["seed"], index, tuple(params["size"]), bool(params["mixed"]), scene=scene)
         h, _, v = colorsys.rgb_to_hsv(*(np.asarray(scene["colour"]) / 255.0))
         background.append(kinds.index(scene["background"]))
+        contrast.append(scene["background_contrast"])
         hue.append(int(h * 6) % 6)
         value.append(v)
         radius.append(scene["radius"])
     return {
         "background kind (5)": np.array(background),
+        "background contrast (3 bins)": equal_count_bins(np.array(contrast), 3),
         "object hue (6 sectors)": np.array(hue),
         "object value (3 bins)": equal_count_bins(np.array(value), 3),
         "object size (3 bins)": equal_count_bins(np.array(radius), 3),

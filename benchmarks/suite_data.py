@@ -408,14 +408,15 @@ def draw_shape_photo(seed: int, index: int, size=(640, 480), mixed: bool = True,
     """Photo ``index`` of the shapes set: (uint8 H x W x 3, class). Depends on (seed, index) only.
 
     ``scene``, when given, receives what else was drawn (the nuisances a network may learn
-    instead of the shape): background kind, object colour (RGB 0..255) and radius (a share of
-    the shorter side)."""
+    instead of the shape): background kind and contrast, object colour (RGB 0..255) and radius
+    (a share of the shorter side)."""
     rng = np.random.default_rng([seed, index])
     label = index % len(SHAPES)
     h, w = _photo_size(rng, size, mixed)
     # The background is busy but fainter than the object, as behind the subject of a photo.
     background_kind = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    background = BACKGROUNDS[background_kind](rng, h, w, rng.uniform(0.15, 0.5))
+    background_contrast = rng.uniform(0.15, 0.5)
+    background = BACKGROUNDS[background_kind](rng, h, w, background_contrast)
     side = min(h, w)
     radius = rng.uniform(0.15, 0.35) * side
     # The object stays inside the central square, so cropping to any aspect keeps it whole.
@@ -426,7 +427,7 @@ def draw_shape_photo(seed: int, index: int, size=(640, 480), mixed: bool = True,
     shading = 0.8 + 0.35 * _smooth_noise(rng, h, w, radius)[..., None]  # the object is not flat-lit
     image = _mix(mask, background, colour * shading)
     if scene is not None:
-        scene.update(background=background_kind, colour=colour.tolist(), radius=radius / side)
+        scene.update(background=background_kind, background_contrast=background_contrast, colour=colour.tolist(), radius=radius / side)
     return _finish(rng, image * _uneven_light(rng, h, w)), label
 
 

@@ -21,7 +21,7 @@ def test_recording_the_scene_draws_the_same_photo():
     again, same_label = sd.draw_shape_photo(4, 7, (64, 48))
     np.testing.assert_array_equal(image, again)
     assert label == same_label
-    assert scene["background"] in sd.BACKGROUNDS
+    assert scene["background"] in sd.BACKGROUNDS and 0.15 <= scene["background_contrast"] <= 0.5
     assert 0.15 <= scene["radius"] <= 0.35 and len(scene["colour"]) == 3
 
 
@@ -69,5 +69,5 @@ def test_probe_runs_on_a_trained_run(shape_folder, tmp_path, capsys, monkeypatch
     capsys.readouterr()
     fp.main()
     table = capsys.readouterr().out
-    for factor in ("labels (the classes)", "image brightness", "background kind", "object hue", "object value", "object size"):
+    for factor in ("labels (the classes)", "image brightness", "background kind", "background contrast", "object hue", "object value", "object size"):
         assert f"| {factor}" in table
