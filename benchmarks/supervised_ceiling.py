@@ -3,8 +3,9 @@
     python benchmarks/supervised_ceiling.py --data folder:DIR --image-size 64 --epochs 150
 
 A diagnosis, not a clustering result (it uses the labels): the small CNN otclust trains by
-default (`small-cnn`: three strided convolutions, then a fully connected layer) and a variant
-that pools globally instead (`pooled`: four strided convolutions, global average pooling), each
+default (`small-cnn`: three strided convolutions, then a fully connected layer) and the variant
+that pools globally (`pooled-cnn`: four strided convolutions, global average pooling, then a
+fully connected layer), built as `otclust fit --backbone` builds them, each
 trained with labels on a random 80 % of the set (cross-entropy, Adam 1e-3, batch 64, the default
 augmentation of the data's kind) and scored on the other 20 %. When even this is low, no
 setting of a self-supervised run will find the classes from scratch, and a pretrained backbone
@@ -27,26 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from otclust.data.augment import BatchAugmenter, Normalizer, default_augment_config  # noqa: E402
 from otclust.data.datasets import load_dataset  # noqa: E402
-from otclust.models.backbones import SmallCNN  # noqa: E402
-
-
-def conv(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+from otclust.models import build_backbone  # noqa: E402
 
 
 def build(arch: str, channels: int, size: tuple[int, int], classes: int) -> nn.Module:
-    if arch == "small-cnn":
-        backbone = SmallCNN(channels, size)
-        return nn.Sequential(backbone, nn.Linear(backbone.out_dim, classes))
-    return nn.Sequential(*conv(channels, 32, 5, 2), *conv(32, 64, 3, 2), *conv(64, 128, 3, 2), *conv(128, 256, 3, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, classes))
+    """otclust's backbone of that name (as `otclust fit --backbone` builds it) and a linear classifier."""
+    backbone = build_backbone(arch, channels, size, None)
+    return nn.Sequential(backbone, nn.Linear(backbone.out_dim, classes))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a labelled data spec, e.g. folder:DIR or digits")
     parser.add_argument("--image-size", type=int, default=None, help="as otclust fit's (default: the loader's choice)")
-    parser.add_argument("--archs", default="small-cnn,pooled")
+    parser.add_argument("--archs", default="small-cnn,pooled-cnn", help="backbones, as otclust fit --backbone names them")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--every", type=int, default=50, help="score every this many epochs")
     parser.add_argument("--threads", type=int, default=2)
