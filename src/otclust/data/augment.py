@@ -34,7 +34,7 @@ class AugmentConfig:
     noise_std: float = 0.0  # additive Gaussian noise, in units of [0, 1] intensities
     erase_prob: float = 0.0  # random erasing of one rectangle (Cutout), 1/16..1/4 of the image
     per_image: bool = False  # standardise each image by its own mean (per channel) and spread, not the data set's
-    edges: bool = False  # RGB: the network sees Sobel edges of the grey image (x, y, magnitude), as DeepCluster's does
+    edges: bool = False  # RGB: the network sees Sobel edges of the grey image (x, y, magnitude), as DeepCluster's does, standardised per image
 
 
 AUGMENT_SETTINGS = tuple(field.name for field in fields(AugmentConfig))
@@ -119,7 +119,9 @@ def rotate_hue(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
 
 
 class Normalizer:
-    """uint8 images -> float tensors standardised with the training data's channel statistics."""
+    """uint8 images -> float tensors standardised with the training data's channel statistics, or
+    each by its own (``per_image``), or their Sobel edges standardised per image (``edges``).
+    Training views and prediction go through the same instance, so both see the same input."""
 
     def __init__(self, mean: list[float], std: list[float], per_image: bool = False, edges: bool = False):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
