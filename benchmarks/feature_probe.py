@@ -96,9 +96,9 @@ def main() -> None:
     dataset = conform(dataset, method.spec.channels, tuple(method.spec.image_size))
     device = torch.device("cpu")
     features = embed_in_batches(method, dataset.data, device)
-    clusters = predict_in_batches(method, dataset.data, device).argmax(axis=1)
-    k = int(clusters.max()) + 1
-    kmeans = KMeans(max(k, method.n_clusters), n_init=10, random_state=args.seed).fit_predict(features)
+    proba = predict_in_batches(method, dataset.data, device)
+    clusters = proba.argmax(axis=1)
+    kmeans = KMeans(proba.shape[1], n_init=10, random_state=args.seed).fit_predict(features)  # the predictor's K
 
     factors = {"labels (the classes)": np.asarray(dataset.labels)}
     brightness = dataset.data.float().mean(dim=(1, 2, 3)).numpy()

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from otclust.data.augment import AugmentConfig, BatchAugmenter, Normalizer, default_augment_config, rotate_hue
+from otclust.data.augment import AugmentConfig, BatchAugmenter, Normalizer, augment_config_from_dict, default_augment_config, rotate_hue
 
 
 def make(config, channels=1):
@@ -137,3 +137,13 @@ def test_sobel_edges_match_scipy_in_float64_and_drop_colour():
     flat[1, :, :, :4] += 0.1
     magnitude = sobel_edges(flat)[:, 2]
     assert magnitude[0].abs().max() < 1e-6 and magnitude[1].abs().max() > 0.02
+
+
+def test_edges_are_refused_for_grey_images():
+    import pytest
+
+    from otclust.errors import UserError
+
+    with pytest.raises(UserError, match="edges=true needs colour"):
+        augment_config_from_dict({"edges": True}, 1, (28, 28))
+    assert augment_config_from_dict({"edges": True}, 3, (32, 32)).edges

@@ -8,7 +8,7 @@ model runs and costs little next to it; per-image PIL transforms would dominate 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +69,11 @@ def default_augment_config(channels: int, image_size: tuple[int, int]) -> Augmen
 def augment_config_from_dict(values: dict | None, channels: int, image_size: tuple[int, int]) -> AugmentConfig:
     config = default_augment_config(channels, image_size)
     for key, value in (values or {}).items():
-        if not hasattr(config, key):
-            known = ", ".join(asdict(config))
-            raise UserError(f"unknown augmentation setting '{key}': use one of {known}")
+        if key not in AUGMENT_SETTINGS:
+            raise UserError(f"unknown augmentation setting '{key}': use one of {', '.join(AUGMENT_SETTINGS)}")
         setattr(config, key, _checked_value(key, value, getattr(config, key)))
+    if config.edges and channels != 3:
+        raise UserError("--augment edges=true needs colour (RGB) images")
     return config
 
 

@@ -205,8 +205,6 @@ class ClusteringMethod(nn.Module):
             self.standardize = self.augmenter.standardize
         else:
             augment_config = augment_config_from_dict(augment, spec.channels, spec.image_size)
-            if augment_config.edges and spec.channels != 3:
-                raise UserError("--augment edges=true needs colour (RGB) images")
             normalizer = Normalizer(spec.mean, spec.std, per_image=augment_config.per_image, edges=augment_config.edges)
             self.augmenter = BatchAugmenter(augment_config, normalizer)
             self.standardize = normalizer

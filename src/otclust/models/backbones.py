@@ -9,6 +9,15 @@ from otclust.errors import UserError
 from otclust.models.pretrained import is_pretrained
 
 
+def conv_bn_relu(depths: list[int], kernels: list[int]) -> list[nn.Module]:
+    """Stride-2 convolutions from depths[i] to depths[i + 1] channels, each followed by batch norm
+    and ReLU, as one flat list (the layer indices are the parameter names checkpoints hold)."""
+    layers: list[nn.Module] = []
+    for c_in, c_out, kernel in zip(depths, depths[1:], kernels):
+        layers += [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return layers
+
+
 class SmallCNN(nn.Module):
     """The conv encoder of Genevay et al.: depths 32-64-128, kernels 5-5-3, stride 2, then FC.
 
@@ -18,18 +27,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int, image_size: tuple[int, int], out_dim: int = 256, width: int = 1):
         super().__init__()
-        depths = [32 * width, 64 * width, 128 * width]
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, depths[0], 5, stride=2, padding=2, bias=False),
-            nn.BatchNorm2d(depths[0]),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(depths[0], depths[1], 5, stride=2, padding=2, bias=False),
-            nn.BatchNorm2d(depths[1]),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(depths[1], depths[2], 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(depths[2]),
-            nn.ReLU(inplace=True),
-        )
+        depths = [in_channels, 32 * width, 64 * width, 128 * width]
+        self.conv = nn.Sequential(*conv_bn_relu(depths, kernels=[5, 5, 3]))
         with torch.no_grad():
             flat = self.conv(torch.zeros(2, in_channels, *image_size))[0].numel()
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True))
@@ -49,11 +48,8 @@ class PooledCNN(nn.Module):
 
     def __init__(self, in_channels: int, out_dim: int = 256):
         super().__init__()
-        layers, depths = [], [in_channels, 32, 64, 128, 256]
-        for index, (c_in, c_out) in enumerate(zip(depths, depths[1:])):
-            kernel = 5 if index == 0 else 3
-            layers += [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        self.conv = nn.Sequential(*layers)
+        depths = [in_channels, 32, 64, 128, 256]
+        self.conv = nn.Sequential(*conv_bn_relu(depths, kernels=[5, 3, 3, 3]))
         self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(depths[-1], out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True))
         self.out_dim = out_dim
 
