@@ -34,8 +34,8 @@ def parse_clusters(text: str | int) -> int | tuple[int, int]:
     """--clusters value: a number K, or 'auto' / 'auto:MIN-MAX' -> the (MIN, MAX) range to search."""
     text = str(text).strip()
     if text.isdigit():
-        if int(text) < 1:
-            raise UserError("--clusters must be at least 1, or 'auto' to choose it")
+        if int(text) < 2:
+            raise UserError(f"--clusters must be at least 2, got {text}: or 'auto' to choose it")
         return int(text)
     if text == "auto":
         return DEFAULT_K_RANGE

@@ -29,6 +29,7 @@ def test_help_lists_the_commands():
     [
         (["fit", "--data", "nosuchdata", "--epochs", "1"], "unknown"),
         (["fit", "--clusters", "1", "--epochs", "1"], "at least 2"),
+        (["fit", "--clusters", "0", "--epochs", "1"], "at least 2"),
         (["fit", "--config", "/nonexistent.yaml"], "not found"),
         (["fit", "--param", "oops", "--epochs", "1"], "KEY=VALUE"),
         (["evaluate", "--checkpoint", "/nonexistent/model.pt"], "checkpoint not found"),
@@ -105,3 +106,14 @@ def test_help_shows_each_methods_effective_default(monkeypatch, capsys):
                 continue
             value = getattr(config_from_args(build_parser().parse_args(["fit", "--method", method])), field)
             assert shown.get(method, base.removeprefix("default: ")) == (f"{value:g}" if isinstance(value, float) else str(value)), (field, method)
+
+
+def test_fit_on_identical_images_finishes_with_one_cluster(tmp_path, capsys):
+    """Duplicates only (a folder of one picture copied): no distinct points to split, so every image
+    lands in one cluster and the run finishes with a warning instead of a traceback."""
+    np.save(tmp_path / "same.npy", np.ones((40, 4), dtype=np.float32))
+    with pytest.warns(RuntimeWarning, match="only 1 distinct cluster"):
+        code = main(["fit", "--data", f"features:{tmp_path / 'same.npy'}", "--clusters", "3", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    clusters = np.loadtxt(tmp_path / "run" / "assignments.csv", delimiter=",", skiprows=1, usecols=1)
+    assert len(np.unique(clusters)) == 1

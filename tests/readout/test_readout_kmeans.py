@@ -89,3 +89,15 @@ def test_skipping_restarts_whose_plain_inertia_cannot_win_keeps_the_same_choice(
         costs.append((size_constrained_inertia(x, end.centers, matched), end))
     best = min(costs, key=lambda c: c[0])[1]
     assert adjusted_rand_score(best.labels, chosen.labels) == 1.0
+
+
+def test_fewer_distinct_points_than_clusters_warns_once():
+    import warnings
+
+    points = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).repeat(20, 1)  # two distinct points, three clusters asked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "only 2 distinct cluster(s) of the 3" in messages[0]
+    assert all(len(np.unique(end.labels)) == 2 for end in ends)

@@ -76,6 +76,12 @@ def test_linear_readout_predicts_the_labels_it_was_fitted_to(n_clusters, present
     np.testing.assert_array_equal((features @ weight.T + bias).argmax(1).numpy(), labels)  # an empty cluster never wins
 
 
+def test_linear_readout_of_a_single_cluster_predicts_it_everywhere():
+    features = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    weight, bias = fit_linear_readout(features, np.full(30, 2), n_clusters=4, seed=0)
+    assert set((features @ weight.T + bias).argmax(1).tolist()) == {2}
+
+
 @pytest.mark.parametrize("proportions", ["uniform", "0.5,0.3,0.2", "auto"])
 def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportions, monkeypatch):
     import otclust.readout.stage as stage

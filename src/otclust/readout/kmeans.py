@@ -10,6 +10,7 @@ seconds, next to minutes of training; features on a GPU are copied to the CPU fo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,16 +64,28 @@ def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int,
     """One scikit-learn KMeans fit per seed, all under one thread limit (setting it is slow)."""
     # Imported here: scikit-learn takes a second to import, and most commands never cluster.
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
     points = _as_float64_array(points)
     if not isinstance(init, str):
         init, n_init = _as_float64_array(init), 1
     ends = []
-    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+    with threadpool_limits(limits=max(1, torch.get_num_threads())), warnings.catch_warnings():
+        # scikit-learn warns once per restart when the points have fewer distinct values than K;
+        # one warning below says it instead of fifty.
+        warnings.filterwarnings("ignore", message="Number of distinct clusters", category=ConvergenceWarning)
         for seed in seeds:
             model = KMeans(n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, random_state=seed % 2**32).fit(points)
             ends.append(KMeansRestart(torch.from_numpy(model.cluster_centers_).float(), model.labels_, float(model.inertia_)))
+    found = max(len(np.unique(end.labels)) for end in ends)
+    if found < n_clusters:
+        warnings.warn(
+            f"k-means found only {found} distinct cluster(s) of the {n_clusters} asked for: the points are (near) identical "
+            "(duplicate images?); the other clusters stay empty",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return ends
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -133,10 +134,14 @@ def fit_linear_readout(features: torch.Tensor, labels, n_clusters: int, seed: in
     from threadpoolctl import threadpool_limits
 
     x = features.detach().double().cpu().numpy()
-    with threadpool_limits(limits=max(1, torch.get_num_threads())):
-        model = LogisticRegression(C=10.0, max_iter=1000, random_state=seed % 2**32).fit(x, labels)
     weight = torch.zeros(n_clusters, x.shape[1])
     bias = torch.full((n_clusters,), -1e4)
+    present = np.unique(labels)
+    if len(present) == 1:  # k-means put every point in one cluster (e.g. identical images): nothing to separate
+        bias[int(present[0])] = 0.0
+        return weight, bias
+    with threadpool_limits(limits=max(1, torch.get_num_threads())):
+        model = LogisticRegression(C=10.0, max_iter=1000, random_state=seed % 2**32).fit(x, labels)
     coef, intercept = torch.from_numpy(model.coef_).float(), torch.from_numpy(model.intercept_).float()
     classes = torch.from_numpy(model.classes_).long()
     if len(classes) == 2:  # scikit-learn keeps one row: the log-odds of the second class
