@@ -107,6 +107,8 @@ def parse_seeds(text: str | int) -> list[int]:
             seeds = list(range(int(raw)))
     except ValueError:
         raise UserError(f"--seeds takes a count (3 = seeds 0,1,2) or a list like 0,1,2; got '{text}'") from None
+    if not seeds and "," not in raw:
+        raise UserError(f"--seeds {raw} is a count (3 = seeds 0,1,2) and asks for no run: give at least 1, or a list such as '0,' for seed 0 alone")
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must give at least one seed, none negative or repeated; got '{text}'")
     return seeds

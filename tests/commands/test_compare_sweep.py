@@ -81,6 +81,9 @@ def test_swept_values_reach_fit_settings_and_method_parameters():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
     with pytest.raises(UserError):
         parse_seeds("0,0")
+    assert parse_seeds("0,") == [0]  # one seed, written as a list
+    with pytest.raises(UserError, match="count .* asks for no run"):
+        parse_seeds("0")
 
 
 def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, tmp_path, capsys, monkeypatch):

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     )
     add_data_options(parser)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every implemented method)")
-    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2 (one seed alone: 5,)")
     parser.add_argument("--out", default=None, help="folder for the tables and the run folders (default: runs/compare-DATA)")
     parser.add_argument("--configs-dir", default="configs", help="folder of <method>-<data>.yaml recipes")
     budget = parser.add_argument_group("budget (applied to every method)")

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     )
     add_training_options(parser)
     parser.add_argument("--values", required=True, help="comma-separated values of the swept parameter, e.g. 0.003,0.01,0.03,0.1")
-    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    parser.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2 (one seed alone: 5,)")
     parser.add_argument("--out", default=None, help="folder for the tables, the plot and the run folders (default: runs/sweep-METHOD-NAME)")
     parser.add_argument("--overwrite", action="store_true", help="redo every run and replace the tables in --out")
     parser.add_argument("--resume", action="store_true", help="keep the runs of --out that already finished with the same settings; run the rest")
