@@ -117,3 +117,17 @@ def test_fit_on_identical_images_finishes_with_one_cluster(tmp_path, capsys):
     assert code == 0
     clusters = np.loadtxt(tmp_path / "run" / "assignments.csv", delimiter=",", skiprows=1, usecols=1)
     assert len(np.unique(clusters)) == 1
+
+
+@pytest.mark.parametrize("mode, noted", [("RGB", True), ("L", False)])
+def test_fit_on_colour_photos_from_scratch_points_to_pretrained_backbones(tmp_path, capsys, mode, noted):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        shape = (16, 16, 3) if mode == "RGB" else (16, 16)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(tmp_path / f"{i}.png")
+    code = main(["fit", "--data", f"folder:{tmp_path}", "--clusters", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert ("pretrained --backbone" in captured.out + captured.err) == noted

@@ -54,6 +54,11 @@ def run(args) -> int:
     if args.eval_split and args.eval_split != config.split:
         eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size, backbone=config.backbone)
     input_neighbors = None
+    if config.data.startswith("folder:") and dataset.data.shape[1] == 3 and not is_pretrained(config.backbone) and config.method != "kmeans":
+        dataset.notes.append(
+            "training from scratch on colour photos: on otclust's generated photo folders this has stayed near chance "
+            "(docs/results.md 3.4); a frozen pretrained --backbone (docs/pretrained.md) is the way to try first"
+        )
     if is_pretrained(config.backbone):  # frozen stage: embed once (cached), train on the embeddings
         dataset, eval_dataset, input_neighbors = pretrained_training_data(config, dataset, eval_dataset, progress=main and not args.no_progress)
     created = main and not out.exists()
