@@ -32,11 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from otclust import allocator  # noqa: E402
-from otclust.config import FitConfig  # noqa: E402
 from otclust.data import load_dataset  # noqa: E402
-from otclust.engine import Trainer, build_method  # noqa: E402
-from otclust.methods import InputSpec  # noqa: E402
 from otclust.precision import cpu_computes_bfloat16  # noqa: E402
+from train_step import ready_method  # noqa: E402
 
 LEVERS = {
     "float32": {},
@@ -49,18 +47,11 @@ LEVERS = {
 
 def make_step(name: str, dataset, batch_size: int, params: dict, channels_last=False, compile=False, bf16=False):
     """A function running one training step of `name` with the lever applied; warmed up."""
-    torch.manual_seed(0)
-    config = FitConfig(method=name, clusters=10, batch_size=batch_size, epochs=1, params=params)
-    method = build_method(config, InputSpec.from_dataset(dataset))
+    method, optimizer = ready_method(name, dataset, batch_size, params)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     if compile:
         method.backbone = torch.compile(method.backbone)
-    trainer = Trainer(config, progress=False, log=lambda message: None)
-    trainer.method, trainer.train_data = method, dataset.data
-    method.on_fit_start(trainer)
-    method.on_epoch_start(trainer, 0)
-    optimizer = torch.optim.Adam(method.parameter_groups(), lr=config.lr)
     generator = torch.Generator().manual_seed(0)
 
     def step():

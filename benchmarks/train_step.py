@@ -72,18 +72,27 @@ def instrument(method, timers):
             module.register_forward_hook(post)
 
 
-def profile(name, dataset, batch_size, steps, warmup=3):
-    config = FitConfig(method=name, clusters=10, batch_size=batch_size, epochs=1)
-    spec = InputSpec.from_dataset(dataset)
-    method = build_method(config, spec)
-    trainer = Trainer(config, progress=False, log=lambda m: None)
-    trainer.method = method
-    trainer.train_data = dataset.data
+def ready_method(name: str, dataset, batch_size: int, params: dict | None = None):
+    """`name` built for `dataset` as `otclust fit` builds it, at the start of its first epoch, with
+    its Adam optimizer: (method, optimizer), or None for a method without a training step."""
+    torch.manual_seed(0)
+    config = FitConfig(method=name, clusters=10, batch_size=batch_size, epochs=1, params=params or {})
+    method = build_method(config, InputSpec.from_dataset(dataset))
     if not method.trainable:
         return None
+    trainer = Trainer(config, progress=False, log=lambda message: None)
+    trainer.method, trainer.train_data = method, dataset.data
+    trainer.config = trainer._resolve_budget(len(dataset.data))  # the run's length, which some schedules are fractions of
     method.on_fit_start(trainer)
     method.on_epoch_start(trainer, 0)
-    optimizer = torch.optim.Adam(method.parameter_groups(), lr=config.lr)
+    return method, torch.optim.Adam(method.parameter_groups(), lr=config.lr)
+
+
+def profile(name, dataset, batch_size, steps, warmup=3):
+    ready = ready_method(name, dataset, batch_size)
+    if ready is None:
+        return None
+    method, optimizer = ready
     timers = defaultdict(float)
     instrument(method, timers)
     generator = torch.Generator().manual_seed(0)

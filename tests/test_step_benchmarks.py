@@ -1,0 +1,31 @@
+"""benchmarks/train_step.py and step_levers.py: every method's step runs as `fit` would set it up
+(some schedules are fractions of the run's length, which a bare Trainer lacks)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import train_step  # noqa: E402
+
+from otclust.methods import available_methods  # noqa: E402
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_gets_a_ready_training_step(name, blobs):
+    ready = train_step.ready_method(name, blobs, batch_size=32)
+    if ready is None:  # k-means: nothing to train
+        return
+    method, optimizer = ready
+    before = [p.detach().clone() for p in method.parameters() if p.requires_grad]
+    indices = torch.arange(32)
+    loss = method.training_step(blobs.data[indices], indices)["loss"]
+    assert torch.isfinite(loss)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    after = [p.detach() for p in method.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
