@@ -71,6 +71,25 @@ def flags_from_sets(pairs: list[str]) -> list[str]:
     return flags
 
 
+def baseline_flags(flags: list[str]) -> list[str]:
+    """The flags k-means on pixels runs with: a ``--param`` that k-means does not have (a study of
+    the trained methods, ``--set param.n_heads=5``) is left out, so the baseline row still runs;
+    every other flag passes, a k-means parameter included."""
+    import dataclasses
+
+    from otclust.methods import get_method_class
+
+    known = {field.name for field in dataclasses.fields(get_method_class(BASELINE).Params)}
+    kept, i = [], 0
+    while i < len(flags):
+        if flags[i] == "--param" and i + 1 < len(flags) and flags[i + 1].partition("=")[0] not in known:
+            i += 2
+            continue
+        kept.append(flags[i])
+        i += 1
+    return kept
+
+
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -305,16 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         legend.append(f"- {name}: {s.kind}; N={s.n_samples}, K={s.clusters}; `{' '.join(s.fit_args()).replace(str(REPO) + '/', '')}`")
     datasets = list(sets)
 
-    def flags_for(s: suite_data.SuiteSet) -> list[str]:
+    def flags_for(s: suite_data.SuiteSet, method: str) -> list[str]:
+        flags = baseline_flags(base_flags) if method == BASELINE else base_flags
         if s.is_folder and args.folder_image_size:
-            return base_flags + ["--image-size", str(args.folder_image_size)]
-        return base_flags
+            return flags + ["--image-size", str(args.folder_image_size)]
+        return flags
 
     if args.dry_run:
         for seed in seeds:
             for name in datasets:
                 for method in methods:
-                    print(" ".join(fit_command(sets[name], method, seed, run_folder(args.out, name, method, seed), flags_for(sets[name]))))
+                    print(" ".join(fit_command(sets[name], method, seed, run_folder(args.out, name, method, seed), flags_for(sets[name], method))))
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in datasets:
             for method in methods:
                 done += 1
-                flags = flags_for(sets[name])
+                flags = flags_for(sets[name], method)
                 folder = run_folder(args.out, name, method, seed)
                 result = read_finished(folder, flags)
                 if result is not None:

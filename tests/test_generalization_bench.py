@@ -18,6 +18,12 @@ def test_set_pairs_become_fit_flags():
         gen.flags_from_sets(["epochs"])
 
 
+def test_the_baseline_drops_only_parameters_kmeans_does_not_have():
+    """`--set param.n_heads=5` studies the trained methods; k-means on pixels still runs first."""
+    flags = gen.flags_from_sets(["param.n_heads=5", "epochs=1", "param.kmeans_restarts=3"])
+    assert gen.baseline_flags(flags) == ["--epochs", "1", "--param", "kmeans_restarts=3"]
+
+
 def result(dataset, method, seed, acc):
     return gen.RunResult(dataset, method, seed, {"acc": acc, "nmi": acc / 2, "ari": acc / 4}, 60.0, 30.0, "abc")
 
