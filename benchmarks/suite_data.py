@@ -18,10 +18,12 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
                   grid, blotches) in random colours, scales and angles, under uneven light
     strokes       10,000 28x28 glyphs (L T V Z N O C S X U) drawn as pen strokes with random
                   affine distortion, wobble and pen width: MNIST-like, procedurally
-    dev-fmnist, dev-strokes, dev-textures, dev-shapes
+    dev-fmnist, dev-fmnist-lt, dev-strokes, dev-textures, dev-shapes
                   development sets: 2,000 / 2,000 / 300 images drawn with seed 1 (another
-                  class-balanced Fashion-MNIST train subset, other glyphs, other photos) and
-                  600 shape photos drawn with seed 2 (shapes-300 holds seed 1's). Code
+                  class-balanced Fashion-MNIST train subset, other glyphs, other photos), a
+                  long-tailed Fashion-MNIST train draw of 4,085 (1,000 to 100 a class, seed 1,
+                  no image of fmnist-10k or fmnist-lt) and 600 shape photos drawn with seed 2
+                  (shapes-300 holds seed 1's). Code
                   defaults are compared on these (and on digits, long used for that); the other
                   sets are for reporting only.
 
@@ -204,22 +206,48 @@ def long_tailed_counts(largest: int, classes: int, ratio: float) -> list[int]:
     return [max(1, int(round(largest * ratio ** (-c / (classes - 1))))) for c in range(classes)]
 
 
-def fashion_long_tailed(root: Path, largest: int = 3000, ratio: float = 10.0, seed: int = 0, fashion_dir: Path | None = None, name: str = "fmnist-lt") -> SuiteSet:
+def long_tailed_indices(labels: np.ndarray, largest: int, ratio: float, seed: int, pool: np.ndarray | None = None) -> tuple[np.ndarray, list[int], list[int]]:
+    """Indices of a long-tailed draw (class sizes `long_tailed_counts`; which class is largest
+    drawn from ``seed``), taken from ``pool`` (a boolean mask; default every sample), sorted; with
+    the classes in size order and their counts."""
+    labels = np.asarray(labels)
+    pool = np.ones(len(labels), dtype=bool) if pool is None else pool
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(labels))  # classes[0] gets the most samples
+    counts = long_tailed_counts(largest, len(classes), ratio)
+    keep = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero((labels == cls) & pool), size=count, replace=False)
+        for cls, count in zip(classes, counts)
+    ]))  # fmt: skip
+    return keep, [int(c) for c in classes], counts
+
+
+def train_indices_of(name: str, labels: np.ndarray) -> np.ndarray:
+    """The Fashion-MNIST train indices that suite set ``name`` (fmnist-10k or fmnist-lt, with
+    its SUITE parameters) holds."""
+    entry = SUITE[name]
+    if entry.build is fashion_subset:
+        return balanced_indices(labels, entry.params["n"], entry.params["seed"])
+    if entry.build is fashion_long_tailed:
+        return long_tailed_indices(labels, entry.params["largest"], entry.params["ratio"], entry.params["seed"])[0]
+    raise ValueError(f"{name!r} is not a Fashion-MNIST train subset")
+
+
+def fashion_long_tailed(root: Path, largest: int = 3000, ratio: float = 10.0, seed: int = 0, avoid: tuple[str, ...] = (), fashion_dir: Path | None = None, name: str = "fmnist-lt") -> SuiteSet:
     """Fashion-MNIST's train split with class sizes falling by ``ratio`` from the largest to the
-    smallest; which class is largest is drawn from ``seed`` (not always T-shirt)."""
-    params = {"largest": largest, "ratio": ratio, "seed": seed}
+    smallest; which class is largest is drawn from ``seed`` (not always T-shirt). ``avoid``: suite
+    sets (Fashion-MNIST train subsets) none of whose images may be drawn, so a development set
+    shares no image with the held-out sets."""
+    params = {"largest": largest, "ratio": ratio, "seed": seed, **({"avoid": tuple(avoid)} if avoid else {})}
 
     def write(folder: Path) -> dict:
         source = _load_fashion(fashion_dir, "train")
-        rng = np.random.default_rng(seed)
-        classes = rng.permutation(np.unique(source.labels))  # classes[0] gets the most samples
-        counts = long_tailed_counts(largest, len(classes), ratio)
-        keep = np.sort(np.concatenate([
-            rng.choice(np.flatnonzero(source.labels == cls), size=count, replace=False)
-            for cls, count in zip(classes, counts)
-        ]))  # fmt: skip
+        pool = np.ones(len(source.labels), dtype=bool)
+        for other in avoid:
+            pool[train_indices_of(other, source.labels)] = False
+        keep, classes, counts = long_tailed_indices(source.labels, largest, ratio, seed, pool)
         write_idx_train(folder, source.data.numpy()[keep], source.labels[keep])
-        return {"n_samples": int(len(keep)), "class_sizes": {str(int(c)): int(k) for c, k in zip(classes, counts)}}
+        return {"n_samples": int(len(keep)), "class_sizes": {str(c): int(k) for c, k in zip(classes, counts)}}
 
     folder, facts = cached(root, name, params, write)
     return SuiteSet(name, f"fashion-mnist:{folder}", 10, facts["n_samples"],
@@ -614,10 +642,12 @@ SUITE: dict[str, SuiteEntry] = {
     "dev-strokes": SuiteEntry(strokes, {"n": 2000, "seed": 1}),
     "dev-textures": SuiteEntry(textures, {"n": 300, "seed": 1}),
     "dev-shapes": SuiteEntry(shapes, {"n": 600, "seed": 2}),
+    # No image of the held-out Fashion-MNIST train sets: choices made on it cannot have seen them.
+    "dev-fmnist-lt": SuiteEntry(fashion_long_tailed, {"largest": 1000, "ratio": 10.0, "seed": 1, "avoid": ("fmnist-10k", "fmnist-lt")}, needs_fashion=True),
 }
 
 # The development sets as a group (`--datasets dev` in benchmarks/generalization.py).
-DEV_SETS = ("dev-fmnist", "dev-strokes", "dev-textures", "dev-shapes")
+DEV_SETS = ("dev-fmnist", "dev-fmnist-lt", "dev-strokes", "dev-textures", "dev-shapes")
 
 
 def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None, **overrides) -> SuiteSet:

@@ -95,6 +95,23 @@ def test_long_tailed_fashion_has_the_promised_class_sizes(tmp_path, fake_fashion
     assert np.argmax(other) != np.argmax(counts) or np.argmin(other) != np.argmin(counts)  # the seed picks the head
 
 
+def test_long_tailed_development_draw_shares_no_image_with_the_avoided_sets(tmp_path, fake_fashion, monkeypatch):
+    # the suite's sizes scaled to a fake split of 30 images a class
+    monkeypatch.setitem(sd.SUITE, "fmnist-10k", sd.SuiteEntry(sd.fashion_subset, {"n": 100, "seed": 0, "split": "train"}, True))
+    monkeypatch.setitem(sd.SUITE, "fmnist-lt", sd.SuiteEntry(sd.fashion_long_tailed, {"largest": 10, "ratio": 10.0, "seed": 0}, True))
+
+    def images(name, **overrides):
+        data = load(sd.build(name, tmp_path, fake_fashion, **overrides))
+        return set((data.data[:, 0, 0, 0].long() + 256 * data.data[:, 0, 0, 1].long()).tolist()), data.labels
+
+    held_out = images("fmnist-10k")[0] | images("fmnist-lt")[0]
+    dev, labels = images("dev-fmnist-lt", largest=8, ratio=4.0)
+    assert not dev & held_out
+    assert sorted(np.bincount(labels, minlength=10), reverse=True) == sd.long_tailed_counts(8, 10, 4.0)
+    # without `avoid` the same draw does take held-out images (so the test can fail)
+    assert images("dev-fmnist-lt", largest=8, ratio=4.0, avoid=())[0] & held_out
+
+
 def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):
     with pytest.raises(sd.SuiteDataUnavailable, match="Fashion-MNIST not found"):
         sd.build("fmnist-10k", tmp_path, tmp_path / "nowhere", n=10)
