@@ -101,31 +101,3 @@ def test_fewer_distinct_points_than_clusters_warns_once():
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "only 2 distinct cluster(s) of the 3" in messages[0]
     assert all(len(np.unique(end.labels)) == 2 for end in ends)
-
-
-def _end(labels, inertia):
-    from otclust.readout.kmeans import KMeansRestart
-
-    labels = np.asarray(labels)
-    return KMeansRestart(torch.zeros(labels.max() + 1, 2), labels, float(inertia))
-
-
-def test_consensus_keeps_the_partition_most_restarts_agree_with():
-    from otclust.readout.kmeans import consensus_restart
-
-    common = [0, 0, 1, 1, 2, 2, 2, 2]
-    renumbered = [2, 2, 0, 0, 1, 1, 1, 1]  # the same partition
-    near = [0, 0, 1, 1, 2, 2, 2, 1]  # one point off the common one
-    merged = [0, 0, 0, 0, 1, 1, 2, 2]  # merge-and-split, with the lowest inertia
-    ends = [_end(common, 10), _end(renumbered, 9), _end(near, 11), _end(merged, 1)]
-    chosen = consensus_restart(ends)
-    assert chosen.inertia == 9  # common's partition; of its two end points the lower inertia
-    # brute force: the end point with the largest summed ARI against every end point
-    totals = [sum(adjusted_rand_score(a.labels, b.labels) for b in ends) for a in ends]
-    assert adjusted_rand_score(chosen.labels, ends[int(np.argmax(totals))].labels) == 1.0
-
-
-def test_consensus_breaks_ties_by_inertia():
-    from otclust.readout.kmeans import consensus_restart
-
-    assert consensus_restart([_end([0, 0, 1, 1], 3), _end([0, 1, 0, 1], 2)]).inertia == 2

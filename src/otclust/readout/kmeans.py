@@ -18,7 +18,7 @@ import torch
 from otclust.ot import size_constrained_inertia
 from otclust.ot.priors import match_prior_to_mass
 
-KMEANS_CHOICES = ("prior", "inertia", "consensus")
+KMEANS_CHOICES = ("prior", "inertia")
 
 
 @dataclass
@@ -93,13 +93,10 @@ def choose_kmeans_restart(points: torch.Tensor, n_clusters: int, seed: int, rest
     """The restart (of `restarts`) kept. choice "inertia": plain k-means' lowest inertia.
     "prior": the lowest inertia under a cluster-size prior (the OT k-means cost, where a
     merge-and-split end point pays for its odd sizes); `sizes` are known proportions (a multiset,
-    matched to each restart's clusters by mass), None for equal sizes. "consensus": the partition
-    that agrees best (summed ARI) with all the restarts' partitions, which assumes no sizes."""
+    matched to each restart's clusters by mass), None for equal sizes."""
     ends = kmeans_restarts(points, n_clusters, seed, restarts)
     if choice == "inertia":
         return min(ends, key=lambda end: end.inertia)
-    if choice == "consensus":
-        return consensus_restart(ends)
     distinct = {}  # restarts that end in the same partition (in any cluster order): solve the OT once
     for end in ends:
         distinct.setdefault(_partition_key(end.labels), end)
@@ -120,27 +117,6 @@ def choose_kmeans_restart(points: torch.Tensor, n_clusters: int, seed: int, rest
         if cost < best_cost:
             best, best_cost = end, cost
     return best
-
-
-def consensus_restart(ends: list[KMeansRestart]) -> KMeansRestart:
-    """The end point whose partition has the highest summed ARI with every restart's (its own
-    included); among equals, the lowest inertia. A partition many restarts reach, or one close to
-    many, wins; a merge-and-split end point reached once does not."""
-    from sklearn.metrics import adjusted_rand_score
-
-    groups: dict[bytes, list[KMeansRestart]] = {}
-    for end in ends:
-        groups.setdefault(_partition_key(end.labels), []).append(end)
-    distinct = [min(group, key=lambda end: end.inertia) for group in groups.values()]
-    counts = [len(group) for group in groups.values()]
-    agreement = np.zeros((len(distinct), len(distinct)))
-    for i in range(len(distinct)):
-        agreement[i, i] = 1.0
-        for j in range(i + 1, len(distinct)):
-            agreement[i, j] = agreement[j, i] = adjusted_rand_score(distinct[i].labels, distinct[j].labels)
-    support = agreement @ np.array(counts, dtype=float)
-    best = min(range(len(distinct)), key=lambda i: (-round(support[i], 9), distinct[i].inertia))
-    return distinct[best]
 
 
 def _partition_key(labels: np.ndarray) -> bytes:

@@ -59,12 +59,12 @@ class ReadoutParams:
     neighbors: int = 10  # smoothed: nearest neighbours each feature is averaged over
     rounds: int = 5  # smoothed: rounds of that averaging
     restarts: int = 50  # k-means++ restarts; one restart finds the best partition only sometimes
-    choice: str = "prior"  # prior: lowest inertia under the run's size prior; inertia: plain k-means'; consensus: most agreed-on partition
+    choice: str = "prior"  # prior: lowest inertia under the run's size prior; inertia: plain k-means'
 
     def validate(self) -> "ReadoutParams":
         if self.neighbors < 1 or self.rounds < 0 or self.restarts < 1 or self.choice not in KMEANS_CHOICES:
             raise UserError(
-                f"read-out settings need neighbors >= 1, rounds >= 0, restarts >= 1 and choice one of {', '.join(KMEANS_CHOICES)}; got "
+                f"read-out settings need neighbors >= 1, rounds >= 0, restarts >= 1 and choice prior or inertia; got "
                 f"neighbors={self.neighbors}, rounds={self.rounds}, restarts={self.restarts}, choice={self.choice!r}"
             )
         return self
@@ -168,7 +168,7 @@ def fit_readout(
     choice, sizes = params.choice, None
     if prior_mode == "known":
         sizes = cluster_prior
-    elif prior_mode == "auto" and choice == "prior":  # no sizes to hold the restarts to
+    elif prior_mode == "auto":
         choice = "inertia"
     unit = F.normalize(features.float(), dim=1).cpu()
     if name == "kmeans":
