@@ -244,7 +244,7 @@ def goal_check(cells: dict, datasets: list[str], methods: list[str]) -> list[str
         if BASELINE in scored:
             base = scored[BASELINE][0]
             below = [m for m, (acc, _) in scored.items() if m != BASELINE and acc <= base]
-            parts.append(f"not above k-means ({base:.3f}): {', '.join(below) if below else 'none'}")
+            parts.append(f"methods at or below k-means ({base:.3f}): {', '.join(below) if below else 'none'}")
         best = max((m for m in scored if m != BASELINE), key=lambda m: scored[m][0], default=None)
         if "clot" in scored and best is not None:
             (clot, clot_std), (top, top_std) = scored["clot"], scored[best]

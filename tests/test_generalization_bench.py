@@ -38,7 +38,7 @@ def test_table_and_goal_check_use_means_and_sample_std():
     table = gen.format_table(cells, ["d"], methods)
     assert "| d | clot | 0.750 ± 0.071 | 0.375 ± 0.035 | 0.188 ± 0.018 | 1.0 | 0.5 | 2/2 |" in table
     (check,) = gen.goal_check(cells, ["d"], methods)
-    assert "not above k-means (0.500): sela" in check
+    assert "methods at or below k-means (0.500): sela" in check
     assert "best swav 0.790: within one std" in check
     cells["d", "clot"]["acc"] = (0.70, 0.0)  # same gap, no spread: not within
     cells["d", "swav"]["acc"] = (0.79, 0.05)
