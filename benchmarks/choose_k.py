@@ -86,6 +86,16 @@ def feature_sets(names: list[str], extra: list[str] = ()):
         yield name, np.asarray(x, dtype=np.float64), np.asarray(y)
 
 
+def null_referenced_k(x: np.ndarray, stability: dict[int, float], seed: int) -> int:
+    """Clest (Dudoit & Fridlyand 2002), an ablation: the K whose stability most exceeds that of a
+    null reference, the same features with each column permuted on its own (structure gone,
+    marginals kept), smoothed and scored the same way."""
+    rng = np.random.default_rng(seed)
+    null = np.column_stack([rng.permutation(column) for column in x.T])
+    null_curve = stability_curve(smoothed_features(null), list(stability), seed)
+    return max(stability, key=lambda k: stability[k] - null_curve[k])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="blobs-3,blobs-5,blobs-8,digits,digits-pca20,digits-lt10,fashion-mnist-5k,fashion-mnist-5k-pca50")
@@ -95,14 +105,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", default=None, help="PNG path for the curves")
+    parser.add_argument("--null-reference", action="store_true", help="add the K of a null-referenced stability (Clest; docs/ablations.md, 'Choosing K'): twice the stability runs")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     ks = range(args.k_min, args.k_max + 1)
     names = [n for n in args.sets.split(",") if n and n != "none"]
-    print("| features | N | true K | " + " | ".join(f"K by {c}" for c in CRITERIA) + " | ACC at true K | " + " | ".join(f"ACC by {c}" for c in CRITERIA) + " | seconds |")
-    print("| --- " * (4 + 2 * len(CRITERIA)) + "| --- |")
+    null_column = ["K by stability vs null"] if args.null_reference else []
+    print("| " + " | ".join(["features", "N", "true K", *(f"K by {c}" for c in CRITERIA), *null_column, "ACC at true K", *(f"ACC by {c}" for c in CRITERIA), "seconds"]) + " |")
+    print("| --- " * (5 + 2 * len(CRITERIA) + len(null_column)) + "|")
     all_curves = {}
     for name, x, y in feature_sets(names, args.features):
         started = time.perf_counter()
@@ -113,7 +125,8 @@ def main() -> None:
         chosen = {c: pick_k(c, curves[c]) for c in CRITERIA}
         accuracy = {k: cluster_accuracy(y, labels) for k, labels in partitions.items()}
         all_curves[name] = (true_k, curves)
-        cells = [name, str(len(y)), str(true_k)] + [str(chosen[c]) for c in CRITERIA] + [f"{accuracy[true_k]:.3f}"] + [f"{accuracy[chosen[c]]:.3f}" for c in CRITERIA]
+        null_cell = [str(null_referenced_k(x, curves["stability"], args.seed))] if args.null_reference else []
+        cells = [name, str(len(y)), str(true_k)] + [str(chosen[c]) for c in CRITERIA] + null_cell + [f"{accuracy[true_k]:.3f}"] + [f"{accuracy[chosen[c]]:.3f}" for c in CRITERIA]
         print("| " + " | ".join(cells) + f" | {time.perf_counter() - started:.0f} |", flush=True)
         print(f"{name} stability: " + " ".join(f"{k}:{v:.3f}" for k, v in curves["stability"].items()), file=sys.stderr, flush=True)
     if args.figure:
