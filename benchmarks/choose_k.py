@@ -1,4 +1,4 @@
-"""Choosing K without labels: our stability criterion against the silhouette, Calinski-Harabasz and
+"""Choosing K without labels: the stability and eigengap criteria against the silhouette, Calinski-Harabasz and
 Davies-Bouldin indices, on feature sets that cost nothing to make.
 
     python benchmarks/choose_k.py                       # every set, K searched in 2..15
@@ -8,8 +8,9 @@ Davies-Bouldin indices, on feature sets that cost nothing to make.
 --features adds learned features saved as .npy (e.g. a trained model's backbone features from
 Trainer.embed), with their labels for scoring.
 
-Every criterion sees the same features: unit-normalised and smoothed over 10 nearest neighbours
-5 times (otclust.choose_k.smoothed_features). ACC is that of the best of 10 k-means restarts on
+Every criterion but the eigengap sees the same features: unit-normalised and smoothed over 10
+nearest neighbours 5 times (otclust.choose_k.smoothed_features); the eigengap reads the kNN graph
+of the unsmoothed ones. ACC is that of the best of 10 k-means restarts on
 them at the chosen K and at the true K (Hungarian matching; with K != the true number of classes
 the extra clusters or classes count as wrong). Labels are used only to score. Prints a Markdown
 table; --figure also draws every set's curves.
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from otclust.choose_k import CRITERIA, classical_curves, kmeans_partitions, pick_k, smoothed_features, stability_curve  # noqa: E402
+from otclust.choose_k import CRITERIA, classical_curves, eigengap_curve, kmeans_partitions, pick_k, smoothed_features, stability_curve  # noqa: E402
 from otclust.metrics import cluster_accuracy  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -120,7 +121,7 @@ def main() -> None:
         started = time.perf_counter()
         true_k = len(np.unique(y))
         points = smoothed_features(x)
-        curves = {"stability": stability_curve(points, ks, args.seed), **classical_curves(points, kmeans_partitions(points, ks, args.seed), args.seed)}
+        curves = {"stability": stability_curve(points, ks, args.seed), "eigengap": eigengap_curve(x, ks, seed=args.seed), **classical_curves(points, kmeans_partitions(points, ks, args.seed), args.seed)}
         partitions = kmeans_partitions(points, sorted({true_k, *(pick_k(c, curves[c]) for c in CRITERIA)}), args.seed)
         chosen = {c: pick_k(c, curves[c]) for c in CRITERIA}
         accuracy = {k: cluster_accuracy(y, labels) for k, labels in partitions.items()}

@@ -6,9 +6,9 @@
 For each data set of the generalisation suite (benchmarks/suite_data.py) and seed, two runs of the
 same method with its defaults and no --config: one told the true K, one given `--clusters auto`
 (K searched in 2-15; the network trains with 15 clusters, and K is chosen after training by the
-stability of k-means partitions of the read-out's features). The silhouette and the
-Calinski-Harabasz index, computed on the same smoothed features of the auto run's network, are
-the classical baselines. ACC at a K other than the true one is Hungarian-matched (the extra
+criterion of otclust.choose_k on the read-out's features). Every criterion is also computed here on
+the auto run's network's features: stability, the eigengap, and the classical baselines, the
+silhouette and the Calinski-Harabasz index. ACC at a K other than the true one is Hungarian-matched (the extra
 clusters or classes count as wrong). --fixed-from reuses finished fixed-K runs of
 benchmarks/generalization.py (same data set, method, seed and no extra flags) instead of
 training them again. Prints a Markdown table and writes it to OUT/table.md.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalization  # noqa: E402
 import suite_data  # noqa: E402
 
-from otclust.choose_k import classical_curves, kmeans_partitions, pick_k, smoothed_features  # noqa: E402
+from otclust.choose_k import classical_curves, eigengap_curve, kmeans_partitions, pick_k, smoothed_features, stability_curve  # noqa: E402
 
 DEFAULT_DATASETS = ("digits", *suite_data.DEV_SETS)
 
@@ -49,17 +49,19 @@ def fixed_k_result(suite_set, method: str, seed: int, out: Path, fixed_from: Pat
 
 
 def baseline_ks(run: Path, suite_set, k_range: tuple[int, int], seed: int, threads: int) -> dict[str, int]:
-    """The K the silhouette and Calinski-Harabasz index pick on the auto run's smoothed features."""
+    """The K each criterion picks on the auto run's features: stability, the silhouette and the
+    Calinski-Harabasz index on the smoothed ones, the eigengap on the kNN graph of the unsmoothed."""
     features = run / "features.npy"
     if not features.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
         data = ["--data", suite_set.data] + (["--split", suite_set.split] if suite_set.split != "all" else [])
         command = [sys.executable, "-m", "otclust", "embed", *data, "--backbone", f"otclust:{run / 'model.pt'}", "--out", str(features), "--overwrite", "--no-progress"]
         subprocess.run(command, check=True, capture_output=True, env=env)
-    points = smoothed_features(np.load(features))
+    raw = np.load(features)
+    points = smoothed_features(raw)
     ks = range(k_range[0], k_range[1] + 1)
-    curves = classical_curves(points, kmeans_partitions(points, ks, seed), seed)
-    return {name: pick_k(name, curves[name]) for name in ("silhouette", "calinski_harabasz")}
+    curves = {**classical_curves(points, kmeans_partitions(points, ks, seed), seed), "stability": stability_curve(points, ks, seed), "eigengap": eigengap_curve(raw, ks, seed=seed)}
+    return {name: pick_k(name, curves[name]) for name in ("stability", "eigengap", "silhouette", "calinski_harabasz")}
 
 
 def main() -> None:
@@ -79,7 +81,7 @@ def main() -> None:
     k_range = tuple(int(v) for v in args.range.split("-"))
     seeds = [int(s) for s in args.seeds.split(",")]
     commit = generalization.git_commit()
-    rows = ["| data set | seed | true K | chosen K (stability) | silhouette | CH | ACC at true K | ACC at chosen K | minutes (auto run) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| data set | seed | true K | chosen K (the run's criterion) | stability | eigengap | silhouette | CH | ACC at true K | ACC at chosen K | minutes (auto run) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         suite_set = suite_data.build(name, root=args.data_root, fashion_dir=args.fashion_dir)
         for seed in seeds:
@@ -89,11 +91,11 @@ def main() -> None:
             if auto is None:
                 auto = generalization.run_one(suite_set, args.method, seed, args.out / "auto", flags, args.threads, None, commit)
             if auto.metrics is None or fixed.metrics is None:
-                rows.append(f"| {name} | {seed} | {suite_set.clusters} | failed: {auto.error or fixed.error} | | | | | |")
+                rows.append(f"| {name} | {seed} | {suite_set.clusters} | failed: {auto.error or fixed.error} | | | | | | | |")
                 continue
             baselines = baseline_ks(generalization.run_folder(args.out / "auto", name, args.method, seed), suite_set, k_range, seed, args.threads)
-            chosen = auto.metrics["k_selection"]["chosen"]
-            rows.append(f"| {name} | {seed} | {suite_set.clusters} | {chosen} | {baselines['silhouette']} | {baselines['calinski_harabasz']} | "
+            selection = auto.metrics["k_selection"]
+            rows.append(f"| {name} | {seed} | {suite_set.clusters} | {selection['chosen']} ({selection['criterion']}) | {baselines['stability']} | {baselines['eigengap']} | {baselines['silhouette']} | {baselines['calinski_harabasz']} | "
                         f"{fixed.metrics['acc']:.3f} | {auto.metrics['acc']:.3f} | {auto.wall_seconds / 60:.1f} |")  # fmt: skip
             print(rows[-1], flush=True)
     table = "\n".join(rows)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from otclust.choose_k import CRITERIA, choose_k, parse_clusters, pick_k, smoothed_features, stability_curve
+from otclust.choose_k import CRITERIA, choose_k, eigengap_curve, parse_clusters, pick_k, smoothed_features, stability_curve
 from otclust.errors import UserError
 
 
@@ -18,6 +18,48 @@ def test_stability_finds_k_on_well_separated_blobs(k):
     assert chosen == k
     assert sorted(curve) == list(range(2, 11))  # one value per K
     assert all(np.isfinite(v) and -1 <= v <= 1 for v in curve.values())
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_eigengap_finds_k_on_well_separated_blobs(k):
+    chosen, curve = choose_k(_blobs(k, seed=k), k_min=2, k_max=10, seed=0, criterion="eigengap")
+    assert chosen == k
+    assert sorted(curve) == list(range(2, 11))
+
+
+def _knn_laplacian_reference(x, neighbors):
+    """Independent reference: scikit-learn's kNN graph (cosine), made symmetric, and scipy's
+    normalised Laplacian, all eigenvalues by a dense float64 solver."""
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.neighbors import kneighbors_graph
+
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    graph = kneighbors_graph(unit, neighbors, include_self=False)
+    graph = ((graph + graph.T) > 0).astype(np.float64)
+    return np.linalg.eigvalsh(laplacian(graph, normed=True).toarray())
+
+
+@pytest.mark.parametrize("n", [300, 1500])  # dense path and the sparse eigsh path
+def test_eigengap_matches_a_dense_laplacian_reference(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 6)) + np.repeat(rng.normal(scale=3, size=(4, 6)), n // 4, axis=0)
+    curve = eigengap_curve(x, range(2, 9), neighbors=7)
+    reference = _knn_laplacian_reference(x, 7)
+    expected = {k: reference[k] - reference[k - 1] for k in range(2, 9)}
+    assert curve == pytest.approx(expected, abs=1e-6)
+
+
+def test_eigengap_counts_disconnected_groups_and_reuses_a_given_neighbour_graph():
+    # Three far-apart groups: the 5-NN graph has three components, so three zero eigenvalues.
+    x = np.concatenate([np.eye(3)[g] * 10 + np.random.default_rng(g).normal(scale=0.01, size=(40, 3)) for g in range(3)])
+    curve = eigengap_curve(x, range(2, 6), neighbors=5)
+    assert pick_k("eigengap", curve) == 3 and curve[2] < 1e-9 < curve[3]
+    import torch
+
+    # A given graph is used as it is: here each point's neighbours are the next 5 of its group.
+    index = torch.as_tensor([[i // 40 * 40 + (i + j) % 40 for j in range(1, 6)] for i in range(120)])
+    assert eigengap_curve(x, range(2, 6), neighbor_index=index) != curve
+    assert pick_k("eigengap", eigengap_curve(x, range(2, 6), neighbor_index=index)) == 3
 
 
 @pytest.mark.parametrize("criterion", ["silhouette", "calinski_harabasz", "davies_bouldin"])

@@ -39,6 +39,18 @@ def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
         assert set(clusters) == {0, 1, 2, 3}
 
 
+def test_the_k_criterion_is_a_readout_setting(tmp_path, capsys):
+    data, _ = _blobs(tmp_path)
+    out = tmp_path / "run"
+    args = ["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "2", "--batch-size", "60", "--out", str(out), "--no-progress"]
+    assert main([*args, "--readout-param", "k_criterion=eigengap", "--report"]) == 0
+    selection = json.loads((out / "metrics.json").read_text())["k_selection"]
+    assert selection["criterion"] == "eigengap" and selection["chosen"] == 4
+    assert "eigengap criterion" in (out / "report.html").read_text() and (out / "figures" / "k_selection.png").is_file()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--readout-param", "k_criterion=elbow"]) == 2
+    assert "k_criterion=elbow" in capsys.readouterr().err
+
+
 def test_a_fixed_k_writes_no_selection(tmp_path):
     data, _ = _blobs(tmp_path)
     out = tmp_path / "run"

@@ -10,7 +10,11 @@ changes too, unless the data has a coarser structure that is itself stable (two 
 super-classes), which can score as high as the true K. So the chosen K is the *largest* K whose
 stability is within ``tolerance`` of the curve's maximum, not the argmax.
 
-Baselines on the same features: the silhouette (highest), the Calinski-Harabasz index (highest)
+``eigengap`` (a classical criterion for graphs, von Luxburg 2007, section 8.3): the K after which
+the eigenvalues of the normalised Laplacian of the features' kNN graph (the read-out's 10
+cosine neighbours, unsmoothed) jump most. K loosely joined groups give K eigenvalues near 0.
+
+Baselines on the same smoothed features: the silhouette (highest), the Calinski-Harabasz index (highest)
 and the Davies-Bouldin index (lowest) of the best of 10 k-means restarts at each K, from
 scikit-learn.
 """
@@ -24,9 +28,9 @@ import torch
 
 from otclust.errors import UserError
 
-__all__ = ["CRITERIA", "choose_k", "classical_curves", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
+__all__ = ["CRITERIA", "choose_k", "classical_curves", "eigengap_curve", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
 
-CRITERIA = ("stability", "silhouette", "calinski_harabasz", "davies_bouldin")
+CRITERIA = ("stability", "eigengap", "silhouette", "calinski_harabasz", "davies_bouldin")
 DEFAULT_K_RANGE = (2, 15)
 
 
@@ -95,6 +99,42 @@ def stability_curve(points: np.ndarray, ks, seed: int = 0, runs: int = 10, fract
     return curve
 
 
+def eigengap_curve(features, ks, neighbors: int = 10, seed: int = 0, max_points: int = 10000, neighbor_index: torch.Tensor | None = None) -> dict[int, float]:
+    """{K: lambda_(K+1) - lambda_K}, the gaps between the ascending eigenvalues of the normalised
+    Laplacian I - D^-1/2 W D^-1/2 of the kNN graph: each point joined to its `neighbors` most
+    cosine-similar others, edges made symmetric, weight 1. `neighbor_index` (N x neighbors, the
+    read-out's) saves the search. Above max_points, a fixed random subset of that many is used."""
+    from scipy import sparse
+    from scipy.sparse.linalg import eigsh
+
+    # Imported here: otclust.readout imports this module.
+    from otclust.readout.neighbors import nearest_neighbors
+
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32)).flatten(1)
+    if neighbor_index is None or len(x) > max_points:
+        if len(x) > max_points:
+            x = x[np.sort(rng.choice(len(x), max_points, replace=False))]
+        neighbor_index = nearest_neighbors(x, neighbors)
+    index = neighbor_index.cpu().numpy()
+    n, k = index.shape
+    count = max(ks) + 1  # lambda_1 .. lambda_(K_max + 1)
+    if count > n:
+        raise UserError(f"choosing K among {n} samples by the eigengap: k_max must be at most {n - 1}")
+    adjacency = sparse.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), index.ravel())), shape=(n, n))
+    adjacency = ((adjacency + adjacency.T) > 0).astype(np.float64)
+    scale = sparse.diags(1.0 / np.sqrt(np.asarray(adjacency.sum(axis=1)).ravel()))
+    normalised = scale @ adjacency @ scale
+    if count >= n - 1 or n <= 1000:
+        top = np.linalg.eigvalsh(normalised.toarray())[-count:]
+    else:
+        # The largest eigenvalues of the normalised adjacency are 1 minus the smallest of the
+        # Laplacian; a seeded start vector keeps the result the same from run to run.
+        top = eigsh(normalised, k=count, which="LA", v0=rng.standard_normal(n), return_eigenvectors=False)
+    laplacian = np.sort(1.0 - np.asarray(top))
+    return {kk: float(laplacian[kk] - laplacian[kk - 1]) for kk in ks}
+
+
 def kmeans_partitions(points: np.ndarray, ks, seed: int = 0) -> dict[int, np.ndarray]:
     """{K: labels of the best of 10 k-means++ restarts}: what the classical criteria score (and
     the read-out a benchmark scores)."""
@@ -116,7 +156,7 @@ def classical_curves(points: np.ndarray, partitions: dict[int, np.ndarray], seed
 
 
 def pick_k(criterion: str, curve: dict[int, float], tolerance: float = 0.02) -> int:
-    """The K a criterion's curve chooses (see the module docstring)."""
+    """The K a criterion's curve chooses (see the module docstring); eigengap: the largest gap."""
     if criterion == "stability":
         best = max(curve.values())
         return max(k for k, value in curve.items() if value >= best - tolerance)
@@ -135,12 +175,15 @@ def choose_k(
     smooth_rounds: int = 5,
     tolerance: float = 0.02,
     points: np.ndarray | None = None,
+    neighbor_index: torch.Tensor | None = None,
 ) -> tuple[int, dict[int, float]]:
     """(chosen K, {K: criterion value} for every K in k_min..k_max) for N x D features.
 
-    criterion: 'stability' (ours; the largest K within `tolerance` of the highest stability),
-    'silhouette' or 'calinski_harabasz' (highest), 'davies_bouldin' (lowest). points: the
-    already smoothed features (``smoothed_features``), to share them between criteria.
+    criterion: 'stability' (the largest K within `tolerance` of the highest stability),
+    'eigengap' (the largest gap; it reads the unsmoothed `features`, and `neighbor_index`, their
+    smooth_neighbors nearest neighbours, when given), 'silhouette' or 'calinski_harabasz'
+    (highest), 'davies_bouldin' (lowest). points: the already smoothed features
+    (``smoothed_features``), to share them between criteria.
     """
     if criterion not in CRITERIA:
         raise UserError(f"unknown K criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
@@ -149,9 +192,14 @@ def choose_k(
         raise UserError(f"choosing K needs 2 <= k_min <= k_max, got {k_min} and {k_max}")
     if k_max > largest_k(n):
         raise UserError(f"choosing K among {n} samples: k_max {k_max} must be at most {largest_k(n)} (each stability run clusters {SUBSAMPLE_FRACTION:.0%} of them)")
+    ks = range(k_min, k_max + 1)
+    if criterion == "eigengap":
+        if features is None:
+            raise ValueError("the eigengap reads the unsmoothed features: pass them, not only points")
+        curve = eigengap_curve(features, ks, smooth_neighbors, seed, neighbor_index=neighbor_index)
+        return pick_k(criterion, curve, tolerance), curve
     if points is None:
         points = smoothed_features(features, smooth_neighbors, smooth_rounds)
-    ks = range(k_min, k_max + 1)
     if criterion == "stability":
         curve = stability_curve(points, ks, seed)
     else:

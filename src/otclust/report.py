@@ -246,18 +246,29 @@ def plot_sizes(path: Path, clusters: np.ndarray, n_clusters: int, prior: np.ndar
     _save(fig, path)
 
 
+# What each K criterion's curve plots (otclust.choose_k.CRITERIA): legend, axis label, how it chooses.
+K_CRITERION_TEXT = {
+    "stability": ("stability (mean ARI of subsampled k-means)", "stability", "the largest K within 0.02 of the highest stability: a real cluster split in two splits differently from run to run"),
+    "eigengap": ("gap to the next eigenvalue of the kNN graph's Laplacian", "eigengap", "the K with the largest gap: K loosely joined groups give K eigenvalues near 0"),
+    "silhouette": ("silhouette of the best of 10 k-means", "silhouette", "the highest silhouette"),
+    "calinski_harabasz": ("Calinski-Harabasz index of the best of 10 k-means", "Calinski-Harabasz", "the highest index"),
+    "davies_bouldin": ("Davies-Bouldin index of the best of 10 k-means", "Davies-Bouldin", "the lowest index"),
+}
+
+
 def plot_k_selection(path: Path, selection: dict) -> None:
-    """The K-selection curve of --clusters auto: stability per K, the chosen K marked."""
+    """The K-selection curve of --clusters auto: the criterion per K, the chosen K marked."""
     ks = sorted(int(k) for k in selection["curve"])
     values = [selection["curve"][str(k)] for k in ks]
+    legend, axis, _ = K_CRITERION_TEXT[selection.get("criterion", "stability")]
     fig = _figure(5.5, 3.4)
     ax = fig.subplots()
-    ax.plot(ks, values, marker="o", color="C0", label="stability (mean ARI of subsampled k-means)")
+    ax.plot(ks, values, marker="o", color="C0", label=legend)
     chosen = int(selection["chosen"])
     ax.axvline(chosen, color="C3", linestyle="--", linewidth=1.2, label=f"chosen K = {chosen}")
     ax.set_xticks(ks)
     ax.set_xlabel("K")
-    ax.set_ylabel("stability")
+    ax.set_ylabel(axis)
     ax.set_title(f"choosing K in {ks[0]}-{ks[-1]} (network trained with {selection['training_clusters']} clusters)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -530,11 +541,15 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
 
     # 4b. How K was chosen (--clusters auto).
     if "k_selection" in final:
-        section = Section("Choosing K", "The run was given --clusters auto: the network trained with the largest K of the range, then for each K "
-                          "k-means was run on random 80% subsets of the read-out's features and the labellings compared (mean adjusted Rand index). "
-                          "The chosen K is the largest one within 0.02 of the highest stability: a real cluster split in two splits differently from run to run.")
+        criterion = final["k_selection"].get("criterion", "stability")
+        if criterion == "stability":
+            how = ("then for each K k-means was run on random 80% subsets of the read-out's features and the labellings compared (mean adjusted Rand index). "
+                   "The chosen K is " + K_CRITERION_TEXT[criterion][2] + ".")
+        else:
+            how = f"then K was chosen by the {K_CRITERION_TEXT[criterion][1]} criterion on the read-out's features: {K_CRITERION_TEXT[criterion][2]}."
+        section = Section("Choosing K", "The run was given --clusters auto: the network trained with the largest K of the range, " + how)
         plot_k_selection(figures / "k_selection.png", final["k_selection"])
-        section.figures.append(("k_selection.png", "stability of the partitions per K"))
+        section.figures.append(("k_selection.png", f"{K_CRITERION_TEXT[criterion][1]} per K"))
         sections.append(section)
 
     # 5. Image grids.

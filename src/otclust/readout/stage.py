@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from otclust.choose_k import choose_k
+from otclust.choose_k import CRITERIA, choose_k
 from otclust.errors import UserError
 from otclust.readout.kmeans import KMEANS_CHOICES, choose_kmeans_restart
 from otclust.readout.neighbors import nearest_neighbors, smoothed_unit_features
@@ -60,6 +60,7 @@ class ReadoutParams:
     rounds: int = 5  # smoothed: rounds of that averaging
     restarts: int = 50  # k-means++ restarts; one restart finds the best partition only sometimes
     choice: str = "prior"  # prior: lowest inertia under the run's size prior; inertia: plain k-means'
+    k_criterion: str = "stability"  # --clusters auto: how K is chosen (otclust.choose_k.CRITERIA)
 
     def validate(self) -> "ReadoutParams":
         if self.neighbors < 1 or self.rounds < 0 or self.restarts < 1 or self.choice not in KMEANS_CHOICES:
@@ -67,6 +68,8 @@ class ReadoutParams:
                 f"read-out settings need neighbors >= 1, rounds >= 0, restarts >= 1 and choice prior or inertia; got "
                 f"neighbors={self.neighbors}, rounds={self.rounds}, restarts={self.restarts}, choice={self.choice!r}"
             )
+        if self.k_criterion not in CRITERIA:
+            raise UserError(f"--readout-param k_criterion={self.k_criterion}: choose one of {', '.join(CRITERIA)}")
         return self
 
 
@@ -119,7 +122,7 @@ def resolve_readout(config, method) -> tuple[str, ReadoutParams]:
     if unknown:
         raise UserError(f"unknown read-out setting(s) {', '.join(unknown)}: valid ones are {', '.join(fields)}")
     for key, value in values.items():
-        expected = str if key == "choice" else int
+        expected = str if key in ("choice", "k_criterion") else int
         if not isinstance(value, expected) or isinstance(value, bool):
             raise UserError(f"read-out setting '{key}' must be {expected.__name__}, got {value!r}")
     return name, ReadoutParams(**values).validate()
@@ -196,8 +199,11 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
         return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index), None
     rounds = params.rounds if name == "smoothed" else 0
     points = smoothed_unit_features(features, params.neighbors, rounds, neighbor_index)
-    k, curve = choose_k(None, *k_range, seed=seed, points=points.double().numpy())
-    selection = {"criterion": "stability", "range": list(k_range), "chosen": k, "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
+    graph = neighbor_index if name == "smoothed" and params.rounds > 0 else None
+    k, curve = choose_k(
+        features.cpu().numpy(), *k_range, seed=seed, criterion=params.k_criterion, smooth_neighbors=params.neighbors, points=points.double().numpy(), neighbor_index=graph
+    )
+    selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
     return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index), selection
 
