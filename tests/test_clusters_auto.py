@@ -86,3 +86,10 @@ def test_bad_auto_requests_exit_2_with_one_line(tmp_path, capsys, args, fragment
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_the_report_can_describe_every_k_criterion():
+    from otclust.choose_k import CRITERIA
+    from otclust.report import K_CRITERION_TEXT
+
+    assert set(K_CRITERION_TEXT) == set(CRITERIA)

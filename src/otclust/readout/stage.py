@@ -197,11 +197,12 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
         neighbor_index = nearest_neighbors(features, params.neighbors, search_dtype=trainer.precision.search_dtype)
     if k_range is None:
         return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index), None
-    rounds = params.rounds if name == "smoothed" else 0
-    points = smoothed_unit_features(features, params.neighbors, rounds, neighbor_index)
-    graph = neighbor_index if name == "smoothed" and params.rounds > 0 else None
+    points = None
+    if params.k_criterion != "eigengap":  # the eigengap reads the unsmoothed features' kNN graph
+        rounds = params.rounds if name == "smoothed" else 0
+        points = smoothed_unit_features(features, params.neighbors, rounds, neighbor_index).double().numpy()
     k, curve = choose_k(
-        features.cpu().numpy(), *k_range, seed=seed, criterion=params.k_criterion, smooth_neighbors=params.neighbors, points=points.double().numpy(), neighbor_index=graph
+        features.cpu().numpy(), *k_range, seed=seed, criterion=params.k_criterion, smooth_neighbors=params.neighbors, points=points, neighbor_index=neighbor_index
     )
     selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
