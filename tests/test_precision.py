@@ -82,3 +82,59 @@ def test_fit_with_cpu_amp_trains_in_bfloat16_reads_out_in_float32_and_scores_lik
     plain = Trainer(FitConfig(clusters=3, epochs=3, batch_size=40, seed=0, params=config.params), progress=False, log=lambda message: None).fit(blobs)
     assert mixed.proba.dtype == np.float32
     assert mixed.metrics["acc"] >= plain.metrics["acc"] - 0.05
+
+
+def _heads_and_losses():
+    """(name, function of a generator) pairs: every head of otclust.models and every loss of
+    otclust.losses on float32 inputs of a size where bfloat16 rounding shows."""
+    from otclust import losses
+    from otclust.methods.swav import prototype_scores
+    from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
+
+    def rand(generator, *shape):
+        return torch.randn(*shape, generator=generator)
+
+    def probs(generator, n, k):
+        return torch.softmax(3 * rand(generator, n, k), dim=1)
+
+    torch.manual_seed(0)
+    linear, cosine, projection = ClusterHead(64, 10, n_heads=2), CosineClusterHead(64, 10, 2, 0.1), ProjectionHead(64, 32, 16)
+    labels = torch.randint(10, (2, 48), generator=torch.Generator().manual_seed(1))
+    return [
+        ("ClusterHead", lambda g: torch.stack(linear(rand(g, 48, 64)))),
+        ("CosineClusterHead", lambda g: torch.stack(cosine(rand(g, 48, 64)))),
+        ("ProjectionHead", lambda g: projection(rand(g, 48, 64))),
+        ("soft_cross_entropy", lambda g: losses.soft_cross_entropy(4 * rand(g, 48, 10), probs(g, 48, 10))),
+        ("nt_xent_loss", lambda g: losses.nt_xent_loss(rand(g, 48, 16), rand(g, 48, 16), 0.5)),
+        ("swapped_prediction_loss", lambda g: losses.swapped_prediction_loss([rand(g, 48, 10), rand(g, 48, 10)], [probs(g, 48, 10)] * 2)),
+        ("assignment_feature_loss", lambda g: losses.assignment_feature_loss(rand(g, 48, 10), rand(g, 48, 10))),
+        ("assignment_probability_loss", lambda g: losses.assignment_probability_loss(probs(g, 48, 10), probs(g, 48, 10))),
+        ("cluster_regularization", lambda g: losses.cluster_regularization(probs(g, 48, 10))),
+        ("multi_head_cross_entropy", lambda g: losses.multi_head_cross_entropy([rand(g, 48, 10), rand(g, 48, 10)], labels)),
+        ("swav.prototype_scores", lambda g: torch.stack(prototype_scores([rand(g, 48, 16), rand(g, 48, 16)], rand(g, 10, 16)))),
+        ("hierarchical_cross_entropy", lambda g: torch.stack(losses.hierarchical_cross_entropy(rand(g, 48, 8), rand(g, 48, 8, 3), labels[0] % 8, labels[1] % 3))),
+    ]
+
+
+@pytest.mark.parametrize("name, compute", _heads_and_losses(), ids=[name for name, _ in _heads_and_losses()])
+def test_heads_and_losses_compute_in_float32_under_autocast(name, compute):
+    # Only the backbone runs in 16 bits: a head or loss left to CPU autocast returns bfloat16
+    # (8 significant bits) and misses its float32 value by about 1e-2 here.
+    reference = compute(torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = compute(torch.Generator().manual_seed(2))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_in_float32_casts_tensors_in_lists_and_leaves_the_rest():
+    seen = {}
+
+    @precision.in_float32
+    def record(values, scale, labels=None):
+        seen.update(values=[v.dtype for v in values], scale=scale, labels=labels.dtype, autocast=torch.is_autocast_enabled("cpu"))
+        return values[0] * scale
+
+    out = record([torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float16)], 3, labels=torch.arange(2))
+    assert seen == {"values": [torch.float32, torch.float32], "scale": 3, "labels": torch.int64, "autocast": False}
+    assert out.dtype == torch.float32

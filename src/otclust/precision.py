@@ -6,10 +6,19 @@ which has float32's range and needs no scaler, but only pays where the CPU compu
 natively (AVX512-BF16 or AMX): elsewhere oneDNN emulates it and the run gets slower, so the
 setting falls back to float32 with a note. CPU autocast leaves the OT solvers in float32 (their
 products are not among the ops it casts; tests/test_precision.py checks the plans).
+
+Autocast runs only the backbone in 16 bits. The heads and every loss compute in float32
+(`in_float32`): a 16-bit float keeps 8 (bfloat16) or 11 (float16) significant bits, and what
+comes after the backbone amplifies that rounding, P^lambda (lambda 5) in the OT pseudo-labels, the
+softmax over hundreds of contrastive negatives at temperature 0.5. CPU autocast also casts the
+matmuls inside a loss (z @ z.T) to bfloat16 even when their inputs were made float32, so a
+`.float()` at the top of a loss does not keep it in float32; disabling autocast does. The heads are
+a few small linear layers, so the float32 costs little next to the convolutions.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,3 +67,24 @@ def resolve_precision(amp: bool, cpu_amp: bool, device: torch.device, note=lambd
         note("note: --cpu-amp needs a CPU with native bfloat16 (AVX512-BF16 or AMX), which this one lacks: training in float32")
         return FLOAT32
     return Precision(True, False, torch.bfloat16)
+
+
+def _as_float32(value):
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(item) for item in value)
+    return value
+
+
+def in_float32(function):
+    """Decorator for heads' forwards and losses: the function runs with autocast off and its
+    floating-point tensor arguments (also inside lists and tuples) in float32. Outside autocast
+    it changes nothing for float32 inputs."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return function(*_as_float32(args), **{key: _as_float32(value) for key, value in kwargs.items()})
+
+    return wrapper

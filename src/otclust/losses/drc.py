@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from otclust.precision import in_float32
+
 __all__ = ["assignment_feature_loss", "assignment_probability_loss", "cluster_regularization"]
 
 
@@ -43,6 +45,7 @@ def _info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: floa
     return F.cross_entropy(logits, targets)
 
 
+@in_float32
 def assignment_feature_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, normalize: bool = True) -> torch.Tensor:
     """DRC's L_AF (Eq. 5): InfoNCE over the N samples between the views' assignment features.
 
@@ -54,6 +57,7 @@ def assignment_feature_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: f
     return _info_nce(z_a.float(), z_b.float(), temperature, normalize)
 
 
+@in_float32
 def assignment_probability_loss(p_a: torch.Tensor, p_b: torch.Tensor, temperature: float = 0.95, normalize: bool = True) -> torch.Tensor:
     """DRC's L_AP (Eq. 8): InfoNCE over the K cluster columns of the assignment probabilities.
 
@@ -69,6 +73,7 @@ def assignment_probability_loss(p_a: torch.Tensor, p_b: torch.Tensor, temperatur
     return _info_nce(p_a.float().T, p_b.float().T, temperature, normalize)
 
 
+@in_float32
 def cluster_regularization(p: torch.Tensor) -> torch.Tensor:
     """DRC's L_CR (Eq. 9): ``1/N sum_k (sum_i p_ik)^2``.
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from otclust.precision import in_float32
 
+
+@in_float32
 def hierarchical_cross_entropy(super_logits: torch.Tensor, sub_logits: torch.Tensor, super_targets: torch.Tensor, sub_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (super-class loss, sub-class loss); the DeeperCluster loss is their sum.
 

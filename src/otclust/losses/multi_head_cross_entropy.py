@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from otclust.precision import in_float32
 
+
+@in_float32
 def multi_head_cross_entropy(logits: list[torch.Tensor] | torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over heads h of mean over samples i of -log softmax(logits[h])_{i, labels[h, i]}.
 
@@ -19,6 +22,7 @@ def multi_head_cross_entropy(logits: list[torch.Tensor] | torch.Tensor, labels: 
     return per_head_cross_entropy(logits, labels).mean()
 
 
+@in_float32
 def per_head_cross_entropy(logits: list[torch.Tensor] | torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The H losses whose mean `multi_head_cross_entropy` returns (to pick the best head)."""
     if torch.is_tensor(logits):

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from otclust.distributed import all_gather_with_grad, is_distributed, rank
+from otclust.precision import in_float32
 
 
+@in_float32
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gather: bool = False) -> torch.Tensor:
     """Each of the 2N vectors must pick its partner view among the 2N - 1 others.
 

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from otclust.distributed import all_reduce_sum, is_distributed, world_size
+from otclust.precision import in_float32
 
 
+@in_float32
 def selflabel_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, share of confident samples) for one head: the argmax of the un-augmented view's
     prediction (`weak_logits`, no gradient) is the label of the augmented view (`strong_logits`)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from otclust.precision import in_float32
 
+
+@in_float32
 def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
     """`scores`: V tensors B x K (prototype scores of each view); `codes`: A <= V tensors B x K
     (targets for views 0..A-1, no gradient); `temperature`: tau of the softmax."""

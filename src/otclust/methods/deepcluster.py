@@ -57,6 +57,7 @@ from otclust.budget import spread_epochs
 from otclust.errors import UserError
 from otclust.losses.multi_head_cross_entropy import multi_head_cross_entropy
 from otclust.methods.base import ClusteringMethod, Renamed
+from otclust.precision import in_float32
 from otclust.readout.kmeans import kmeans as shared_kmeans
 
 
@@ -369,7 +370,7 @@ class DeepCluster(FeatureClusteringMethod):
 
     def training_step(self, batch, indices):
         (view,) = self.views(batch, 1)
-        logits = self.classifier(self.backbone(view))
+        logits = in_float32(self.classifier)(self.backbone(view))
         if self.pseudo_labels.device != indices.device:
             self.pseudo_labels = self.pseudo_labels.to(indices.device)
         return {"loss": multi_head_cross_entropy(logits, self.pseudo_labels[indices])}

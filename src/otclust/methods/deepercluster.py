@@ -47,6 +47,7 @@ from otclust.errors import UserError
 from otclust.losses.hierarchical_cross_entropy import hierarchical_cross_entropy
 from otclust.methods.base import Renamed
 from otclust.methods.deepcluster import FeatureClusteringMethod, kmeans, uniform_label_order
+from otclust.precision import in_float32
 
 ROTATIONS = 4
 
@@ -174,8 +175,8 @@ class DeeperCluster(FeatureClusteringMethod):
             view = rotate_batch(view, rotations)
         features = self.backbone(view)
         super_targets = self.groups[indices] * self.n_rotations + rotations
-        sub_logits = self.sub_heads(features).view(n, self.n_super, self.k_sub)
-        super_loss, sub_loss = hierarchical_cross_entropy(self.super_head(features), sub_logits, super_targets, self.subclusters[indices])
+        sub_logits = in_float32(self.sub_heads)(features).view(n, self.n_super, self.k_sub)
+        super_loss, sub_loss = hierarchical_cross_entropy(in_float32(self.super_head)(features), sub_logits, super_targets, self.subclusters[indices])
         return {"loss": super_loss + sub_loss, "super": super_loss.detach(), "sub": sub_loss.detach()}
 
     def may_leave_parameters_unused(self) -> bool:

@@ -45,6 +45,7 @@ from torch import nn
 from otclust.errors import UserError
 from otclust.losses.drc import assignment_feature_loss, assignment_probability_loss, cluster_regularization
 from otclust.methods.base import ClusteringMethod
+from otclust.precision import in_float32
 
 
 @dataclass
@@ -97,11 +98,11 @@ class Drc(ClusteringMethod):
     def training_step(self, batch, indices):
         view_a, view_b = self.views(batch, 2)
         features = self.backbone(torch.cat([view_a, view_b]))
-        main = self.head_losses(*self.cluster_head(features).chunk(2))
+        main = self.head_losses(*in_float32(self.cluster_head)(features).chunk(2))
         loss = main["total"]
         parts = {"af": main["af"].detach(), "ap": main["ap"].detach(), "cr": main["cr"].detach()}
         if self.overcluster_head is not None:
-            over = self.head_losses(*self.overcluster_head(features).chunk(2))
+            over = self.head_losses(*in_float32(self.overcluster_head)(features).chunk(2))
             loss = loss + self.params.overcluster_weight * over["total"]
             parts["overcluster"] = over["total"].detach()
         return {"loss": loss, **parts}

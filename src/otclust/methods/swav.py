@@ -52,6 +52,13 @@ from otclust.errors import UserError
 from otclust.losses.swapped_prediction import swapped_prediction_loss
 from otclust.methods.base import ClusteringMethod, Renamed
 from otclust.models import ProjectionHead, ResNetCifar
+from otclust.precision import in_float32
+
+
+@in_float32
+def prototype_scores(z_views: list[torch.Tensor], weight: torch.Tensor) -> list[torch.Tensor]:
+    """Each view's scores against the prototypes (rows of `weight`), in float32 under autocast."""
+    return [z @ weight.T for z in z_views]
 
 
 @dataclass
@@ -209,7 +216,7 @@ class Swav(ClusteringMethod):
         losses = []
         for index, layer in enumerate(self.prototypes):
             weight = layer.weight.detach() if frozen else layer.weight
-            scores = [z @ weight.float().T for z in z_views]
+            scores = prototype_scores(z_views, weight)
             codes = [self.codes(scores[view], weight, view, main_set=index == 0) for view in range(2)]
             losses.append(swapped_prediction_loss(scores, codes, p.temperature))
         if self.queue is not None:

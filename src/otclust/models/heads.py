@@ -1,10 +1,15 @@
-"""Heads that sit on a backbone's feature vector; composable so methods can mix them."""
+"""Heads that sit on a backbone's feature vector; composable so methods can mix them.
+
+They compute in float32 under autocast (otclust.precision.in_float32): small layers whose outputs
+feed the OT pseudo-labels and the losses, where 16-bit rounding costs accuracy."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from otclust.precision import in_float32
 
 
 class ClusterHead(nn.Module):
@@ -25,6 +30,7 @@ class ClusterHead(nn.Module):
         self.heads = nn.ModuleList([make_head() for _ in range(n_heads)])
         self.n_clusters = n_clusters
 
+    @in_float32
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [head(features) for head in self.heads]
 
@@ -36,6 +42,7 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
+    @in_float32
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
 
@@ -48,6 +55,7 @@ class CosineClusterHead(nn.Module):
         self.prototypes = nn.ParameterList([nn.Parameter(torch.randn(n_clusters, in_dim) / in_dim**0.5) for _ in range(n_heads)])
         self.temperature = temperature
 
+    @in_float32
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         unit = F.normalize(features, dim=1)
         return [unit @ F.normalize(p, dim=1).T / self.temperature for p in self.prototypes]
