@@ -112,6 +112,23 @@ def test_long_tailed_development_draw_shares_no_image_with_the_avoided_sets(tmp_
     assert images("dev-fmnist-lt", largest=8, ratio=4.0, avoid=())[0] & held_out
 
 
+def test_small_balanced_development_draw_shares_no_image_with_the_avoided_sets(tmp_path, fake_fashion, monkeypatch):
+    # fmnist-300 and fmnist-10k scaled to a fake split of 30 images a class
+    monkeypatch.setitem(sd.SUITE, "fmnist-300", sd.SuiteEntry(sd.fashion_subset, {"n": 100, "seed": 3, "split": "train"}, True))
+    monkeypatch.setitem(sd.SUITE, "fmnist-10k", sd.SuiteEntry(sd.fashion_subset, {"n": 100, "seed": 0, "split": "train"}, True))
+    monkeypatch.setitem(sd.SUITE, "fmnist-lt", sd.SuiteEntry(sd.fashion_long_tailed, {"largest": 10, "ratio": 10.0, "seed": 0}, True))
+
+    def images(name, **overrides):
+        data = load(sd.build(name, tmp_path, fake_fashion, **overrides))
+        return set((data.data[:, 0, 0, 0].long() + 256 * data.data[:, 0, 0, 1].long()).tolist()), data.labels
+
+    held_out = images("fmnist-300")[0] | images("fmnist-10k")[0] | images("fmnist-lt")[0]
+    dev, labels = images("dev-fmnist-300", n=50)
+    assert not dev & held_out
+    assert np.bincount(labels, minlength=10).tolist() == [5] * 10
+    assert images("dev-fmnist-300", n=50, avoid=())[0] & held_out  # the test can fail
+
+
 def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):
     with pytest.raises(sd.SuiteDataUnavailable, match="Fashion-MNIST not found"):
         sd.build("fmnist-10k", tmp_path, tmp_path / "nowhere", n=10)
