@@ -12,8 +12,9 @@ Autocast runs only the backbone in 16 bits. The heads and every loss compute in 
 comes after the backbone amplifies that rounding, P^lambda (lambda 5) in the OT pseudo-labels, the
 softmax over hundreds of contrastive negatives at temperature 0.5. CPU autocast also casts the
 matmuls inside a loss (z @ z.T) to bfloat16 even when their inputs were made float32, so a
-`.float()` at the top of a loss does not keep it in float32; disabling autocast does. The heads are
-a few small linear layers, so the float32 costs little next to the convolutions.
+`.float()` at the top of a loss does not keep it in float32; disabling autocast does. The heads
+(linear layers, SimCLR's two-layer MLP) cost little next to the convolutions of 28-pixel images
+and larger; on 8x8 digits they take away what bfloat16 gained (docs/performance.md).
 """
 
 from __future__ import annotations
