@@ -54,7 +54,7 @@ def assignment_feature_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: f
         temperature: T (0.5 in the paper).
         normalize: cosine similarity (default) or the literal dot product ``z_i^T z'_j``.
     """
-    return _info_nce(z_a.float(), z_b.float(), temperature, normalize)
+    return _info_nce(z_a, z_b, temperature, normalize)
 
 
 @in_float32
@@ -70,7 +70,7 @@ def assignment_probability_loss(p_a: torch.Tensor, p_b: torch.Tensor, temperatur
         temperature: T (0.95 in the paper).
         normalize: cosine similarity of the columns (default) or the literal dot product.
     """
-    return _info_nce(p_a.float().T, p_b.float().T, temperature, normalize)
+    return _info_nce(p_a.T, p_b.T, temperature, normalize)
 
 
 @in_float32
@@ -79,5 +79,4 @@ def cluster_regularization(p: torch.Tensor) -> torch.Tensor:
 
     With rows summing to 1 it lies between N/K (equal cluster masses) and N (all in one cluster).
     """
-    p = p.float()
     return (p.sum(dim=0) ** 2).sum() / p.shape[0]

@@ -24,7 +24,7 @@ def hierarchical_cross_entropy(super_logits: torch.Tensor, sub_logits: torch.Ten
     sample (only the row of the sample's super-class enters the loss); `super_targets`: B in
     [0, S); `sub_targets`: B in [0, k).
     """
-    super_loss = F.cross_entropy(super_logits.float(), super_targets)
+    super_loss = F.cross_entropy(super_logits, super_targets)
     own = sub_logits[torch.arange(len(super_targets), device=sub_logits.device), super_targets]
-    sub_loss = F.cross_entropy(own.float(), sub_targets)
+    sub_loss = F.cross_entropy(own, sub_targets)
     return super_loss, sub_loss

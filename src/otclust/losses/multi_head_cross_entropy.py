@@ -31,4 +31,4 @@ def per_head_cross_entropy(logits: list[torch.Tensor] | torch.Tensor, labels: to
         labels = labels.unsqueeze(0)
     if len(logits) != labels.shape[0]:
         raise ValueError(f"{len(logits)} heads of logits but {labels.shape[0]} rows of labels")
-    return torch.stack([F.cross_entropy(head.float(), target) for head, target in zip(logits, labels)])
+    return torch.stack([F.cross_entropy(head, target) for head, target in zip(logits, labels)])

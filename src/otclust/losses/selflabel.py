@@ -19,7 +19,7 @@ def selflabel_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, thres
     With several processes the counts and the weight total are the global batch's (all-reduced),
     so the mean of this over processes is the single-process loss of the global batch."""
     n_clusters = strong_logits.shape[1]
-    confidence, target = torch.softmax(weak_logits.detach().float(), dim=1).max(dim=1)
+    confidence, target = torch.softmax(weak_logits.detach(), dim=1).max(dim=1)
     mask = confidence > threshold
     counts = torch.bincount(target[mask], minlength=n_clusters).float()
     if is_distributed():
@@ -28,5 +28,5 @@ def selflabel_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, thres
     weight_total = float((counts * weight).sum())
     if weight_total == 0 or not mask.any():
         return strong_logits.sum() * 0.0, mask.float().mean()
-    local = F.cross_entropy(strong_logits[mask].float(), target[mask], weight=weight, reduction="sum")
+    local = F.cross_entropy(strong_logits[mask], target[mask], weight=weight, reduction="sum")
     return local * (world_size() if is_distributed() else 1) / weight_total, mask.float().mean()

@@ -23,9 +23,9 @@ def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor
     views = len(scores)
     if views < 2 or not 1 <= len(codes) <= views:
         raise ValueError(f"need at least 2 views and 1..{views} codes, got {views} views and {len(codes)} codes")
-    log_probs = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores]
+    log_probs = [torch.log_softmax(s / temperature, dim=1) for s in scores]
     total = scores[0].new_zeros((), dtype=torch.float32)
     for a, q in enumerate(codes):
-        sub = sum(-(q.float() * log_probs[v]).sum(dim=1).mean() for v in range(views) if v != a)
+        sub = sum(-(q * log_probs[v]).sum(dim=1).mean() for v in range(views) if v != a)
         total = total + sub / (views - 1)
     return total / len(codes)

@@ -227,7 +227,7 @@ class Clot(ClusteringMethod):
             over_a, over_b = self.overcluster_head(features)[0].chunk(2)
             q_a, q_b = self.pseudo_labels(over_a, head=None), self.pseudo_labels(over_b, head=None)
             cluster_loss = cluster_loss + 0.5 * (soft_cross_entropy(over_a, q_b) + soft_cross_entropy(over_b, q_a))
-        contrastive_loss = nt_xent_loss(z_a.float(), z_b.float(), p.temperature, gather=p.gather_negatives)
+        contrastive_loss = nt_xent_loss(z_a, z_b, p.temperature, gather=p.gather_negatives)
         # Before cluster_start the cluster loss is still computed (the heads' running losses and the
         # gradients every process expects stay in place) but weighs nothing.
         cluster_weight = p.cluster_weight if self.clustering else 0.0

@@ -149,13 +149,14 @@ class Swav(ClusteringMethod):
 
     # --- codes --------------------------------------------------------------------------------
     @torch.no_grad()
+    @in_float32
     def codes(self, scores: torch.Tensor, weight: torch.Tensor, view: int, main_set: bool) -> torch.Tensor:
         """Sinkhorn codes (rows summing to 1) for one view's B x K prototype scores."""
         p = self.params
-        scores = scores.detach().float()
+        scores = scores.detach()
         n = scores.shape[0]
         if self.queue is not None and self.queue_filled >= self.queue.shape[1]:
-            scores = torch.cat([self.queue[view] @ weight.detach().float().T, scores])
+            scores = torch.cat([self.queue[view] @ weight.detach().T, scores])
         k = scores.shape[1]
         if main_set:
             sizes = self.target_marginal(torch.softmax(scores / p.temperature, dim=1))
