@@ -82,6 +82,8 @@ def test_fit_reuses_the_cache_and_predict_runs_new_images_through_the_same_backb
     # CLOT trained on the cached kNN graph: the neighbour view came from the frozen space
     graph = np.load(next((offline_caches / "xdg" / "otclust" / "embeddings").glob("*.knn.npy")))
     assert np.array_equal(checkpoint["method_state"]["neighbor_index"].numpy(), graph[:, :20])
+    # with the frozen stage's settings, measured at cluster-loss weight 0.3, not CLOT's own default 1.0
+    assert config["params"]["n_heads"] == 5 and config["params"]["cluster_weight"] == 0.3
 
     # new images, another size and colour mode: embedded by the same network, then the head
     new = tmp_path / "new"
