@@ -41,9 +41,9 @@ class ClotParams(LegacyReadoutParams):
     temperature: float = 0.5  # NT-Xent tau
     gather_negatives: bool = True  # several processes: NT-Xent negatives from the whole global batch
     # Weight of the clustering loss beside the representation loss: here the OT cluster loss beside
-    # NT-Xent. Full weight since 2026-12-05, chosen on the development sets (docs/results.md 3.1):
-    # with few images NT-Xent alone learns little, and the OT loss is what groups them. The digits
-    # and Fashion-MNIST recipes keep 0.3 (at full weight their old short schedules locked in merges).
+    # NT-Xent. Full weight since 2026-12-05, chosen on the development sets by a rule written down
+    # first (docs/results.md 3.1). The digits and Fashion-MNIST recipes keep the 0.3 they were tuned
+    # with (at full weight their early, shorter schedules locked some seeds into merges).
     cluster_weight: float = 1.0
     cluster_start_fraction: float = 0.0  # share of the run before the OT cluster loss starts (only NT-Xent trains)
     contrastive_weight: float = 1.0
