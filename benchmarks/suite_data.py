@@ -228,8 +228,8 @@ def long_tailed_indices(labels: np.ndarray, largest: int, ratio: float, seed: in
 
 
 def train_indices_of(name: str, labels: np.ndarray) -> np.ndarray:
-    """The Fashion-MNIST train indices that suite set ``name`` (fmnist-10k or fmnist-lt, with
-    its SUITE parameters) holds."""
+    """The Fashion-MNIST train indices that suite set ``name`` (a balanced or long-tailed train
+    subset such as fmnist-10k, fmnist-300 or fmnist-lt, with its SUITE parameters) holds."""
     entry = SUITE[name]
     avoid = entry.params.get("avoid", ())
     pool = _pool_without(avoid, labels) if avoid else None
