@@ -1,6 +1,6 @@
-"""--clusters auto: the network trains with the range's largest K, then K is chosen on the
-read-out's features, and everything downstream (predict, balanced assignment, report, the
-estimator) works with the chosen K."""
+"""--clusters auto: a search run trains with the range's largest K, K is chosen on the read-out's
+features, and (unless --no-refit) the network trains again with that K; everything downstream
+(predict, balanced assignment, report, the estimator) works with the chosen K."""
 
 import json
 
@@ -23,13 +23,14 @@ def _blobs(tmp_path, k=4, n=60, dim=6):
 def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
     data, _ = _blobs(tmp_path)
     out = tmp_path / "run"
-    assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "3", "--batch-size", "60", "--out", str(out), "--no-progress", "--report"]) == 0
+    assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--no-refit", "--epochs", "3", "--batch-size", "60", "--out", str(out), "--no-progress", "--report"]) == 0
     table = capsys.readouterr().out
     assert "| 4 | smoothed (used) |" in table and "| 7 | head |" in table  # each predictor's own K
     metrics = json.loads((out / "metrics.json").read_text())
     selection = metrics["k_selection"]
     assert selection["chosen"] == metrics["clusters"] == 4  # the four blobs, not the training K
     assert selection["training_clusters"] == 7 and sorted(map(int, selection["curve"])) == list(range(2, 8))
+    assert "refit" not in selection and not (out / "k-search").exists()
     assert metrics["readout"]["nonempty_clusters"] == 4 and metrics["acc"] == 1.0
     assert (out / "figures" / "k_selection.png").is_file() and "Choosing K" in (out / "report.html").read_text()
     for assign in ("argmax", "balanced"):
@@ -37,6 +38,51 @@ def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
         assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", data, "--out", str(preds), "--assign", assign]) == 0
         clusters = np.loadtxt(preds, delimiter=",", skiprows=1, usecols=1).astype(int)
         assert set(clusters) == {0, 1, 2, 3}
+
+
+def test_the_refit_is_the_run_told_the_chosen_k(tmp_path, capsys):
+    data, _ = _blobs(tmp_path)
+    common = ["--epochs", "3", "--batch-size", "60", "--no-progress"]
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    assert main(["fit", "--data", data, "--clusters", "auto:2-7", *common, "--out", str(auto), "--report"]) == 0
+    table = capsys.readouterr().out
+    assert "| 4 | smoothed (used) |" in table and "| 4 | head |" in table  # the final network has 4 clusters
+    metrics = json.loads((auto / "metrics.json").read_text())
+    assert metrics["clusters"] == 4 and metrics["k_selection"]["refit"] is True and metrics["k_selection"]["training_clusters"] == 7
+    search = json.loads((auto / "k-search" / "metrics.json").read_text())  # the search run, kept whole
+    assert search["k_selection"]["chosen"] == 4 and (auto / "k-search" / "model.pt").is_file() and "refit" not in search["k_selection"]
+    assert "A second network then trained from scratch with the chosen K" in (auto / "report.html").read_text()
+    # The refit is the run a user who knew K would have made: same seed, same settings.
+    assert main(["fit", "--data", data, "--clusters", "4", *common, "--out", str(fixed)]) == 0
+    assert (auto / "assignments.csv").read_text() == (fixed / "assignments.csv").read_text()
+    predictions = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(auto / "model.pt"), "--data", data, "--out", str(predictions), "--readout", "head"]) == 0
+    assert set(np.loadtxt(predictions, delimiter=",", skiprows=1, usecols=1).astype(int)) == {0, 1, 2, 3}
+
+
+def test_resume_after_the_search_trains_only_the_refit(tmp_path, capsys):
+    data, _ = _blobs(tmp_path)
+    out = tmp_path / "run"
+    args = ["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "2", "--batch-size", "60", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    finished = (out / "assignments.csv").read_text()
+    for name in ("model.pt", "metrics.json", "metrics.jsonl", "assignments.csv", "config.yaml"):
+        (out / name).unlink()  # as if stopped once the search had finished
+    search_written = (out / "k-search" / "model.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "k-search" / "model.pt").stat().st_mtime_ns == search_written  # not trained again
+    assert (out / "assignments.csv").read_text() == finished
+    assert "training again from scratch with the chosen K = 4" in capsys.readouterr().err
+
+
+def test_overwrite_removes_an_earlier_search(tmp_path):
+    data, _ = _blobs(tmp_path)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "1", "--batch-size", "60", "--no-progress", "--out", str(out)]) == 0
+    (out / "k-search" / "notes.txt").write_text("the user's")
+    assert main(["fit", "--data", data, "--clusters", "3", "--epochs", "1", "--batch-size", "60", "--no-progress", "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "k-search").iterdir()) == ["notes.txt"]  # ours gone, the user's kept
 
 
 def test_the_k_criterion_is_a_readout_setting(tmp_path, capsys):
@@ -62,7 +108,9 @@ def test_a_fixed_k_writes_no_selection(tmp_path):
 def test_estimator_auto(tmp_path):
     _, x = _blobs(tmp_path, k=3)
     model = OTClust(n_clusters="auto:2-6", epochs=2, batch_size=60).fit(x)
-    assert model.n_clusters_ == 3 and model.k_selection_["chosen"] == 3
+    assert model.n_clusters_ == 3 and model.k_selection_["chosen"] == 3 and model.k_selection_["refit"]
+    assert model.model_.n_clusters == 3  # trained again with the chosen K
+    assert OTClust(n_clusters="auto:2-6", epochs=2, batch_size=60, refit=False).fit(x).model_.n_clusters == 6
     assert len(np.unique(model.labels_)) == 3 and model.predict_proba(x).shape == (len(x), 3)
     model.save(tmp_path / "m.pt")
     assert OTClust.load(tmp_path / "m.pt").n_clusters_ == 3

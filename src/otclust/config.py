@@ -28,6 +28,8 @@ class FitConfig:
     # K, or "auto" / "auto:MIN-MAX": the network trains with MAX clusters (over-clustering) and K
     # is chosen after training on the read-out's features (otclust.choose_k).
     clusters: int | str = 10
+    # Under --clusters auto: train again from scratch with the chosen K (otclust.k_search).
+    refit: bool = True
     # How long to train: epochs, or optimizer steps (rounded up to whole epochs); neither (None):
     # the default budget, which grows with the data (otclust.budget). budget_scale multiplies
     # that default (compare --epochs-scale sets it).
@@ -102,7 +104,7 @@ class FitConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
-        for name in ("amp", "cpu_amp"):
+        for name in ("amp", "cpu_amp", "refit"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_readout_name(self.readout)

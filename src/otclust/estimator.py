@@ -25,8 +25,9 @@ from otclust.checkpoint import to_plain, trained_state, write_checkpoint
 from otclust.config import FitConfig
 from otclust.data import ImageDataset, conform
 from otclust.data.embeddings import features_for_model, pretrained_training_data
-from otclust.engine import Trainer, load_trained, predict_in_batches, read_checkpoint
+from otclust.engine import load_trained, predict_in_batches, read_checkpoint
 from otclust.errors import UserError
+from otclust.k_search import fit_model
 from otclust.methods import get_method_class
 from otclust.models.pretrained import is_pretrained
 
@@ -116,8 +117,8 @@ class OTClust(ClusterMixin, BaseEstimator):
     Parameters mirror `otclust fit`: `epochs` or `steps` (optimizer steps, rounded up to whole
     epochs) set the training length, else it grows with the data (`otclust.budget`); `params`
     holds the method's hyper-parameters (e.g. {"sinkhorn_eps": 0.05} for CLOT). `n_clusters="auto"`
-    (or "auto:MIN-MAX") trains with MAX clusters and chooses K after training, as `fit --clusters auto`
-    does. After fit, `labels_` holds the training samples' clusters, `n_clusters_` the K they use
+    (or "auto:MIN-MAX") trains with MAX clusters, chooses K after training and, with `refit=True`
+    (the default), trains again with that K, as `fit --clusters auto` does. After fit, `labels_` holds the training samples' clusters, `n_clusters_` the K they use
     (with its curve in `k_selection_` under "auto"), and `n_features_in_` the D of feature vectors (images have no
     fixed D: new images of another size or colour mode are converted as the training data were).
     X is described in the module docstring: (N, D) feature vectors are used as given; images are
@@ -132,7 +133,7 @@ class OTClust(ClusterMixin, BaseEstimator):
     with a ValueError all the same).
     """
 
-    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None, cpu_amp=False):
+    def __init__(self, method="clot", n_clusters=10, epochs=None, steps=None, batch_size=None, lr=None, seed=0, device="auto", backbone="auto", cluster_proportions="uniform", params=None, augment=None, verbose=False, weights=None, cpu_amp=False, refit=True):
         self.method = method
         self.n_clusters = n_clusters
         self.epochs = epochs
@@ -148,10 +149,11 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.verbose = verbose
         self.weights = weights  # weights file of a pretrained backbone (timm:NAME, torchvision:NAME)
         self.cpu_amp = cpu_amp  # bfloat16 on a CPU that computes it natively (otclust.precision)
+        self.refit = refit  # n_clusters='auto': train again with the chosen K (otclust.k_search)
 
     def _config(self) -> FitConfig:
         values = dict(get_method_class(self.method).default_config)
-        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp)
+        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp, refit=self.refit)
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
             values.update(epochs=self.epochs, steps=self.steps)
         for key in ("batch_size", "lr"):
@@ -171,9 +173,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         neighbors = None
         if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
             dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
-        trainer = Trainer(config, out_dir=None, progress=self.verbose, log=(None if self.verbose else lambda message: None))
-        trainer.input_neighbors = neighbors
-        result = trainer.fit(dataset)
+        trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels

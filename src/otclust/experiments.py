@@ -23,7 +23,7 @@ import numpy as np
 from otclust.config import CONFIG_FIELDS, FitConfig, coerce_param
 from otclust.data import load_dataset
 from otclust.data.embeddings import pretrained_training_data
-from otclust.engine import Trainer
+from otclust.k_search import fit_model
 from otclust.errors import UserError
 from otclust.methods import get_method_class
 from otclust.methods.base import override_params, renamed_parameters
@@ -209,9 +209,7 @@ def run_one(
         if is_pretrained(config.backbone):  # frozen stage: embeddings (cached once for all runs) in place of images
             dataset, _, input_neighbors = pretrained_training_data(config, dataset, progress=False, log=log)
         prepare_output_folder(out, overwrite=overwrite)
-        trainer = Trainer(config, out_dir=out, progress=False, log=log)
-        trainer.input_neighbors = input_neighbors
-        result = trainer.fit(dataset)
+        _, result = fit_model(config, dataset, out=out, progress=False, log=log, input_neighbors=input_neighbors)
         outcome.metrics = result.metrics
     except UserError as error:
         outcome.error = str(error)

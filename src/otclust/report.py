@@ -38,7 +38,7 @@ from otclust.engine import embed_in_batches, load_trained, predict_in_batches, s
 from otclust.errors import UserError
 from otclust.metrics import hungarian_mapping, matched_confusion_matrix
 from otclust.ot.priors import estimate_sizes, parse_cluster_proportions
-from otclust.runs import atomic_write_text
+from otclust.runs import SEARCH_FOLDER, atomic_write_text
 
 FIXED_FIGURES = ("curves.png", "confusion.png", "tsne.png", "sizes.png", "k_selection.png")
 GUIDE = "docs/reports.md"
@@ -269,7 +269,8 @@ def plot_k_selection(path: Path, selection: dict) -> None:
     ax.set_xticks(ks)
     ax.set_xlabel("K")
     ax.set_ylabel(axis)
-    ax.set_title(f"choosing K in {ks[0]}-{ks[-1]} (network trained with {selection['training_clusters']} clusters)", fontsize=9)
+    trained = f"search network trained with {selection['training_clusters']} clusters" + ("; then trained again with the chosen K" if selection.get("refit") else "")
+    ax.set_title(f"choosing K in {ks[0]}-{ks[-1]} ({trained})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -547,7 +548,9 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
                    "The chosen K is " + K_CRITERION_TEXT[criterion][2] + ".")
         else:
             how = f"then K was chosen by the {K_CRITERION_TEXT[criterion][1]} criterion on the read-out's features: {K_CRITERION_TEXT[criterion][2]}."
-        section = Section("Choosing K", "The run was given --clusters auto: the network trained with the largest K of the range, " + how)
+        refit = (" A second network then trained from scratch with the chosen K, with the same seed and settings; it is the model of this run "
+                 f"(the search run is in {SEARCH_FOLDER}/).") if final["k_selection"].get("refit") else ""
+        section = Section("Choosing K", "The run was given --clusters auto: a network trained with the largest K of the range, " + how + refit)
         plot_k_selection(figures / "k_selection.png", final["k_selection"])
         section.figures.append(("k_selection.png", f"{K_CRITERION_TEXT[criterion][1]} per K"))
         sections.append(section)
@@ -681,7 +684,11 @@ def _html(run: Path, config, final: dict, history: list[dict], notes: list[str],
     esc = html.escape
     title = f"{config.method} on {config.data}"
     selection = final.get("k_selection")
-    k_text = f"{selection['chosen']} (chosen in {selection['range'][0]}-{selection['range'][1]}; the head has {selection['training_clusters']})" if selection else config.clusters
+    if selection:
+        trained = "then trained with it" if selection.get("refit") else f"the head has {selection['training_clusters']}"
+        k_text = f"{selection['chosen']} (chosen in {selection['range'][0]}-{selection['range'][1]}; {trained})"
+    else:
+        k_text = config.clusters
     rows = [("method", config.method), ("data", f"{config.data} (split {config.split})"), ("clusters K", k_text),
             ("epochs", f"{len(history)} of {config.epochs}" if history and len(history) != config.epochs else config.epochs),
             ("seed", config.seed), ("batch size / lr", f"{config.batch_size} / {config.lr:g}"),

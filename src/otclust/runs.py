@@ -2,7 +2,8 @@
 and nothing of the user's is overwritten without --overwrite.
 
 Layout: config.yaml, model.pt (checkpoint, rewritten atomically every epoch), metrics.jsonl
-(one row per epoch), metrics.json (final), assignments.csv (one row per sample).
+(one row per epoch), metrics.json (final), assignments.csv (one row per sample); under
+--clusters auto with a refit (otclust.k_search), the search run's files in k-search/.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from otclust.errors import UserError
 
 RUN_FILES = ("config.yaml", "model.pt", "metrics.jsonl", "metrics.json", "assignments.csv", "report.html")
+SEARCH_FOLDER = "k-search"  # --clusters auto: the run that chose K, when a second run trained with it
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,7 +65,8 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
     except OSError as error:
         raise UserError(f"cannot look into the output folder {out} ({error.strerror or type(error).__name__}): choose another --out") from None
     if resume:
-        if not (out / "model.pt").is_file():
+        search_done = (out / SEARCH_FOLDER / "metrics.json").is_file()  # the refit after it had not started
+        if not (out / "model.pt").is_file() and not search_done:
             raise UserError(f"cannot resume: {out / 'model.pt'} does not exist; start a new run without --resume")
         remove_stale_temporary_files(out)
         return out
@@ -80,9 +83,21 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
             for name in existing:
                 (out / name).unlink()
             remove_stale_temporary_files(out)
+            _remove_search_run(out / SEARCH_FOLDER)
     except OSError as error:
         raise UserError(f"cannot create the output folder {out} ({error.strerror or type(error).__name__}): choose an --out you can write to") from None
     return out
+
+
+def _remove_search_run(search: Path) -> None:
+    """An earlier run's K search (k-search/): its files, and the folder if nothing else is left."""
+    if not search.is_dir():
+        return
+    for name in RUN_FILES:
+        (search / name).unlink(missing_ok=True)
+    remove_stale_temporary_files(search)
+    if not any(search.iterdir()):
+        search.rmdir()
 
 
 def remove_stale_temporary_files(out: Path) -> None:

@@ -119,9 +119,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "-k",
         default=None,
         metavar="K|auto|auto:MIN-MAX",
-        help="number of clusters K (default: 10); auto (K in 2-15) or auto:MIN-MAX: the network trains with MAX clusters, then K is "
-        "chosen without labels by the stability of k-means partitions of the read-out's features, and the read-out predicts K clusters "
-        "(metrics.json 'k_selection' holds the curve; docs/results.md section 5 says how often it finds the true K)",
+        help="number of clusters K (default: 10); auto (K in 2-15) or auto:MIN-MAX: a search run trains the network with MAX clusters and "
+        "chooses K without labels by the stability of k-means partitions of its read-out's features (metrics.json 'k_selection' holds the curve; "
+        "docs/results.md section 5 says how often it finds the true K), then the network trains again from scratch with the chosen K "
+        "(the search run is kept in OUT/k-search/; --no-refit skips this)",
+    )
+    parser.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        default=None,
+        help="--clusters auto: keep the search run (trained with MAX clusters, read out at the chosen K) instead of training again with the chosen K, which takes as long again",
     )
     parser.add_argument(
         "--epochs",
@@ -210,7 +218,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         values.pop("steps", None)
     if getattr(args, "steps", None) is not None:
         values.pop("epochs", None)
-    for field in ("data", "split", "clusters", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "cpu_amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size", "weights", "readout"):
+    for field in ("data", "split", "clusters", "refit", "epochs", "steps", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs", "seed", "device", "backbone", "amp", "cpu_amp", "sync_batchnorm", "eval_every", "cluster_proportions", "download", "image_size", "weights", "readout"):
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value

@@ -10,8 +10,8 @@ from otclust.data import load_dataset
 from otclust.data.decode import SETTINGS
 from otclust.data.embeddings import pretrained_training_data
 from otclust.distributed import env_rank
-from otclust.engine import Trainer
 from otclust.errors import UserError
+from otclust.k_search import fit_model
 from otclust.models.pretrained import is_pretrained
 from otclust.report import write_report
 from otclust.runs import prepare_output_folder
@@ -64,10 +64,8 @@ def run(args) -> int:
     created = main and not out.exists()
     if main:
         out = prepare_output_folder(out, overwrite=args.overwrite, resume=args.resume)
-    trainer = Trainer(config, out_dir=out, progress=not args.no_progress)
-    trainer.input_neighbors = input_neighbors
     try:
-        result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=args.resume)
+        trainer, result = fit_model(config, dataset, eval_dataset, out=out, progress=not args.no_progress, resume=args.resume, input_neighbors=input_neighbors)
     except UserError:
         if created:  # a setting refused before anything was written: leave no empty run folder
             with contextlib.suppress(OSError):
@@ -97,8 +95,9 @@ def format_metrics_table(metrics: dict) -> str:
     def fmt(scores, key):
         return f"{scores[key]:.4f}" if key in scores else "n/a"
 
-    # Under --clusters auto the head keeps the K it trained with; the read-out has the chosen one.
-    head_k = metrics["k_selection"]["training_clusters"] if "k_selection" in metrics else metrics["clusters"]
+    # Under --clusters auto without a refit the head keeps the K it trained with; the read-out has the chosen one.
+    selection = metrics.get("k_selection")
+    head_k = selection["training_clusters"] if selection and not selection.get("refit") else metrics["clusters"]
     lines = [header, rule]
     for name, scores in scored:
         k = head_k if name.startswith("head") else metrics["clusters"]

@@ -1,0 +1,84 @@
+"""`--clusters auto` end to end: search K, then train for it.
+
+The search run trains the network with the range's largest K (over-clustering) and chooses K on
+its read-out's features (`otclust.choose_k`, through the read-out stage). A network trained for 15
+clusters keeps apart, in its features, groups that 10 clusters would hold together, so reading it
+out at the chosen K costs accuracy even when that K is right (docs/results.md section 5). With
+`refit` (the default, as in scikit-learn's searches) a second run then trains from scratch with
+the chosen K, the same seed and every other setting: the run of a user who had known K. It
+costs a second training, and none when the largest K is chosen (the search run is then that
+run). The search run is kept in OUT/k-search/, its choice in the final metrics.json
+('k_selection', with "refit": true).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from otclust import distributed as dist_utils
+from otclust.config import FitConfig
+from otclust.engine import FitResult, Trainer
+from otclust.errors import UserError
+from otclust.runs import RUN_FILES, SEARCH_FOLDER
+
+
+def finished_search(out: Path | None) -> dict | None:
+    """The K choice of a finished search run kept in OUT/k-search/, else None."""
+    if out is None:
+        return None
+    metrics = Path(out) / SEARCH_FOLDER / "metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        return json.loads(metrics.read_text())["k_selection"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"cannot read the K search's results in {metrics}: start again without --resume (with --overwrite)") from None
+
+
+def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = None, progress: bool = True, log=None, resume: bool = False, input_neighbors=None) -> tuple[Trainer, FitResult]:
+    """Train as `config` says and return the trainer of the final run with its result: one run for
+    a fixed K, or under --clusters auto the search run and, with config.refit, a run with the
+    chosen K. `out` (a prepared run folder, or None to keep everything in memory) receives the
+    final run."""
+
+    def train(run_config: FitConfig, folder: Path | None, resume_run: bool) -> tuple[Trainer, FitResult]:
+        trainer = Trainer(run_config, out_dir=folder, progress=progress, log=log)
+        trainer.input_neighbors = input_neighbors
+        return trainer, trainer.fit(dataset, eval_dataset=eval_dataset, resume=resume_run)
+
+    if not (config.k_range and config.refit):
+        return train(config, out, resume)
+    selection = finished_search(out) if resume else None
+    if selection is None:
+        trainer, result = train(config, out, resume)
+        selection = result.metrics["k_selection"]
+        if selection["chosen"] == config.training_clusters:
+            return trainer, result  # the search run already trained with the chosen K
+        if out is not None and trainer.is_main:
+            _keep_search_run(Path(out))
+        dist_utils.barrier()
+        resume_refit = False
+    else:
+        resume_refit = out is not None and (Path(out) / "model.pt").is_file()
+    where = f"; the search run is kept in {Path(out) / SEARCH_FOLDER}" if out is not None else ""
+    if dist_utils.rank() == 0:
+        (log or (lambda message: print(message, file=sys.stderr, flush=True)))(f"training again from scratch with the chosen K = {selection['chosen']} (the search trained with {selection['training_clusters']}){where}; --no-refit skips this")
+    trainer, result = train(dataclasses.replace(config, clusters=int(selection["chosen"])), out, resume_refit)
+    result.metrics["k_selection"] = {**selection, "refit": True}
+    if trainer.out is not None:
+        trainer.out.write_final_metrics(result.metrics)
+    return trainer, result
+
+
+def _keep_search_run(out: Path) -> None:
+    """Move the search run's files into OUT/k-search/, so that OUT can hold the final run."""
+    search = out / SEARCH_FOLDER
+    search.mkdir(exist_ok=True)
+    for name in RUN_FILES:
+        (search / name).unlink(missing_ok=True)  # of an earlier run that --overwrite replaces
+        if (out / name).exists():
+            os.replace(out / name, search / name)
