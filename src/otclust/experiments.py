@@ -191,8 +191,13 @@ def run_one(
     if reuse and (out / "metrics.json").is_file() and (out / "config.yaml").is_file():
         try:
             saved = yaml.safe_load((out / "config.yaml").read_text())
-            if _same_config(saved, config.to_dict()):
-                outcome.metrics = json.loads((out / "metrics.json").read_text())
+            metrics = json.loads((out / "metrics.json").read_text())
+            current = config.to_dict()
+            selection = metrics.get("k_selection") or {}
+            if config.k_range and selection.get("refit") and selection.get("range") == list(config.k_range):
+                current["clusters"] = selection["chosen"]  # the refit's config names the K it trained with
+            if _same_config(saved, current):
+                outcome.metrics = metrics
                 outcome.seconds = float(outcome.metrics.get("seconds", 0.0))
                 outcome.reused = True
                 return outcome

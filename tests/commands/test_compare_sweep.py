@@ -54,6 +54,17 @@ def test_sweep_writes_tables_plot_and_one_folder_per_run(blobs, tmp_path, capsys
     assert capsys.readouterr().out.count("(reused)") == 4
 
 
+def test_sweep_resume_reuses_runs_that_chose_k_and_trained_again(blobs, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--method", "clot", "--data", blobs, "--clusters", "auto:2-5", "--epochs", "2", "--batch-size", "40", "--device", "cpu", "--param", "sinkhorn_eps", "--values", "0.05", "--seeds", "1", "--out", str(out)]
+    assert main(args) == 0
+    config = yaml.safe_load((out / "sinkhorn_eps=0.05" / "seed0" / "config.yaml").read_text())
+    assert config["clusters"] == 3 and (out / "sinkhorn_eps=0.05" / "seed0" / "k-search" / "model.pt").is_file()  # the refit of K = 3
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert capsys.readouterr().out.count("(reused)") == 1
+
+
 def test_sweep_mistakes_fail_before_any_run(blobs, tmp_path, capsys):
     base = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--out", str(tmp_path / "s")]
     assert main(base + ["--values", "1,2"]) == 2
