@@ -451,8 +451,13 @@ class Trainer:
         samples), and the run's length in steps (`steps_per_epoch`, `total_steps`) for methods
         whose schedules are fractions of it."""
         config = self.config
+        method_class = get_method_class(config.method)
+        batch_size = method_class.training_batch_size(config.params, n_samples, config.batch_size)
+        if batch_size != config.batch_size:
+            # Before the budget, which counts samples seen: the same samples in more, smaller steps.
+            self.log(f"note: batch {config.batch_size} -> {batch_size}, so that an epoch of {n_samples:,} samples holds several steps (--param min_steps_per_epoch=1 keeps {config.batch_size})")
+            config = replace(config, batch_size=batch_size, params=dict(config.params), augment=dict(config.augment))
         if config.epochs is None:
-            method_class = get_method_class(config.method)
             trainable, short = method_class.trainable, method_class.short_budget(config.params, features)
             epochs = budget.resolve_epochs(config, n_samples, short) if trainable else 1
             how = f"--steps {config.steps}" if config.steps is not None else f"the {'short ' * short}default budget for {n_samples:,} samples"

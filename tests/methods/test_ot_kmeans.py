@@ -6,7 +6,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from otclust.config import FitConfig
-from otclust.engine import Trainer, embed_in_batches
+from otclust.engine import Trainer, embed_in_batches, predict_in_batches
 from otclust.errors import UserError
 from otclust.estimator import dataset_from_array
 from otclust.methods.base import InputSpec
@@ -148,7 +148,9 @@ def test_ae_kmeans_trains_the_autoencoder_and_assigns_to_the_nearest_kmeans_cent
     with torch.no_grad():
         z = method.embed(method.standardize(dataset.data))
         nearest = torch.cdist(z, method.centers).argmin(1).numpy()
-    assert np.array_equal(result.labels, nearest)
+    method.predictor = "head"  # the run's own predictor is the shared read-out, whose cluster numbers differ
+    head = predict_in_batches(method, dataset.data, torch.device("cpu")).argmax(1)
+    assert np.array_equal(head, nearest)
     reference = KMeans(n_clusters=3, n_init=10, random_state=0).fit(z.numpy().astype(np.float64))
     assert np.allclose(np.sort(method.centers.numpy(), axis=0), np.sort(reference.cluster_centers_, axis=0), atol=1e-4)
     assert len(np.unique(result.labels)) == 3
@@ -190,3 +192,28 @@ def test_centers_survive_a_state_dict_round_trip_and_logits_are_scaled_distances
     z = method.embed(x)
     expected = -(torch.cdist(z, method.centers) ** 2) / method.params.sinkhorn_eps
     assert torch.allclose(method.cluster_logits(x), expected, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("method", ["ot-kmeans", "soft-kmeans", "ae-kmeans"])
+def test_min_steps_per_epoch_shrinks_the_batch_of_a_small_set_not_the_samples_seen(dataset, method):
+    n = dataset.n_samples
+    config = FitConfig(method=method, clusters=3, batch_size=300, seed=0, params={"min_steps_per_epoch": 4})  # the family's default batch
+    trainer = Trainer(config, progress=False, log=lambda m: None)
+    resolved = trainer._resolve_budget(n)
+    assert resolved.batch_size == n // 4 and trainer.steps_per_epoch == 4
+    kept = Trainer(FitConfig(method=method, clusters=3, batch_size=300, seed=0), progress=False, log=lambda m: None)  # the default: 1
+    assert kept._resolve_budget(n).batch_size == 300 and kept.steps_per_epoch == 1
+    # The budget counts samples seen: four steps of n // 4 an epoch see what one step of n did.
+    assert abs(resolved.epochs * 4 * (n // 4) - kept._resolve_budget(n).epochs * n) <= 4 * (n // 4)
+    with pytest.raises(UserError, match="min_steps_per_epoch must be at least 1"):
+        fit(dataset, method, epochs=1, min_steps_per_epoch=0)
+
+
+def test_a_large_set_keeps_the_batch():
+    from otclust.methods.ot_kmeans import AutoencoderClustering
+
+    four = {"min_steps_per_epoch": 4}
+    assert AutoencoderClustering.training_batch_size(four, 1797, 300) == 300  # digits: 5 steps an epoch already
+    assert AutoencoderClustering.training_batch_size(four, 300, 300) == 75
+    assert AutoencoderClustering.training_batch_size({}, 300, 300) == 300  # the default never shrinks it
+    assert AutoencoderClustering.training_batch_size({"min_steps_per_epoch": "x"}, 300, 300) == 300  # refused later, by build_params

@@ -265,6 +265,12 @@ class ClusteringMethod(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def training_batch_size(cls, params: dict, n_samples: int, batch_size: int) -> int:
+        """The batch a run of n_samples trains with, given --batch-size (or the method's default)
+        and the --param values: as given, unless a method shrinks it for small sets."""
+        return batch_size
+
+    @classmethod
     def short_budget(cls, params: dict, features: bool) -> bool:
         """Whether a run with these --param values on this data gets the short default budget
         (otclust.budget), decided before the method is built, since its schedules follow it."""

@@ -129,6 +129,12 @@ class AeKMeansParams:
     autoencoder: str = "auto"  # fc | conv | auto (fc for feature vectors and grayscale <= 28 px, else conv)
     embedding_dim: int = 10  # dimension of the embedding f(x) (paper: 10)
     kmeans_restarts: int = 10  # k-means++ restarts of the k-means on the embeddings
+    # The batch shrinks on a small set so that an epoch holds at least this many steps (1: never).
+    # The paper's batch of 300 was set for 70,000 images; on 300 it makes one step an epoch, and
+    # the budget (the same samples seen at any batch) then gives the autoencoder a few hundred
+    # steps in all. Not the default: at 4, the rule for adopting it failed on ae-kmeans
+    # (docs/ablations.md, "Autoencoder family on few images").
+    min_steps_per_epoch: int = 1
 
 
 @dataclass
@@ -176,8 +182,18 @@ class AutoencoderClustering(ClusteringMethod):
     # length here is the run's budget (otclust.budget) or configs/.
     default_config = {"batch_size": 300, "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine"}
 
+    @classmethod
+    def training_batch_size(cls, params: dict, n_samples: int, batch_size: int) -> int:
+        steps = params.get("min_steps_per_epoch", cls.Params.min_steps_per_epoch)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            return batch_size  # refused with a clear message when the method is built
+        largest = n_samples // steps
+        return batch_size if largest >= min(batch_size, n_samples) else max(2, largest)
+
     def __init__(self, n_clusters, spec, params, backbone="auto", augment=None):
         super().__init__(n_clusters, spec, params, backbone, augment)
+        if params.min_steps_per_epoch < 1:
+            raise UserError(f"{self.name} parameter min_steps_per_epoch must be at least 1, got {params.min_steps_per_epoch}")
         kind = self._autoencoder_kind(params.autoencoder, backbone)
         dim = params.embedding_dim
         if kind == "fc":
