@@ -49,6 +49,7 @@ def test_the_refit_is_the_run_told_the_chosen_k(tmp_path, capsys):
     assert "| 4 | smoothed (used) |" in table and "| 4 | head |" in table  # the final network has 4 clusters
     metrics = json.loads((auto / "metrics.json").read_text())
     assert metrics["clusters"] == 4 and metrics["k_selection"]["refit"] is True and metrics["k_selection"]["training_clusters"] == 7
+    assert metrics["k_selection"]["search_seconds"] > 0
     search = json.loads((auto / "k-search" / "metrics.json").read_text())  # the search run, kept whole
     assert search["k_selection"]["chosen"] == 4 and (auto / "k-search" / "model.pt").is_file() and "refit" not in search["k_selection"]
     assert "A second network then trained from scratch with the chosen K" in (auto / "report.html").read_text()

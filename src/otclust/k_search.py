@@ -8,7 +8,7 @@ out at the chosen K costs accuracy even when that K is right (docs/results.md se
 the chosen K, the same seed and every other setting: the run of a user who had known K. It
 costs a second training, and none when the largest K is chosen (the search run is then that
 run). The search run is kept in OUT/k-search/, its choice in the final metrics.json
-('k_selection', with "refit": true).
+('k_selection', with "refit": true and the search's "search_seconds"; "seconds" is the refit's).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from otclust.runs import RUN_FILES, SEARCH_FOLDER
 
 
 def finished_search(out: Path | None) -> dict | None:
-    """The K choice of a finished search run kept in OUT/k-search/, else None."""
+    """The K choice of a finished search run kept in OUT/k-search/ (with the run's seconds), else None."""
     if out is None:
         return None
     metrics = Path(out) / SEARCH_FOLDER / "metrics.json"
     if not metrics.is_file():
         return None
     try:
-        return json.loads(metrics.read_text())["k_selection"]
+        searched = json.loads(metrics.read_text())
+        return {**searched["k_selection"], "search_seconds": searched.get("seconds")}
     except (OSError, ValueError, KeyError):
         raise UserError(f"cannot read the K search's results in {metrics}: start again without --resume (with --overwrite)") from None
 
@@ -55,7 +56,7 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
     selection = finished_search(out) if resume else None
     if selection is None:
         trainer, result = train(config, out, resume)
-        selection = result.metrics["k_selection"]
+        selection = {**result.metrics["k_selection"], "search_seconds": result.metrics.get("seconds")}
         if selection["chosen"] == config.training_clusters:
             return trainer, result  # the search run already trained with the chosen K
         if out is not None and trainer.is_main:
