@@ -47,6 +47,7 @@ def test_the_refit_is_the_run_told_the_chosen_k(tmp_path, capsys):
     assert main(["fit", "--data", data, "--clusters", "auto:2-7", *common, "--out", str(auto), "--report"]) == 0
     table = capsys.readouterr().out
     assert "| 4 | smoothed (used) |" in table and "| 4 | head |" in table  # the final network has 4 clusters
+    assert "K = 4 was chosen by a search run (trained with 7 clusters in " in table
     metrics = json.loads((auto / "metrics.json").read_text())
     assert metrics["clusters"] == 4 and metrics["k_selection"]["refit"] is True and metrics["k_selection"]["training_clusters"] == 7
     assert metrics["k_selection"]["search_seconds"] > 0

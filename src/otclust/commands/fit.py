@@ -102,6 +102,9 @@ def format_metrics_table(metrics: dict) -> str:
     for name, scores in scored:
         k = head_k if name.startswith("head") else metrics["clusters"]
         lines.append(f"| {metrics['method']} | {metrics['data']} | {k} | {name} | {fmt(scores, 'acc')} | {fmt(scores, 'nmi')} | {fmt(scores, 'ari')} | {metrics['seconds']:.1f} |")
+    if selection and selection.get("refit"):
+        searched = f" in {selection['search_seconds']:.1f} s" if selection.get("search_seconds") is not None else ""
+        lines.append(f"K = {selection['chosen']} was chosen by a search run (trained with {selection['training_clusters']} clusters{searched}; kept in k-search/); the seconds above are the second run's")
     if "note" in metrics:
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)
