@@ -23,8 +23,8 @@ import numpy as np
 from otclust.config import CONFIG_FIELDS, FitConfig, coerce_param
 from otclust.data import load_dataset
 from otclust.data.embeddings import pretrained_training_data
-from otclust.k_search import fit_model
 from otclust.errors import UserError
+from otclust.k_search import fit_model
 from otclust.methods import get_method_class
 from otclust.methods.base import override_params, renamed_parameters
 from otclust.models.pretrained import is_pretrained

@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 from otclust import distributed as dist_utils
 from otclust.config import FitConfig
 from otclust.engine import FitResult, Trainer
 from otclust.errors import UserError
-from otclust.runs import RUN_FILES, SEARCH_FOLDER
+from otclust.runs import RUN_FILES, SEARCH_FOLDER, remove_search_run
 
 
 def finished_search(out: Path | None) -> dict | None:
@@ -46,9 +45,13 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
     chosen K. `out` (a prepared run folder, or None to keep everything in memory) receives the
     final run."""
 
-    def train(run_config: FitConfig, folder: Path | None, resume_run: bool) -> tuple[Trainer, FitResult]:
+    def trainer_for(run_config: FitConfig, folder: Path | None) -> Trainer:
         trainer = Trainer(run_config, out_dir=folder, progress=progress, log=log)
         trainer.input_neighbors = input_neighbors
+        return trainer
+
+    def train(run_config: FitConfig, folder: Path | None, resume_run: bool) -> tuple[Trainer, FitResult]:
+        trainer = trainer_for(run_config, folder)
         return trainer, trainer.fit(dataset, eval_dataset=eval_dataset, resume=resume_run)
 
     if not (config.k_range and config.refit):
@@ -66,9 +69,9 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
     else:
         resume_refit = out is not None and (Path(out) / "model.pt").is_file()
     where = f"; the search run is kept in {Path(out) / SEARCH_FOLDER}" if out is not None else ""
-    if dist_utils.rank() == 0:
-        (log or (lambda message: print(message, file=sys.stderr, flush=True)))(f"training again from scratch with the chosen K = {selection['chosen']} (the search trained with {selection['training_clusters']}){where}; --no-refit skips this")
-    trainer, result = train(dataclasses.replace(config, clusters=int(selection["chosen"])), out, resume_refit)
+    trainer = trainer_for(dataclasses.replace(config, clusters=int(selection["chosen"])), out)
+    trainer.log(f"training again from scratch with the chosen K = {selection['chosen']} (the search trained with {selection['training_clusters']}){where}; --no-refit skips this")
+    result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=resume_refit)
     result.metrics["k_selection"] = {**selection, "refit": True}
     if trainer.out is not None:
         trainer.out.write_final_metrics(result.metrics)
@@ -78,8 +81,8 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
 def _keep_search_run(out: Path) -> None:
     """Move the search run's files into OUT/k-search/, so that OUT can hold the final run."""
     search = out / SEARCH_FOLDER
+    remove_search_run(search)  # an earlier run's, which --overwrite replaces
     search.mkdir(exist_ok=True)
     for name in RUN_FILES:
-        (search / name).unlink(missing_ok=True)  # of an earlier run that --overwrite replaces
         if (out / name).exists():
             os.replace(out / name, search / name)

@@ -83,13 +83,13 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
             for name in existing:
                 (out / name).unlink()
             remove_stale_temporary_files(out)
-            _remove_search_run(out / SEARCH_FOLDER)
+            remove_search_run(out / SEARCH_FOLDER)
     except OSError as error:
         raise UserError(f"cannot create the output folder {out} ({error.strerror or type(error).__name__}): choose an --out you can write to") from None
     return out
 
 
-def _remove_search_run(search: Path) -> None:
+def remove_search_run(search: Path) -> None:
     """An earlier run's K search (k-search/): its files, and the folder if nothing else is left."""
     if not search.is_dir():
         return
