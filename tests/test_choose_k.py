@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from otclust.choose_k import CRITERIA, choose_k, eigengap_curve, parse_clusters, pick_k, smoothed_features, stability_curve
+from otclust.choose_k import CRITERIA, choose_k, close_calls, eigengap_curve, parse_clusters, pick_k, smoothed_features, stability_curve
 from otclust.errors import UserError
 
 
@@ -81,6 +81,13 @@ def test_the_largest_k_near_the_top_is_chosen_not_the_argmax():
     assert pick_k("stability", {2: 1.0, 3: 0.8, 4: 0.9, 5: 0.99, 6: 0.7}) == 5
     assert pick_k("davies_bouldin", {2: 1.0, 3: 0.5, 4: 0.7}) == 3
     assert pick_k("silhouette", {2: 0.1, 3: 0.5, 4: 0.7}) == 4
+
+
+def test_close_calls_are_the_other_k_within_the_tolerance_of_the_best():
+    curve = {2: 1.0, 3: 0.8, 4: 0.985, 5: 0.99, 6: 0.7}
+    assert close_calls("stability", curve, pick_k("stability", curve)) == [2, 4]
+    assert close_calls("stability", curve, 2, tolerance=0.001) == []
+    assert close_calls("silhouette", curve, 2) == []  # only stability reads a band of ties
 
 
 def test_parse_clusters():

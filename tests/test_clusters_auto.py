@@ -7,8 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from otclust.choose_k import TOLERANCE
 from otclust.cli import main
+from otclust.commands.fit import format_metrics_table
 from otclust.estimator import OTClust
+from otclust.report import plot_k_selection
 
 
 def _blobs(tmp_path, k=4, n=60, dim=6):
@@ -31,6 +34,8 @@ def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
     assert selection["chosen"] == metrics["clusters"] == 4  # the four blobs, not the training K
     assert selection["training_clusters"] == 7 and sorted(map(int, selection["curve"])) == list(range(2, 8))
     assert "refit" not in selection and not (out / "k-search").exists()
+    best = max(selection["curve"].values())
+    assert selection["close"] == sorted(int(k) for k, v in selection["curve"].items() if v >= best - TOLERANCE and int(k) != 4)
     assert metrics["readout"]["nonempty_clusters"] == 4 and metrics["acc"] == 1.0
     assert (out / "figures" / "k_selection.png").is_file() and "Choosing K" in (out / "report.html").read_text()
     for assign in ("argmax", "balanced"):
@@ -143,3 +148,14 @@ def test_the_report_can_describe_every_k_criterion():
     from otclust.report import K_CRITERION_TEXT
 
     assert set(K_CRITERION_TEXT) == set(CRITERIA)
+
+
+def test_fit_table_and_report_name_the_k_the_criterion_could_not_tell_apart(tmp_path):
+    """A K as stable as the chosen one is said in fit's table and in the report's figure and text."""
+    selection = {"criterion": "stability", "range": [2, 6], "chosen": 5, "close": [3, 4], "training_clusters": 6, "curve": {"2": 0.5, "3": 0.985, "4": 0.99, "5": 0.995, "6": 0.9}}
+    metrics = {"method": "clot", "data": "digits", "clusters": 5, "predictor": "smoothed", "acc": 0.9, "nmi": 0.8, "ari": 0.7, "seconds": 1.0, "k_selection": selection}
+    table = format_metrics_table(metrics)
+    assert f"K = 3, 4 scored within {TOLERANCE} of the best stability too" in table and "--clusters K" in table
+    assert "scored within" not in format_metrics_table({**metrics, "k_selection": {**selection, "close": []}})
+    plot_k_selection(tmp_path / "k.png", selection)
+    assert (tmp_path / "k.png").stat().st_size > 0

@@ -28,7 +28,7 @@ import torch
 
 from otclust.errors import UserError
 
-__all__ = ["CRITERIA", "choose_k", "classical_curves", "eigengap_curve", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
+__all__ = ["CRITERIA", "TOLERANCE", "choose_k", "classical_curves", "close_calls", "eigengap_curve", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
 
 CRITERIA = ("stability", "eigengap", "silhouette", "calinski_harabasz", "davies_bouldin")
 DEFAULT_K_RANGE = (2, 15)
@@ -71,6 +71,7 @@ def _kmeans(points: np.ndarray, k: int, seed: int, n_init: int):
 
 
 SUBSAMPLE_FRACTION = 0.8  # share of the points each stability run clusters
+TOLERANCE = 0.02  # stability this close to the highest counts as a tie (the largest such K is chosen)
 
 
 def largest_k(n_samples: int) -> int:
@@ -155,7 +156,7 @@ def classical_curves(points: np.ndarray, partitions: dict[int, np.ndarray], seed
     return curves
 
 
-def pick_k(criterion: str, curve: dict[int, float], tolerance: float = 0.02) -> int:
+def pick_k(criterion: str, curve: dict[int, float], tolerance: float = TOLERANCE) -> int:
     """The K a criterion's curve chooses (see the module docstring); eigengap: the largest gap."""
     if criterion == "stability":
         best = max(curve.values())
@@ -163,6 +164,16 @@ def pick_k(criterion: str, curve: dict[int, float], tolerance: float = 0.02) -> 
     if criterion == "davies_bouldin":
         return min(curve, key=curve.get)
     return max(curve, key=curve.get)
+
+
+def close_calls(criterion: str, curve: dict[int, float], chosen: int, tolerance: float = TOLERANCE) -> list[int]:
+    """The other K whose stability is within `tolerance` of the highest: the criterion cannot tell
+    them from the chosen one (which of them comes out can change with the criterion's own random
+    subsamples, docs/results.md section 5). Empty for the other criteria, which have no such band."""
+    if criterion != "stability":
+        return []
+    best = max(curve.values())
+    return sorted(k for k, value in curve.items() if value >= best - tolerance and k != chosen)
 
 
 def choose_k(
@@ -173,7 +184,7 @@ def choose_k(
     criterion: str = "stability",
     smooth_neighbors: int = 10,
     smooth_rounds: int = 5,
-    tolerance: float = 0.02,
+    tolerance: float = TOLERANCE,
     points: np.ndarray | None = None,
     neighbor_index: torch.Tensor | None = None,
 ) -> tuple[int, dict[int, float]]:

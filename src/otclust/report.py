@@ -32,6 +32,7 @@ import numpy as np
 
 from otclust import __version__
 from otclust.checkpoint import CheckpointRefused
+from otclust.choose_k import TOLERANCE
 from otclust.config import CONFIG_FIELDS, FitConfig
 from otclust.data import conform, load_dataset
 from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
@@ -266,6 +267,12 @@ def plot_k_selection(path: Path, selection: dict) -> None:
     ax.plot(ks, values, marker="o", color="C0", label=legend)
     chosen = int(selection["chosen"])
     ax.axvline(chosen, color="C3", linestyle="--", linewidth=1.2, label=f"chosen K = {chosen}")
+    if selection.get("criterion", "stability") == "stability":
+        ax.axhspan(max(values) - TOLERANCE, max(values), color="C1", alpha=0.12, linewidth=0)
+    close = [int(k) for k in selection.get("close", [])]
+    if close:
+        ax.plot(close, [selection["curve"][str(k)] for k in close], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                markeredgecolor="C1", label=f"as stable, within {TOLERANCE}")
     ax.set_xticks(ks)
     ax.set_xlabel("K")
     ax.set_ylabel(axis)
@@ -550,7 +557,10 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
             how = f"then K was chosen by the {K_CRITERION_TEXT[criterion][1]} criterion on the read-out's features: {K_CRITERION_TEXT[criterion][2]}."
         refit = (" A second network then trained from scratch with the chosen K, with the same seed and settings; it is the model of this run "
                  f"(the search run is in {SEARCH_FOLDER}/).") if final["k_selection"].get("refit") else ""
-        section = Section("Choosing K", "The run was given --clusters auto: a network trained with the largest K of the range, " + how + refit)
+        close = final["k_selection"].get("close", [])
+        ties = (f" K = {', '.join(map(str, close))} scored within {TOLERANCE} of the best too (circled): the criterion cannot tell them from the chosen K, "
+                "and which of them comes out can change with its random subsamples; if the data's purpose suggests one of them, train with --clusters K.") if close else ""
+        section = Section("Choosing K", "The run was given --clusters auto: a network trained with the largest K of the range, " + how + refit + ties)
         plot_k_selection(figures / "k_selection.png", final["k_selection"])
         section.figures.append(("k_selection.png", f"{K_CRITERION_TEXT[criterion][1]} per K"))
         sections.append(section)

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
+from otclust.choose_k import TOLERANCE
 from otclust.data import load_dataset
 from otclust.data.decode import SETTINGS
 from otclust.data.embeddings import pretrained_training_data
@@ -105,6 +106,10 @@ def format_metrics_table(metrics: dict) -> str:
     if selection and selection.get("refit"):
         searched = f" in {selection['search_seconds']:.1f} s" if selection.get("search_seconds") is not None else ""
         lines.append(f"K = {selection['chosen']} was chosen by a search run (trained with {selection['training_clusters']} clusters{searched}; kept in k-search/); the seconds above are the second run's")
+    if selection and selection.get("close"):
+        close = ", ".join(str(k) for k in selection["close"])
+        lines.append(f"K = {close} scored within {TOLERANCE} of the best stability too: the criterion cannot tell them from {selection['chosen']} "
+                     "(the report's 'Choosing K' shows the curve); --clusters K trains with one of them")
     if "note" in metrics:
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)

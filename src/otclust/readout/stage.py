@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from otclust.choose_k import CRITERIA, choose_k
+from otclust.choose_k import CRITERIA, choose_k, close_calls
 from otclust.errors import UserError
 from otclust.readout.kmeans import KMEANS_CHOICES, choose_kmeans_restart
 from otclust.readout.neighbors import nearest_neighbors, smoothed_unit_features
@@ -204,7 +204,8 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
     k, curve = choose_k(
         features.cpu().numpy(), *k_range, seed=seed, criterion=params.k_criterion, smooth_neighbors=params.neighbors, points=points, neighbor_index=neighbor_index
     )
-    selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
+    selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "close": close_calls(params.k_criterion, curve, k),
+                 "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
     return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index), selection
 
