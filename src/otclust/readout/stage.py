@@ -204,8 +204,9 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
     k, curve = choose_k(
         features.cpu().numpy(), *k_range, seed=seed, criterion=params.k_criterion, smooth_neighbors=params.neighbors, points=points, neighbor_index=neighbor_index
     )
-    selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "close": close_calls(params.k_criterion, curve, k),
-                 "training_clusters": method.n_clusters, "curve": {str(key): round(value, 4) for key, value in curve.items()}}
+    stored = {key: round(value, 4) for key, value in curve.items()}  # the close calls are those of the curve metrics.json keeps
+    selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "close": close_calls(params.k_criterion, stored, k),
+                 "training_clusters": method.n_clusters, "curve": {str(key): value for key, value in stored.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
     return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index), selection
 
