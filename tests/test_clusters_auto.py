@@ -115,7 +115,7 @@ def test_a_fixed_k_writes_no_selection(tmp_path):
 def test_estimator_auto(tmp_path):
     _, x = _blobs(tmp_path, k=3)
     model = OTClust(n_clusters="auto:2-6", epochs=2, batch_size=60).fit(x)
-    assert model.n_clusters_ == 3 and model.k_selection_["chosen"] == 3 and model.k_selection_["refit"]
+    assert model.n_clusters_ == 3 and model.k_selection_["chosen"] == 3 and model.k_selection_["refit"] and 3 not in model.k_selection_["close"]
     assert model.model_.n_clusters == 3  # trained again with the chosen K
     assert OTClust(n_clusters="auto:2-6", epochs=2, batch_size=60, refit=False).fit(x).model_.n_clusters == 6
     assert len(np.unique(model.labels_)) == 3 and model.predict_proba(x).shape == (len(x), 3)

@@ -119,7 +119,7 @@ class OTClust(ClusterMixin, BaseEstimator):
     holds the method's hyper-parameters (e.g. {"sinkhorn_eps": 0.05} for CLOT). `n_clusters="auto"`
     (or "auto:MIN-MAX") trains with MAX clusters, chooses K after training and, with `refit=True`
     (the default), trains again with that K, as `fit --clusters auto` does. After fit, `labels_` holds the training samples' clusters, `n_clusters_` the K they use
-    (with its curve in `k_selection_` under "auto"), and `n_features_in_` the D of feature vectors (images have no
+    (with its curve, and the K as stable as the chosen one, in `k_selection_` under "auto"), and `n_features_in_` the D of feature vectors (images have no
     fixed D: new images of another size or colour mode are converted as the training data were).
     X is described in the module docstring: (N, D) feature vectors are used as given; images are
     uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
