@@ -156,11 +156,16 @@ def classical_curves(points: np.ndarray, partitions: dict[int, np.ndarray], seed
     return curves
 
 
+def _stability_band(curve: dict[int, float], tolerance: float) -> list[int]:
+    """The K whose stability is within `tolerance` of the highest, ascending."""
+    best = max(curve.values())
+    return sorted(k for k, value in curve.items() if value >= best - tolerance)
+
+
 def pick_k(criterion: str, curve: dict[int, float], tolerance: float = TOLERANCE) -> int:
     """The K a criterion's curve chooses (see the module docstring); eigengap: the largest gap."""
     if criterion == "stability":
-        best = max(curve.values())
-        return max(k for k, value in curve.items() if value >= best - tolerance)
+        return _stability_band(curve, tolerance)[-1]
     if criterion == "davies_bouldin":
         return min(curve, key=curve.get)
     return max(curve, key=curve.get)
@@ -172,8 +177,7 @@ def close_calls(criterion: str, curve: dict[int, float], chosen: int, tolerance:
     subsamples, docs/results.md section 5). Empty for the other criteria, which have no such band."""
     if criterion != "stability":
         return []
-    best = max(curve.values())
-    return sorted(k for k, value in curve.items() if value >= best - tolerance and k != chosen)
+    return [k for k in _stability_band(curve, tolerance) if k != chosen]
 
 
 def choose_k(
