@@ -178,6 +178,19 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path, blobs, damage, fragment):
     assert "\n" not in str(caught.value)
 
 
+def test_a_run_folder_loads_as_its_model_pt(tmp_path, blobs):
+    """`otclust fit` prints the run folder and `otclust report` takes one: predict takes it too."""
+    path = fit_tiny(tmp_path / "run", blobs)
+    by_file, _ = load_trained(path, device="cpu")
+    by_folder, _ = load_trained(path.parent, device="cpu")
+    for name, tensor in by_file.state_dict().items():
+        assert torch.equal(tensor, by_folder.state_dict()[name]), name
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="folder without a model.pt") as caught:
+        load_trained(tmp_path / "empty", device="cpu")
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("method", sorted(METHOD_MODULES))
 def test_every_method_writes_a_checkpoint_that_loads_the_safe_way(tmp_path, blobs, method):
     """Each method's own state (pseudo-labels, queues, neighbours, ...) must be plain enough."""

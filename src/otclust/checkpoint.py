@@ -111,8 +111,13 @@ def write_checkpoint(state: dict, path) -> None:
 def read_checkpoint(path) -> dict:
     """Load an otclust checkpoint without running any code it may hold; UserError for anything else."""
     path = Path(path)
+    if path.is_dir():
+        # A run folder is what `otclust fit` prints and what `otclust report` takes.
+        if not (path / "model.pt").is_file():
+            raise UserError(f"{path} is a folder without a model.pt: pass the run folder of otclust fit, or its model.pt")
+        path = path / "model.pt"
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path} (pass the model.pt of a run folder)")
+        raise UserError(f"checkpoint not found: {path} (pass a run folder of otclust fit, or its model.pt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - whatever fails here, the file is not one we can read

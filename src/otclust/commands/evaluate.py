@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         help="score a trained model (ACC/NMI/ARI) on labelled data",
         description="Predict clusters with a trained model and score them against the data's labels (Hungarian-matched ACC, NMI, ARI). Prints the scores and writes them as JSON.",
     )
-    parser.add_argument("--checkpoint", required=True, help="model.pt of a run folder")
+    parser.add_argument("--checkpoint", required=True, help="a run folder of otclust fit, or its model.pt")
     add_data_options(parser)
     parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")

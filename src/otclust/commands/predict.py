@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
             "--export DIR also copies (or links) each image into DIR/cluster_XX/. See docs/reports.md for argmax vs balanced."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="model.pt of a run folder")
+    parser.add_argument("--checkpoint", required=True, help="a run folder of otclust fit, or its model.pt")
     add_data_options(parser)
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out, and otclust's cluster folders in --export, if they exist")
