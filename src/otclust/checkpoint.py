@@ -108,14 +108,20 @@ def write_checkpoint(state: dict, path) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def read_checkpoint(path) -> dict:
-    """Load an otclust checkpoint without running any code it may hold; UserError for anything else."""
+def checkpoint_file(path) -> Path:
+    """The model.pt a --checkpoint names: the file itself, or the one in a run folder (what
+    `otclust fit` prints and `otclust report` takes)."""
     path = Path(path)
     if path.is_dir():
-        # A run folder is what `otclust fit` prints and what `otclust report` takes.
         if not (path / "model.pt").is_file():
             raise UserError(f"{path} is a folder without a model.pt: pass the run folder of otclust fit, or its model.pt")
-        path = path / "model.pt"
+        return path / "model.pt"
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """Load an otclust checkpoint without running any code it may hold; UserError for anything else."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass a run folder of otclust fit, or its model.pt)")
     try:

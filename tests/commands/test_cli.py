@@ -62,6 +62,17 @@ def test_fit_evaluate_predict_round_trip(tmp_path, capsys):
     assert main(["fit", "--data", data, "--clusters", "3", "--epochs", "1", "--out", str(out)]) == 2
     assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", data]) == 0
     assert json.loads((out / "evaluation.json").read_text())["acc"] > 0.5
+    # The run folder works as --checkpoint too, and its evaluation.json still lands inside it.
+    (out / "evaluation.json").unlink()
+    assert main(["evaluate", "--checkpoint", str(out), "--data", data]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["acc"] > 0.5
+    # A file the user names is not replaced unasked.
+    mine = tmp_path / "mine.json"
+    mine.write_text("keep me")
+    assert main(["evaluate", "--checkpoint", str(out), "--data", data, "--out", str(mine)]) == 2
+    assert mine.read_text() == "keep me"
+    assert main(["evaluate", "--checkpoint", str(out), "--data", data, "--out", str(mine), "--overwrite"]) == 0
+    assert json.loads(mine.read_text())["acc"] > 0.5
     preds = tmp_path / "preds.csv"
     assert main(["predict", "--checkpoint", str(out / "model.pt"), "--data", data, "--out", str(preds)]) == 0
     lines = preds.read_text().splitlines()

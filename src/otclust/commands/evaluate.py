@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from otclust.checkpoint import checkpoint_file
 from otclust.commands.common import add_data_options, add_readout_option
 from otclust.commands.predict import load_data_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.metrics import evaluate_clustering
+from otclust.runs import atomic_write_text
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +22,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="a run folder of otclust fit, or its model.pt")
     add_data_options(parser)
-    parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint, replaced at each evaluation)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     add_readout_option(parser)
@@ -28,6 +31,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    # The default file is otclust's own, in the run folder; a file the user named is not replaced unasked.
+    out = Path(args.out) if args.out else checkpoint_file(args.checkpoint).parent / "evaluation.json"
+    if args.out and out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a JSON file name")
     method, config = load_trained(args.checkpoint, device=args.device, predictor=args.readout)
     dataset = load_data_for_model(args, method, config)
     if dataset.labels is None:
@@ -35,8 +44,8 @@ def run(args) -> int:
     device = select_device(args.device)
     proba = predict_in_batches(method, dataset.data, device, args.batch_size, description="predicting")
     metrics = {"checkpoint": str(args.checkpoint), "data": dataset.name, "n_samples": len(proba), "predictor": method.predictor, **evaluate_clustering(dataset.labels, proba.argmax(axis=1))}
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluation.json"
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     print(f"ACC {metrics['acc']:.4f}  NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  ({len(proba)} samples of {dataset.name}, {method.predictor} predictor)")
     print(f"written: {out}")
     return 0
