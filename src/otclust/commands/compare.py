@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
             "Run each method of --methods on --data with seeds 0..S-1, each with its recipe "
             "CONFIGS_DIR/<method>-<data>.yaml when there is one (else the method's defaults), and write "
             "OUT/comparison.md and OUT/comparison.csv: mean ± std of ACC, NMI, ARI and minutes per run, "
-            "two rows per method, the k-means baseline first: the trained network scored by its head and by the "
+            "two rows per method (the k-means baseline first, when --methods names it, as 'all' does): the trained network scored by its head and by the "
             "read-out fitted after training (--readout in fit; smoothed k-means unless the recipe names another). Each run's folder is OUT/<method>/seed<S>. "
             "Methods not implemented in this installation are skipped and listed; a failing run is "
             "reported in the table instead of stopping the comparison."
