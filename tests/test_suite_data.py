@@ -127,6 +127,11 @@ def test_small_balanced_development_draw_shares_no_image_with_the_avoided_sets(t
     assert not dev & held_out
     assert np.bincount(labels, minlength=10).tolist() == [5] * 10
     assert images("dev-fmnist-300", n=50, avoid=())[0] & held_out  # the test can fail
+    # The second small draw avoids the first as well as the held-out sets.
+    monkeypatch.setitem(sd.SUITE, "dev-fmnist-300", sd.SuiteEntry(sd.fashion_subset, {**sd.SUITE["dev-fmnist-300"].params, "n": 50}, True))
+    second, labels = images("dev-fmnist-300b", n=30)
+    assert not second & (held_out | dev)
+    assert np.bincount(labels, minlength=10).tolist() == [3] * 10
 
 
 def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):
