@@ -1,6 +1,7 @@
 """What makes one training step faster on this machine: a table of step times, levers side by side.
 
     python benchmarks/step_levers.py --data fashion-mnist --method clot --threads 2
+    python benchmarks/step_levers.py --data folder:DIR --method clot --threads 2 --rounds 6
 
 Each lever is a whole training step of the method as `otclust fit` runs it (augmentation, the
 network on both views, the losses, OT, backward, Adam), on random batches of the data set:
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--method", default="clot")
     parser.add_argument("--param", action="append", default=[], help="KEY=VALUE of the method (default: its code defaults)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=None, help="working resolution of a folder (default: fit's choice)")
     parser.add_argument("--steps", type=int, default=10, help="steps per block")
     parser.add_argument("--rounds", type=int, default=8, help="blocks per lever (after one dropped round)")
     parser.add_argument("--threads", type=int, default=None)
@@ -84,7 +86,7 @@ def main() -> None:
     from otclust.config import coerce_param
 
     params = {key: coerce_param(value) for key, _, value in (pair.partition("=") for pair in args.param)}
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, image_size=args.image_size)
     allocator.reuse_freed_blocks()  # as `fit` trains an in-memory set (otclust.allocator)
     steps, warmups = {}, {}
     for label, lever in LEVERS.items():
@@ -98,7 +100,7 @@ def main() -> None:
             if round_:
                 blocks[label].append(1000 * (time.perf_counter() - started) / args.steps)
     native = cpu_computes_bfloat16()
-    print(f"{args.method} on {args.data}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    print(f"{args.method} on {args.data} ({'x'.join(map(str, dataset.data.shape[1:]))}), batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"native bfloat16: {'yes' if native else 'no (emulated)'}; median of {args.rounds} blocks of {args.steps} steps")
     print("| lever | ms/step (median) | blocks (ms/step) | vs float32 | first 3 steps, s |")
     print("| --- | --- | --- | --- | --- |")
