@@ -405,6 +405,49 @@ def plot_sweep(path: Path, name: str, values: list, summaries: list) -> bool:
     return True
 
 
+def plot_comparison(path: Path, title: str, rows: list[tuple[str, list[dict], list[dict] | None]], baseline: str | None = None) -> bool:
+    """One panel per score (ACC, NMI, ARI), one line per method, top to bottom in the table's
+    order: each seed's score as a small dot, the mean as a large one with the std as a bar, and
+    the head's mean as a hollow diamond when the method predicts by its read-out. `rows`:
+    (method, its runs' scores by its default predictor, by its head or None); `baseline`: the
+    method drawn as a dashed line across each panel too (k-means on pixels). False if no scores."""
+    rows = [(name, runs, head) for name, runs, head in rows if any("acc" in r for r in runs)]
+    if not rows:
+        return False
+    fig = _figure(9.0, 1.2 + 0.42 * len(rows))
+    axes = fig.subplots(1, 3, sharey=True)
+    ys = np.arange(len(rows))[::-1]  # the table's first row at the top
+    for ax, key in zip(axes, ("acc", "nmi", "ari")):
+        for y, (name, runs, head) in zip(ys, rows):
+            values = np.array([r[key] for r in runs if key in r])
+            if not len(values):
+                continue
+            color = "0.45" if name == baseline else "C0"
+            ax.scatter(values, np.full(len(values), y), s=12, color=color, alpha=0.45, zorder=2)
+            ax.errorbar(values.mean(), y, xerr=values.std(), fmt="o", color=color, markersize=7, capsize=3, zorder=3)
+            heads = np.array([r[key] for r in head or [] if key in r])
+            if len(heads):
+                ax.scatter(heads.mean(), y, s=45, marker="D", facecolors="none", edgecolors="C3", zorder=3)
+            if name == baseline:
+                ax.axvline(values.mean(), color="0.45", linestyle="--", linewidth=1, zorder=1)
+        ax.set_xlim(0, 1.02)
+        ax.set_title(key.upper(), fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(ys, [name for name, _, _ in rows])
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    handles = [
+        axes[0].scatter([], [], s=12, color="C0", alpha=0.45, label="one seed"),
+        axes[0].errorbar([], [], xerr=[], fmt="o", color="C0", label="mean ± std"),
+        axes[0].scatter([], [], s=45, marker="D", facecolors="none", edgecolors="C3", label="head (mean)"),
+    ]
+    if baseline in [name for name, _, _ in rows]:
+        handles.append(axes[0].axvline(np.nan, color="0.45", linestyle="--", linewidth=1, label=f"{baseline} (mean)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------

@@ -153,6 +153,30 @@ def test_compare_scores_every_method_by_its_head_and_by_the_shared_readout(blobs
         assert metrics["acc"] == metrics["readout"]["acc"]
     per_run = read_csv(out / "runs.csv")
     assert {r["readout"] for r in per_run} == {"smoothed"} and all(r["head_acc"] and r["readout_acc"] for r in per_run)
+    with Image.open(out / "comparison.png") as image:
+        image.verify()
+    assert "](comparison.png)" in (out / "comparison.md").read_text()
+
+
+def test_comparison_figure_draws_each_method_by_its_default_predictor_and_its_head(tmp_path):
+    from otclust.commands import compare
+    from otclust.experiments import RunOutcome
+
+    def outcome(method, seed, head, readout):
+        metrics = {"predictor": "smoothed", "acc": readout, "head": {"acc": head, "nmi": 0.1, "ari": 0.1}, "readout": {"name": "smoothed", "acc": readout, "nmi": 0.2, "ari": 0.2}}
+        return RunOutcome(method, seed, tmp_path, metrics)
+
+    kmeans = RunOutcome("kmeans", 0, tmp_path, {"predictor": "head", "acc": 0.5, "nmi": 0.4, "ari": 0.3, "head": {"acc": 0.5, "nmi": 0.4, "ari": 0.3}})
+    failed = RunOutcome("clot", 2, tmp_path, error="boom")
+    rows = compare.figure_rows(["kmeans", "clot"], [kmeans, outcome("clot", 0, 0.6, 0.9), outcome("clot", 1, 0.7, 0.8), failed])
+    assert [name for name, _, _ in rows] == ["kmeans", "clot"]
+    assert [r["acc"] for r in rows[1][1]] == [0.9, 0.8] and [r["acc"] for r in rows[1][2]] == [0.6, 0.7]  # read-out, then head
+    assert rows[0][2] is None  # k-means on pixels has no head apart from its prediction
+    from otclust.report import plot_comparison
+
+    assert plot_comparison(tmp_path / "c.png", "t", rows, baseline="kmeans") and (tmp_path / "c.png").stat().st_size > 0
+    assert not plot_comparison(tmp_path / "none.png", "t", [("clot", [{}], None)])  # no labels: no figure
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_compare_orders_kmeans_first_and_rejects_unknown_names(monkeypatch, capsys):

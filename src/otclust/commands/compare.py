@@ -14,9 +14,10 @@ from otclust.errors import UserError
 from otclust import methods
 from otclust.methods import METHOD_MODULES, get_method_class
 from otclust.models import BACKBONES
+from otclust.report import plot_comparison
 from otclust.runs import atomic_write_text
 
-TABLES = ["comparison.md", "comparison.csv", "runs.csv"]
+TABLES = ["comparison.md", "comparison.csv", "runs.csv", "comparison.png"]
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +28,7 @@ def add_parser(subparsers) -> None:
             "Run each method of --methods on --data with seeds 0..S-1, each with its recipe "
             "CONFIGS_DIR/<method>-<data>.yaml when there is one (else the method's defaults), and write "
             "OUT/comparison.md and OUT/comparison.csv: mean ± std of ACC, NMI, ARI and minutes per run, "
+            "with OUT/comparison.png (every seed's scores, method by method), "
             "two rows per method (the k-means baseline first, when --methods names it, as 'all' does): the trained network scored by its head and by the "
             "read-out fitted after training (--readout in fit; smoothed k-means unless the recipe names another). Each run's folder is OUT/<method>/seed<S>. "
             "Methods not implemented in this installation are skipped and listed; a failing run is "
@@ -143,9 +145,12 @@ def run(args) -> int:
             budget = f", {describe_length(config)}" if get_method_class(method).trainable else ""
             print(f"[{done}/{total}] {method} seed {seed} ({where}{budget}): {outcome.describe()}", flush=True)
             tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes)
+    plotted = plot_comparison(out / "comparison.png", f"{data}: {len(seeds)} seed{'s' if len(seeds) != 1 else ''} a method", figure_rows(methods, outcomes), baseline="kmeans")
+    if plotted:
+        tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes, plotted=True)
     print()
     print(tables["comparison.md"])
-    print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}")
+    print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}" + (f", {out / 'comparison.png'}" if plotted else ""))
     failed = sum(not o.ok for o in outcomes)
     if failed:
         print(f"{failed} of {total} runs failed: see the table", file=sys.stderr)
@@ -171,7 +176,22 @@ def predictor_rows(runs) -> list[tuple[str, str, bool]]:
     return [("head", "head", used == "head"), ("readout", readout, used == readout)]
 
 
-def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes) -> dict[str, str]:
+def figure_rows(methods: list[str], outcomes) -> list[tuple[str, list[dict], list[dict] | None]]:
+    """For plot_comparison: each method's finished runs scored by its default predictor, and by
+    its head too when that is not the default."""
+    rows = []
+    for method in methods:
+        runs = [o for o in outcomes if o.group == method and o.ok]
+        if not runs:
+            continue
+        default = next((key for key, _, used in predictor_rows(runs) if used), "head")
+        scores = [experiments.predictor_scores(o.metrics, default) for o in runs]
+        head = [experiments.predictor_scores(o.metrics, "head") for o in runs] if default != "head" and get_method_class(method).trainable else None
+        rows.append((method, scores, head))
+    return rows
+
+
+def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes, plotted: bool = False) -> dict[str, str]:
     """Build (and write, after every run, so an interrupted comparison keeps what it has) the tables."""
     rows_md, rows_csv = [], []
     for method in methods:
@@ -204,6 +224,8 @@ def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], ski
     ]
     if outcomes and all("acc" not in o.metrics for o in outcomes if o.ok):
         lines += ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
+    if plotted:
+        lines += ["", f"![Every seed's scores, method by method](comparison.png)"]
     lines += ["", f"Per-run scores: runs.csv; run folders: <method>/seed<S>/ in {out}."]
     tables = {
         "comparison.md": "\n".join(lines) + "\n",
