@@ -55,7 +55,10 @@ def test_fit_evaluate_predict_round_trip(tmp_path, capsys):
     data = f"features:{tmp_path / 'x.npy'}"
     code = main(["fit", "--data", data, "--clusters", "3", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--no-progress"])
     assert code == 0
-    assert "| clot |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| clot |" in printed
+    # What to do next, with this run's folder filled in.
+    assert f"next: otclust report {out}" in printed and f"otclust predict --checkpoint {out} --data" in printed
     for name in ("config.yaml", "model.pt", "metrics.jsonl", "metrics.json", "assignments.csv"):
         assert (out / name).is_file()
     # An existing run folder is not overwritten by accident.

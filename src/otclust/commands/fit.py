@@ -76,8 +76,12 @@ def run(args) -> int:
         return 0
     print(format_metrics_table(result.metrics))
     print(f"run folder: {out}")
+    steps = [f"otclust predict --checkpoint {out} --data NAME[:PATH] --out clusters.csv    (new images into these clusters)"]
     if args.report:
         print(f"report: {write_report(out, device=config.device)}")
+    else:
+        steps.insert(0, f"otclust report {out}    (figures: curves, confusion, t-SNE, each cluster's images)")
+    print("next: " + "\n      ".join(steps))
     return 0
 
 
