@@ -225,7 +225,7 @@ def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], ski
     if outcomes and all("acc" not in o.metrics for o in outcomes if o.ok):
         lines += ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
     if plotted:
-        lines += ["", f"![Every seed's scores, method by method](comparison.png)"]
+        lines += ["", "![Every seed's scores, method by method](comparison.png)"]
     lines += ["", f"Per-run scores: runs.csv; run folders: <method>/seed<S>/ in {out}."]
     tables = {
         "comparison.md": "\n".join(lines) + "\n",
