@@ -81,6 +81,10 @@ def read_config(run: Path):
     if not run.is_dir():
         raise UserError(f"run folder not found: {run} (pass the --out folder of 'otclust fit')")
     if not path.is_file():
+        # compare and sweep write their own tables and figure; their runs are one level down.
+        for table, figure in (("comparison.md", "comparison.png"), ("sweep.md", "sweep.png")):
+            if (run / table).is_file():
+                raise UserError(f"{run} holds the tables of several runs: open {run / table} (and {figure}), or report one run, e.g. {next(run.glob('*/seed*'), run / '...')}")
         raise UserError(f"{run} is not a run folder (no config.yaml): pass the --out folder of 'otclust fit'")
     try:
         values = yaml.safe_load(path.read_text()) or {}

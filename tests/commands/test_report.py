@@ -58,6 +58,12 @@ def test_report_command_refuses_to_overwrite_without_the_flag(image_run, capsys)
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    # A compare folder: point at its own tables and at one of its runs.
+    (tmp_path / "comparison.md").write_text("# Comparison\n")
+    (tmp_path / "clot" / "seed0").mkdir(parents=True)
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "comparison.md" in error and str(tmp_path / "clot" / "seed0") in error and len(error.strip().splitlines()) == 1
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
