@@ -156,3 +156,5 @@ def test_an_otclust_model_is_a_frozen_extractor_with_its_own_input_path(tmp_path
     assert extractor.out_dim == model.model_.backbone.out_dim
     assert torch.allclose(extractor(other), expected, atol=1e-5)
     assert extractor.weights_sha256 == file_sha256(path)
+    # The run folder names the same model, as it does for predict.
+    assert load_extractor(f"otclust:{tmp_path}").weights_sha256 == file_sha256(path)

@@ -330,7 +330,9 @@ def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
     # Imported here: the engine imports the models, this module among them.
     from otclust.engine import load_trained
 
-    path = _check_file(weights or name)
+    from otclust.checkpoint import checkpoint_file
+
+    path = _check_file(checkpoint_file(Path(weights or name).expanduser()))  # a run folder stands for its model.pt
     method, _ = load_trained(path, device="cpu")
     if method.spec.is_features:
         raise UserError(f"{path} was trained on feature vectors; an otclust backbone must be a model trained on images")
