@@ -134,6 +134,7 @@ def run(args) -> int:
     cache = experiments.DataCache()
     outcomes: list[experiments.RunOutcome] = []
     done = 0
+    title = f"{data}: {len(seeds)} seed{'s' if len(seeds) != 1 else ''} a method"
     for method in methods:
         config, recipe = configs[method]
         where = f"recipe {recipe}" if recipe else "method defaults"
@@ -144,10 +145,9 @@ def run(args) -> int:
             outcomes.append(outcome)
             budget = f", {describe_length(config)}" if get_method_class(method).trainable else ""
             print(f"[{done}/{total}] {method} seed {seed} ({where}{budget}): {outcome.describe()}", flush=True)
-            tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes)
-    plotted = plot_comparison(out / "comparison.png", f"{data}: {len(seeds)} seed{'s' if len(seeds) != 1 else ''} a method", figure_rows(methods, outcomes), baseline="kmeans")
-    if plotted:
-        tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes, plotted=True)
+            # The figure with the tables after every run, so an interrupted comparison keeps both.
+            plotted = plot_comparison(out / "comparison.png", title, figure_rows(methods, outcomes), baseline="kmeans")
+            tables = write_tables(out, data, seeds, methods, skipped, configs, outcomes, plotted)
     print()
     print(tables["comparison.md"])
     print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}" + (f", {out / 'comparison.png'}" if plotted else ""))
@@ -186,12 +186,12 @@ def figure_rows(methods: list[str], outcomes) -> list[tuple[str, list[dict], lis
             continue
         default = next((key for key, _, used in predictor_rows(runs) if used), "head")
         scores = [experiments.predictor_scores(o.metrics, default) for o in runs]
-        head = [experiments.predictor_scores(o.metrics, "head") for o in runs] if default != "head" and get_method_class(method).trainable else None
+        head = [experiments.predictor_scores(o.metrics, "head") for o in runs] if default != "head" else None
         rows.append((method, scores, head))
     return rows
 
 
-def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes, plotted: bool = False) -> dict[str, str]:
+def write_tables(out: Path, data: str, seeds: list[int], methods: list[str], skipped: list[str], configs: dict, outcomes, plotted: bool) -> dict[str, str]:
     """Build (and write, after every run, so an interrupted comparison keeps what it has) the tables."""
     rows_md, rows_csv = [], []
     for method in methods:

@@ -327,10 +327,9 @@ class _OtclustBackbone(nn.Module):
 
 
 def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
-    # Imported here: the engine imports the models, this module among them.
-    from otclust.engine import load_trained
-
+    # Imported here: the engine (and the checkpoint's read-out state) import the models, this module among them.
     from otclust.checkpoint import checkpoint_file
+    from otclust.engine import load_trained
 
     path = _check_file(checkpoint_file(Path(weights or name).expanduser()))  # a run folder stands for its model.pt
     method, _ = load_trained(path, device="cpu")
