@@ -25,6 +25,27 @@ def test_pseudo_labels_are_balanced_and_follow_the_predictions():
     assert q[top, 1].mean() > q[:, 1].mean()
 
 
+def test_the_views_of_all_heads_get_the_labels_they_would_get_one_by_one():
+    """pseudo_labels_of solves every view of every head together: the same plans, and the same
+    running masses per head, as solving the views in turn."""
+    import copy
+
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    together = Clot(5, spec, ClotParams(n_heads=3))
+    together.set_cluster_prior("known", torch.tensor([0.4, 0.3, 0.1, 0.1, 0.1]))
+    apart = copy.deepcopy(together)
+    torch.manual_seed(0)
+    views = [torch.randn(64, 5) * scale for scale in (1.0, 2.0, 4.0, 8.0, 3.0, 6.0)]
+    heads = [0, 0, 1, 1, 2, 2]
+    for _ in range(2):  # the second round starts from the running masses the first left
+        solved = together.pseudo_labels_of(views, heads)
+        for view, head, q in zip(views, heads, solved):
+            torch.testing.assert_close(q, apart.pseudo_labels(view, head))
+    torch.testing.assert_close(together.head_mass, apart.head_mass)
+
+
 def test_relaxed_auto_prior_lets_cluster_sizes_follow_the_predictions():
     from otclust.methods.base import InputSpec
 

@@ -22,7 +22,7 @@ from otclust.data.augment import BatchAugmenter, FeatureAugmenter, Normalizer, a
 from otclust.distributed import all_reduce_sum, is_distributed
 from otclust.errors import UserError
 from otclust.models import build_backbone
-from otclust.ot import sinkhorn, sinkhorn_partial, sinkhorn_semi_relaxed, training_rho
+from otclust.ot import sinkhorn, sinkhorn_batched, sinkhorn_partial, sinkhorn_semi_relaxed, training_rho
 from otclust.ot.priors import estimate_sizes, match_prior_to_mass
 
 
@@ -332,6 +332,17 @@ class ClusteringMethod(nn.Module):
         return sinkhorn_semi_relaxed(
             scores, eps=eps, tau=self.size_penalty, b=b, n_iters=n_iters or 1000, tol=tol or 1e-4, distributed=distributed
         )
+
+    @torch.no_grad()
+    def solve_transports(self, scores: list[torch.Tensor], eps, sizes: list, n_iters=None, tol=None, distributed=False) -> list[torch.Tensor]:
+        """The plans of several problems of one shape (heads, views): solve_transport on each. The
+        balanced ones are solved together (otclust.ot.batched: one batched product per half-step
+        for all of them, the same stopping rule per problem); the relaxed modes one by one."""
+        if self.partial_tau is not None or self.size_penalty is not None:
+            return [self.solve_transport(s, eps, b=b, n_iters=n_iters, tol=tol, distributed=distributed).plan for s, b in zip(scores, sizes)]
+        k, device = scores[0].shape[1], scores[0].device
+        priors = torch.stack([torch.full((k,), 1.0 / k, dtype=torch.float64, device=device) if b is None else b.to(device, torch.float64) for b in sizes])
+        return list(sinkhorn_batched(torch.stack(scores), eps, b=priors, n_iters=n_iters, tol=tol, distributed=distributed).plan)
 
     @torch.no_grad()
     def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:

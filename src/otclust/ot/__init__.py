@@ -2,6 +2,7 @@
 
 from otclust.ot.kmeans_loss import ot_kmeans_loss, size_constrained_inertia, soft_kmeans_loss, squared_distances
 from otclust.ot.partial import PartialResult, sinkhorn_partial, training_rho
+from otclust.ot.batched import BatchedSinkhornResult, sinkhorn_batched
 from otclust.ot.large import QuantizedScores, SinkhornLabels, quantize_scores, sinkhorn_labels
 from otclust.ot.sinkhorn import SinkhornResult, sinkhorn
 from otclust.ot.unbalanced import sinkhorn_semi_relaxed
@@ -10,6 +11,8 @@ __all__ = [
     "SinkhornResult",
     "sinkhorn",
     "sinkhorn_semi_relaxed",
+    "BatchedSinkhornResult",
+    "sinkhorn_batched",
     "PartialResult",
     "sinkhorn_partial",
     "training_rho",

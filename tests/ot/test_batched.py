@@ -1,0 +1,154 @@
+"""The batched solver (many small problems at once) against POT, the single solver, and its corners."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ot
+from otclust.ot import sinkhorn, sinkhorn_batched
+
+torch.set_num_threads(1)
+
+
+def _problems(nb, n, k, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # A shared column offset per problem makes some clusters unpopular, as late in training.
+    logits = torch.randn(nb, n, k, generator=g) * scale + torch.randn(nb, 1, k, generator=g) * scale / 2
+    return torch.log_softmax(logits, dim=2)
+
+
+def _col_error(plan, b):
+    return ((plan.double().sum(dim=-2) - b) / b).abs().amax(dim=-1)
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.2, 0.05])
+def test_each_plan_is_pots_plan(eps):
+    scores = _problems(4, 60, 5, 3.0).double()
+    b = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64), dim=1)
+    result = sinkhorn_batched(scores, eps, b=b, tol=1e-10, n_iters=20000)
+    for i in range(4):
+        reference = ot.sinkhorn(np.full(60, 1 / 60), b[i].numpy(), -scores[i].numpy(), reg=eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-13)
+        np.testing.assert_allclose(result.plan[i].numpy(), reference, atol=1e-9, rtol=1e-6)
+
+
+def test_every_problem_stops_on_its_own_at_the_tolerance():
+    # Problems of very different difficulty: the easy ones stop first and stay as they were.
+    scores = torch.cat([_problems(3, 256, 10, 1.0), _problems(3, 256, 10, 8.0, seed=1)])
+    b = torch.full((10,), 0.1)
+    result = sinkhorn_batched(scores, 0.2, b=b, tol=1e-2, n_iters=500)
+    assert result.plan.dtype == torch.float32 and result.plan.shape == (6, 256, 10)
+    errors = _col_error(result.plan, b.double())
+    assert bool((errors <= 1e-2 + 1e-6).all())
+    torch.testing.assert_close(errors, result.error, atol=1e-6, rtol=1e-3)
+    torch.testing.assert_close(result.plan.double().sum(dim=2), torch.full((6, 256), 1 / 256, dtype=torch.float64), atol=1e-9, rtol=1e-6)
+    assert result.n_iters[:3].max() < result.n_iters[3:].min()
+    # A problem solved alone in the batch gives the same plan: nothing leaks between problems.
+    alone = sinkhorn_batched(scores[:1], 0.2, b=b, tol=1e-2, n_iters=500)
+    torch.testing.assert_close(alone.plan[0], result.plan[0])
+    assert int(alone.n_iters[0]) == int(result.n_iters[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    nb=st.integers(1, 5),
+    n=st.integers(2, 80),
+    k=st.integers(2, 12),
+    scale=st.floats(0.1, 10.0),
+    eps=st.floats(0.05, 2.0),
+    seed=st.integers(0, 1000),
+)
+def test_same_fixed_point_as_the_single_solver(nb, n, k, scale, eps, seed):
+    scores = _problems(nb, n, k, scale, seed).double()
+    b = torch.softmax(torch.randn(nb, k, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64), dim=1)
+    result = sinkhorn_batched(scores, eps, b=b, tol=1e-9, n_iters=20000)
+    for i in range(nb):
+        single = sinkhorn(scores[i], eps, b=b[i], tol=1e-9, n_iters=20000)
+        # L1 distance between two plans of total mass 1, each within 1e-9 of its marginals
+        assert float((result.plan[i] - single.plan).abs().sum()) < 1e-6
+    assert bool((result.error <= 1e-9).all())
+
+
+def test_without_overrelaxation_it_is_plain_sinkhorn():
+    scores = _problems(2, 50, 4, 2.0).double()
+    relaxed = sinkhorn_batched(scores, 0.1, tol=1e-8, n_iters=5000)
+    plain = sinkhorn_batched(scores, 0.1, tol=1e-8, n_iters=5000, overrelax=False)
+    assert float((relaxed.plan - plain.plan).abs().sum()) < 1e-6
+    assert bool((relaxed.n_iters < plain.n_iters).all())
+    # a fixed number of plain iterations is what the textbook loop gives
+    fixed = sinkhorn_batched(scores, 0.1, n_iters=7, overrelax=False)
+    kern = torch.exp(scores / 0.1)
+    v = torch.ones(2, 4, dtype=torch.float64)
+    u = (1 / 50) / torch.einsum("bnk,bk->bn", kern, v)
+    for _ in range(7):
+        v = 0.25 / torch.einsum("bnk,bn->bk", kern, u)
+        u = (1 / 50) / torch.einsum("bnk,bk->bn", kern, v)
+    torch.testing.assert_close(fixed.plan, u[:, :, None] * kern * v[:, None, :])
+    assert fixed.n_iters.tolist() == [7, 7]
+
+
+def test_scalings_out_of_float64_range_fall_back_to_the_log_domain_solver():
+    # One cluster sits 2,000 eps below every sample's best: its scaling would need e^2000.
+    scores = _problems(3, 40, 4, 1.0).double()
+    scores[1, :, 0] -= 20.0
+    result = sinkhorn_batched(scores, 0.01, tol=1e-6, n_iters=20000)
+    assert bool(torch.isfinite(result.plan).all())
+    single = sinkhorn(scores[1], 0.01, tol=1e-6, n_iters=20000)
+    assert float((result.plan[1] - single.plan).abs().sum()) < 1e-5
+    assert float(result.error[1]) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scores": torch.zeros(4, 3)}, "B x N x K"),
+        ({"eps": 0.0}, "eps"),
+        ({"b": torch.full((2,), 0.5)}, "shape"),
+        ({"b": torch.tensor([0.5, 0.5, 0.5])}, "sum to 1"),
+        ({"b": torch.tensor([1.0, 0.0, 0.0])}, "positive"),
+        ({"tol": -1.0}, "tol"),
+    ],
+)
+def test_rejects_bad_input(kwargs, match):
+    args = {"scores": torch.zeros(2, 5, 3), "eps": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sinkhorn_batched(**args)
+
+
+def _distributed_worker(rank, world, init_file, scores, b, queue):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    rows = scores.shape[1] // world
+    result = sinkhorn_batched(scores[:, rank * rows : (rank + 1) * rows], 0.2, b=b, tol=1e-6, n_iters=2000, distributed=True)
+    # numpy, not a tensor: torch's queue would share the tensor's memory with a process that exits
+    queue.put((rank, result.plan.numpy(), result.n_iters.numpy(), result.error.numpy()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_distributed_rows_of_the_global_plans(tmp_path):
+    import torch.multiprocessing as mp
+
+    scores = _problems(3, 128, 6, 4.0)
+    scores[2, :, 1] -= 200.0  # one problem for the log-domain fallback, taken on both processes
+    b = torch.tensor([0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+    whole = sinkhorn_batched(scores, 0.2, b=b, tol=1e-6, n_iters=2000)
+    ctx = mp.get_context("fork")  # spawn would re-import torch: 10+ s on a busy 2-core machine
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, str(tmp_path / "init"), scores, b, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, plan, n_iters, error = queue.get(timeout=120)
+        got[rank] = (plan, n_iters, error)
+    for p in procs:
+        p.join(timeout=60)
+    np.testing.assert_array_equal(got[0][1], got[1][1])  # the same decisions on both processes
+    np.testing.assert_array_equal(got[0][2], got[1][2])
+    assert (got[0][2] <= 1e-6).all()
+    plan = torch.from_numpy(np.concatenate([got[0][0], got[1][0]], axis=1))
+    assert float((plan.double() - whole.plan.double()).abs().sum(dim=(1, 2)).max()) < 1e-4  # L1, total mass 1 each
