@@ -152,3 +152,18 @@ def test_distributed_rows_of_the_global_plans(tmp_path):
     assert (got[0][2] <= 1e-6).all()
     plan = torch.from_numpy(np.concatenate([got[0][0], got[1][0]], axis=1))
     assert float((plan.double() - whole.plan.double()).abs().sum(dim=(1, 2)).max()) < 1e-4  # L1, total mass 1 each
+
+
+def test_the_benchmark_prints_its_table(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import sinkhorn_batched as bench
+
+    bench.main(["--problems", "3", "--n", "40", "--k", "4", "--scales", "1,8", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or line.startswith("| 8 |")]
+    assert len(rows) == 2
+    for row in rows:
+        errors = [float(e) for e in row.rstrip(" |").split("|")[-1].split("/")]
+        assert len(errors) == 3 and max(errors[:2]) <= 1e-2
