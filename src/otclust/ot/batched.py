@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from otclust.ot.sinkhorn import _OMEGA_MAX, iteration_cap, several_processes, sinkhorn
+from otclust.ot.sinkhorn import _OMEGA_MAX, checked_eps, iteration_cap, several_processes, sinkhorn
 
 __all__ = ["BatchedSinkhornResult", "sinkhorn_batched"]
 
@@ -94,9 +94,7 @@ def sinkhorn_batched(
     """
     if scores.dim() != 3:
         raise ValueError(f"sinkhorn_batched: scores must be B x N x K, got shape {tuple(scores.shape)}")
-    eps = float(eps)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"sinkhorn_batched: eps must be positive and finite, got {eps}")
+    eps = checked_eps(eps, "sinkhorn_batched")
     n_iters = iteration_cap(n_iters, tol, "sinkhorn_batched")
     nb, n, k = scores.shape
     if nb == 0 or n == 0 or k == 0:

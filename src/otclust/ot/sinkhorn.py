@@ -526,6 +526,14 @@ class _Solver:
         return plan, log_u, log_v
 
 
+def checked_eps(eps, caller: str) -> float:
+    """eps as a float, refused unless positive and finite (shared by the solvers)."""
+    eps = float(eps)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"{caller}: eps must be positive and finite, got {eps}")
+    return eps
+
+
 def iteration_cap(n_iters, tol, caller: str) -> int:
     """Validated iteration cap: 1000 when a tolerance decides, else 100 (shared by the solvers)."""
     if tol is not None and not tol > 0:
@@ -632,9 +640,7 @@ def sinkhorn(
     """
     if scores.dim() != 2:
         raise ValueError(f"sinkhorn: scores must be N x K, got shape {tuple(scores.shape)}")
-    eps = float(eps)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"sinkhorn: eps must be positive and finite, got {eps}")
+    eps = checked_eps(eps, "sinkhorn")
     n_iters = iteration_cap(n_iters, tol, "sinkhorn")
     in_dtype = scores.dtype
     work_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from otclust.ot.sinkhorn import SinkhornResult, as_marginal, iteration_cap, several_processes
+from otclust.ot.sinkhorn import SinkhornResult, as_marginal, checked_eps, iteration_cap, several_processes
 
 __all__ = ["sinkhorn_semi_relaxed"]
 
@@ -51,9 +51,7 @@ def relaxed_problem(name, scores, eps, tau, a, b, n_iters, tol, distributed):
     row mass over processes. Returns (s, a, b, total_a, input dtype, iteration cap, distributed)."""
     if scores.dim() != 2:
         raise ValueError(f"{name}: scores must be N x K, got shape {tuple(scores.shape)}")
-    eps, tau = float(eps), float(tau)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"{name}: eps must be positive and finite, got {eps}")
+    eps, tau = checked_eps(eps, name), float(tau)
     if not tau > 0:
         raise ValueError(f"{name}: tau must be positive (math.inf for exact cluster sizes), got {tau}")
     n_iters = iteration_cap(n_iters, tol, name)
