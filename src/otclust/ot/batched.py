@@ -146,6 +146,7 @@ def sinkhorn_batched(
         history: dict[int, torch.Tensor] = {}
         all_active = not bool(needs_log.any())  # every problem still iterating: no masking needed
         a_full = torch.full_like(u, a)
+        relax = False  # whether any problem over-relaxes yet (omega only ever rises)
         it = 0
         while True:
             ktu = col_sums(u)
@@ -161,16 +162,20 @@ def sinkhorn_batched(
             stop = active & (err <= tol) if tol is not None else torch.zeros_like(active)
             if it >= n_iters:
                 stop = active.clone()
-            if bool(stop.any()):
+            # One transfer to the host for both decisions (each one a device sync on a GPU).
+            any_stop, any_active = torch.stack([stop.any(), (active & ~stop).any()]).tolist()
+            if any_stop:
                 iters = torch.where(stop, torch.full_like(iters, it), iters)
                 u = torch.where(stop[:, None], u_exact, u)
                 active = active & ~stop
                 all_active = False
-            if not bool(active.any()):
+            if not any_active:
                 break
             if overrelax:
-                omega = _update_omega(omega, history, it, err, active)
-            relax = bool((omega > 1.0).any())
+                history[it] = err
+                if _omega_may_change(it):
+                    omega = _update_omega(omega, history, it, err, active)
+                    relax = relax or bool((omega > 1.0).any())
             new_v = _relaxed(v, ktu, b, omega) if relax else b / ktu
             v = new_v if all_active else torch.where(active[:, None], new_v, v)
             kv = row_products(v)
@@ -194,6 +199,12 @@ def sinkhorn_batched(
     return BatchedSinkhornResult(plan=plan.to(scores.dtype), n_iters=iters, error=error)
 
 
+def _omega_may_change(it: int) -> bool:
+    """The iterations at which _update_omega measures a rate (elsewhere omega stays)."""
+    first = _RATE_START + _RATE_WINDOW
+    return it == first or (it > first and (it - first) % _RAISE_WINDOW == 0)
+
+
 def _update_omega(omega: torch.Tensor, history: dict, it: int, err: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """Each problem's over-relaxation factor, from its measured rates (Young's rule, as sinkhorn).
 
@@ -201,19 +212,15 @@ def _update_omega(omega: torch.Tensor, history: dict, it: int, err: torch.Tensor
     converging fast (r < 0.5) stay plain. Every _RAISE_WINDOW iterations after that, the rate rho
     observed under omega is turned back into r by Young's relation (rho + omega - 1)^2 = rho
     omega^2 r, and omega is raised if that calls for more (never lowered: the per-coordinate
-    bound, not omega, keeps a step safe)."""
-    history[it] = err
-    first = _RATE_START + _RATE_WINDOW
-    if it == first:
+    bound, not omega, keeps a step safe). `history` maps iterations to their errors."""
+    if it == _RATE_START + _RATE_WINDOW:
         rate = (err / history[_RATE_START]).pow(1.0 / _RATE_WINDOW)
         return torch.where(active & (rate > 0.5) & torch.isfinite(rate), _young_omega(rate), omega)
-    if it > first and (it - first) % _RAISE_WINDOW == 0:
-        rho = (err / history[it - _RAISE_WINDOW]).pow(1.0 / _RAISE_WINDOW)
-        steady = (omega - 1.0 < rho) & (rho < 1.0) & torch.isfinite(rho)
-        r = (rho + omega - 1.0) ** 2 / (rho * omega**2)
-        new = _young_omega(r)
-        return torch.where(active & steady & (new > omega + 0.01), new, omega)
-    return omega
+    rho = (err / history[it - _RAISE_WINDOW]).pow(1.0 / _RAISE_WINDOW)
+    steady = (omega - 1.0 < rho) & (rho < 1.0) & torch.isfinite(rho)
+    r = (rho + omega - 1.0) ** 2 / (rho * omega**2)
+    new = _young_omega(r)
+    return torch.where(active & steady & (new > omega + 0.01), new, omega)
 
 
 def _priors(b, nb: int, k: int, like: torch.Tensor) -> torch.Tensor:
