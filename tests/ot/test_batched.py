@@ -99,6 +99,20 @@ def test_scalings_out_of_float64_range_fall_back_to_the_log_domain_solver():
     assert float(result.error[1]) <= 1e-6
 
 
+def test_devices_without_float64_solve_one_by_one_with_the_same_contract():
+    # MPS has no float64: there the problems go to sinkhorn one at a time (_one_by_one).
+    from otclust.ot.batched import _one_by_one
+
+    scores = _problems(3, 30, 4, 3.0)
+    b = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    result = _one_by_one(scores, 0.2, b, 500, 1e-4, False, True)
+    for i in range(3):
+        single = sinkhorn(scores[i], 0.2, b=b, n_iters=500, tol=1e-4)
+        torch.testing.assert_close(result.plan[i], single.plan)
+        assert int(result.n_iters[i]) == single.n_iters
+    assert bool((_col_error(result.plan, b.double()) <= 1e-4 + 1e-6).all())
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
