@@ -341,7 +341,8 @@ class ClusteringMethod(nn.Module):
         if self.partial_tau is not None or self.size_penalty is not None:
             return [self.solve_transport(s, eps, b=b, n_iters=n_iters, tol=tol, distributed=distributed).plan for s, b in zip(scores, sizes)]
         k, device = scores[0].shape[1], scores[0].device
-        priors = torch.stack([torch.full((k,), 1.0 / k, dtype=torch.float64, device=device) if b is None else b.to(device, torch.float64) for b in sizes])
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        priors = torch.stack([torch.full((k,), 1.0 / k, dtype=dtype, device=device) if b is None else b.to(device, dtype) for b in sizes])
         return list(sinkhorn_batched(torch.stack(scores), eps, b=priors, n_iters=n_iters, tol=tol, distributed=distributed).plan)
 
     @torch.no_grad()

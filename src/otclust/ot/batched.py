@@ -242,7 +242,7 @@ def _priors(b, nb: int, k: int, like: torch.Tensor) -> torch.Tensor:
 
 def _one_by_one(scores, eps, b, n_iters, tol, distributed, overrelax) -> BatchedSinkhornResult:
     nb, _, k = scores.shape
-    priors = [None] * nb if b is None else list(torch.as_tensor(b, device=scores.device).expand(nb, k))
+    priors = [None] * nb if b is None else list(torch.as_tensor(b).to(scores.device, torch.float32).expand(nb, k))
     results = [sinkhorn(s, eps=eps, b=p, n_iters=n_iters, tol=tol, distributed=distributed, overrelax=overrelax) for s, p in zip(scores, priors)]
     return BatchedSinkhornResult(
         plan=torch.stack([r.plan for r in results]),
