@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=None, help="ACC a run must reach to count in the 'reached' column")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--csv", default=None, help="append one row per run to this CSV file")
+    parser.add_argument("--out", default=None, help="keep each run's folder (model.pt, metrics) as OUT/VARIANT-seedS; writing it adds a little to the times")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -107,7 +109,10 @@ def main() -> None:
             config = build_config(recipe, fields, sections, seed)
             started = time.perf_counter()
             # Notes only (e.g. --cpu-amp falling back to float32 on a CPU without bfloat16).
-            result = Trainer(config, progress=False, log=lambda message: message.startswith("note") and print(message, file=sys.stderr, flush=True)).fit(dataset)
+            folder = None if args.out is None else Path(args.out) / f"{re.sub('[^A-Za-z0-9.]+', '-', label).strip('-')}-seed{seed}"
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            result = Trainer(config, folder, progress=False, log=lambda message: message.startswith("note") and print(message, file=sys.stderr, flush=True)).fit(dataset)
             total = time.perf_counter() - started
             train = sum(row.get("seconds", 0.0) for row in result.history)
             row = {
