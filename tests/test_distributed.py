@@ -192,6 +192,8 @@ def _worker(rank: int, port: int, folder: str) -> None:
     neighbors.all_gather_rows = lambda rows: out.setdefault("neighbor_rows_ranked", len(rows)) and gather(rows)
     out["neighbors"] = neighbors.nearest_neighbors(_neighbor_features(), 4, chunk=5)
     neighbors.all_gather_rows = gather
+    # The search by inverted lists (large N): the same cells on every process, each its share of the queries.
+    out["neighbors_by_cells"] = neighbors.nearest_neighbors(_neighbor_features(), 4, cells=5, probes=2)
 
     # 2. NT-Xent with the negatives of both processes.
     z_a, z_b = (z.chunk(WORLD)[rank].clone().requires_grad_(True) for z in _nt_xent_inputs())
@@ -307,6 +309,10 @@ def test_neighbour_mining_split_over_processes_equals_one_process(runs):
     assert [out["neighbor_rows_ranked"] for out in runs["ranks"]] == [12, 11]  # split, not repeated
     for out in runs["ranks"]:
         assert torch.equal(out["neighbors"], expected)
+    by_cells = nearest_neighbors(_neighbor_features(), 4, cells=5, probes=2)
+    assert not torch.equal(by_cells, expected)  # 2 of 5 cells probed: some neighbours differ, so the shares must agree on the cells
+    for out in runs["ranks"]:
+        assert torch.equal(out["neighbors_by_cells"], by_cells)
 
 
 def test_processes_with_different_priors_all_get_an_error_instead_of_a_hang(runs):

@@ -46,7 +46,7 @@ class FitConfig:
     backbone: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
     # bfloat16 mixed precision on the CPU (training steps, predictions, feature passes, the
-    # coarse pass of neighbour searches); only where the CPU computes bfloat16 natively.
+    # coarse pass of brute-force neighbour searches); only where the CPU computes bfloat16 natively.
     cpu_amp: bool = False
     sync_batchnorm: bool = False  # several processes (torchrun): batch-norm statistics over the global batch (CUDA only)
     eval_every: int = 1

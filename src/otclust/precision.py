@@ -48,8 +48,8 @@ def cpu_computes_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 class Precision:
     autocast: bool  # run the network under torch.autocast (float16 on CUDA, bfloat16 on the CPU)
     grad_scaler: bool  # float16 gradients need loss scaling; bfloat16 ones do not
-    # dtype of the coarse pass of nearest-neighbour searches (otclust.readout.nearest_neighbors);
-    # None: one exact float32 pass.
+    # dtype of the coarse pass of brute-force nearest-neighbour searches (otclust.readout.nearest_neighbors,
+    # below its CELLS_FROM rows); None: one exact float32 pass.
     search_dtype: torch.dtype | None
     # The read-out stage (its features, fit and predictions) under autocast too. Not in bfloat16:
     # its features decide the clusters, and `otclust predict` computes them in float32.

@@ -1,5 +1,7 @@
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
 from otclust.readout import nearest_neighbors, smooth_over_neighbors
@@ -54,3 +56,80 @@ def test_on_near_duplicates_a_bfloat16_coarse_pass_loses_at_most_its_rounding():
     assert (got >= best[:, -1:] - 0.01).all()
     shared = np.mean([len(set(a) & set(b)) / k for a, b in zip(coarse.tolist(), exact.tolist())])
     assert shared > 0.5
+
+
+def _exact_similarities(features, index):
+    unit = torch.nn.functional.normalize(features, dim=1)
+    return torch.einsum("nd,nkd->nk", unit, unit[index])
+
+
+def test_searching_by_cells_with_every_cell_probed_is_the_exact_search():
+    features = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    ours = nearest_neighbors(features, 5, cells=20, probes=20).numpy()
+    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(ours, reference[:, :5])
+
+
+def test_searching_by_cells_keeps_almost_every_neighbour_of_clustered_features():
+    # 4,000 points around 40 overlapping clusters, as trained features lie: 8 of 63 cells probed.
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(40, 32, generator=g)
+    features = centres[torch.arange(4000) % 40] + 1.0 * torch.randn(4000, 32, generator=g)
+    exact = nearest_neighbors(features, 10, cells=0)
+    ours = nearest_neighbors(features, 10, cells=63, probes=8)
+    recall = (ours[:, :, None] == exact[:, None, :]).any(-1).float().mean()
+    assert recall > 0.98
+    assert not torch.equal(ours, exact)  # it did not search everything
+    got = _exact_similarities(features, ours)
+    assert (got[:, :-1] >= got[:, 1:] - 1e-6).all()  # nearest first
+    assert (ours != torch.arange(4000)[:, None]).all()
+
+
+def test_large_feature_sets_are_searched_by_cells_small_ones_by_brute_force(monkeypatch):
+    from otclust.readout import neighbors
+
+    calls = []
+    monkeypatch.setattr(neighbors, "CELLS_FROM", 500)
+    monkeypatch.setattr(neighbors, "_search_by_cells", lambda unit, k, cells, *rest: calls.append(cells) or torch.zeros(len(unit), k, dtype=torch.long))
+    nearest_neighbors(torch.randn(499, 4), 3)
+    assert calls == []
+    nearest_neighbors(torch.randn(900, 4), 3)
+    assert calls == [30]  # sqrt(N) cells
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 120), k=st.integers(1, 12), cells=st.integers(2, 30), probes=st.integers(1, 30), seed=st.integers(0, 2**16), duplicates=st.booleans())
+def test_search_by_cells_returns_k_distinct_other_rows_never_closer_than_the_exact_ones(n, k, cells, probes, seed, duplicates):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 5, generator=g)
+    if duplicates:  # repeated rows: cells that empty, ties everywhere
+        features = features[torch.randint(3, (n,), generator=g)]
+    ours = nearest_neighbors(features, k, cells=cells, probes=probes)
+    exact = nearest_neighbors(features, k, cells=0)
+    k = min(k, n - 1)
+    assert ours.shape == (n, k)
+    assert (ours != torch.arange(n)[:, None]).all()
+    assert all(len(set(row)) == k for row in ours.tolist())
+    got, best = _exact_similarities(features, ours), _exact_similarities(features, exact)
+    # the i-th nearest among the rows searched is never nearer than the i-th nearest of all
+    assert (got <= best + 1e-5).all()
+    if probes >= min(cells, n):
+        torch.testing.assert_close(got, best, atol=1e-5, rtol=0)
+
+
+def test_the_search_benchmark_prints_its_table(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import knn_search as bench
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(30, 16, generator=g)[torch.arange(900) % 30] + 0.5 * torch.randn(900, 16, generator=g)
+    np.save(tmp_path / "f.npy", features.numpy())
+    bench.main(["--features", str(tmp_path / "f.npy"), "--probes", "2,30", "--no-faiss"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"search", "brute force, float32 (exact)", "brute force, bfloat16 + re-rank", "cells, 2 probes", "cells, 30 probes"}
+    assert float(rows["brute force, float32 (exact)"][1]) == 1.0
+    assert float(rows["cells, 30 probes"][1]) == 1.0  # every cell probed: exact
+    assert 0.5 < float(rows["cells, 2 probes"][1]) < 1.0

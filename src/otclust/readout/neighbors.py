@@ -13,7 +13,16 @@ from scipy import sparse
 from otclust.distributed import all_gather_rows, is_distributed, rank, world_size
 
 
-def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_dtype: torch.dtype | None = None) -> torch.Tensor:
+# From this many rows on, the search is by inverted lists (`_search_by_cells`), not brute force:
+# brute force costs N^2 x D (70,000 x 256 features: 14 s in bfloat16 on 2 CPU cores, and 2 minutes
+# at 200,000), the cells about N^1.5 x D. Below it brute force takes seconds and stays exact.
+CELLS_FROM = 50_000
+# Cells probed per query. On 70,000 Fashion-MNIST features (benchmarks/knn_search.py) 8 of
+# sqrt(N) cells keep over 99.5 % of the exact 10 nearest neighbours.
+PROBES = 8
+
+
+def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_dtype: torch.dtype | None = None, cells: int | None = None, probes: int = PROBES) -> torch.Tensor:
     """N x k indices of each row's k most cosine-similar other rows (itself excluded), nearest first.
 
     Brute force in row chunks: a chunk x N similarity block at a time (1024 x 70,000 floats is
@@ -24,14 +33,28 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
     `search_dtype` (bfloat16 under --cpu-amp): the block is computed in that dtype, whose
     rounding (about 0.004 near a similarity of 1) blurs the order among close neighbours; the
     coarse_candidates(k) = 2k + 16 best of that pass are then ranked again by exact float32 similarity. A
-    neighbour can be missed only for another within that rounding of it. None: exact."""
+    neighbour can be missed only for another within that rounding of it. None: exact.
+
+    `cells` (default: none below CELLS_FROM rows, about sqrt(N) from there): search by inverted
+    lists instead, as IVF indexes do (`_search_by_cells`): exact float32 similarities, but only to
+    the rows of the `probes` cells nearest each row, so a neighbour in a cell not probed is missed
+    (`search_dtype` is then not needed and not used)."""
     unit = F.normalize(features.float(), dim=1)
     k = min(k, len(unit) - 1)
-    coarse = unit if search_dtype is None else unit.to(search_dtype)
-    wide = k if search_dtype is None else min(coarse_candidates(k), len(unit) - 1)
     share = -(-len(unit) // world_size())
     first = rank() * share if is_distributed() else 0
     last = min(len(unit), first + share)
+    if cells is None:
+        cells = 0 if len(unit) < CELLS_FROM else round(len(unit) ** 0.5)
+    if cells > 1 and k > 0:
+        return all_gather_rows(_search_by_cells(unit, k, min(cells, len(unit)), probes, first, last))
+    return all_gather_rows(_brute_force(unit, k, chunk, search_dtype, first, last))
+
+
+def _brute_force(unit: torch.Tensor, k: int, chunk: int, search_dtype: torch.dtype | None, first: int, last: int) -> torch.Tensor:
+    """nearest_neighbors of rows first..last by every row's similarity."""
+    coarse = unit if search_dtype is None else unit.to(search_dtype)
+    wide = k if search_dtype is None else min(coarse_candidates(k), len(unit) - 1)
     rows = [torch.empty(0, k, dtype=torch.long, device=unit.device)]
     for start in range(first, last, chunk):
         stop = min(start + chunk, last)
@@ -43,7 +66,67 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
             exact = torch.einsum("cd,cwd->cw", unit[start:stop], unit[candidates])
             candidates = candidates.gather(1, exact.topk(k, dim=1).indices)
         rows.append(candidates)
-    return all_gather_rows(torch.cat(rows))
+    return torch.cat(rows)
+
+
+def _search_by_cells(unit: torch.Tensor, k: int, cells: int, probes: int, first: int, last: int, block: int = 1 << 22) -> torch.Tensor:
+    """nearest_neighbors of rows first..last of unit rows, searched by inverted lists.
+
+    A spherical k-means on a sample (`cell_centres`) splits the rows into `cells` cells, each row
+    a member of the cell of its nearest centre; each query row is compared, exactly, with the
+    members of its `probes` nearest cells only. Rows whose probed cells hold fewer than k other
+    rows are searched by brute force, so every row gets k neighbours. Deterministic: the sample
+    comes from a fixed seed, not the global random state."""
+    probes = min(probes, cells)
+    centres = cell_centres(unit, cells)
+    nearest_cells = torch.cat([(unit[s : s + 8192] @ centres.T).topk(probes, dim=1).indices for s in range(0, len(unit), 8192)])
+    home = nearest_cells[:, 0]
+    member_order = torch.argsort(home, stable=True)
+    member_ends = torch.bincount(home, minlength=cells).cumsum(0).tolist()
+    queries = torch.arange(first, last, device=unit.device)
+    probed = nearest_cells[first:last].reshape(-1)
+    query_order = torch.argsort(probed, stable=True)
+    query_ends = torch.bincount(probed, minlength=cells).cumsum(0).tolist()
+    query_rows, query_slots = queries.repeat_interleave(probes)[query_order], torch.arange(probes, device=unit.device).repeat(len(queries))[query_order]
+    best = torch.full((len(queries), probes * k), -float("inf"), device=unit.device)
+    best_index = torch.zeros((len(queries), probes * k), dtype=torch.long, device=unit.device)
+    members_start = queries_start = 0
+    for cell in range(cells):
+        members = member_order[members_start : member_ends[cell]]
+        cell_rows, cell_slots = query_rows[queries_start : query_ends[cell]], query_slots[queries_start : query_ends[cell]]
+        members_start, queries_start = member_ends[cell], query_ends[cell]
+        if len(members) == 0 or len(cell_rows) == 0:
+            continue
+        width = min(k, len(members))
+        columns = torch.arange(width, device=unit.device)
+        step = max(1, block // len(members))  # a block of queries x members similarities at a time
+        for s in range(0, len(cell_rows), step):
+            rows, slots = cell_rows[s : s + step], cell_slots[s : s + step]
+            similarity = unit[rows] @ unit[members].T
+            similarity[rows[:, None] == members[None, :]] = -float("inf")  # never its own neighbour
+            top = similarity.topk(width, dim=1)
+            at = (rows - first)[:, None], slots[:, None] * k + columns
+            best[at], best_index[at] = top.values, members[top.indices]
+    top = best.topk(k, dim=1)
+    neighbors = best_index.gather(1, top.indices)
+    short = torch.nonzero(top.values[:, -1] == -float("inf")).flatten()
+    if len(short):
+        neighbors[short] = torch.cat([_brute_force(unit, k, 1024, None, int(row), int(row) + 1) for row in (short + first).tolist()])
+    return neighbors
+
+
+def cell_centres(unit: torch.Tensor, cells: int, iterations: int = 10, per_cell: int = 40) -> torch.Tensor:
+    """cells x D unit centres of a spherical k-means on at most per_cell x cells of the unit rows
+    (drawn with a fixed seed); a centre whose cell empties keeps its place."""
+    sample = torch.randperm(len(unit), generator=torch.Generator().manual_seed(0))[: per_cell * cells].to(unit.device)
+    points = unit[sample]
+    centres = points[:cells].clone()
+    for _ in range(iterations):
+        assign = (points @ centres.T).argmax(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        filled = torch.bincount(assign, minlength=cells) > 0
+        centres = torch.where(filled[:, None], F.normalize(sums, dim=1), centres)
+    return centres
 
 
 def coarse_candidates(k: int) -> int:
