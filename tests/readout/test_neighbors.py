@@ -85,6 +85,12 @@ def test_searching_by_cells_keeps_almost_every_neighbour_of_clustered_features()
     assert (ours != torch.arange(4000)[:, None]).all()
 
 
+def test_rows_whose_probed_cells_hold_too_few_rows_are_searched_by_brute_force():
+    # one probe of as many cells as rows: a row's own cell holds about one row, too few for k = 5
+    features = torch.randn(60, 8, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(nearest_neighbors(features, 5, cells=60, probes=1), nearest_neighbors(features, 5, cells=0))
+
+
 def test_large_feature_sets_are_searched_by_cells_small_ones_by_brute_force(monkeypatch):
     from otclust.readout import neighbors
 

@@ -110,8 +110,11 @@ def _search_by_cells(unit: torch.Tensor, k: int, cells: int, probes: int, first:
     top = best.topk(k, dim=1)
     neighbors = best_index.gather(1, top.indices)
     short = torch.nonzero(top.values[:, -1] == -float("inf")).flatten()
-    if len(short):
-        neighbors[short] = torch.cat([_brute_force(unit, k, 1024, None, int(row), int(row) + 1) for row in (short + first).tolist()])
+    for start in range(0, len(short), 1024):  # rows whose probed cells held too few: brute force
+        rows = short[start : start + 1024]
+        similarity = unit[rows + first] @ unit.T
+        similarity[torch.arange(len(rows), device=unit.device), rows + first] = -float("inf")
+        neighbors[rows] = similarity.topk(k, dim=1).indices
     return neighbors
 
 
