@@ -10,7 +10,7 @@ read-out and `otclust embed`. Rows, each on the same features, k = 10:
 - brute force, bfloat16 + re-rank: the same in bfloat16, its best 2k + 16 ranked again in
   float32 (what the search was under --cpu-amp until 2026-12-05);
 - cells, P probes: the search by inverted lists (`otclust.readout.neighbors._search_by_cells`,
-  the default from 50,000 rows): sqrt(N) cells of a spherical k-means on a sample, each row
+  the default from 200,000 rows): sqrt(N) cells of a spherical k-means on a sample, each row
   compared exactly with the rows of its P nearest cells;
 - faiss IVF, P probes (a peer, when `faiss` can be imported; not a dependency of otclust):
   `IndexIVFFlat` on the unit rows, inner product, sqrt(N) lists, training and search timed.
