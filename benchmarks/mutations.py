@@ -8,7 +8,7 @@ temporary copy of src/ (never the real tree), run the tests meant to catch each,
 Each fault names a file under src/otclust, the exact text of (part of) one line, which of its
 occurrences to change (1-based; a following line may be included to make it unique), and the
 replacement. The copy of src/ goes first on
-PYTHONPATH of a pytest run over the fault's tests (a snapshot of the repository's tests/ and
+PYTHONPATH of a pytest run over the fault's tests (a snapshot of the repository's tests/, benchmarks/ and
 pyproject.toml taken at the start, so editing them meanwhile changes nothing), so the tests
 import the faulty package; a fault is caught when at least one
 of those tests fails. Before the faults, the same tests run on an unmodified copy, which must pass
@@ -324,6 +324,8 @@ def main() -> None:
         check_isolation(clean)
         repo = Path(tmp) / "repo"  # the tests as they are now, run from here
         shutil.copytree(ROOT / "tests", repo / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        # some tests run a benchmark script; they import it from benchmarks/ next to tests/ (never the faulty src/)
+        shutil.copytree(ROOT / "benchmarks", repo / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
         if not args.skip_baseline:
             tests = sorted({t for f in faults for t in f.tests})
