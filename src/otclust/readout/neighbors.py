@@ -14,8 +14,8 @@ from otclust.distributed import all_gather_rows, is_distributed, rank, world_siz
 
 
 # From this many rows on, the search is by inverted lists (`_search_by_cells`), not brute force.
-# Brute force costs N^2 x D: on 2 CPU cores about 2 minutes a search at 200,000 x 256 and an hour
-# at a million; the cells about N^1.5 x D. Below it brute force stays: at 70,000 the cells were 7x
+# Brute force costs N^2 x D: on 2 CPU cores 2-3.5 minutes a search at 210,000 x 256 (bfloat16 /
+# float32, benchmarks/knn_search.py) and about an hour at a million; the cells about N^1.5 x D. Below it brute force stays: at 70,000 the cells were 7x
 # faster than the bfloat16 search and kept more of the exact neighbours, but the Fashion-MNIST
 # recipe's read-out then chose a worse partition on one seed of three (docs/performance.md).
 CELLS_FROM = 200_000
