@@ -7,6 +7,17 @@ from sklearn.neighbors import NearestNeighbors
 from otclust.readout import nearest_neighbors, smooth_over_neighbors
 
 
+def _scikit_learn_neighbours(features, k):
+    """The exact k cosine neighbours of each row, nearest first (kneighbors() without X leaves each row out)."""
+    return NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
+
+
+def _clusters(n, centres, dim, spread, seed):
+    """n points around `centres` random centres (round robin), Gaussian noise of std `spread`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(centres, dim, generator=g)[torch.arange(n) % centres] + spread * torch.randn(n, dim, generator=g)
+
+
 def test_smoothing_over_neighbours_equals_powers_of_the_dense_walk_matrix():
     g = torch.Generator().manual_seed(0)
     features = torch.randn(30, 4, generator=g, dtype=torch.float64)
@@ -23,25 +34,21 @@ def test_smoothing_over_neighbours_equals_powers_of_the_dense_walk_matrix():
 def test_nearest_neighbors_match_scikit_learn_cosine_neighbours():
     features = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
     ours = nearest_neighbors(features, 5, chunk=64).numpy()  # several chunks
-    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
-    np.testing.assert_array_equal(ours, reference[:, :5])
+    np.testing.assert_array_equal(ours, _scikit_learn_neighbours(features, 5))
     assert not (ours == np.arange(300)[:, None]).any()  # a sample is never its own neighbour
 
 
 def test_a_bfloat16_coarse_pass_still_returns_the_exact_neighbours_in_exact_order():
     features = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
     ours = nearest_neighbors(features, 5, chunk=64, search_dtype=torch.bfloat16).numpy()
-    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
-    np.testing.assert_array_equal(ours, reference[:, :5])
+    np.testing.assert_array_equal(ours, _scikit_learn_neighbours(features, 5))
 
 
 def test_on_near_duplicates_a_bfloat16_coarse_pass_loses_at_most_its_rounding():
     # 2,000 points in 20 tight clusters: hundreds of candidates within bfloat16's rounding of each
     # other, the case where its order is blurred. The exact re-ranking keeps each row sorted by
     # float32 similarity, and what it returns is within that rounding of the true neighbours.
-    g = torch.Generator().manual_seed(1)
-    centres = torch.randn(20, 32, generator=g)
-    features = centres[torch.arange(2000) % 20] + 0.05 * torch.randn(2000, 32, generator=g)
+    features = _clusters(2000, 20, 32, 0.05, seed=1)
     k = 10
     exact = nearest_neighbors(features, k)
     coarse = nearest_neighbors(features, k, search_dtype=torch.bfloat16)
@@ -66,15 +73,12 @@ def _exact_similarities(features, index):
 def test_searching_by_cells_with_every_cell_probed_is_the_exact_search():
     features = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
     ours = nearest_neighbors(features, 5, cells=20, probes=20).numpy()
-    reference = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(features.numpy()).kneighbors(return_distance=False)
-    np.testing.assert_array_equal(ours, reference[:, :5])
+    np.testing.assert_array_equal(ours, _scikit_learn_neighbours(features, 5))
 
 
 def test_searching_by_cells_keeps_almost_every_neighbour_of_clustered_features():
     # 4,000 points around 40 overlapping clusters, as trained features lie: 8 of 63 cells probed.
-    g = torch.Generator().manual_seed(3)
-    centres = torch.randn(40, 32, generator=g)
-    features = centres[torch.arange(4000) % 40] + 1.0 * torch.randn(4000, 32, generator=g)
+    features = _clusters(4000, 40, 32, 1.0, seed=3)
     exact = nearest_neighbors(features, 10, cells=0)
     ours = nearest_neighbors(features, 10, cells=63, probes=8)
     recall = (ours[:, :, None] == exact[:, None, :]).any(-1).float().mean()
