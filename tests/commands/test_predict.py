@@ -141,3 +141,12 @@ def test_balanced_eps_has_the_methods_name_and_keeps_its_former_one(trained, tmp
         outputs[flag] = [r["cluster"] for r in read_rows(out)]
     capsys.readouterr()
     assert outputs["--sinkhorn-eps"] == outputs["--eps"]
+
+
+def test_no_progress_silences_the_prediction_and_export_bars(trained, tmp_path, capsys):
+    model, data = trained
+    for quiet in (False, True):
+        args = ["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / f"p{quiet}.csv"), "--export", str(tmp_path / f"e{quiet}"), "--device", "cpu"]
+        assert main(args + ["--no-progress"] * quiet) == 0
+        err = capsys.readouterr().err
+        assert [bar in err for bar in ("predicting", "copying")] == [not quiet] * 2, err

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     add_readout_option(parser)
     parser.set_defaults(run=run)
 
@@ -42,7 +43,7 @@ def run(args) -> int:
     if dataset.labels is None:
         raise UserError(f"{dataset.name} has no labels, so it cannot be scored: use 'otclust predict' to get its clusters")
     device = select_device(args.device)
-    proba = predict_in_batches(method, dataset.data, device, args.batch_size, description="predicting")
+    proba = predict_in_batches(method, dataset.data, device, args.batch_size, description=None if args.no_progress else "predicting")
     metrics = {"checkpoint": str(args.checkpoint), "data": dataset.name, "n_samples": len(proba), "predictor": method.predictor, **evaluate_clustering(dataset.labels, proba.argmax(axis=1))}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")

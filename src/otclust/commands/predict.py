@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--weights", default=None, metavar="PATH", help="a model fitted behind a pretrained backbone: its weights file, if no longer where the model recorded it (its sha256 must match)")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     add_readout_option(parser)
     parser.add_argument("--assign", choices=["argmax", "balanced"], default="argmax", help=ASSIGN_HELP)
     parser.add_argument("--sinkhorn-eps", "--eps", dest="eps", type=float, default=0.05, help="entropic eps of --assign balanced's Sinkhorn, in log-probability units, as the methods' sinkhorn_eps (smaller: closer to exact OT, sizes follow the prior more strictly; default 0.05; --eps is its former name)")
@@ -191,7 +192,7 @@ def run(args) -> int:
     dataset = load_data_for_model(args, method, config)
     if export is not None and dataset.paths is None:
         raise UserError(f"--export needs image files, and {dataset.name} has none (it is held in memory): use --data folder:PATH, or drop --export")
-    proba = predict_in_batches(method, dataset.data, select_device(args.device), args.batch_size, description="predicting")
+    proba = predict_in_batches(method, dataset.data, select_device(args.device), args.batch_size, description=None if args.no_progress else "predicting")
     k = proba.shape[1]
     if args.assign == "balanced":
         if len(proba) < 20 * k:
@@ -214,6 +215,6 @@ def run(args) -> int:
     if export is not None:
         if args.overwrite and export.is_dir():
             _clear_export_dir(export)
-        counts = export_images(dataset.paths, clusters, uncertain if uncertain is not None else np.zeros(len(clusters), dtype=bool), export, k, args.link)
+        counts = export_images(dataset.paths, clusters, uncertain if uncertain is not None else np.zeros(len(clusters), dtype=bool), export, k, args.link, progress=not args.no_progress)
         print(f"{'linked' if args.link else 'copied'} {sum(counts.values())} images into {len(counts)} folders of {export}")
     return 0
