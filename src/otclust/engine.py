@@ -318,7 +318,10 @@ class Trainer:
             return head_proba, None, name, None
         if k_range:  # a head predictor with --clusters auto was refused before training
             self.log(f"choosing K in {k_range[0]}-{k_range[1]} on the {name} read-out's features (the network trained with {method.n_clusters} clusters)")
-        fitted, k_selection = fit_method_readout(self, method, name, params, k_range)
+        head_labels = None
+        if params.head_start:  # the head's clusters of the training set (the evaluation set is often it)
+            head_labels = (head_proba if eval_data is self.train_data else self._predict_eval(self.train_data)).argmax(axis=1)
+        fitted, k_selection = fit_method_readout(self, method, name, params, k_range, head_labels)
         if k_selection:
             self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
         method.readout_fits = {name: fitted}

@@ -4,7 +4,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from otclust.readout import choose_kmeans_restart, kmeans, kmeans_restarts
+from otclust.readout import choose_kmeans_restart, kmeans, kmeans_from_partition, kmeans_restarts
 
 
 def test_kmeans_restarts_report_each_end_point_as_scikit_learn_would():
@@ -41,6 +41,42 @@ def test_restart_choice_under_equal_sizes_keeps_the_balanced_partition(choice, s
     truth = np.repeat([0, 1, 2], 100)
     chosen = choose_kmeans_restart(x, 3, seed=0, restarts=30, choice=choice)
     assert (adjusted_rand_score(truth, chosen.labels) == 1.0) == separated
+
+
+def _blobs_and_line():
+    """Two tight blobs and a long line (the test above): equal sizes want all three apart, the
+    lowest plain inertia merges the blobs and splits the line."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, 2, generator=g) * 0.05, torch.randn(100, 2, generator=g) * 0.05 + torch.tensor([4.0, 0.0])])
+    return torch.cat([x, torch.stack([30 + 20 * torch.rand(100, generator=g), torch.zeros(100)], dim=1)]), np.repeat([0, 1, 2], 100)
+
+
+def test_kmeans_from_a_partition_starts_at_its_means_as_scikit_learn_would():
+    x, truth = _blobs_and_line()
+    labels = truth.copy()
+    labels[:10] = 1  # a few points of the first blob given to the second
+    means = np.stack([x.double().numpy()[labels == k].mean(0) for k in range(3)])
+    reference = KMeans(3, init=means, n_init=1).fit(x.double().numpy())
+    end = kmeans_from_partition(x, labels, 3, seed=0)
+    np.testing.assert_array_equal(end.labels, reference.labels_)
+    np.testing.assert_allclose(end.centers.numpy(), reference.cluster_centers_, rtol=1e-5, atol=1e-6)
+    assert kmeans_from_partition(x, np.minimum(truth, 1), 3, seed=0) is None  # no point in part 2: nothing to start it from
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_a_start_partition_is_one_more_candidate_judged_like_the_restarts(seed):
+    """With 3 restarts these seeds all end in the merged partition; a start from a partition that
+    confuses 20 points of the two blobs (as a network head might) reaches the separated one, which
+    wins under equal sizes but not by plain inertia: the start is judged, not taken."""
+    x, truth = _blobs_and_line()
+    start = truth.copy()
+    rng = np.random.default_rng(0)
+    start[rng.choice(200, 20, replace=False)] = rng.integers(0, 2, 20)
+    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=seed, restarts=3).labels) < 1.0
+    assert adjusted_rand_score(truth, choose_kmeans_restart(x, 3, seed=seed, restarts=3, start_labels=start).labels) == 1.0
+    plain = choose_kmeans_restart(x, 3, seed=seed, restarts=3, choice="inertia", start_labels=start)
+    assert adjusted_rand_score(truth, plain.labels) < 1.0
+    assert choose_kmeans_restart(x, 3, seed=seed, restarts=3, start_labels=np.zeros(300, dtype=int)).labels is not None  # empty parts: no candidate, no error
 
 
 def test_restart_choice_matches_known_sizes_to_clusters():

@@ -89,9 +89,9 @@ def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportion
     seen = {}
     real = stage.choose_kmeans_restart
 
-    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None):
+    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None):
         seen["sizes"], seen["choice"] = sizes, choice
-        return real(points, n_clusters, seed, restarts, choice, sizes)
+        return real(points, n_clusters, seed, restarts, choice, sizes, start_labels)
 
     monkeypatch.setattr(stage, "choose_kmeans_restart", spy)
     _fit(blobs, epochs=1, cluster_proportions=proportions)
@@ -197,13 +197,36 @@ def test_clot_without_deprecated_parameters_warns_nothing():
         assert resolve_readout(FitConfig(method="clot"), Clot(2, spec, ClotParams()))[0] == "smoothed"
 
 
+@pytest.mark.parametrize("head_start", [False, True])
+def test_the_heads_clusters_of_the_training_set_start_one_kmeans_run_when_asked(blobs, head_start, monkeypatch):
+    import otclust.readout.stage as stage
+
+    seen = {}
+    real = stage.choose_kmeans_restart
+
+    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None):
+        seen["start"] = start_labels
+        return real(points, n_clusters, seed, restarts, choice, sizes, start_labels)
+
+    monkeypatch.setattr(stage, "choose_kmeans_restart", spy)
+    result = _fit(blobs, epochs=1, readout_params={"head_start": head_start})
+    if not head_start:
+        assert seen["start"] is None
+    else:  # the training set is the evaluation set here: its head predictions, as scored
+        method = result.method
+        method.predictor = "head"
+        with torch.no_grad():
+            head = method.predict_proba(blobs.data).argmax(1).numpy()
+        np.testing.assert_array_equal(seen["start"], head)
+
+
 def test_an_unknown_predict_by_is_a_user_error():
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.warns(FutureWarning), pytest.raises(UserError, match="predict_by"):
         resolve_readout(FitConfig(method="clot"), Clot(2, spec, ClotParams(predict_by="centroids")))
 
 
-@pytest.mark.parametrize("settings, name", [({"restarts": 0}, "restarts"), ({"choice": "lowest"}, "choice"), ({"rounds": -1}, "rounds"), ({"neighbors": 0}, "neighbors"), ({"typo": 1}, "typo"), ({"restarts": "many"}, "restarts")])
+@pytest.mark.parametrize("settings, name", [({"restarts": 0}, "restarts"), ({"choice": "lowest"}, "choice"), ({"rounds": -1}, "rounds"), ({"neighbors": 0}, "neighbors"), ({"typo": 1}, "typo"), ({"restarts": "many"}, "restarts"), ({"head_start": "yes"}, "head_start")])
 def test_bad_readout_settings_are_user_errors(settings, name):
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match=name):

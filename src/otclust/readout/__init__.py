@@ -1,7 +1,7 @@
 """After training: reading clusters off a network's features (the read-out stage), and the
 shared pieces it is built from: nearest neighbours and smoothing, the one k-means, size estimates."""
 
-from otclust.readout.kmeans import KMeansRestart, choose_kmeans_restart, kmeans, kmeans_centers, kmeans_restarts
+from otclust.readout.kmeans import KMeansRestart, choose_kmeans_restart, kmeans, kmeans_centers, kmeans_from_partition, kmeans_restarts
 from otclust.readout.neighbors import nearest_neighbors, smooth_over_neighbors, smoothed_unit_features
 from otclust.readout.sizes import estimate_sizes_from_features, size_update_epochs
 from otclust.readout.stage import (
@@ -34,6 +34,7 @@ __all__ = [
     "install_readout",
     "kmeans",
     "kmeans_centers",
+    "kmeans_from_partition",
     "kmeans_restarts",
     "nearest_neighbors",
     "readout_state",

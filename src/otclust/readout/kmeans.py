@@ -60,6 +60,18 @@ def kmeans_restarts(points, n_clusters: int, seed: int, n_restarts: int, max_ite
     return _runs(points, n_clusters, [int(s) for s in restart_seeds], 1, max_iter, "k-means++")
 
 
+def kmeans_from_partition(points, labels: np.ndarray, n_clusters: int, seed: int, max_iter: int = 300) -> KMeansRestart | None:
+    """One k-means run started from a given partition's centres (each part's mean point), e.g.
+    the network head's clusters; None when a part is empty (no centre to start it from)."""
+    points, labels = _as_float64_array(points), np.asarray(labels)
+    counts = np.bincount(labels, minlength=n_clusters)
+    if len(counts) > n_clusters or (counts == 0).any():
+        return None
+    centres = np.zeros((n_clusters, points.shape[1]))
+    np.add.at(centres, labels, points)
+    return _runs(points, n_clusters, [seed], 1, max_iter, centres / counts[:, None])[0]
+
+
 def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int, init) -> list[KMeansRestart]:
     """One scikit-learn KMeans fit per seed, all under one thread limit (setting it is slow)."""
     # Imported here: scikit-learn takes a second to import, and most commands never cluster.
@@ -89,12 +101,19 @@ def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int,
     return ends
 
 
-def choose_kmeans_restart(points: torch.Tensor, n_clusters: int, seed: int, restarts: int, choice: str = "prior", sizes: torch.Tensor | None = None) -> KMeansRestart:
+def choose_kmeans_restart(
+    points: torch.Tensor, n_clusters: int, seed: int, restarts: int, choice: str = "prior", sizes: torch.Tensor | None = None, start_labels: np.ndarray | None = None
+) -> KMeansRestart:
     """The restart (of `restarts`) kept. choice "inertia": plain k-means' lowest inertia.
     "prior": the lowest inertia under a cluster-size prior (the OT k-means cost, where a
     merge-and-split end point pays for its odd sizes); `sizes` are known proportions (a multiset,
-    matched to each restart's clusters by mass), None for equal sizes."""
+    matched to each restart's clusters by mass), None for equal sizes. `start_labels`: a
+    partition (the network head's) whose k-means run is one more candidate, judged alike."""
     ends = kmeans_restarts(points, n_clusters, seed, restarts)
+    if start_labels is not None:
+        started = kmeans_from_partition(points, start_labels, n_clusters, seed)
+        if started is not None:
+            ends.append(started)
     if choice == "inertia":
         return min(ends, key=lambda end: end.inertia)
     distinct = {}  # restarts that end in the same partition (in any cluster order): solve the OT once

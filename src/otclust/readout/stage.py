@@ -61,6 +61,9 @@ class ReadoutParams:
     restarts: int = 50  # k-means++ restarts; one restart finds the best partition only sometimes
     choice: str = "prior"  # prior: lowest inertia under the run's size prior; inertia: plain k-means'
     k_criterion: str = "stability"  # --clusters auto: how K is chosen (otclust.choose_k.CRITERIA)
+    # One more k-means candidate, started from the network head's clusters: restarts from
+    # k-means++ seeds can all miss the partition the head points to (docs/ablations.md).
+    head_start: bool = False
 
     def validate(self) -> "ReadoutParams":
         if self.neighbors < 1 or self.rounds < 0 or self.restarts < 1 or self.choice not in KMEANS_CHOICES:
@@ -122,9 +125,10 @@ def resolve_readout(config, method) -> tuple[str, ReadoutParams]:
     if unknown:
         raise UserError(f"unknown read-out setting(s) {', '.join(unknown)}: valid ones are {', '.join(fields)}")
     for key, value in values.items():
-        expected = str if key in ("choice", "k_criterion") else int
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise UserError(f"read-out setting '{key}' must be {expected.__name__}, got {value!r}")
+        expected = str if key in ("choice", "k_criterion") else bool if key == "head_start" else int
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            shown = "true or false" if expected is bool else expected.__name__
+            raise UserError(f"read-out setting '{key}' must be {shown}, got {value!r}")
     return name, ReadoutParams(**values).validate()
 
 
@@ -163,11 +167,13 @@ def fit_readout(
     prior_mode: str = "uniform",
     cluster_prior: torch.Tensor | None = None,
     neighbor_index: torch.Tensor | None = None,
+    start_labels: np.ndarray | None = None,
 ) -> FittedReadout:
     """Fit read-out `name` ('kmeans' or 'smoothed') to N x D training features.
 
     The k-means restart is chosen under the run's size prior: equal sizes ('uniform'), the known
-    proportions ('known'), or, when they are unknown ('auto'), none: the lowest plain inertia."""
+    proportions ('known'), or, when they are unknown ('auto'), none: the lowest plain inertia.
+    `start_labels` (the head's clusters of the training set) add one k-means run started there."""
     choice, sizes = params.choice, None
     if prior_mode == "known":
         sizes = cluster_prior
@@ -175,17 +181,22 @@ def fit_readout(
         choice = "inertia"
     unit = F.normalize(features.float(), dim=1).cpu()
     if name == "kmeans":
-        centers = choose_kmeans_restart(unit, n_clusters, seed, params.restarts, choice, sizes).centers
+        centers = choose_kmeans_restart(unit, n_clusters, seed, params.restarts, choice, sizes, start_labels).centers
         return FittedReadout(name, F.normalize(centers, dim=1) / COSINE_TEMPERATURE, torch.zeros(n_clusters))
     if name != "smoothed":
         raise ValueError(f"no read-out to fit for '{name}'")
     smoothed = smoothed_unit_features(features, params.neighbors, params.rounds, neighbor_index)
-    chosen = choose_kmeans_restart(smoothed, n_clusters, seed, params.restarts, choice, sizes)
+    chosen = choose_kmeans_restart(smoothed, n_clusters, seed, params.restarts, choice, sizes, start_labels)
     return FittedReadout(name, *fit_linear_readout(unit, chosen.labels, n_clusters, seed))
 
 
-def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_range: tuple[int, int] | None = None) -> tuple[FittedReadout, dict | None]:
+def fit_method_readout(
+    trainer, method, name: str, params: ReadoutParams, k_range: tuple[int, int] | None = None, head_labels: np.ndarray | None = None
+) -> tuple[FittedReadout, dict | None]:
     """Fit read-out `name` to the method's features of the trainer's training set (labels never used).
+
+    `head_labels`: the head's cluster of each training sample, for params.head_start (used only
+    when the read-out's K is the head's).
 
     With `k_range` (--clusters auto:MIN-MAX) K is first chosen by `otclust.choose_k` on the very
     points the read-out's k-means clusters (smoothed or plain unit features), and the read-out is
@@ -196,7 +207,8 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
     if name == "smoothed" and params.rounds > 0:
         neighbor_index = nearest_neighbors(features, params.neighbors, search_dtype=trainer.precision.search_dtype)
     if k_range is None:
-        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index), None
+        start = head_labels if params.head_start else None
+        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index, start), None
     points = None
     if params.k_criterion != "eigengap":  # the eigengap reads the unsmoothed features' kNN graph
         rounds = params.rounds if name == "smoothed" else 0
@@ -208,7 +220,8 @@ def fit_method_readout(trainer, method, name: str, params: ReadoutParams, k_rang
     selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "close": close_calls(params.k_criterion, stored, k),
                  "training_clusters": method.n_clusters, "curve": {str(key): value for key, value in stored.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
-    return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index), selection
+    start = head_labels if params.head_start and k == method.n_clusters else None
+    return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index, start), selection
 
 
 def readout_state(method) -> dict:
