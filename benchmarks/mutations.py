@@ -261,6 +261,14 @@ FAULTS = [
         "at = (rows - first)[:, None], columns[None, :]",
         ["tests/readout/test_neighbors.py"],
     ),
+    Fault(
+        "readout-head-start-ignored",
+        "read-out: the run started from the head's partition is computed but never a candidate",
+        "readout/kmeans.py",
+        "            ends.append(started)",
+        "            pass",
+        ["tests/readout/test_readout_kmeans.py"],
+    ),
 ]
 
 

@@ -61,8 +61,9 @@ class ReadoutParams:
     restarts: int = 50  # k-means++ restarts; one restart finds the best partition only sometimes
     choice: str = "prior"  # prior: lowest inertia under the run's size prior; inertia: plain k-means'
     k_criterion: str = "stability"  # --clusters auto: how K is chosen (otclust.choose_k.CRITERIA)
-    # One more k-means candidate, started from the network head's clusters: restarts from
-    # k-means++ seeds can all miss the partition the head points to (docs/ablations.md).
+    # One more k-means candidate, started from the network head's clusters (k-means++ restarts can
+    # all miss the partition the head points to). Off: on 300 images the head's partition was the
+    # cheaper one under equal sizes and 4 ACC points worse (docs/ablations.md).
     head_start: bool = False
 
     def validate(self) -> "ReadoutParams":
