@@ -27,8 +27,10 @@ def test_deepercluster_learns_what_pixel_kmeans_and_its_untrained_network_miss()
     """Stripes whose class is a pattern none of which is a quarter turn of another (vertical,
     diagonal, rings), so that DeeperCluster's rotation super-classes can hold them: k-means on
     pixels is near chance, and DeeperCluster after training must beat it and the same method
-    whose network never learns (lr 1e-12). One seed varies from 0.49 to 0.76 here, so the mean of
-    eight is asked for (trained 0.60, untrained 0.44, pixels 0.47 when this was written)."""
+    whose network never learns (lr 1e-12). One seed varies from 0.47 to 0.76 here, so the mean of
+    eight is asked for. 80 epochs: at 40 the mean was 0.60 on the CPU this was written on and 0.53
+    on one with AMX (other float32 kernels), below pixels + 0.08; at 80 there 0.63 (untrained
+    0.44, pixels 0.47)."""
     from sklearn.cluster import KMeans
 
     from conftest import draw_stripe_images, mean_head_acc
@@ -41,7 +43,7 @@ def test_deepercluster_learns_what_pixel_kmeans_and_its_untrained_network_miss()
     dataset.labels = labels
 
     untrained = mean_head_acc(dataset, "deepercluster", lr=1e-12, epochs=1, seeds=8)
-    trained = mean_head_acc(dataset, "deepercluster", lr=3e-3, epochs=40, seeds=8)
+    trained = mean_head_acc(dataset, "deepercluster", lr=3e-3, epochs=80, seeds=8)
     assert pixel_acc < 0.5
     assert trained >= untrained + 0.08
     assert trained >= pixel_acc + 0.08
