@@ -29,7 +29,7 @@ def test_deepercluster_learns_what_pixel_kmeans_and_its_untrained_network_miss()
     pixels is near chance, and DeeperCluster after training must beat it and the same method
     whose network never learns (lr 1e-12). One seed varies from 0.47 to 0.76 here, so the mean of
     eight is asked for. 80 epochs: at 40 the mean was 0.60 on the CPU this was written on and 0.53
-    on one with AMX (other float32 kernels), below pixels + 0.08; at 80 there 0.63 (untrained
+    on one with AMX (presumably other float32 kernels; not traced), below pixels + 0.08; at 80 there 0.63 (untrained
     0.44, pixels 0.47)."""
     from sklearn.cluster import KMeans
 
