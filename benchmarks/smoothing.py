@@ -49,7 +49,10 @@ def main() -> None:
     round_counts = [int(r) for r in args.rounds.split(",")]
     restart_counts = [int(r) for r in args.restarts.split(",")]
     choices = args.choices.split(",")
-    head_starts = [{"true": True, "false": False}[value.strip().lower()] for value in args.head_start.split(",")]
+    head_starts = [value.strip().lower() for value in args.head_start.split(",")]
+    if not set(head_starts) <= {"true", "false"}:
+        parser.error(f"--head-start takes true and/or false, e.g. false,true; got {args.head_start!r}")
+    head_starts = [value == "true" for value in head_starts]
 
     print("| run | neighbours | rounds | restarts | choice | head start | ACC | NMI | ARI | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

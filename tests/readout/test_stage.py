@@ -82,18 +82,24 @@ def test_linear_readout_of_a_single_cluster_predicts_it_everywhere():
     assert set((features @ weight.T + bias).argmax(1).tolist()) == {2}
 
 
-@pytest.mark.parametrize("proportions", ["uniform", "0.5,0.3,0.2", "auto"])
-def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportions, monkeypatch):
+def _spy_on_restart_choice(monkeypatch) -> dict:
+    """The arguments of the read-out's last choose_kmeans_restart call, which still runs."""
     import otclust.readout.stage as stage
 
     seen = {}
     real = stage.choose_kmeans_restart
 
     def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None):
-        seen["sizes"], seen["choice"] = sizes, choice
+        seen.update(sizes=sizes, choice=choice, start=start_labels)
         return real(points, n_clusters, seed, restarts, choice, sizes, start_labels)
 
     monkeypatch.setattr(stage, "choose_kmeans_restart", spy)
+    return seen
+
+
+@pytest.mark.parametrize("proportions", ["uniform", "0.5,0.3,0.2", "auto"])
+def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportions, monkeypatch):
+    seen = _spy_on_restart_choice(monkeypatch)
     _fit(blobs, epochs=1, cluster_proportions=proportions)
     if proportions == "uniform":  # equal sizes imposed
         assert seen["sizes"] is None and seen["choice"] == "prior"
@@ -199,16 +205,7 @@ def test_clot_without_deprecated_parameters_warns_nothing():
 
 @pytest.mark.parametrize("head_start", [False, True])
 def test_the_heads_clusters_of_the_training_set_start_one_kmeans_run_when_asked(blobs, head_start, monkeypatch):
-    import otclust.readout.stage as stage
-
-    seen = {}
-    real = stage.choose_kmeans_restart
-
-    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None):
-        seen["start"] = start_labels
-        return real(points, n_clusters, seed, restarts, choice, sizes, start_labels)
-
-    monkeypatch.setattr(stage, "choose_kmeans_restart", spy)
+    seen = _spy_on_restart_choice(monkeypatch)
     result = _fit(blobs, epochs=1, readout_params={"head_start": head_start})
     if not head_start:
         assert seen["start"] is None
