@@ -91,3 +91,39 @@ def test_too_many_clusters_is_a_user_error(blobs):
 def test_unknown_method_parameter_is_a_user_error(blobs):
     with pytest.raises(UserError, match="valid ones"):
         Trainer(FitConfig(clusters=3, epochs=1, params={"lambda_": 3}), progress=False, log=quiet()).fit(blobs)
+
+
+def test_a_step_that_float16_loss_scaling_skips_does_not_advance_the_schedule(blobs, monkeypatch):
+    """CUDA's float16 AMP skips the optimizer's step when the scaled gradients overflow; the
+    learning-rate schedule must count only the steps taken (and PyTorch must not warn that the
+    scheduler ran before the optimizer). Loss scaling is switched on here on the CPU, and the
+    first two steps' gradients overflow (inf), as float16 ones do while the scale is too large."""
+    import warnings
+
+    from otclust import engine
+    from otclust.precision import Precision
+
+    monkeypatch.setattr(engine, "resolve_precision", lambda *args, **kwargs: Precision(False, True, None))
+    overflows = {"left": 2}
+
+    def overflow(grad):
+        if overflows["left"] > 0:
+            overflows["left"] -= 1
+            return torch.full_like(grad, float("inf"))
+        return grad
+
+    wrap, schedulers = engine.Trainer._wrap_for_training, []
+
+    def wrap_with_overflow(self, method):
+        next(p for p in method.parameters() if p.requires_grad).register_hook(overflow)
+        return wrap(self, method)
+
+    monkeypatch.setattr(engine.Trainer, "_wrap_for_training", wrap_with_overflow)
+    make = engine.Trainer._make_scheduler
+    monkeypatch.setattr(engine.Trainer, "_make_scheduler", lambda self, *args: schedulers.append(make(self, *args)) or schedulers[-1])
+    trainer = Trainer(FitConfig(method="clot", clusters=3, epochs=2, batch_size=40, seed=0), progress=False, log=quiet())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lr_scheduler.step\\(\\)")
+        trainer.fit(blobs)
+    assert overflows["left"] == 0
+    assert schedulers[0].last_epoch == trainer.total_steps - 2

@@ -424,9 +424,14 @@ class Trainer:
                     raise UserError(self._non_finite_loss_message(loss.detach().item(), epoch, step))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                scale = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
+                # float16 AMP skips the optimizer's step when the scaled gradients overflow (and
+                # lowers the scale): the schedule waits for the steps that were taken, and PyTorch
+                # does not warn that the scheduler ran before the optimizer.
+                if scale is None or scaler.get_scale() >= scale:
+                    scheduler.step()
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
                 if self.progress and hasattr(batches, "set_postfix"):
