@@ -41,6 +41,9 @@ from otclust.methods import get_method_class  # noqa: E402
 from quality import append_csv_row  # noqa: E402  (benchmarks/, the script's own folder)
 
 SECTIONS = ("param", "readout", "augment")
+# Every variant trains on the one data set loaded at the start (--data, else the recipe's): a
+# variant that changed it would be compared with runs on other images.
+DATA_FIELDS = ("data", "split", "download", "image_size")
 
 
 def parse_variant(text: str) -> tuple[str, dict, dict]:
@@ -57,6 +60,8 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
             sections[section][name] = coerce_param(value)
         elif dot:
             raise SystemExit(f"variant {label!r}: {key!r}: prefixes are {', '.join(s + '.' for s in SECTIONS)}")
+        elif key in DATA_FIELDS:
+            raise SystemExit(f"variant {label!r}: {key!r} would change the data; every variant runs on the same data (--data)")
         else:
             fields[key] = coerce_param(value)
     return label.strip(), fields, sections
@@ -80,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the recipe of today (configs/...)")
     parser.add_argument("--variant", action="append", default=[], help="'LABEL: KEY=VALUE ...' (repeat; the first is the reference; default: the recipe alone)")
+    parser.add_argument("--data", default=None, help="the data set of every variant, e.g. fashion-mnist:DIR (default: the recipe's)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--target", type=float, default=None, help="ACC a run must reach to count in the 'reached' column")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -93,6 +99,8 @@ def main() -> None:
 
     values = load_config_file(args.config)
     recipe = {**get_method_class(values.get("method", "clot")).default_config, **values}
+    if args.data:
+        recipe["data"] = args.data
     variants = [parse_variant(text) for text in (args.variant or ["recipe"])]
     seeds = [int(s) for s in args.seeds.split(",")]
     # Validate every variant before the first (possibly long) run.

@@ -30,3 +30,13 @@ def test_every_method_gets_a_ready_training_step(name, blobs):
     optimizer.step()
     after = [p.detach() for p in method.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_profile_gives_every_phase_a_share_and_counts_the_operators(blobs):
+    timers, per_step, ops = train_step.profile("clot", blobs, batch_size=32, steps=2, warmup=1, device="cpu")
+    assert per_step > 0
+    assert {"augment", "forward", "backward", "optimizer"} <= set(timers)
+    assert timers["ot"] > 0  # CLOT solves its heads' problems together (solve_transports)
+    assert sum(timers.values()) <= per_step * 1.01  # the phases split the step, never more
+    # forward, backward and Adam of a CNN with two heads: hundreds of operators, each a kernel launch on a GPU
+    assert 100 < ops < 20000
