@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -51,7 +51,8 @@ class Timed:
         Timed.active.add(key)
         started = time.perf_counter()
         try:
-            return self.inner(*args, **kwargs)
+            with torch.profiler.record_function(f"phase:{self.phase}"):  # for count_ops
+                return self.inner(*args, **kwargs)
         finally:
             Timed.active.discard(key)
             self.timers[self.phase] += time.perf_counter() - started
@@ -107,16 +108,23 @@ def ready_method(name: str, dataset, batch_size: int, params: dict | None = None
     return method, torch.optim.Adam(method.parameter_groups(), lr=config.lr)
 
 
-def count_ops(step) -> int:
-    """Operators the step dispatches (outermost aten calls, forward and backward): on a GPU each
-    is at least one kernel launch, a few microseconds of CPU time however small the kernel."""
+def count_ops(step) -> Counter:
+    """Operators the step dispatches (outermost aten calls), by phase: on a GPU each is at least
+    one kernel launch, a few microseconds of CPU time however small the kernel. Phases are the
+    `phase:NAME` ranges of Timed and of the step; the rest is the forward and the losses."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+
+    def phase(event):
+        while event is not None and not event.name.startswith("phase:"):
+            event = event.cpu_parent
+        return "forward+loss" if event is None else event.name[len("phase:"):]
+
+    return Counter(phase(e) for e in prof.events() if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
 
 
-def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False):
-    ready = ready_method(name, dataset, batch_size, device=device)
+def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False, params=None):
+    ready = ready_method(name, dataset, batch_size, params, device=device)
     if ready is None:
         return None
     method, optimizer = ready
@@ -133,8 +141,10 @@ def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
             parts = method.training_step(data[indices], indices)
-        parts["loss"].backward()
-        optimizer.step()
+        with torch.profiler.record_function("phase:backward"):
+            parts["loss"].backward()
+        with torch.profiler.record_function("phase:optimizer"):
+            optimizer.step()
 
     for step in range(warmup + steps):
         if step == warmup:
@@ -172,7 +182,11 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true", help="the step under autocast (float16 on CUDA, bfloat16 on the CPU)")
+    parser.add_argument("--param", action="append", default=[], help="KEY=VALUE of the method (default: its code defaults), e.g. a recipe's params")
     args = parser.parse_args()
+    from otclust.config import coerce_param
+
+    params = {key: coerce_param(value) for key, _, value in (pair.partition("=") for pair in args.param)}
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data)
@@ -181,15 +195,20 @@ def main():
     print(f"{args.data} on {args.device}{' with autocast' if args.amp else ''}, batch {args.batch_size}, {torch.get_num_threads()} threads")
     print(f"| method | ms/step | " + " | ".join(f"{p} %" for p in phases) + " | outside fwd+bwd % | ops/step |")
     print("| --- | --- | " + " | ".join("---" for _ in phases) + " | --- | --- |")
+    by_phase = {}
     for name in names:
-        measured = profile(name, dataset, args.batch_size, args.steps, device=args.device, amp=args.amp)
+        measured = profile(name, dataset, args.batch_size, args.steps, device=args.device, amp=args.amp, params=params)
         if measured is None:
             print(f"| {name} | (no training step) |" + " |" * (len(phases) + 2))
             continue
         timers, per_step, ops = measured
+        by_phase[name], ops = ops, sum(ops.values())
         share = {p: 100 * timers.get(p, 0.0) / per_step for p in phases}
         outside = 100 - share["forward"] - share["backward"]
         print(f"| {name} | {1000 * per_step:.1f} | " + " | ".join(f"{share[p]:.1f}" for p in phases) + f" | {outside:.1f} | {ops} |", flush=True)
+    print("\noperators of one step, by phase:")
+    for name, counts in by_phase.items():
+        print(f"- {name}: " + ", ".join(f"{phase} {counts[phase]}" for phase in ["augment", "forward+loss", "ot", "backward", "optimizer"]))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ def test_every_method_gets_a_ready_training_step(name, blobs):
 
 def test_profile_gives_every_phase_a_share_and_counts_the_operators(blobs):
     timers, per_step, ops = train_step.profile("clot", blobs, batch_size=32, steps=2, warmup=1, device="cpu")
+    assert set(ops) <= {"augment", "forward+loss", "ot", "backward", "optimizer"}
+    assert all(ops[phase] > 0 for phase in ("augment", "forward+loss", "ot", "backward", "optimizer"))
+    ops = sum(ops.values())
     assert per_step > 0
     assert {"augment", "forward", "backward", "optimizer"} <= set(timers)
     assert timers["ot"] > 0  # CLOT solves its heads' problems together (solve_transports)
