@@ -11,6 +11,8 @@
 #             Fashion-MNIST: CLOT with its recipe's settings in float16 autocast and float32,
 #             SwAV in autocast): ms/step, the CPU time each phase takes to issue its work,
 #             operators per step and by phase;
+#   levers    what makes that step faster on the GPU (benchmarks/step_levers.py --device cuda:
+#             float32, float16 autocast, + channels-last, + torch.compile, 4x the batch);
 #   fmnist0   the Fashion-MNIST recipe (configs/clot-fashion-mnist.yaml, 70,000 images) with
 #             mixed precision, seed 0: wall time from start to every image predicted, ACC/NMI/ARI;
 #   tests     the tests that need CUDA: the Sinkhorn labels on the GPU (tests/ot/test_large.py)
@@ -28,7 +30,7 @@ set -u
 OUT=${1:?usage: bash benchmarks/cuda_session.sh OUT_DIR}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-profile fmnist0 tests smoke digits sinkhorn fmnist12}
+PARTS=${PARTS:-profile fmnist0 levers tests smoke digits sinkhorn fmnist12}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -48,6 +50,12 @@ part_profile() {
     timeout $(limit 60) $PY benchmarks/train_step.py --data "$FASHION" --methods clot $recipe --steps 20 --device "$DEVICE" --amp 2>&1 | grep -v USDT
     timeout $(limit 60) $PY benchmarks/train_step.py --data "$FASHION" --methods clot $recipe --steps 20 --device "$DEVICE" 2>&1 | grep -v USDT
     timeout $(limit 60) $PY benchmarks/train_step.py --data "$FASHION" --methods swav --steps 20 --device "$DEVICE" --amp 2>&1 | grep -v USDT
+}
+
+part_levers() {
+    section "levers: the recipe's CLOT step on $DEVICE, Fashion-MNIST"
+    timeout $(limit 150) $PY benchmarks/step_levers.py --data "$FASHION" --method clot --param sinkhorn_eps=0.2 --param n_heads=5 \
+        --param cluster_weight=0.3 --param neighbors=10 --device "$DEVICE" --steps 10 --rounds 4 2>&1 | grep -v USDT | tail -9
 }
 
 part_fmnist0() {
@@ -104,7 +112,7 @@ for part in $PARTS; do
     if declare -F "part_$part" >/dev/null; then
         "part_$part"
     else
-        echo "unknown part '$part' (parts: profile fmnist0 tests smoke digits sinkhorn fmnist12)"
+        echo "unknown part '$part' (parts: profile levers fmnist0 tests smoke digits sinkhorn fmnist12)"
     fi
 done
 section "done"

@@ -13,6 +13,11 @@ network on both views, the losses, OT, backward, Adam), on random batches of the
   bfloat16 oneDNN emulates it, and the row says so;
 - bfloat16 + channels-last.
 
+With --device cuda the levers are those of a GPU: float32; float16 autocast (what `fit` runs on
+CUDA by default); float16 + channels-last; float16 + torch.compile of the backbone; and float16
+at 4x the batch, for what a larger batch buys per image. Each block ends by waiting for the GPU,
+and the table adds images/s, the one column comparable across batch sizes.
+
 The levers take turns in blocks of --steps steps, --rounds times after one round that is dropped,
 so that a drift of the machine's speed falls on all of them alike; the table gives the median
 block. The ratio column compares
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from otclust import allocator  # noqa: E402
 from otclust.data import load_dataset  # noqa: E402
+from otclust.data.datasets import place_for_training  # noqa: E402
 from otclust.precision import cpu_computes_bfloat16  # noqa: E402
 from train_step import ready_method  # noqa: E402
 
@@ -41,33 +47,46 @@ LEVERS = {
     "float32": {},
     "channels-last": {"channels_last": True},
     "torch.compile": {"compile": True},
-    "bfloat16 autocast (--cpu-amp)": {"bf16": True},
-    "bfloat16 + channels-last": {"bf16": True, "channels_last": True},
+    "bfloat16 autocast (--cpu-amp)": {"half": True},
+    "bfloat16 + channels-last": {"half": True, "channels_last": True},
+}
+CUDA_LEVERS = {
+    "float32": {},
+    "float16 autocast (fit's default)": {"half": True},
+    "float16 + channels-last": {"half": True, "channels_last": True},
+    "float16 + torch.compile": {"half": True, "compile": True},
+    "float16, 4x the batch": {"half": True, "batch_factor": 4},
 }
 
 
-def make_step(name: str, dataset, batch_size: int, params: dict, channels_last=False, compile=False, bf16=False):
-    """A function running one training step of `name` with the lever applied; warmed up."""
-    method, optimizer = ready_method(name, dataset, batch_size, params)
+def make_step(name: str, dataset, batch_size: int, params: dict, channels_last=False, compile=False, half=False, device="cpu", batch_factor=1):
+    """A function running one training step of `name` with the lever applied, and ending when the
+    device has finished it; warmed up. `half`: autocast in bfloat16 on the CPU, float16 on CUDA."""
+    batch_size *= batch_factor
+    method, optimizer = ready_method(name, dataset, batch_size, params, device=device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     if compile:
         method.backbone = torch.compile(method.backbone)
+    device = next(method.parameters()).device
+    data = place_for_training(dataset, device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        indices = torch.randint(0, len(dataset.data), (batch_size,), generator=generator)
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        indices = torch.randint(0, len(data), (batch_size,), generator=generator).to(device)
+        context = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16) if half else contextlib.nullcontext()
         with context:
-            loss = method.training_step(dataset.data[indices], indices)["loss"]
+            loss = method.training_step(data[indices], indices)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        synchronize()
 
     started = time.perf_counter()
     for _ in range(3):
         step()
-    return step, time.perf_counter() - started
+    return step, time.perf_counter() - started, batch_size
 
 
 def main() -> None:
@@ -80,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per block")
     parser.add_argument("--rounds", type=int, default=8, help="blocks per lever (after one dropped round)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the levers differ, see above)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,10 +108,11 @@ def main() -> None:
     params = {key: coerce_param(value) for key, _, value in (pair.partition("=") for pair in args.param)}
     dataset = load_dataset(args.data, image_size=args.image_size)
     allocator.reuse_freed_blocks()  # as `fit` trains an in-memory set (otclust.allocator)
-    steps, warmups = {}, {}
-    for label, lever in LEVERS.items():
-        steps[label], warmups[label] = make_step(args.method, dataset, args.batch_size, params, **lever)
-    blocks = {label: [] for label in LEVERS}
+    levers = CUDA_LEVERS if args.device.startswith("cuda") else LEVERS
+    steps, warmups, batches = {}, {}, {}
+    for label, lever in levers.items():
+        steps[label], warmups[label], batches[label] = make_step(args.method, dataset, args.batch_size, params, device=args.device, **lever)
+    blocks = {label: [] for label in levers}
     for round_ in range(args.rounds + 1):  # the first round warms caches and allocators, and is dropped
         for label, step in steps.items():
             started = time.perf_counter()
@@ -99,15 +120,16 @@ def main() -> None:
                 step()
             if round_:
                 blocks[label].append(1000 * (time.perf_counter() - started) / args.steps)
-    native = cpu_computes_bfloat16()
-    print(f"{args.method} on {args.data} ({'x'.join(map(str, dataset.data.shape[1:]))}), batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"native bfloat16: {'yes' if native else 'no (emulated)'}; median of {args.rounds} blocks of {args.steps} steps")
-    print("| lever | ms/step (median) | blocks (ms/step) | vs float32 | first 3 steps, s |")
-    print("| --- | --- | --- | --- | --- |")
-    reference = statistics.median(blocks["float32"])
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"native bfloat16: {'yes' if cpu_computes_bfloat16() else 'no (emulated)'}"
+    print(f"{args.method} on {args.data} ({'x'.join(map(str, dataset.data.shape[1:]))}), batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{where}; median of {args.rounds} blocks of {args.steps} steps")
+    print("| lever | ms/step (median) | blocks (ms/step) | images/s | vs float32 (per image) | first 3 steps, s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    reference = batches["float32"] / statistics.median(blocks["float32"])
     for label, times in blocks.items():
         median = statistics.median(times)
-        print(f"| {label} | {median:.1f} | {', '.join(f'{t:.0f}' for t in times)} | {reference / median:.2f}x | {warmups[label]:.1f} |")
+        rate = batches[label] / median  # images per millisecond
+        print(f"| {label} | {median:.1f} | {', '.join(f'{t:.0f}' for t in times)} | {1000 * rate:.0f} | {rate / reference:.2f}x | {warmups[label]:.1f} |")
 
 
 if __name__ == "__main__":

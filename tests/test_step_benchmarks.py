@@ -43,3 +43,19 @@ def test_profile_gives_every_phase_a_share_and_counts_the_operators(blobs):
     assert sum(timers.values()) <= per_step * 1.01  # the phases split the step, never more
     # forward, backward and Adam of a CNN with two heads: hundreds of operators, each a kernel launch on a GPU
     assert 100 < ops < 20000
+
+
+@pytest.mark.parametrize("levers", ["LEVERS", "CUDA_LEVERS"])
+def test_every_lever_makes_a_step_and_says_its_batch(levers, blobs):
+    """Each lever of step_levers.py, CUDA's too (run here on the CPU: float16 autocast becomes
+    bfloat16), builds a step that runs; the larger-batch lever reports its own batch size."""
+    import step_levers
+
+    table = getattr(step_levers, levers)
+    assert "float32" in table  # the reference every row is compared with
+    for label, lever in table.items():
+        if lever.get("compile"):
+            continue  # TorchInductor's first compile takes most of a minute on 2 cores
+        step, _, batch = step_levers.make_step("clot", blobs, 16, {}, **lever)
+        assert batch == 16 * lever.get("batch_factor", 1), label
+        step()
