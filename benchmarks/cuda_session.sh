@@ -11,10 +11,13 @@
 #             Fashion-MNIST: CLOT with its recipe's settings in float16 autocast and float32,
 #             SwAV in autocast): ms/step, the CPU time each phase takes to issue its work,
 #             operators per step and by phase;
-#   levers    what makes that step faster on the GPU (benchmarks/step_levers.py --device cuda:
-#             float32, float16 autocast, + channels-last, + torch.compile, 4x the batch);
 #   fmnist0   the Fashion-MNIST recipe (configs/clot-fashion-mnist.yaml, 70,000 images) with
 #             mixed precision, seed 0: wall time from start to every image predicted, ACC/NMI/ARI;
+#   levers    what makes that step faster on the GPU (benchmarks/step_levers.py --device cuda:
+#             float32, float16 autocast, + channels-last, + torch.compile, 4x the batch);
+#   readout   where the read-out's time goes on that machine (benchmarks/readout_speed.py on
+#             70,000 x 256 synthetic features on the GPU, at the default threads and at 4): on the
+#             first GPU machine (16 cores) the digits read-out took 3-6x longer than on 2 cores;
 #   tests     the tests that need CUDA: the Sinkhorn labels on the GPU (tests/ot/test_large.py)
 #             and the GPU recipes for two steps (tests/test_gpu_recipes.py, OTCLUST_TEST_DEVICE);
 #   smoke     every trained method for 30 steps on digits, read-out and predictions included (the
@@ -22,7 +25,9 @@
 #   digits    the digits recipe, seeds 0-2, mixed precision against float32;
 #   sinkhorn  SeLa's chunked Sinkhorn labelling at ImageNet size (1,280,000 x 3,000);
 #   fmnist12  the Fashion-MNIST recipe, seeds 1 and 2, in whatever time is left.
-# TOTAL_SECONDS (default 540, inside one device call of 10 minutes) bounds the whole: a part gets
+# All parts take longer than one device call (10 minutes): split them over two calls issued back
+# to back, e.g. PARTS="profile fmnist0 levers" then PARTS="readout tests smoke digits", the second
+# while the machine is still warm. TOTAL_SECONDS (default 540) bounds each call: a part gets
 # its own limit or what is left, whichever is less. DEVICE (default cuda) lets the script itself be
 # tried on a machine without a GPU (DEVICE=cpu PARTS=smoke). OUT_DIR receives the CSV files and
 # the smoke runs' logs; the run folders go to WORK (default: a temporary folder).
@@ -30,7 +35,7 @@ set -u
 OUT=${1:?usage: bash benchmarks/cuda_session.sh OUT_DIR}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-profile fmnist0 levers tests smoke digits sinkhorn fmnist12}
+PARTS=${PARTS:-profile fmnist0 levers readout tests smoke digits sinkhorn fmnist12}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -56,6 +61,12 @@ part_levers() {
     section "levers: the recipe's CLOT step on $DEVICE, Fashion-MNIST"
     timeout $(limit 150) $PY benchmarks/step_levers.py --data "$FASHION" --method clot --param sinkhorn_eps=0.2 --param n_heads=5 \
         --param cluster_weight=0.3 --param neighbors=10 --device "$DEVICE" --steps 10 --rounds 4 2>&1 | grep -v USDT | tail -9
+}
+
+part_readout() {
+    section "read-out parts, 70,000 x 256 features on $DEVICE"
+    timeout $(limit 150) $PY benchmarks/readout_speed.py --samples 70000 --dim 256 --device "$DEVICE" 2>&1 | tail -9
+    timeout $(limit 150) $PY benchmarks/readout_speed.py --samples 70000 --dim 256 --device "$DEVICE" --threads 4 2>&1 | tail -9
 }
 
 part_fmnist0() {
@@ -112,7 +123,7 @@ for part in $PARTS; do
     if declare -F "part_$part" >/dev/null; then
         "part_$part"
     else
-        echo "unknown part '$part' (parts: profile levers fmnist0 tests smoke digits sinkhorn fmnist12)"
+        echo "unknown part '$part' (parts: profile fmnist0 levers readout tests smoke digits sinkhorn fmnist12)"
     fi
 done
 section "done"

@@ -2,6 +2,7 @@
 
     python benchmarks/readout_speed.py --features fm70k.npy --threads 2
     python benchmarks/readout_speed.py --samples 70000 --dim 256 --threads 2
+    python benchmarks/readout_speed.py --samples 70000 --dim 256 --device cuda   # as fit on a GPU
 
 On N x D features (a file written by `otclust embed --out`, or a Gaussian mixture of 10
 classes), times each part of `fit_readout("smoothed", ...)` with the default read-out settings:
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--clusters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="where the features are, as `fit` keeps them: the kNN search and smoothing run there, k-means on the CPU")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,12 +86,21 @@ def main() -> None:
         labels = rng.integers(args.clusters, size=args.samples)
         centres = rng.normal(size=(args.clusters, args.dim))
         x = torch.from_numpy((centres[labels] + rng.normal(size=(args.samples, args.dim))).astype(np.float32))
+    x = x.to(args.device)
+    synchronize = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+    def timed_here(function, *args, **kwargs):  # waits for the device at the end
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        synchronize()
+        return result, time.perf_counter() - started
+
     p = ReadoutParams()
-    index, knn_s = timed(nearest_neighbors, x, p.neighbors)
+    index, knn_s = timed_here(nearest_neighbors, x, p.neighbors)
     # --cpu-amp's search: a bfloat16 pass, its candidates ranked again in float32 (otclust.precision).
-    coarse_index, coarse_s = timed(nearest_neighbors, x, p.neighbors, search_dtype=torch.bfloat16)
+    coarse_index, coarse_s = timed_here(nearest_neighbors, x, p.neighbors, search_dtype=torch.bfloat16)
     agreement = float((coarse_index[:, :, None] == index[:, None, :]).any(dim=2).float().mean())
-    smoothed, smooth_s = timed(smoothed_unit_features, x, p.neighbors, p.rounds, index)
+    smoothed, smooth_s = timed_here(smoothed_unit_features, x, p.neighbors, p.rounds, index)
     calls, original = counting_solves()
     chosen, kmeans_s = timed(choose_kmeans_restart, smoothed, args.clusters, 0, p.restarts, p.choice, None)
     solves = len(calls)
@@ -97,7 +108,7 @@ def main() -> None:
     _, logistic_s = timed(fit_linear_readout, F.normalize(x, dim=1), chosen.labels, args.clusters, 0)
     (before, distinct), before_s = timed(choice_without_skipping, smoothed, args.clusters, 0, p.restarts)
     acc = f"{cluster_accuracy(labels, chosen.labels):.3f}" if labels is not None else "-"
-    print(f"{len(x):,} x {x.shape[1]} features, {threads} threads, {p.restarts} restarts, {p.rounds} smoothing rounds over {p.neighbors} neighbours")
+    print(f"{len(x):,} x {x.shape[1]} features on {x.device}, {threads} threads, {p.restarts} restarts, {p.rounds} smoothing rounds over {p.neighbors} neighbours")
     print("| part | seconds |")
     print("| --- | --- |")
     for name, seconds in (
