@@ -8,6 +8,8 @@ Each variant is the recipe plus overrides, written `LABEL: KEY=VALUE ...` where 
 FitConfig field (epochs, batch_size, lr, schedule, ...), `param.NAME` a method parameter,
 `readout.NAME` a read-out setting (restarts, neighbors, rounds, choice) and `augment.NAME` an
 augmentation setting. The first variant is the reference the speed-up is measured against.
+Every variant trains on the same data: the recipe's, or `--data SPEC` (e.g.
+`--data fashion-mnist:DIR --variant "gpu: device=cuda"`); a variant may not change it.
 
 Every run is a whole `Trainer.fit` in memory: training, the end-of-training read-out and the
 prediction of every image, as a user waits for it (labels only score). Runs go seed by seed,
