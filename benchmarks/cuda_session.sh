@@ -18,6 +18,12 @@
 #   readout   where the read-out's time goes on that machine (benchmarks/readout_speed.py on
 #             70,000 x 256 synthetic features on the GPU, at the default threads and at 4): on the
 #             first GPU machine (16 cores) the digits read-out took 3-6x longer than on 2 cores;
+#   peer      side by side with lightly (benchmarks/peer_lightly.py --device cuda --amp, its
+#             DataLoader with 8 workers): step and epoch images/s, time to a k-means ACC of 0.70.
+#             lightly is not on the GPU machine: make its wheels here first (pure Python, after
+#             `make bench-peer`): echo /.whl/ >> .git/info/exclude; .venv-bench/bin/pip wheel
+#             --no-deps -w .whl lightly==1.6.0 hydra-core==1.3.8 omegaconf==2.3.1
+#             antlr4-python3-runtime==4.9.3; then name .whl in the device call's carry;
 #   tests     the tests that need CUDA: the Sinkhorn labels on the GPU (tests/ot/test_large.py)
 #             and the GPU recipes for two steps (tests/test_gpu_recipes.py, OTCLUST_TEST_DEVICE);
 #   smoke     every trained method for 30 steps on digits, read-out and predictions included (the
@@ -26,7 +32,7 @@
 #   sinkhorn  SeLa's chunked Sinkhorn labelling at ImageNet size (1,280,000 x 3,000);
 #   fmnist12  the Fashion-MNIST recipe, seeds 1 and 2, in whatever time is left.
 # All parts take longer than one device call (10 minutes): split them over two calls issued back
-# to back, e.g. PARTS="profile fmnist0 levers" then PARTS="readout tests smoke digits", the second
+# to back, e.g. PARTS="profile fmnist0 levers" then PARTS="readout peer tests smoke", the second
 # while the machine is still warm. TOTAL_SECONDS (default 540) bounds each call: a part gets
 # its own limit or what is left, whichever is less. DEVICE (default cuda) lets the script itself be
 # tried on a machine without a GPU (DEVICE=cpu PARTS=smoke). OUT_DIR receives the CSV files and
@@ -35,7 +41,7 @@ set -u
 OUT=${1:?usage: bash benchmarks/cuda_session.sh OUT_DIR}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-profile fmnist0 levers readout tests smoke digits sinkhorn fmnist12}
+PARTS=${PARTS:-profile fmnist0 levers readout peer tests smoke digits sinkhorn fmnist12}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -67,6 +73,16 @@ part_readout() {
     section "read-out parts, 70,000 x 256 features on $DEVICE"
     timeout $(limit 150) $PY benchmarks/readout_speed.py --samples 70000 --dim 256 --device "$DEVICE" 2>&1 | tail -9
     timeout $(limit 150) $PY benchmarks/readout_speed.py --samples 70000 --dim 256 --device "$DEVICE" --threads 4 2>&1 | tail -9
+}
+
+part_peer() {
+    section "side by side with lightly (SimCLR), $DEVICE, autocast"
+    local site=$WORK/peer-site
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || return
+    fi
+    PYTHONPATH="$site:$PYTHONPATH" timeout $(limit 240) $PY benchmarks/peer_lightly.py --data "${PEER_DATA:-$FASHION}" --device "$DEVICE" --amp \
+        --workers 8 --threads 8 --target 0.70 --max-minutes 1.5 2>&1 | grep -v "^# .*epoch" | tail -16
 }
 
 part_fmnist0() {
@@ -123,7 +139,7 @@ for part in $PARTS; do
     if declare -F "part_$part" >/dev/null; then
         "part_$part"
     else
-        echo "unknown part '$part' (parts: profile fmnist0 levers readout tests smoke digits sinkhorn fmnist12)"
+        echo "unknown part '$part' (parts: profile fmnist0 levers readout peer tests smoke digits sinkhorn fmnist12)"
     fi
 done
 section "done"

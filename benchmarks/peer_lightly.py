@@ -5,6 +5,9 @@
     .venv-bench/bin/python benchmarks/peer_lightly.py --check          # the two NT-Xent losses agree?
 
 Needs lightly (requirements-bench.txt; `make bench-peer` makes the venv .venv-bench and runs this).
+On a GPU, `--device cuda --amp` runs both peers there with float16 autocast and loss scaling, as
+`otclust fit` trains on CUDA: lightly's views are made on the CPU by its DataLoader and copied
+over, otclust's on the GPU from the data set held there, as fit does.
 CI does not install lightly, so this is a benchmark, not a test.
 
 Both peers train the same network with the same settings: otclust's SmallCNN backbone and the
@@ -54,6 +57,7 @@ import random
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +114,34 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def new_model(spec: InputSpec, seed: int):
+def new_model(spec: InputSpec, seed: int, device: torch.device = torch.device("cpu")):
     seed_all(seed)
-    model = Net(spec.channels, spec.image_size)
+    model = Net(spec.channels, spec.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     return model, optimizer
+
+
+_SCALERS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.amp.GradScaler]" = weakref.WeakKeyDictionary()
+
+
+def optimize(args, optimizer, compute_loss) -> torch.Tensor:
+    """One optimizer step on compute_loss(), the same for both peers: under --amp the forward runs
+    in autocast (float16 on CUDA with loss scaling, bfloat16 on the CPU), as `otclust fit` does."""
+    device = args.device
+    with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=args.amp):
+        loss = compute_loss()
+    scaler = _SCALERS.setdefault(optimizer, torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda"))
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def synchronize(args) -> None:
+    """Wait for the GPU, so that a timer read afterwards counts the work queued before it."""
+    if args.device.type == "cuda":
+        torch.cuda.synchronize(args.device)
 
 
 class ArrayImages(torch.utils.data.Dataset):
@@ -182,30 +209,32 @@ class LightlyPeer:
         return torch.utils.data.DataLoader(
             self.dataset, batch_size=self.args.batch_size, shuffle=True, drop_last=True,
             num_workers=self.args.workers, collate_fn=self.collate, generator=generator,
+            pin_memory=self.args.device.type == "cuda",
         )
 
     def batches(self, epoch: int):
+        device = self.args.device
         for (x0, x1), _labels, _names in self.loader(epoch):
-            yield x0, x1
+            yield x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
 
     def step(self, model, optimizer, views) -> torch.Tensor:
         x0, x1 = views
-        if self.joint:
-            z0, z1 = model(torch.cat([x0, x1])).chunk(2)
-        else:  # lightly's SimCLR example: z0 = model(x0); z1 = model(x1)
-            z0, z1 = model(x0), model(x1)
-        loss = self.criterion(z0, z1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+
+        def loss():
+            if self.joint:
+                z0, z1 = model(torch.cat([x0, x1])).chunk(2)
+            else:  # lightly's SimCLR example: z0 = model(x0); z1 = model(x1)
+                z0, z1 = model(x0), model(x1)
+            return self.criterion(z0, z1)
+
+        return optimize(self.args, optimizer, loss)
 
 
 class OtclustPeer:
     name = "otclust"
 
     def __init__(self, args, images, labels, spec, augment_config):
-        self.images = images
+        self.images = images.to(args.device)  # held on the device, as `fit` holds a data set that fits
         self.config = augment_config
         self.augmenter = BatchAugmenter(augment_config, Normalizer(spec.mean, spec.std))
         self.args = args
@@ -227,11 +256,7 @@ class OtclustPeer:
             yield self.views(batch)
 
     def step(self, model, optimizer, views) -> torch.Tensor:
-        loss = otclust_loss(model, views)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        return optimize(self.args, optimizer, lambda: otclust_loss(model, views))
 
 
 def otclust_loss(model, views) -> torch.Tensor:
@@ -249,7 +274,7 @@ def measure_steps(peers, spec, args) -> dict:
     """(a): images/s of the training step on a ready batch, rounds alternating between peers."""
     state = {}
     for peer in peers:
-        model, optimizer = new_model(spec, args.seed)
+        model, optimizer = new_model(spec, args.seed, args.device)
         seed_all(args.seed)
         views = next(iter(peer.batches(0)))
         model.train()
@@ -259,9 +284,11 @@ def measure_steps(peers, spec, args) -> dict:
     for _ in range(args.rounds):
         for peer in peers:
             model, optimizer, views, rounds = state[peer.name]
+            synchronize(args)
             started = time.perf_counter()
             for _ in range(args.steps):
                 peer.step(model, optimizer, views)
+            synchronize(args)
             rounds.append(args.steps * args.batch_size / (time.perf_counter() - started))
     return {name: statistics.median(rounds) for name, (_, _, _, rounds) in state.items()}
 
@@ -279,12 +306,14 @@ def run_epoch(peer, model, optimizer, epoch: int) -> dict:
         before = time.perf_counter()
         try:
             views = next(batches)
+            synchronize(peer.args)  # on a GPU: the copy or the augmentation queued there is data time
         except StopIteration:
             data_seconds += time.perf_counter() - before
             break
         data_seconds += time.perf_counter() - before
         losses.append(peer.step(model, optimizer, views))
         images += len(views[0])
+    synchronize(peer.args)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "data_seconds": data_seconds, "images": images, "loss": float(torch.stack(losses).mean()) if losses else float("nan")}
 
@@ -296,7 +325,7 @@ def kmeans_acc(model, images, labels, spec, args) -> float:
 
     model.eval()
     normalize = Normalizer(spec.mean, spec.std)
-    features = torch.cat([model.backbone(normalize(images[start : start + 1024])) for start in range(0, len(images), 1024)]).numpy()
+    features = torch.cat([model.backbone(normalize(images[start : start + 1024].to(args.device))).float().cpu() for start in range(0, len(images), 1024)]).numpy()
     with threadpool_limits(args.threads):
         predicted = KMeans(n_clusters=args.clusters, n_init=args.kmeans_init, random_state=args.seed).fit_predict(features)
     return cluster_accuracy(labels, predicted)
@@ -307,7 +336,7 @@ def train_to_target(peers, spec, images, labels, args, log) -> dict:
     k-means read-out is scored (outside the timed training)."""
     runs = {}
     for peer in peers:
-        model, optimizer = new_model(spec, args.seed)
+        model, optimizer = new_model(spec, args.seed, args.device)
         runs[peer.name] = {"peer": peer, "model": model, "optimizer": optimizer, "epochs": [], "train_seconds": 0.0,
                            "eval_seconds": 0.0, "evals": [], "reached": None, "stopped": None}
     epochs_wanted = args.max_epochs if args.target is not None else args.throughput_epochs
@@ -411,6 +440,8 @@ def parse_args(argv=None):
     parser.add_argument("--peer-forward", choices=("separate", "joint"), default="separate", help="lightly side: model(x0), model(x1) as lightly's example (separate) or one forward of both views as CLOT")
     parser.add_argument("--augment", choices=("default", "matched"), default="default",
                         help="otclust side: its own preset for the data (default), or matched: noise and erasing off and lightly's aspect range, so both make the same kinds of change")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both peers train")
+    parser.add_argument("--amp", action="store_true", help="both peers under autocast (float16 with loss scaling on CUDA, bfloat16 on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clusters", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="(a) timed steps per round")
@@ -430,6 +461,9 @@ def parse_args(argv=None):
         args.data, args.target, args.max_epochs, args.eval_every = "digits", "0.80", 10, 2
         args.steps, args.rounds, args.warmup, args.max_minutes = 3, 3, 1, 3.0
     args.target = None if str(args.target).lower() == "none" else float(args.target)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is visible")
     return args
 
 
@@ -468,10 +502,12 @@ def main(argv=None):
     n = len(images)
     print(f"## Side by side with lightly: SimCLR, {args.data} ({n:,} images {spec.image_size[0]}x{spec.image_size[1]}x{spec.channels})")
     print()
-    print(f"- date {started_at:%Y-%m-%d %H:%M %Z}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU; "
+    gpu = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "no GPU"
+    print(f"- date {started_at:%Y-%m-%d %H:%M %Z}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}; "
           f"load average (1/5/15 min) {load_before} at start, {load_after} at end")
     print(f"- python {platform.python_version()}, torch {torch.__version__}, lightly {peers[0].version}, otclust {otclust.__version__}")
-    print(f"- batch {args.batch_size}, {args.threads} torch threads, lightly DataLoader workers {args.workers}, seed {args.seed}, "
+    precision = ("float16 autocast + loss scaling" if args.device.type == "cuda" else "bfloat16 autocast") if args.amp else "float32"
+    print(f"- device {args.device}, {precision}; batch {args.batch_size}, {args.threads} torch threads, lightly DataLoader workers {args.workers}, seed {args.seed}, "
           f"Adam lr {LR} weight decay {WEIGHT_DECAY} (constant), NT-Xent T={CLOT.temperature}, SmallCNN + ProjectionHead(512 -> {CLOT.projection_dim})")
     print(f"- lightly: {peers[0].describe()}, LightlyDataset.from_torch_dataset + MultiViewCollate + DataLoader, NTXentLoss; "
           f"forward {'of both views at once' if args.peer_forward == 'joint' else 'of each view on its own (lightly example)'}")
