@@ -127,3 +127,13 @@ def test_a_step_that_float16_loss_scaling_skips_does_not_advance_the_schedule(bl
         trainer.fit(blobs)
     assert overflows["left"] == 0
     assert schedulers[0].last_epoch == trainer.total_steps - 2
+
+
+def test_the_readout_says_what_it_fits_and_how_long_it_took(blobs):
+    """After the last epoch line the read-out can run for minutes: it says so, then its time."""
+    lines = []
+    Trainer(FitConfig(method="clot", clusters=3, epochs=1, batch_size=40, seed=0, readout_params={"restarts": 3}), progress=False, log=lines.append).fit(blobs)
+    start = next(i for i, line in enumerate(lines) if line.startswith("fitting the smoothed read-out"))
+    assert lines[start] == f"fitting the smoothed read-out on {len(blobs.data)} images (k-means, 3 restarts, features smoothed over 10 neighbours)"
+    assert lines[start + 1].startswith("read-out fitted in ") and lines[start + 1].endswith("s")
+    assert any(line.startswith("epoch 1/1") for line in lines[:start])

@@ -321,7 +321,13 @@ class Trainer:
         head_labels = None
         if params.head_start:  # the head's clusters of the training set (the evaluation set is often it)
             head_labels = (head_proba if eval_data is self.train_data else self._predict_eval(self.train_data)).argmax(axis=1)
+        # The read-out takes a minute or more on tens of thousands of images, after the last epoch
+        # line: say what runs, and how long it took.
+        started = time.perf_counter()
+        smoothing = f", features smoothed over {params.neighbors} neighbours" if name == "smoothed" and params.rounds > 0 else ""
+        self.log(f"fitting the {name} read-out on {len(self.train_data):,} images (k-means, {params.restarts} restarts{smoothing})")
         fitted, k_selection = fit_method_readout(self, method, name, params, k_range, head_labels)
+        self.log(f"read-out fitted in {time.perf_counter() - started:.1f}s")
         if k_selection:
             self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
         method.readout_fits = {name: fitted}
