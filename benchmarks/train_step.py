@@ -12,7 +12,8 @@ step on CPU. Prints one Markdown row per method.
 
 On a GPU (--device cuda) the step's end waits for the device, so ms/step is the true step time,
 but the phases are not synchronised: each is the CPU time spent issuing its work, which is what
-bounds a step when its kernels are small. ops/step counts the operators one step dispatches
+bounds a step when its kernels are small, and a "gpu wait" column gives what the GPU still had
+to do once the CPU had issued the whole step. ops/step counts the operators one step dispatches
 (forward, backward and Adam), each at least one kernel launch on a GPU.
 """
 
@@ -164,11 +165,14 @@ def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False,
         parts["loss"].backward()
         t1 = time.perf_counter()
         optimizer.step()
-        synchronize()  # the step's end waits for the device, so that steps do not overlap
         t2 = time.perf_counter()
+        synchronize()  # the step's end waits for the device, so that steps do not overlap
+        t3 = time.perf_counter()
         timers["backward"] += t1 - t0
         timers["optimizer"] += t2 - t1
-        total += t2 - started
+        if device.type == "cuda":
+            timers["gpu wait"] += t3 - t2  # what the GPU still had to do once the CPU had issued it all
+        total += t3 - started
     per_phase = {k: v / steps for k, v in timers.items()}
     return per_phase, total / steps, count_ops(one_step)
 
@@ -191,7 +195,7 @@ def main():
         torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data)
     names = available_methods() if args.methods == "all" else args.methods.split(",")
-    phases = ["augment", "forward", "ot", "loss+other", "backward", "optimizer"]
+    phases = ["augment", "forward", "ot", "loss+other", "backward", "optimizer"] + (["gpu wait"] if args.device.startswith("cuda") else [])
     print(f"{args.data} on {args.device}{' with autocast' if args.amp else ''}, batch {args.batch_size}, {torch.get_num_threads()} threads")
     print(f"| method | ms/step | " + " | ".join(f"{p} %" for p in phases) + " | outside fwd+bwd % | ops/step |")
     print("| --- | --- | " + " | ".join("---" for _ in phases) + " | --- | --- |")
