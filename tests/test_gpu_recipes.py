@@ -1,8 +1,9 @@
 """The recipes in configs/: every one loads and names only settings otclust knows, and every GPU
 recipe (CIFAR-10, CIFAR-100-20, STL-10, ImageNet-10 for CLOT and DRC) runs.
 
-The GPU recipes have never run on a GPU here, so their scores, their speed and the CUDA-only code
-(mixed precision) are unchecked. What a CPU can check is that they run: each recipe is trained with
+The GPU recipes have never been trained on a GPU here, so their scores and their speed are
+unknown; each has run only this test's two steps on CUDA, once (an H100, 2026-12-05,
+docs/performance.md). What a CPU can check is that they run: each recipe is trained with
 `otclust fit --config RECIPE` as a GPU user would call it, on a few images written in its data set's real on-disk format (CIFAR pickles, STL-10
 binaries, a folder of JPEGs), with only the data path, the length (--steps 2), the batch size and
 the device overridden. That parses the recipe, checks each parameter name against the method,
