@@ -37,8 +37,11 @@ kmeans_module = importlib.import_module("otclust.readout.kmeans")  # the package
 
 
 def timed(function, *args, **kwargs):
+    """(result, seconds), the seconds ending when a GPU in use has finished the work."""
     started = time.perf_counter()
     result = function(*args, **kwargs)
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return result, time.perf_counter() - started
 
 
@@ -87,20 +90,12 @@ def main() -> None:
         centres = rng.normal(size=(args.clusters, args.dim))
         x = torch.from_numpy((centres[labels] + rng.normal(size=(args.samples, args.dim))).astype(np.float32))
     x = x.to(args.device)
-    synchronize = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-
-    def timed_here(function, *args, **kwargs):  # waits for the device at the end
-        started = time.perf_counter()
-        result = function(*args, **kwargs)
-        synchronize()
-        return result, time.perf_counter() - started
-
     p = ReadoutParams()
-    index, knn_s = timed_here(nearest_neighbors, x, p.neighbors)
+    index, knn_s = timed(nearest_neighbors, x, p.neighbors)
     # --cpu-amp's search: a bfloat16 pass, its candidates ranked again in float32 (otclust.precision).
-    coarse_index, coarse_s = timed_here(nearest_neighbors, x, p.neighbors, search_dtype=torch.bfloat16)
+    coarse_index, coarse_s = timed(nearest_neighbors, x, p.neighbors, search_dtype=torch.bfloat16)
     agreement = float((coarse_index[:, :, None] == index[:, None, :]).any(dim=2).float().mean())
-    smoothed, smooth_s = timed_here(smoothed_unit_features, x, p.neighbors, p.rounds, index)
+    smoothed, smooth_s = timed(smoothed_unit_features, x, p.neighbors, p.rounds, index)
     calls, original = counting_solves()
     chosen, kmeans_s = timed(choose_kmeans_restart, smoothed, args.clusters, 0, p.restarts, p.choice, None)
     solves = len(calls)

@@ -41,7 +41,7 @@ from otclust import allocator  # noqa: E402
 from otclust.data import load_dataset  # noqa: E402
 from otclust.data.datasets import place_for_training  # noqa: E402
 from otclust.precision import cpu_computes_bfloat16  # noqa: E402
-from train_step import ready_method  # noqa: E402
+from train_step import device_synchronizer, ready_method  # noqa: E402
 
 LEVERS = {
     "float32": {},
@@ -70,7 +70,7 @@ def make_step(name: str, dataset, batch_size: int, params: dict, channels_last=F
         method.backbone = torch.compile(method.backbone)
     device = next(method.parameters()).device
     data = place_for_training(dataset, device)
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize = device_synchronizer(device)
     generator = torch.Generator().manual_seed(0)
 
     def step():

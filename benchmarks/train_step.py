@@ -109,6 +109,11 @@ def ready_method(name: str, dataset, batch_size: int, params: dict | None = None
     return method, torch.optim.Adam(method.parameter_groups(), lr=config.lr)
 
 
+def device_synchronizer(device: torch.device):
+    """A function that waits until `device` has done the work queued on it (nothing on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def count_ops(step) -> Counter:
     """Operators the step dispatches (outermost aten calls), by phase: on a GPU each is at least
     one kernel launch, a few microseconds of CPU time however small the kernel. Phases are the
@@ -131,7 +136,7 @@ def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False,
     method, optimizer = ready
     data = place_for_training(dataset, next(method.parameters()).device)
     device = data.device
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize = device_synchronizer(device)
     timers = defaultdict(float)
     instrument(method, timers)
     generator = torch.Generator().manual_seed(0)

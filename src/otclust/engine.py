@@ -419,6 +419,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr)
+        scale = scaler.get_scale() if scaler.is_enabled() else None  # loss scaling's, before each step
         with memory_guard(f"training (epoch {epoch + 1})", f"lower --batch-size (now {batch_size})"):
             for step, (batch, indices) in enumerate(batches):
                 # Progressive partial OT (auto:p2ot) ramps its transported mass with this.
@@ -430,13 +431,14 @@ class Trainer:
                     raise UserError(self._non_finite_loss_message(loss.detach().item(), epoch, step))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scale = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)
                 scaler.update()
                 # float16 AMP skips the optimizer's step when the scaled gradients overflow (and
                 # lowers the scale): the schedule waits for the steps that were taken, and PyTorch
-                # does not warn that the scheduler ran before the optimizer.
-                if scale is None or scaler.get_scale() >= scale:
+                # does not warn that the scheduler ran before the optimizer. One read of the scale
+                # a step (a device sync, as GradScaler.step already makes one).
+                previous, scale = scale, (scaler.get_scale() if scale is not None else None)
+                if scale is None or scale >= previous:
                     scheduler.step()
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)

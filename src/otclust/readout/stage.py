@@ -196,8 +196,8 @@ def fit_method_readout(
 ) -> tuple[FittedReadout, dict | None]:
     """Fit read-out `name` to the method's features of the trainer's training set (labels never used).
 
-    `head_labels`: the head's cluster of each training sample, for params.head_start (used only
-    when the read-out's K is the head's).
+    `head_labels`: the head's cluster of each training sample, given when params.head_start asks
+    for a k-means run started there (used only when the read-out's K is the head's).
 
     With `k_range` (--clusters auto:MIN-MAX) K is first chosen by `otclust.choose_k` on the very
     points the read-out's k-means clusters (smoothed or plain unit features), and the read-out is
@@ -208,8 +208,7 @@ def fit_method_readout(
     if name == "smoothed" and params.rounds > 0:
         neighbor_index = nearest_neighbors(features, params.neighbors, search_dtype=trainer.precision.search_dtype)
     if k_range is None:
-        start = head_labels if params.head_start else None
-        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index, start), None
+        return fit_readout(name, features, method.n_clusters, seed, params, method.prior_mode, method.cluster_prior, neighbor_index, head_labels), None
     points = None
     if params.k_criterion != "eigengap":  # the eigengap reads the unsmoothed features' kNN graph
         rounds = params.rounds if name == "smoothed" else 0
@@ -221,7 +220,7 @@ def fit_method_readout(
     selection = {"criterion": params.k_criterion, "range": list(k_range), "chosen": k, "close": close_calls(params.k_criterion, stored, k),
                  "training_clusters": method.n_clusters, "curve": {str(key): value for key, value in stored.items()}}
     # Sizes: the known prior is refused with auto (FitConfig.validate); uniform means K equal ones.
-    start = head_labels if params.head_start and k == method.n_clusters else None
+    start = head_labels if k == method.n_clusters else None
     return fit_readout(name, features, k, seed, params, method.prior_mode, None, neighbor_index, start), selection
 
 
