@@ -157,6 +157,40 @@ def test_the_second_view_is_drawn_from_the_neighbours():
     assert torch.equal(seen[-1], images[[5, 4]])
 
 
+def test_neighbour_mining_searches_by_cells_only_from_its_threshold(blobs, monkeypatch):
+    """neighbor_search=auto mines by inverted lists from MINING_CELLS_FROM rows on, exact below;
+    the read-out's own search is not moved by it."""
+    import otclust.methods.clot as clot_module
+
+    cells_seen, real = [], clot_module.nearest_neighbors
+
+    def spy(features, k, **kwargs):
+        cells_seen.append(kwargs.get("cells"))
+        return real(features, k, **kwargs)
+
+    monkeypatch.setattr(clot_module, "nearest_neighbors", spy)
+    params = {"neighbors": 3, "neighbor_start_fraction": 0.5, "neighbor_every_fraction": 0.5}  # epoch 1 of 2
+    for threshold, search, expected in ((10**6, "auto", 0), (len(blobs.data), "auto", round(len(blobs.data) ** 0.5)), (10**6, "cells", round(len(blobs.data) ** 0.5)), (1, "exact", 0)):
+        cells_seen.clear()
+        monkeypatch.setattr(clot_module, "MINING_CELLS_FROM", threshold)
+        config = FitConfig(method="clot", clusters=3, epochs=2, batch_size=60, seed=0, params={**params, "neighbor_search": search})
+        method = Trainer(config, progress=False, log=lambda m: None).fit(blobs).method
+        assert cells_seen == [expected], (threshold, search)
+        # even from cells, the mined rows are k distinct other samples, mostly of the same blob
+        index = method.neighbor_index.numpy()
+        assert index.shape == (len(blobs.data), 3) and not (index == np.arange(len(index))[:, None]).any()
+        assert (blobs.labels[index] == blobs.labels[:, None]).mean() > 0.9
+
+
+def test_an_unknown_neighbour_search_is_a_user_error():
+    from otclust.errors import UserError
+    from otclust.methods.base import InputSpec
+
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(UserError, match="neighbor_search must be one of auto, exact, cells"):
+        Clot(2, spec, ClotParams(neighbor_search="faiss"))
+
+
 def test_negative_neighbour_count_is_a_user_error():
     from otclust.errors import UserError
     from otclust.methods.base import InputSpec

@@ -107,6 +107,19 @@ def test_large_feature_sets_are_searched_by_cells_small_ones_by_brute_force(monk
     assert calls == [30]  # sqrt(N) cells
 
 
+def test_search_cells_names_the_cells_of_each_search_kind():
+    import pytest
+
+    from otclust.readout.neighbors import search_cells
+
+    assert search_cells(70_000, "exact") == 0
+    assert search_cells(70_000, "auto", cells_from=200_000) == 0
+    assert search_cells(70_000, "auto", cells_from=50_000) == round(70_000**0.5) == 265
+    assert search_cells(100, "cells") == 10
+    with pytest.raises(ValueError, match="search must be one of"):
+        search_cells(100, "approximate")
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(3, 120), k=st.integers(1, 12), cells=st.integers(2, 30), probes=st.integers(1, 30), seed=st.integers(0, 2**16), duplicates=st.booleans())
 def test_search_by_cells_returns_k_distinct_other_rows_never_closer_than_the_exact_ones(n, k, cells, probes, seed, duplicates):

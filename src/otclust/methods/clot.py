@@ -28,6 +28,7 @@ from otclust.models import ClusterHead, CosineClusterHead, ProjectionHead
 from otclust.models.teacher import ClusterPredictor, ema_teacher
 from otclust.ot.priors import match_prior_to_mass
 from otclust.readout import estimate_sizes_from_features, nearest_neighbors, size_update_epochs
+from otclust.readout.neighbors import MINING_CELLS_FROM, NEIGHBOR_SEARCHES, search_cells
 from otclust.readout.stage import LegacyReadoutParams
 
 
@@ -63,6 +64,10 @@ class ClotParams(LegacyReadoutParams):
     # backbone: neighbours in the backbone's feature space, mined as above; input: neighbours of
     # the input feature vectors (a frozen pretrained backbone's cached kNN graph), found once.
     neighbor_source: str = "backbone"
+    # How the backbone's neighbours are searched: exact (brute force; bfloat16 then re-ranked under
+    # --cpu-amp), cells (inverted lists, about 99.7 % of the exact neighbours, otclust.readout.neighbors)
+    # or auto: cells from MINING_CELLS_FROM rows on. The read-out's own search is not affected.
+    neighbor_search: str = "auto"
     # Where 'auto' takes its cluster sizes from. "features": the sorted cluster masses of k-means on
     # the neighbour-smoothed features (otclust.readout.estimate_sizes_from_features, smoothed as the
     # read-out's settings say), size_updates times over training or whenever neighbours are mined,
@@ -95,6 +100,7 @@ class Clot(ClusteringMethod):
             (p.neighbor_every is None or p.neighbor_every >= 1, f"neighbor_every must be >= 1, got {p.neighbor_every}"),
             (0 <= p.teacher_momentum < 1, f"teacher_momentum must be in [0, 1), got {p.teacher_momentum}"),
             (p.neighbor_source in ("backbone", "input"), f"neighbor_source must be 'backbone' or 'input', got {p.neighbor_source!r}"),
+            (p.neighbor_search in NEIGHBOR_SEARCHES, f"neighbor_search must be one of {', '.join(NEIGHBOR_SEARCHES)}, got {p.neighbor_search!r}"),
             (p.neighbor_source == "backbone" or p.neighbors == 0 or spec.is_features, "neighbor_source=input needs feature vectors (features:X.npy or a pretrained --backbone)"),
         ):
             if not ok:
@@ -151,7 +157,8 @@ class Clot(ClusteringMethod):
         features = torch.from_numpy(trainer.embed(trainer.train_data)).to(trainer.train_data.device)
         rows = None
         if mining:  # top-k comes sorted, so the first k columns of a wider search are the k nearest
-            rows = nearest_neighbors(features, max(p.neighbors, smoothing.neighbors) if estimating else p.neighbors, search_dtype=trainer.precision.search_dtype)
+            cells = search_cells(len(features), p.neighbor_search, MINING_CELLS_FROM)
+            rows = nearest_neighbors(features, max(p.neighbors, smoothing.neighbors) if estimating else p.neighbors, search_dtype=trainer.precision.search_dtype, cells=cells)
             self.neighbor_index = rows[:, : p.neighbors]
         if estimating:
             index = rows[:, : smoothing.neighbors] if rows is not None else None

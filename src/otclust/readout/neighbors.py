@@ -19,6 +19,10 @@ from otclust.distributed import all_gather_rows, is_distributed, rank, world_siz
 # faster than the bfloat16 search and kept more of the exact neighbours, but the Fashion-MNIST
 # recipe's read-out then chose a worse partition on one seed of three (docs/performance.md).
 CELLS_FROM = 200_000
+# CLOT's neighbour views (training only) search by cells from this many rows on: a view from the
+# 10 nearest needs no exact order, and the Fashion-MNIST recipe mines six times at 70,000 rows.
+MINING_CELLS_FROM = 50_000
+NEIGHBOR_SEARCHES = ("auto", "exact", "cells")
 # Cells probed per query: on 70,000 Fashion-MNIST features (benchmarks/knn_search.py) 8 of
 # sqrt(N) cells keep 99.7 % of the exact 10 nearest neighbours.
 PROBES = 8
@@ -51,6 +55,16 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
     if cells > 1 and k > 0:
         return all_gather_rows(_search_by_cells(unit, k, min(cells, len(unit)), probes, first, last))
     return all_gather_rows(_brute_force(unit, k, chunk, search_dtype, first, last))
+
+
+def search_cells(n_rows: int, search: str, cells_from: int = CELLS_FROM) -> int | None:
+    """The `cells` argument of nearest_neighbors for a search of `n_rows` rows: "exact" brute
+    force (0), "cells" about sqrt(N) cells, "auto" cells from `cells_from` rows on."""
+    if search not in NEIGHBOR_SEARCHES:
+        raise ValueError(f"search must be one of {NEIGHBOR_SEARCHES}, got {search!r}")
+    if search == "exact" or (search == "auto" and n_rows < cells_from):
+        return 0
+    return round(n_rows**0.5)
 
 
 def _brute_force(unit: torch.Tensor, k: int, chunk: int, search_dtype: torch.dtype | None, first: int, last: int) -> torch.Tensor:
