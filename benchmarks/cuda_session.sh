@@ -69,7 +69,7 @@ part_profile() {
 part_levers() {
     section "levers: the recipe's CLOT step on $DEVICE, Fashion-MNIST"
     timeout $(limit 150) $PY benchmarks/step_levers.py --data "$FASHION" --method clot --param sinkhorn_eps=0.2 --param n_heads=5 \
-        --param cluster_weight=0.3 --param neighbors=10 --device "$DEVICE" --steps 10 --rounds 4 2>&1 | grep -v USDT | tail -9
+        --param cluster_weight=0.3 --param neighbors=10 --device "$DEVICE" --steps 10 --rounds 4 2>&1 | grep -v USDT | tail -10
 }
 
 part_readout() {

@@ -10,6 +10,9 @@ over --repeats rounds (fastest kept, so drift of a shared machine falls on all a
 
 - one by one: `otclust.ot.sinkhorn` on each problem (what CLOT ran before 2026-12-05);
 - batched: `otclust.ot.sinkhorn_batched` on all of them (what it runs now);
+- batched, tested every C: the same, testing its stopping rule every --check-every iterations
+  only (CLOT's `sinkhorn_check_every`); the ops columns count the tensor operations each batched
+  solve dispatches (on a GPU each is a kernel launch, and each test a wait for the device);
 - POT: `ot.sinkhorn` (method "sinkhorn", float64 numpy) on each problem, a peer; its stopping
   test (L2 column error <= tol * min(b), tested every 10 iterations) is stricter than ours, so
   it also runs further (the error column says how far).
@@ -38,6 +41,13 @@ def problems(nb: int, n: int, k: int, scale: float, seed: int) -> torch.Tensor:
     return torch.log_softmax(logits, dim=2)
 
 
+def count_ops(solve) -> int:
+    """Tensor operations (outermost aten calls) one call of `solve` dispatches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        solve()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+
+
 def worst_error(plans, b: np.ndarray) -> float:
     return max(float(np.max(np.abs(np.asarray(p, dtype=np.float64).sum(axis=0) - b) / b)) for p in plans)
 
@@ -54,13 +64,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-pot", action="store_true")
+    parser.add_argument("--check-every", type=int, default=8, help="the sparse-test solver's check_every")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     b = np.full(args.k, 1.0 / args.k)
     print(f"{args.problems} problems of {args.n}x{args.k}, eps {args.eps}, tol {args.tol}, cap {args.cap}, {args.threads} thread(s), torch {torch.__version__}")
     print()
-    print("| logit scale | one by one ms | mean iters | batched ms | mean iters | speed-up | POT ms | POT mean iters | worst error: one by one / batched / POT |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    every = args.check_every
+    print(f"| logit scale | one by one ms | mean iters | batched ms | mean iters | ops | speed-up | batched, tested every {every}: ms | mean iters | ops | POT ms | POT mean iters | worst error: one by one / batched / every {every} / POT |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row, scale in enumerate(float(s) for s in args.scales.split(",")):
         scores = problems(args.problems, args.n, args.k, scale, seed=row)
         scores64 = scores.double().numpy()
@@ -74,6 +86,10 @@ def main(argv=None):
             result = sinkhorn_batched(scores, args.eps, n_iters=args.cap, tol=args.tol)
             outputs["batched"] = (list(result.plan.numpy()), float(result.n_iters.double().mean()))
 
+        def sparse():
+            result = sinkhorn_batched(scores, args.eps, n_iters=args.cap, tol=args.tol, check_every=every)
+            outputs["sparse"] = (list(result.plan.numpy()), float(result.n_iters.double().mean()))
+
         def pot():
             import ot
 
@@ -84,7 +100,8 @@ def main(argv=None):
                 iters.append(log["niter"])
             outputs["pot"] = (plans, np.mean(iters))
 
-        solvers = {"one": one_by_one, "batched": batched}
+        solvers = {"one": one_by_one, "batched": batched, "sparse": sparse}
+        ops = {name: count_ops(solvers[name]) for name in ("batched", "sparse")}
         if not args.no_pot:
             solvers["pot"] = pot
         best = {name: float("inf") for name in solvers}
@@ -97,8 +114,8 @@ def main(argv=None):
         errors = " / ".join(f"{worst_error(outputs[name][0], b):.1e}" for name in solvers)
         pot_cells = f"{ms['pot']:.2f} | {outputs['pot'][1]:.0f}" if "pot" in ms else "- | -"
         print(
-            f"| {scale:g} | {ms['one']:.2f} | {outputs['one'][1]:.1f} | {ms['batched']:.2f} | {outputs['batched'][1]:.1f} "
-            f"| {ms['one'] / ms['batched']:.1f}x | {pot_cells} | {errors} |"
+            f"| {scale:g} | {ms['one']:.2f} | {outputs['one'][1]:.1f} | {ms['batched']:.2f} | {outputs['batched'][1]:.1f} | {ops['batched']} "
+            f"| {ms['one'] / ms['batched']:.1f}x | {ms['sparse']:.2f} | {outputs['sparse'][1]:.1f} | {ops['sparse']} | {pot_cells} | {errors} |"
         )
 
 

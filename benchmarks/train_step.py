@@ -9,6 +9,10 @@ of issue 6 is that everything but the network's own forward + backward stays und
 step on CPU. Prints one Markdown row per method.
 
     python benchmarks/train_step.py --data fashion-mnist --methods clot --device cuda --amp
+    python benchmarks/train_step.py --data fashion-mnist --methods clot --param n_heads=5 ... --weights RUN
+
+--weights starts from a trained run's network (same method and params) instead of a fresh one:
+late in training the pseudo-labels are sharper and Sinkhorn needs more iterations.
 
 On a GPU (--device cuda) the step's end waits for the device, so ms/step is the true step time,
 but the phases are not synchronised: each is the CPU time spent issuing its work, which is what
@@ -32,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from otclust.config import FitConfig  # noqa: E402
 from otclust.data import load_dataset  # noqa: E402
 from otclust.data.datasets import place_for_training  # noqa: E402
-from otclust.engine import Trainer, build_method  # noqa: E402
+from otclust.checkpoint import checkpoint_file, read_checkpoint  # noqa: E402
+from otclust.engine import Trainer, build_method, restore_method_state  # noqa: E402
 from otclust.methods import InputSpec, available_methods, get_method_class  # noqa: E402
 
 
@@ -92,14 +97,20 @@ def instrument(method, timers):
             module.register_forward_hook(post)
 
 
-def ready_method(name: str, dataset, batch_size: int, params: dict | None = None, device: str = "cpu"):
+def ready_method(name: str, dataset, batch_size: int, params: dict | None = None, device: str = "cpu", weights=None):
     """`name` built for `dataset` as `otclust fit` builds it, on `device`, at the start of its first
     epoch, with its Adam optimizer: (method, optimizer), or None for a method without a training
-    step."""
+    step. `weights`: a run (folder or model.pt) of the same method and params whose trained
+    network (and mined neighbours) replace the fresh ones, for steps as late in training."""
     torch.manual_seed(0)
     config = FitConfig(method=name, clusters=10, batch_size=batch_size, epochs=1, params=params or {}, device=device)
     trainer = Trainer(config, progress=False, log=lambda message: None)
-    method = build_method(config, InputSpec.from_dataset(dataset)).to(trainer.device)
+    method = build_method(config, InputSpec.from_dataset(dataset))
+    if weights is not None:
+        checkpoint = read_checkpoint(checkpoint_file(weights))
+        method.load_state_dict(checkpoint["model"])
+        restore_method_state(method, checkpoint)
+    method = method.to(trainer.device)
     if not method.trainable:
         return None
     trainer.method, trainer.train_data = method, place_for_training(dataset, trainer.device)
@@ -129,8 +140,8 @@ def count_ops(step) -> Counter:
     return Counter(phase(e) for e in prof.events() if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
 
 
-def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False, params=None):
-    ready = ready_method(name, dataset, batch_size, params, device=device)
+def profile(name, dataset, batch_size, steps, warmup=3, device="cpu", amp=False, params=None, weights=None):
+    ready = ready_method(name, dataset, batch_size, params, device=device, weights=weights)
     if ready is None:
         return None
     method, optimizer = ready
@@ -192,6 +203,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true", help="the step under autocast (float16 on CUDA, bfloat16 on the CPU)")
     parser.add_argument("--param", action="append", default=[], help="KEY=VALUE of the method (default: its code defaults), e.g. a recipe's params")
+    parser.add_argument("--weights", default=None, help="a run (folder or model.pt) of one method with these --param values: its trained network steps, as late in training")
     args = parser.parse_args()
     from otclust.config import coerce_param
 
@@ -206,7 +218,7 @@ def main():
     print("| --- | --- | " + " | ".join("---" for _ in phases) + " | --- | --- |")
     by_phase = {}
     for name in names:
-        measured = profile(name, dataset, args.batch_size, args.steps, device=args.device, amp=args.amp, params=params)
+        measured = profile(name, dataset, args.batch_size, args.steps, device=args.device, amp=args.amp, params=params, weights=args.weights)
         if measured is None:
             print(f"| {name} | (no training step) |" + " |" * (len(phases) + 2))
             continue

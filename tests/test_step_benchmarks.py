@@ -56,6 +56,29 @@ def test_every_lever_makes_a_step_and_says_its_batch(levers, blobs):
     for label, lever in table.items():
         if lever.get("compile"):
             continue  # TorchInductor's first compile takes most of a minute on 2 cores
-        step, _, batch = step_levers.make_step("clot", blobs, 16, {}, **lever)
+        settings = {key: value for key, value in lever.items() if key != "params"}
+        step, _, batch = step_levers.make_step("clot", blobs, 16, {}, extra_params=lever.get("params"), **settings)
         assert batch == 16 * lever.get("batch_factor", 1), label
         step()
+    # a lever that sets a method parameter names the methods that have it
+    assert all(key in step_levers.LEVER_METHODS for lever in table.values() for key in lever.get("params", {}))
+
+
+def test_a_trained_run_replaces_the_fresh_network(blobs, tmp_path):
+    """--weights: the step starts from the run's network and mined neighbours, not a fresh one."""
+    from otclust.checkpoint import read_checkpoint
+    from otclust.config import FitConfig
+    from otclust.engine import Trainer
+    from otclust.runs import prepare_output_folder
+
+    params = {"n_heads": 2, "neighbors": 3, "neighbor_start_fraction": 0.5, "neighbor_every_fraction": 0.5}
+    config = FitConfig(method="clot", clusters=10, epochs=2, batch_size=32, seed=0, params=params)
+    run = prepare_output_folder(tmp_path / "run")
+    Trainer(config, out_dir=run, progress=False, log=lambda m: None).fit(blobs)
+    saved = read_checkpoint(run / "model.pt")
+    method, _ = train_step.ready_method("clot", blobs, 32, params, weights=run)
+    for name, value in method.state_dict().items():
+        torch.testing.assert_close(value, saved["model"][name], msg=name)
+    assert torch.equal(method.neighbor_index, saved["method_state"]["neighbor_index"])
+    fresh, _ = train_step.ready_method("clot", blobs, 32, params)
+    assert not torch.equal(next(fresh.backbone.parameters()), next(method.backbone.parameters()))

@@ -334,16 +334,17 @@ class ClusteringMethod(nn.Module):
         )
 
     @torch.no_grad()
-    def solve_transports(self, scores: list[torch.Tensor], eps, sizes: list, n_iters=None, tol=None, distributed=False) -> list[torch.Tensor]:
+    def solve_transports(self, scores: list[torch.Tensor], eps, sizes: list, n_iters=None, tol=None, distributed=False, check_every=1) -> list[torch.Tensor]:
         """The plans of several problems of one shape (heads, views): solve_transport on each. The
         balanced ones are solved together (otclust.ot.batched: one batched product per half-step
-        for all of them, the same stopping rule per problem); the relaxed modes one by one."""
+        for all of them, the same stopping rule per problem, tested every `check_every` iterations);
+        the relaxed modes one by one."""
         if self.partial_tau is not None or self.size_penalty is not None:
             return [self.solve_transport(s, eps, b=b, n_iters=n_iters, tol=tol, distributed=distributed).plan for s, b in zip(scores, sizes)]
         k, device = scores[0].shape[1], scores[0].device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         priors = torch.stack([torch.full((k,), 1.0 / k, dtype=dtype, device=device) if b is None else b.to(device, dtype) for b in sizes])
-        return list(sinkhorn_batched(torch.stack(scores), eps, b=priors, n_iters=n_iters, tol=tol, distributed=distributed).plan)
+        return list(sinkhorn_batched(torch.stack(scores), eps, b=priors, n_iters=n_iters, tol=tol, distributed=distributed, check_every=check_every).plan)
 
     @torch.no_grad()
     def target_marginal(self, probs: torch.Tensor) -> torch.Tensor:

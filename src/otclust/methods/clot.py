@@ -39,6 +39,9 @@ class ClotParams(LegacyReadoutParams):
     sinkhorn_eps: float = 0.2
     sinkhorn_iters: int = 200  # a cap: Sinkhorn stops earlier once the marginals are met
     sinkhorn_tol: float = 1e-2  # relative marginal error at which Sinkhorn stops
+    # Test that error every this many iterations only: fewer operations, and on a GPU fewer waits
+    # for the device; each plan still meets the tolerance (otclust.ot.batched). Measured: docs/performance.md.
+    sinkhorn_check_every: int = 1
     temperature: float = 0.5  # NT-Xent tau
     gather_negatives: bool = True  # several processes: NT-Xent negatives from the whole global batch
     # Weight of the clustering loss beside the representation loss: here the OT cluster loss beside
@@ -92,6 +95,7 @@ class Clot(ClusteringMethod):
         p = params
         for ok, message in (
             (p.sinkhorn_eps > 0, f"sinkhorn_eps must be positive, got {p.sinkhorn_eps}"),
+            (isinstance(p.sinkhorn_check_every, int) and p.sinkhorn_check_every >= 1, f"sinkhorn_check_every must be a whole number >= 1, got {p.sinkhorn_check_every!r}"),
             (p.head in ("linear", "cosine"), f"head must be 'linear' or 'cosine', got {p.head!r}"),
             (p.auto_sizes in ("predictions", "features") and p.size_updates >= 0, f"auto_sizes must be 'predictions' or 'features' and size_updates >= 0, got {p.auto_sizes!r} and {p.size_updates}"),
             (p.neighbors >= 0, f"neighbors must be >= 0, got {p.neighbors}"),
@@ -208,7 +212,7 @@ class Clot(ClusteringMethod):
             sizes.append(b)
         distributed = is_distributed()
         p = self.params
-        plans = self.solve_transports(log_ps, eps=p.sinkhorn_eps, sizes=sizes, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, distributed=distributed)
+        plans = self.solve_transports(log_ps, eps=p.sinkhorn_eps, sizes=sizes, n_iters=p.sinkhorn_iters, tol=p.sinkhorn_tol, distributed=distributed, check_every=p.sinkhorn_check_every)
         # Rows of a plan sum to 1 / (global batch size); the engine gives every process as many rows.
         return [plan * (plan.shape[0] * (world_size() if distributed else 1)) for plan in plans]
 
