@@ -277,6 +277,22 @@ FAULTS = [
         "                if True:",
         ["tests/test_engine.py"],
     ),
+    Fault(
+        "sinkhorn-batched-sparse-checks-skip-rate",
+        "batched Sinkhorn with check_every > 1: the iterations the over-relaxation measures its rate at go untested, so it never relaxes",
+        "ot/batched.py",
+        "    return it % check_every == 0 or it >= n_iters or (overrelax and (it == _RATE_START or _omega_may_change(it)))",
+        "    return it % check_every == 0 or it >= n_iters",
+        ["tests/ot/test_batched.py"],
+    ),
+    Fault(
+        "clot-mining-exact-ignored",
+        "CLOT's neighbour mining: neighbor_search=exact still searches by cells",
+        "readout/neighbors.py",
+        "    if search == \"exact\" or (search == \"auto\" and n_rows < cells_from):",
+        "    if search == \"auto\" and n_rows < cells_from:",
+        ["tests/readout/test_neighbors.py", "tests/methods/test_clot.py"],
+    ),
 ]
 
 

@@ -69,7 +69,8 @@ class ClotParams(LegacyReadoutParams):
     neighbor_source: str = "backbone"
     # How the backbone's neighbours are searched: exact (brute force; bfloat16 then re-ranked under
     # --cpu-amp), cells (inverted lists, about 99.7 % of the exact neighbours, otclust.readout.neighbors)
-    # or auto: cells from MINING_CELLS_FROM rows on. The read-out's own search is not affected.
+    # or auto: cells from MINING_CELLS_FROM rows on. The same rows serve auto_sizes=features'
+    # estimate made when mining; the read-out's own search is not affected.
     neighbor_search: str = "auto"
     # Where 'auto' takes its cluster sizes from. "features": the sorted cluster masses of k-means on
     # the neighbour-smoothed features (otclust.readout.estimate_sizes_from_features, smoothed as the

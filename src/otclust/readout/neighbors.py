@@ -57,7 +57,7 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
     return all_gather_rows(_brute_force(unit, k, chunk, search_dtype, first, last))
 
 
-def search_cells(n_rows: int, search: str, cells_from: int = CELLS_FROM) -> int | None:
+def search_cells(n_rows: int, search: str, cells_from: int = CELLS_FROM) -> int:
     """The `cells` argument of nearest_neighbors for a search of `n_rows` rows: "exact" brute
     force (0), "cells" about sqrt(N) cells, "auto" cells from `cells_from` rows on."""
     if search not in NEIGHBOR_SEARCHES:
