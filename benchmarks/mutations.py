@@ -293,6 +293,22 @@ FAULTS = [
         "    if search == \"auto\" and n_rows < cells_from:",
         ["tests/readout/test_neighbors.py", "tests/methods/test_clot.py"],
     ),
+    Fault(
+        "size-bound-potential-sign",
+        "the dual lower bound of the size-constrained cost adds the column potentials instead of subtracting them (no longer a bound)",
+        "ot/kmeans_loss.py",
+        "    return float((cost - g[None, :]).min(dim=1).values.mean() + (weights * g).sum())",
+        "    return float((cost + g[None, :]).min(dim=1).values.mean() + (weights * g).sum())",
+        ["tests/ot/test_kmeans_loss.py"],
+    ),
+    Fault(
+        "readout-dual-bound-inverted",
+        "read-out restart choice: skips the partitions whose dual bound is below the best cost (those that may win) instead of above",
+        "readout/kmeans.py",
+        "size_constrained_lower_bound(points, end.centers, matched) >= best_cost",
+        "size_constrained_lower_bound(points, end.centers, matched) < best_cost",
+        ["tests/readout/test_readout_kmeans.py"],
+    ),
 ]
 
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ot
 from otclust.ot import ot_kmeans_loss, soft_kmeans_loss, squared_distances
@@ -160,6 +162,38 @@ def test_size_constrained_inertia_approaches_the_exact_transport_cost(sizes):
     # the entropic plan is feasible to Sinkhorn's 1e-4 marginal tolerance, so it costs at least
     # about the optimum, and not much more at this small eps
     assert exact * (1 - 1e-3) <= value <= exact * 1.02
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(5, 60), k=st.integers(2, 6), seed=st.integers(0, 10_000), skew=st.booleans(), n_iters=st.sampled_from([1, 5, 30]))
+def test_the_lower_bound_never_exceeds_the_exact_transport_cost(n, k, seed, skew, n_iters):
+    """Weak duality: whatever the iterations, the bound is at most the exact (POT emd) cost, and
+    at least the plain inertia once potentials are fitted at all."""
+    from otclust.ot import size_constrained_lower_bound
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64) * (1 + 3 * torch.rand(n, 1, generator=g, dtype=torch.float64))
+    mu = torch.randn(k, 3, generator=g, dtype=torch.float64)
+    w = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64) * (2.0 if skew else 0.0), dim=0)
+    cost = _sq_dist(x, mu)
+    exact = ot.emd2(np.full(n, 1 / n), w.numpy(), cost.numpy())
+    bound = size_constrained_lower_bound(x, mu, w, n_iters=n_iters)
+    assert bound <= exact + 1e-9 * (1 + exact)
+
+
+@pytest.mark.parametrize("sizes", [None, [0.5, 0.3, 0.2]])
+def test_the_lower_bound_comes_close_to_the_cost_after_a_few_dozen_iterations(sizes):
+    from otclust.ot import size_constrained_inertia, size_constrained_lower_bound
+
+    x, mu = _problem(n=60, k=3)
+    w = np.full(3, 1 / 3) if sizes is None else np.array(sizes)
+    exact = ot.emd2(np.full(60, 1 / 60), w, _sq_dist(x, mu).numpy())
+    weights = None if sizes is None else torch.tensor(sizes)
+    plain = float(_sq_dist(x, mu).min(dim=1).values.mean())
+    bound = size_constrained_lower_bound(x.float(), mu.float(), weights, n_iters=30)
+    assert plain <= bound <= exact * (1 + 1e-9)
+    assert bound >= exact - 0.02 * (exact - plain) - 1e-9  # most of the gap to the plain inertia closed
+    assert bound <= size_constrained_inertia(x.float(), mu.float(), weights) * (1 + 1e-3)
 
 
 def _two_tight_blobs_and_a_long_line(n=100, seed=0):

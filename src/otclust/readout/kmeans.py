@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from otclust.ot import size_constrained_inertia
+from otclust.ot import size_constrained_inertia, size_constrained_lower_bound
 from otclust.ot.priors import match_prior_to_mass
 
 KMEANS_CHOICES = ("prior", "inertia")
@@ -132,6 +132,10 @@ def choose_kmeans_restart(
         if sizes is not None:
             mass = torch.from_numpy(np.bincount(end.labels, minlength=n_clusters)).double()
             matched = match_prior_to_mass(sizes.double().cpu(), mass)
+        # A tighter bound of the same kind (the transport dual after a few Sinkhorn iterations,
+        # a tenth of a solve) rules out most merge-and-split partitions without their solve.
+        if best is not None and size_constrained_lower_bound(points, end.centers, matched) >= best_cost * (1 + 1e-3):
+            continue
         cost = size_constrained_inertia(points, end.centers, matched)
         if cost < best_cost:
             best, best_cost = end, cost
