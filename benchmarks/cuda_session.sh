@@ -14,7 +14,9 @@
 #   fmnist0   the Fashion-MNIST recipe (configs/clot-fashion-mnist.yaml, 70,000 images) with
 #             mixed precision, seed 0: wall time from start to every image predicted, ACC/NMI/ARI;
 #   levers    what makes that step faster on the GPU (benchmarks/step_levers.py --device cuda:
-#             float32, float16 autocast, + channels-last, + torch.compile, 4x the batch);
+#             float32, float16 autocast, + channels-last, + torch.compile, 4x the batch, Sinkhorn
+#             tested every 8 iterations; then, when fmnist0 ran in the same call, its trained
+#             network's step with Sinkhorn tested every iteration and every 8);
 #   readout   where the read-out's time goes on that machine (benchmarks/readout_speed.py on
 #             70,000 x 256 synthetic features on the GPU, at the default threads and at 4): on the
 #             first GPU machine (16 cores) the digits read-out took 3-6x longer than on 2 cores;
@@ -70,6 +72,17 @@ part_levers() {
     section "levers: the recipe's CLOT step on $DEVICE, Fashion-MNIST"
     timeout $(limit 150) $PY benchmarks/step_levers.py --data "$FASHION" --method clot --param sinkhorn_eps=0.2 --param n_heads=5 \
         --param cluster_weight=0.3 --param neighbors=10 --device "$DEVICE" --steps 10 --rounds 4 2>&1 | grep -v USDT | tail -10
+    # Late in training (the network fmnist0 trained, when it ran in this call): Sinkhorn's longest
+    # solves, its stopping rule tested every iteration and every 8 (sinkhorn_check_every).
+    local run
+    run=$(ls -d "$WORK"/fmnist0/*-seed0 2>/dev/null | head -1)
+    if [ -n "$run" ]; then
+        for every in 1 8; do
+            timeout $(limit 60) $PY benchmarks/train_step.py --data "$FASHION" --methods clot --param sinkhorn_eps=0.2 --param n_heads=5 \
+                --param cluster_weight=0.3 --param neighbors=10 --param sinkhorn_check_every=$every --weights "$run" --steps 20 \
+                --device "$DEVICE" --amp 2>&1 | grep -E "^\| clot|^- clot" | sed "s/^/check_every $every: /"
+        done
+    fi
 }
 
 part_readout() {
@@ -91,7 +104,7 @@ part_peer() {
 part_fmnist0() {
     section "Fashion-MNIST recipe on $DEVICE (amp), seed 0"
     timeout $(limit 420) $PY benchmarks/time_to_accuracy.py --config configs/clot-fashion-mnist.yaml --data "$FASHION" --seeds 0 --target 0.75 \
-        --variant "$DEVICE amp: device=$DEVICE" --csv "$OUT/fmnist.csv"
+        --variant "$DEVICE amp: device=$DEVICE" --csv "$OUT/fmnist.csv" --out "$WORK/fmnist0"
     echo "rc=$?"
 }
 
