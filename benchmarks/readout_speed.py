@@ -70,7 +70,7 @@ def counting_solves():
     return calls, original
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", help="FILE.npy of otclust embed --out (its .labels.npy is used to score)")
     parser.add_argument("--samples", type=int, default=70000)
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="where the features are, as `fit` keeps them: the kNN search and smoothing run there, k-means on the CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -157,3 +157,23 @@ def test_the_dual_bound_spares_the_solves_of_partitions_that_cannot_win(monkeypa
     without = choose_kmeans_restart(x, 10, seed=0, restarts=20)
     assert adjusted_rand_score(with_bound.labels, without.labels) == 1.0
     assert bounded < len(solves) / 2
+
+
+def test_the_readout_speed_benchmark_prints_its_parts_and_keeps_one_partition(capsys):
+    """benchmarks/readout_speed.py: every part timed, and the three restart choices (dual bound,
+    plain-inertia stop, every partition solved) keep the same partition."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import readout_speed
+
+    readout_speed.main(["--samples", "1500", "--dim", "8", "--clusters", "4"])
+    out = capsys.readouterr().out
+    for part in ("kNN search", "smoothing", "OT solves", "logistic regression", "stopped by the plain inertia only"):
+        assert part in out
+    assert "the same partition as before: True" in out
+    # the benchmark restores the read-out's functions it wraps
+    kmeans_module = sys.modules["otclust.readout.kmeans"]
+    assert kmeans_module.size_constrained_lower_bound.__module__ == "otclust.ot.kmeans_loss"
+    assert kmeans_module.size_constrained_inertia.__module__ == "otclust.ot.kmeans_loss"
