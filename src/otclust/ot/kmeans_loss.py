@@ -130,11 +130,19 @@ def size_constrained_inertia(points: torch.Tensor, centers: torch.Tensor, sizes:
     unconstrained inertia (the mean squared distance to the nearest center), so the answer does
     not depend on the scale of the points and the plan stays close to a hard assignment.
     """
-    cost = squared_distances(points.double(), centers.double())
-    eps = relative_eps * float(cost.min(dim=1).values.mean().clamp_min(1e-12))
-    weights = None if sizes is None else sizes.double() / sizes.double().sum()
+    cost, eps, weights = _size_constrained_problem(points, centers, sizes, relative_eps)
     plan = sinkhorn(-cost, eps=eps, b=weights, n_iters=2000, tol=1e-4).plan
     return float((plan * cost).sum())
+
+
+def _size_constrained_problem(points, centers, sizes, relative_eps):
+    """(N x K float64 squared distances, eps = relative_eps x their plain inertia, the K column
+    weights summing to 1) of size_constrained_inertia and its lower bound."""
+    cost = squared_distances(points.double(), centers.double())
+    eps = relative_eps * float(cost.min(dim=1).values.mean().clamp_min(1e-12))
+    k = centers.shape[0]
+    weights = torch.full((k,), 1.0 / k, dtype=torch.float64, device=cost.device) if sizes is None else (sizes.double() / sizes.double().sum()).to(cost.device)
+    return cost, eps, weights
 
 
 @torch.no_grad()
@@ -147,9 +155,6 @@ def size_constrained_lower_bound(points: torch.Tensor, centers: torch.Tensor, si
     eps times the column scaling's log after ``n_iters`` Sinkhorn iterations at
     size_constrained_inertia's eps: a few dozen iterations, a fraction of a converged solve, bring
     the bound close to the cost of partitions whose sizes are far from the prior."""
-    cost = squared_distances(points.double(), centers.double())
-    eps = relative_eps * float(cost.min(dim=1).values.mean().clamp_min(1e-12))
-    k = centers.shape[0]
-    weights = torch.full((k,), 1.0 / k, dtype=torch.float64, device=cost.device) if sizes is None else (sizes.double() / sizes.double().sum()).to(cost.device)
+    cost, eps, weights = _size_constrained_problem(points, centers, sizes, relative_eps)
     g = eps * sinkhorn(-cost, eps=eps, b=weights, n_iters=n_iters).log_v.double()
     return float((cost - g[None, :]).min(dim=1).values.mean() + (weights * g).sum())

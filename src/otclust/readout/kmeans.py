@@ -119,7 +119,7 @@ def choose_kmeans_restart(
     distinct = {}  # restarts that end in the same partition (in any cluster order): solve the OT once
     for end in ends:
         distinct.setdefault(_partition_key(end.labels), end)
-    points = torch.as_tensor(points)
+    points = torch.as_tensor(points).double()  # once, not in every bound and solve below
     best, best_cost = None, float("inf")
     for end in sorted(distinct.values(), key=lambda end: end.inertia):
         # A plan under the prior pays at least each point's nearest centre, so its cost is at

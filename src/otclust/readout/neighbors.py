@@ -51,7 +51,7 @@ def nearest_neighbors(features: torch.Tensor, k: int, chunk: int = 1024, search_
     first = rank() * share if is_distributed() else 0
     last = min(len(unit), first + share)
     if cells is None:
-        cells = 0 if len(unit) < CELLS_FROM else round(len(unit) ** 0.5)
+        cells = search_cells(len(unit), "auto", CELLS_FROM)
     if cells > 1 and k > 0:
         return all_gather_rows(_search_by_cells(unit, k, min(cells, len(unit)), probes, first, last))
     return all_gather_rows(_brute_force(unit, k, chunk, search_dtype, first, last))
