@@ -33,6 +33,8 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
 
 Every generated image depends only on (seed, its index), so a set is reproducible from its
 parameters, and a smaller set with the same seed is the start of a larger one.
+`--as-folder DIR` also writes a set's images as a folder of PNG or JPEG files, grey or RGB
+(`write_as_folder`), to compare the folder loader with the set's own on the same images.
 Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)
 or any folder passed as fashion_dir; without it the three fmnist sets raise SuiteDataUnavailable.
 """
@@ -687,6 +689,29 @@ def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None,
     return entry.build(Path(root), **kwargs)
 
 
+def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension: str = "png") -> Path:
+    """The set's images as a folder of files, one subfolder per class (``class0``, ...), in PIL
+    ``mode`` (L or RGB: grey pictures saved as colour files, as many tools save them) and format
+    ``extension`` (png, or jpg at quality 90), so that the folder path can be compared with the
+    loader the suite names, on the same images. ``dest`` must not exist."""
+    from PIL import Image
+
+    from otclust.data import load_dataset
+
+    if mode not in ("L", "RGB") or extension not in ("png", "jpg"):
+        raise ValueError(f"mode L or RGB and extension png or jpg, not {mode!r} / {extension!r}")
+    dataset = load_dataset(suite_set.data, split=suite_set.split)
+    dest = Path(dest)
+    dest.mkdir(parents=True)  # never into an existing folder: nothing of anyone's is overwritten
+    images = dataset.data.numpy().transpose(0, 2, 3, 1)
+    for i, (image, label) in enumerate(zip(images, dataset.labels)):
+        folder = dest / f"class{label}"
+        folder.mkdir(exist_ok=True)
+        picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).convert(mode)
+        picture.save(folder / f"{i:05d}.{extension}", **({"quality": 90} if extension == "jpg" else {}))
+    return dest
+
+
 def main() -> None:
     import argparse
 
@@ -694,6 +719,10 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(SUITE), help="comma-separated names (default: all)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="cache folder (default: %(default)s)")
     parser.add_argument("--fashion-dir", type=Path, default=None, help=f"Fashion-MNIST idx folder (default: {FASHION_SYSTEM_DIR})")
+    parser.add_argument("--as-folder", type=Path, default=None, metavar="DIR",
+                        help="also write each set's images into DIR/NAME, one subfolder per class (DIR/NAME must not exist)")
+    parser.add_argument("--file-mode", choices=("L", "RGB"), default="L", help="mode of the written files (default: %(default)s)")
+    parser.add_argument("--file-format", choices=("png", "jpg"), default="png", help="format of the written files (default: %(default)s)")
     args = parser.parse_args()
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         try:
@@ -702,6 +731,9 @@ def main() -> None:
             print(f"{name}: unavailable: {error}")
             continue
         print(f"{name}: {s.n_samples} samples, K={s.clusters}, otclust fit {' '.join(s.fit_args())}")
+        if args.as_folder is not None:
+            folder = write_as_folder(s, args.as_folder / name, args.file_mode, args.file_format)
+            print(f"{name}: written as {args.file_mode} {args.file_format} files: otclust fit --data folder:{folder} --clusters {s.clusters}")
 
 
 if __name__ == "__main__":

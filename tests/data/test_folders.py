@@ -127,6 +127,56 @@ def test_modes_converted_as_documented(tmp_path):
     assert g.data.shape == (2, 1, 8, 8) and g.data[:, 0, 0, 0].tolist() == [128, 7]
 
 
+def grey_pictures_in_colour_files(folder: Path, n: int = 4, spread: int = 0) -> list[np.ndarray]:
+    """RGB PNGs and JPEGs of random grey pictures; ``spread`` levels added to red in one pixel."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    pictures = []
+    for i in range(n):
+        grey = rng.integers(0, 256 - spread, (12, 12), dtype=np.uint8)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        rgb[5, 5, 0] += spread
+        Image.fromarray(rgb).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}", quality=90)
+        pictures.append(rgb)
+    return pictures
+
+
+def test_grey_pictures_stored_in_colour_are_kept_grey(tmp_path):
+    folder = tmp_path / "scans"
+    grey_pictures_in_colour_files(folder)
+    SETTINGS.cache_min_images = 0
+    first = load_dataset(f"folder:{folder}")
+    assert first.data.shape == (4, 1, 12, 12) and names(first.notes, "every image is stored in colour but holds only grey")
+    for i, path in enumerate(first.paths):  # exactly what PIL makes of each file in grey
+        np.testing.assert_array_equal(first.data[i, 0].numpy(), np.asarray(Image.open(path).convert("L")))
+    again = load_dataset(f"folder:{folder}")  # from the cache, which holds the RGB decoding
+    assert names(again.notes, "reused the decoded images cached in") and torch.equal(again.data, first.data)
+
+
+@pytest.mark.parametrize("spread, channels", [(decode.GREY_TOLERANCE, 1), (decode.GREY_TOLERANCE + 1, 3)])
+def test_one_coloured_pixel_keeps_the_folder_in_colour(tmp_path, spread, channels):
+    pictures = grey_pictures_in_colour_files(tmp_path / "f", spread=spread)
+    ds = load_dataset(f"folder:{tmp_path / 'f'}")
+    assert ds.data.shape[1] == channels
+    if channels == 3:  # nothing changed: the PNG's pixels as stored
+        assert not names(ds.notes, "every image is stored in colour") and ds.data[1, :, 5, 5].tolist() == pictures[1][5, 5].tolist()
+
+
+def test_grey_pictures_too_large_for_memory_stay_colour_on_disk(tmp_path):
+    grey_pictures_in_colour_files(tmp_path / "f")
+    SETTINGS.memory_budget = 100
+    ds = load_dataset(f"folder:{tmp_path / 'f'}")
+    assert ds.out_of_core and ds.data.shape == (4, 3, 12, 12)
+
+
+def test_luma_is_pils_convert_l():
+    rgb = np.random.default_rng(2).integers(0, 256, (3, 9, 7, 3), dtype=np.uint8)
+    ours = decode.luma(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))
+    assert ours.shape == (3, 1, 9, 7)
+    for picture, grey in zip(rgb, ours):
+        np.testing.assert_array_equal(grey[0], np.asarray(Image.fromarray(picture).convert("L")))
+
+
 def test_worker_processes_give_the_same_array_as_one_process(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(70):  # above the size where a pool is used

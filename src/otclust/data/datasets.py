@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from otclust import allocator
-from otclust.data import formats
+from otclust.data import decode, formats
 from otclust.data.formats import Part
 from otclust.errors import UserError
 
@@ -553,15 +553,10 @@ def resize_images(data: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def to_gray(data: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma in PIL's exact integer arithmetic, so folder images converted by PIL
-    and tensors converted here agree pixel for pixel."""
-    out = torch.empty((data.shape[0], 1, *data.shape[2:]), dtype=torch.uint8)
-    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)
-    step = max(1, (1 << 22) // max(1, 3 * data.shape[2] * data.shape[3]))
-    for i in range(0, data.shape[0], step):
-        chunk = (data[i : i + step].to(torch.int32) * weights).sum(1, keepdim=True)
-        out[i : i + step] = ((chunk + 0x8000) >> 16).to(torch.uint8)
-    return out
+    """N x 1 x H x W luma of N x 3 x H x W uint8 images, in PIL's exact integer arithmetic
+    (``decode.luma``), so folder images converted by PIL and tensors converted here agree pixel
+    for pixel."""
+    return torch.from_numpy(decode.luma(data.cpu().numpy()))
 
 
 def conform(dataset: ImageDataset, channels: int, image_size) -> ImageDataset:

@@ -19,7 +19,11 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
 
 Colour modes: an image counts as colour unless its mode is grey (1, L, LA, I, I;16*, F) or it is
 a palette image whose palette holds only greys. If any image of the folder is colour all are
-decoded to RGB (grey ones repeated into three channels), else all to grey. 16-bit images (and
+decoded to RGB (grey ones repeated into three channels), else all to grey. A folder decoded to RGB
+in which every pixel of every image has its red, green and blue within ``GREY_TOLERANCE`` of each
+other (grey pictures stored as colour files: RGB JPEGs of scans, X-rays, MNIST-like images) is
+then kept as grey, its luma as PIL computes it (``grey_content``, ``luma``); one too large for the
+memory budget stays RGB on disk. 16-bit images (and
 32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
 clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
 and YCbCr go through Pillow's own conversion to RGB.
@@ -48,6 +52,16 @@ _EXIF_ORIENTATION = 0x0112
 # and are meant for a GPU, where twice the side is affordable.
 BACKBONE_SIDE = {"small-cnn": 64, "pooled-cnn": 64, "mlp": 32, "resnet18": 96, "resnet34": 96}
 DEFAULT_BACKBONE = "small-cnn"  # what backbone 'auto' builds for images
+
+# The largest spread between a pixel's red, green and blue (of 255) that still counts as grey:
+# grey content saved as an RGB JPEG decodes to equal channels, and a few levels more are invisible.
+# Such a folder trains as grey, exactly as the same pictures in grey files would: the same
+# information in a third of the memory, the grey augmentation preset instead of colour jitter and
+# hue turns that have nothing to act on, and no note about colour photos.
+GREY_TOLERANCE = 4
+# ITU-R 601-2 luma in PIL's 16-bit fixed point (its convert("L")), so that images made grey here
+# and by PIL agree pixel for pixel.
+LUMA_WEIGHTS = (19595, 38470, 7471)
 
 # Below this many files, a pool of processes costs more to start than it saves.
 _POOL_MIN_FILES = 64
@@ -306,6 +320,31 @@ def working_resolution(probes: list[Probe], backbone: str | None, requested) -> 
     )
 
 
+def _chunks(array: np.ndarray):
+    """Slices of ``array`` (N x ...) of about 16 MB each: it may be a memory-mapped file."""
+    step = max(1, (1 << 24) // max(1, int(np.prod(array.shape[1:]))))
+    for i in range(0, len(array), step):
+        yield i, np.asarray(array[i : i + step])
+
+
+def grey_content(array: np.ndarray, tolerance: int = GREY_TOLERANCE) -> bool:
+    """Whether every pixel of the N x 3 x H x W uint8 ``array`` has its three channels within
+    ``tolerance`` of each other."""
+    for _, chunk in _chunks(array):
+        if int((chunk.max(axis=1) - chunk.min(axis=1)).max(initial=0)) > tolerance:
+            return False
+    return True
+
+
+def luma(array: np.ndarray) -> np.ndarray:
+    """N x 1 x H x W uint8 luma of N x 3 x H x W uint8 images, exactly as PIL's convert("L")."""
+    out = np.empty((len(array), 1, *array.shape[2:]), dtype=np.uint8)
+    weights = np.asarray(LUMA_WEIGHTS, dtype=np.uint32).reshape(1, 3, 1, 1)
+    for i, chunk in _chunks(array):
+        out[i : i + len(chunk)] = ((chunk * weights).sum(axis=1, keepdims=True) + 0x8000) >> 16
+    return out
+
+
 def estimated_bytes(n: int, channels: int, size: tuple[int, int]) -> int:
     return int(n) * int(channels) * int(size[0]) * int(size[1])
 
@@ -327,6 +366,8 @@ __all__ = [
     "decode_one",
     "decode_into",
     "to_uint8",
+    "grey_content",
+    "luma",
     "working_resolution",
     "estimated_bytes",
     "memory_budget",

@@ -442,7 +442,8 @@ def read_image_folder(
     """Decode a folder of images into one uint8 array of a common mode and size (``decode.py``).
 
     Headers first (cheap): files that cannot be opened are skipped with a note, the mode (RGB
-    if any image is in colour, else grey) and the working resolution are chosen, and the size
+    if any image is in colour, else grey; an RGB folder whose pixels all turn out grey is kept as
+    grey after decoding) and the working resolution are chosen, and the size
     of the decoded array is known before any of it is allocated. It must fit the memory budget
     (``decode.memory_budget``) unless it goes to the on-disk cache (``cache.py``), in which
     case the array stays a memory-mapped file and training reads batches from it
@@ -535,6 +536,12 @@ def read_image_folder(
             if entry is not None:
                 entry.abandon()
             raise
+    if channels == 3 and fits and decode.grey_content(array):
+        array = decode.luma(array)
+        notes.append(
+            "every image is stored in colour but holds only grey (equal red, green and blue in every pixel): "
+            "trained as grey, one channel"
+        )
     if skipped:
         notes.append(decode.summarize_skipped(skipped, len(paths)))
     if not fits:
