@@ -7,7 +7,8 @@ uninterrupted run of the same settings (CPU, one thread: deterministic).
 Half of the trials kill at a uniformly random time of the run; the other half kill inside a
 checkpoint write: the child process (this file with --child) slows the write of model.pt's
 temporary file down (half the bytes, a pause, the rest) and says on stderr when a write starts,
-so the kill lands while the file is half-written. Nothing of this hook is in otclust itself.
+so the kill lands while the file is half-written; it also writes a checkpoint after every epoch.
+Nothing of these hooks is in otclust itself.
 
     PYTHONPATH=src python benchmarks/kill_resume.py --trials 20
     PYTHONPATH=src python benchmarks/kill_resume.py --trials 4 --data digits --epochs 2 --param predict_by=head
@@ -78,6 +79,11 @@ def child_main(fit_args: list[str], pause: float) -> int:
 
     torch.set_num_threads(1)
     install_slow_checkpoint_write(pause)
+    import otclust.engine
+
+    # A checkpoint after every epoch (otclust writes one at most every 30 s after the first), so
+    # that the in-write trials can aim at the write of any epoch.
+    otclust.engine.CHECKPOINT_EVERY_SECONDS = 0.0
     from otclust.cli import main
 
     return main(fit_args)

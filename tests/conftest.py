@@ -142,6 +142,7 @@ def run_interrupted_and_resumed(tmp_path):
         straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "straight"), progress=False, log=quiet).fit(dataset)
         out = prepare_output_folder(tmp_path / "interrupted")
         trainer = Trainer(config, out_dir=out, progress=False, log=quiet)
+        trainer.checkpoint_every_seconds = 0  # a checkpoint after every epoch, the interrupted one's included
         original, done = trainer._train_one_epoch, {"epochs": 0}
 
         def interrupt(*args, **kwargs):

@@ -219,6 +219,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     out["straight"] = _run_summary(trainer.fit(dataset), trainer)
 
     trainer = Trainer(_config(), out_dir=folder / "resumed", progress=False, log=lambda m: None)
+    trainer.checkpoint_every_seconds = 0  # a checkpoint after every epoch, so that one is there at epoch 2
     original, calls = trainer._train_one_epoch, []
 
     def stop_after_two(*args, **kwargs):

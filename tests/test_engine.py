@@ -35,6 +35,7 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path, b
     out_b = prepare_output_folder(tmp_path / "b")
     # Simulate an interruption after epoch 2: train 2 of 3 epochs' worth, then resume.
     trainer = Trainer(short, out_dir=out_b, progress=False, log=quiet())
+    trainer.checkpoint_every_seconds = 0  # a checkpoint after every epoch, so that one is there at epoch 2
     original = trainer._train_one_epoch
     calls = {"n": 0}
 
@@ -51,6 +52,22 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path, b
     resumed = Trainer(short, out_dir=prepare_output_folder(out_b, resume=True), progress=False, log=quiet()).fit(blobs, resume=True)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     np.testing.assert_allclose(resumed.proba, straight.proba, atol=1e-4)
+
+
+@pytest.mark.parametrize("every, in_loop", [(None, [1, 4]), (0, [1, 2, 3, 4])])
+def test_checkpoints_are_written_at_most_every_interval_and_after_the_last_epoch(tmp_path, blobs, every, in_loop):
+    """Epochs of milliseconds: with the default interval only the first and the last epoch's
+    checkpoints (and the final one) are written, and metrics.jsonl still holds every epoch."""
+    out = prepare_output_folder(tmp_path / "run")
+    trainer = Trainer(FitConfig(clusters=3, epochs=4, batch_size=40), out_dir=out, progress=False, log=quiet())
+    if every is not None:
+        trainer.checkpoint_every_seconds = every
+    saved, original = [], trainer._save_checkpoint
+    trainer._save_checkpoint = lambda epoch, *rest: (saved.append(epoch), original(epoch, *rest))
+    trainer.fit(blobs)
+    assert saved == in_loop + [4]
+    assert [row["epoch"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    assert read_checkpoint(out / "model.pt")["epoch"] == 4
 
 
 def test_seed_makes_runs_reproducible(blobs):

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otclust: error: {out_of_memory_message('running ' + args.command, GENERIC_MEMORY_ADVICE)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("otclust: interrupted; the last completed epoch's checkpoint is kept (use --resume)", file=sys.stderr)
+        print("otclust: interrupted; a fit keeps its latest checkpoint (30 s or one epoch old at most): use --resume to continue it", file=sys.stderr)
         return 130
 
 

@@ -3,8 +3,10 @@
 One training step: the engine takes a shuffled batch of raw data already on the device, the
 method turns it into views and losses (`training_step`), the engine back-propagates (with AMP
 on CUDA), steps the optimizer and the learning-rate schedule. After each epoch it predicts the
-whole evaluation set, scores it when labels exist (labels are never seen by the method),
-appends a row to the history and writes an atomic checkpoint.
+whole evaluation set, scores it when labels exist (labels are never seen by the method) and
+appends a row to the history; the history and an atomic checkpoint are written after the first
+epoch, then at most every CHECKPOINT_EVERY_SECONDS (or every epoch, if epochs are longer), and
+after the last.
 
 Launched by `torchrun` (several processes, usually one per GPU), the same loop is data parallel:
 every process holds the whole training set and draws the same permutation each epoch, and takes
@@ -50,6 +52,12 @@ __all__ = ["CHECKPOINT_FORMAT", "Trainer", "load_trained", "read_checkpoint", "t
 FIT_PASS_MEMORY_ADVICE = "use a smaller --image-size, or --device cpu when the GPU is the one that is full"
 # The end-of-fit read-out (otclust.readout): k-means restarts on neighbour-smoothed features.
 READOUT_MEMORY_ADVICE = "lower --readout-param restarts=N or --readout-param neighbors=N, or predict with the head (--readout head)"
+# During training the run folder's checkpoint and metrics.jsonl are rewritten (atomically, with
+# fsync) after the first epoch, then after the first epoch to end at least this long after the
+# last write, and after the last epoch: on a small set an epoch takes a few milliseconds, and
+# writing both after each one took a large share of the run (docs/performance.md). An
+# interrupted run loses this much training, or one epoch, at most, to --resume.
+CHECKPOINT_EVERY_SECONDS = 30.0
 
 
 def prediction_memory_advice(batch_size: int) -> str:
@@ -175,6 +183,7 @@ class Trainer:
         self.input_neighbors: torch.Tensor | None = None
         self.predictor: str | None = None  # the run's predictor and read-out settings (otclust.readout)
         self.readout_params = None
+        self.checkpoint_every_seconds = CHECKPOINT_EVERY_SECONDS
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)
@@ -237,6 +246,7 @@ class Trainer:
             scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
             try:
                 method.on_fit_start(self)
+                saved = time.perf_counter()
                 for epoch in range(start_epoch, config.epochs):
                     epoch_started = time.perf_counter()
                     method.train()
@@ -254,9 +264,10 @@ class Trainer:
                     row["seconds"] = round(time.perf_counter() - epoch_started, 3)
                     history.append(row)
                     self.log(_format_row(row, config.epochs))
-                    if self.out is not None:
+                    if self.out is not None and (last or epoch == start_epoch or time.perf_counter() - saved >= self.checkpoint_every_seconds):
                         self.out.write_history(history)
                         self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
+                        saved = time.perf_counter()
             finally:
                 # Also when training raises (interrupted, out of memory): the Python API's caller
                 # keeps the process, and must not keep training's malloc settings with it.

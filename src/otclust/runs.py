@@ -1,8 +1,8 @@
 """The run folder: what a training run leaves behind, written so that nothing is half-written
 and nothing of the user's is overwritten without --overwrite.
 
-Layout: config.yaml, model.pt (checkpoint, rewritten atomically every epoch), metrics.jsonl
-(one row per epoch), metrics.json (final), assignments.csv (one row per sample); under
+Layout: config.yaml, model.pt (checkpoint, rewritten atomically during training: see
+engine.CHECKPOINT_EVERY_SECONDS), metrics.jsonl (one row per epoch, rewritten with it), metrics.json (final), assignments.csv (one row per sample); under
 --clusters auto with a refit (otclust.k_search), the search run's files in k-search/.
 """
 
@@ -134,7 +134,7 @@ class RunWriter:
         atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def write_history(self, history: list[dict]) -> None:
-        # Rewritten whole each epoch so a resumed run never holds rows of epochs it redid.
+        # Rewritten whole with each checkpoint so a resumed run never holds rows of epochs it redid.
         atomic_write_text(self.folder / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
     def write_final_metrics(self, metrics: dict) -> None:

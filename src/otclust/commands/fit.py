@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "fit",
         help="train a clustering model on a data set and write a run folder",
-        description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint every epoch), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist, of the run's predictor, and of the head and the read-out separately) and assignments.csv. "
+        description="Train a clustering method and write OUT/config.yaml, model.pt (checkpoint, written every 30 s or epoch, whichever is longer), metrics.jsonl (per epoch), metrics.json (final ACC/NMI/ARI when labels exist, of the run's predictor, and of the head and the read-out separately) and assignments.csv. "
         "It trains for --epochs, or --steps, or else a budget that grows with the data's size (see --epochs).",
         formatter_class=HelpFormatter,
     )
