@@ -309,6 +309,30 @@ FAULTS = [
         "size_constrained_lower_bound(points, end.centers, matched) < best_cost",
         ["tests/readout/test_readout_kmeans.py"],
     ),
+    Fault(
+        "grey-content-tolerance-loose",
+        "image folders: a colour file counts as grey with its channels 12 levels further apart than the tolerance",
+        "data/decode.py",
+        "        if int((chunk.max(axis=1) - chunk.min(axis=1)).max(initial=0)) > tolerance:",
+        "        if int((chunk.max(axis=1) - chunk.min(axis=1)).max(initial=0)) > tolerance + 12:",
+        ["tests/data/test_folders.py"],
+    ),
+    Fault(
+        "luma-weights-reversed",
+        "the luma of RGB images weighs blue as PIL weighs red (BGR order)",
+        "data/decode.py",
+        "LUMA_WEIGHTS = (19595, 38470, 7471)",
+        "LUMA_WEIGHTS = (7471, 38470, 19595)",
+        ["tests/data/test_folders.py", "tests/data/test_datasets.py"],
+    ),
+    Fault(
+        "checkpoint-last-epoch-not-written",
+        "engine: the last epoch's checkpoint and history are not written when the interval has not passed",
+        "engine.py",
+        "if self.out is not None and (last or epoch == start_epoch or time.perf_counter() - saved >= self.checkpoint_every_seconds):",
+        "if self.out is not None and (epoch == start_epoch or time.perf_counter() - saved >= self.checkpoint_every_seconds):",
+        ["tests/test_engine.py"],
+    ),
 ]
 
 
