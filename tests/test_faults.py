@@ -239,26 +239,27 @@ def test_disk_full_on_the_first_checkpoint_says_nothing_was_written(tmp_path, fe
 
 
 # --- a loss that is no longer finite ------------------------------------------------------
-def test_a_non_finite_loss_stops_with_epoch_and_step_and_resume_finishes_the_run(tmp_path, blobs, monkeypatch):
+@pytest.mark.parametrize("epoch", [2, 3])  # the checkpoint of epoch 1 is the latest in both (epochs of milliseconds)
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_resume_finishes_the_run(tmp_path, blobs, monkeypatch, epoch):
     config = FitConfig(clusters=3, epochs=3, batch_size=40, seed=2, params={"predict_by": "head"})
     straight = Trainer(config, out_dir=prepare_output_folder(tmp_path / "straight"), progress=False, log=quiet).fit(blobs)
 
     method_class = get_method_class("clot")
     original, calls = method_class.training_step, {"n": 0}
 
-    def breaks_in_epoch_2_step_2(self, batch, indices):
+    def breaks_in_step_2(self, batch, indices):
         parts = original(self, batch, indices)
         calls["n"] += 1
-        if calls["n"] == 3 + 2:  # 120 samples / 40 = 3 steps an epoch
+        if calls["n"] == 3 * (epoch - 1) + 2:  # 120 samples / 40 = 3 steps an epoch
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(method_class, "training_step", breaks_in_epoch_2_step_2)
+    monkeypatch.setattr(method_class, "training_step", breaks_in_step_2)
     out = prepare_output_folder(tmp_path / "run")
     with pytest.raises(UserError) as caught:
         Trainer(config, out_dir=out, progress=False, log=quiet).fit(blobs)
     message = str(caught.value)
-    assert "\n" not in message and "epoch 2, step 2" in message and "nan" in message
+    assert "\n" not in message and f"epoch {epoch}, step 2" in message and "nan" in message
     assert "end of epoch 1" in message and "--lr" in message
     assert read_checkpoint(out / "model.pt")["epoch"] == 1
     monkeypatch.undo()

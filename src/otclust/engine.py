@@ -184,6 +184,7 @@ class Trainer:
         self.predictor: str | None = None  # the run's predictor and read-out settings (otclust.readout)
         self.readout_params = None
         self.checkpoint_every_seconds = CHECKPOINT_EVERY_SECONDS
+        self.checkpoint_epoch = 0  # the epoch whose end the run folder's model.pt holds (0: none yet)
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)
@@ -228,7 +229,7 @@ class Trainer:
                 optimizer.load_state_dict(checkpoint["optimizer"])
                 scheduler.load_state_dict(checkpoint["scheduler"])
             history = checkpoint["history"]
-            start_epoch = checkpoint["epoch"]
+            start_epoch = self.checkpoint_epoch = checkpoint["epoch"]
             seconds_before = checkpoint.get("seconds", 0.0)
             restore_rng_state(checkpoint["rng"])
             self.log(f"resuming from epoch {start_epoch} of {config.epochs}")
@@ -267,7 +268,7 @@ class Trainer:
                     if self.out is not None and (last or epoch == start_epoch or time.perf_counter() - saved >= self.checkpoint_every_seconds):
                         self.out.write_history(history)
                         self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
-                        saved = time.perf_counter()
+                        saved, self.checkpoint_epoch = time.perf_counter(), epoch + 1
             finally:
                 # Also when training raises (interrupted, out of memory): the Python API's caller
                 # keeps the process, and must not keep training's malloc settings with it.
@@ -467,8 +468,8 @@ class Trainer:
         where = f"the loss became {value} at epoch {epoch + 1}, step {step + 1}, and training stopped"
         if self.run_folder is None:
             return f"{where}; try a smaller lr (or, on a GPU, amp off)"
-        if epoch > 0:
-            kept = f"{self.run_folder / 'model.pt'} keeps the end of epoch {epoch} (--resume retries from there)"
+        if self.checkpoint_epoch > 0:
+            kept = f"{self.run_folder / 'model.pt'} keeps the end of epoch {self.checkpoint_epoch} (--resume retries from there)"
         else:
             kept = "no epoch had finished, so no checkpoint was written"
         return f"{where}; {kept}; to avoid it, start again with a smaller --lr (or --no-amp on a GPU) and --overwrite"
