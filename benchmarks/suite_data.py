@@ -671,10 +671,14 @@ SUITE: dict[str, SuiteEntry] = {
     # on dev-fmnist-300 (results.md 3.1): other glyphs, and 300 other Fashion-MNIST images.
     "dev-strokes-300": SuiteEntry(strokes, {"n": 300, "seed": 5}),
     "dev-fmnist-300b": SuiteEntry(fashion_subset, {"n": 300, "seed": 5, "split": "train", "avoid": ("fmnist-300", "fmnist-10k", "fmnist-lt", "dev-fmnist-300")}, needs_fashion=True),
+    # Sets smaller than one batch (added 2026-12-06), where the budget's floor decides the run's
+    # length: ten images a class.
+    "dev-strokes-100": SuiteEntry(strokes, {"n": 100, "seed": 6}),
+    "dev-fmnist-100": SuiteEntry(fashion_subset, {"n": 100, "seed": 6, "split": "train", "avoid": ("fmnist-300", "fmnist-10k", "fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b")}, needs_fashion=True),
 }
 
 # The development sets as a group (`--datasets dev` in benchmarks/generalization.py).
-DEV_SETS = ("dev-fmnist", "dev-fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b", "dev-strokes", "dev-strokes-300", "dev-textures", "dev-shapes")
+DEV_SETS = ("dev-fmnist", "dev-fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b", "dev-fmnist-100", "dev-strokes", "dev-strokes-300", "dev-strokes-100", "dev-textures", "dev-shapes")
 
 
 def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None, **overrides) -> SuiteSet:

@@ -132,6 +132,11 @@ def test_small_balanced_development_draw_shares_no_image_with_the_avoided_sets(t
     second, labels = images("dev-fmnist-300b", n=30)
     assert not second & (held_out | dev)
     assert np.bincount(labels, minlength=10).tolist() == [3] * 10
+    # The set smaller than a batch avoids both small draws too.
+    monkeypatch.setitem(sd.SUITE, "dev-fmnist-300b", sd.SuiteEntry(sd.fashion_subset, {**sd.SUITE["dev-fmnist-300b"].params, "n": 30}, True))
+    third, labels = images("dev-fmnist-100", n=10)
+    assert not third & (held_out | dev | second)
+    assert np.bincount(labels, minlength=10).tolist() == [1] * 10
 
 
 def test_fashion_sets_say_when_fashion_mnist_is_missing(tmp_path):

@@ -349,6 +349,24 @@ def test_bad_files_are_skipped_with_one_note(tmp_path, monkeypatch):
     assert len(good) == 3
 
 
+def test_folders_below_the_class_subfolders_are_named_in_a_note(tmp_path):
+    for name in ("cats/a.jpg", "cats/b.jpg", "dogs/c.jpg", "dogs/puppies/d.jpg", "dogs/old/e.jpg", "dogs/.thumbs/f.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(tmp_path / name)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert sorted(Path(p).name for p in ds.paths) == ["a.jpg", "b.jpg", "c.jpg"]
+    (note,) = names(ds.notes, "ignored 2 folders two levels down (dogs/old, dogs/puppies)")
+    assert "move deeper images up a level" in note
+    # a flat folder whose only subfolder holds folders, not images: the deeper ones are named too
+    flat = tmp_path / "flat"
+    for name in ("x.jpg", "2024/june/y.jpg"):
+        (flat / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(flat / name)
+    ds = load_dataset(f"folder:{flat}")
+    assert [Path(p).name for p in ds.paths] == ["x.jpg"] and ds.labels is None
+    names(ds.notes, "ignored 1 folders two levels down (2024/june)")
+
+
 def test_huge_images_follow_pillows_decompression_bomb_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # a 12000x9000 photo in miniature
     photo(tmp_path / "huge.jpg", size=(80, 60))  # 4800 px: over the limit, but JPEG decodes reduced

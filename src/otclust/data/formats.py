@@ -404,6 +404,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         raise UserError(f"cannot list {root}: {e.strerror}") from None
     loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
+    deeper: list[str] = []  # folders inside the class subfolders, which are not read
     for entry in entries:
         if entry.is_dir and not entry.name.startswith("."):
             try:
@@ -413,6 +414,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             files = [Path(s.path) for s in sub if s.is_file and _is_image_name(s.name)]
             others += [f"{entry.name}/{n}" for n in sub_others]
             dangling += [f"{entry.name}/{n}" for n in sub_dangling]
+            deeper += [f"{entry.name}/{s.name}" for s in sub if s.is_dir and not s.name.startswith(".")]
             if files:
                 classes.append((entry.name, files))
     if classes and loose:
@@ -421,6 +423,11 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
     notes = _listing_notes(others, dangling)
+    if deeper and (classes or loose):
+        # A tree such as photos/2024/june/*.jpg would otherwise lose its deeper images silently.
+        names = ", ".join(deeper[:3]) + (", ..." if len(deeper) > 3 else "")
+        notes.append(f"ignored {len(deeper)} folders two levels down ({names}): images are read from {root.name}/ and its "
+                     "subfolders, not deeper; move deeper images up a level, or point folder: at the folder that holds them")
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
