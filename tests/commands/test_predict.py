@@ -101,8 +101,28 @@ def test_images_of_another_size_and_colour_are_converted_with_a_note(trained, tm
     assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{folder}", "--out", str(preds), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "converted RGB images to grayscale" in out
-    assert "resized images from 12x12 to 8x8" in out
+    assert "resized to the requested 8x8" in out  # decoded at the model's size, not resized after
     assert len(read_rows(preds)) == 12
+
+
+def test_predict_on_the_training_folder_gives_fits_assignments_exactly(tmp_path, capsys):
+    # Photos larger than the model's input: fit decoded them at --image-size 12; predict must
+    # decode them the same way (it used to decode at the default working resolution, 30, and then
+    # resize, which moved every confidence a little).
+    folder = tmp_path / "photos"
+    rng = np.random.default_rng(4)
+    for c in range(2):
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            img = rng.integers(0, 60, size=(30, 40, 3))
+            img[:, 10 + 15 * c : 20 + 15 * c] += 150
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"c{c}" / f"{i}.jpg", quality=90)
+    run, preds = tmp_path / "run", tmp_path / "p.csv"
+    assert main(["fit", "--data", f"folder:{folder}", "--clusters", "2", "--image-size", "12", "--epochs", "2", "--out", str(run), "--no-progress", "--device", "cpu", "--no-cache"]) == 0
+    assert main(["predict", "--checkpoint", str(run), "--out", str(preds), "--device", "cpu", "--no-progress"]) == 0
+    assert "resized images" not in capsys.readouterr().out
+    fitted, predicted = read_rows(run / "assignments.csv"), read_rows(preds)
+    assert [(r["path"], r["cluster"], r["confidence"]) for r in predicted] == [(r["path"], r["cluster"], r["confidence"]) for r in fitted]
 
 
 def test_balanced_assignment_follows_the_prior_and_argmax_does_not():
