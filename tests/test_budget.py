@@ -39,8 +39,19 @@ def test_default_epochs_are_the_fewest_whole_epochs_that_see_the_budgets_samples
     epochs = budget.default_epochs(n, batch)
     seen_per_epoch = budget.steps_per_epoch(n, batch) * min(batch, n)
     wanted = budget.default_reference_steps(n) * budget.REFERENCE_BATCH
+    if epochs == budget.MAX_DEFAULT_EPOCHS:  # a handful of samples an epoch: capped
+        assert seen_per_epoch * budget.MAX_DEFAULT_EPOCHS <= wanted
+        return
+    assert epochs < budget.MAX_DEFAULT_EPOCHS
     assert epochs * seen_per_epoch >= wanted
     assert epochs == 1 or (epochs - 1) * seen_per_epoch < wanted
+
+
+@pytest.mark.parametrize("n,epochs", [(1, 3_200), (2, 3_200), (39, 3_200), (40, 3_200), (41, 3_122), (100, 1_280)])
+def test_a_handful_of_images_gets_the_passes_of_40_not_tens_of_thousands(n, epochs):
+    # 2 images used to get 64,000 one-step epochs (about an hour); from 40 images up nothing changed.
+    assert budget.default_epochs(n, 256) == epochs
+    assert budget.default_epochs(n, 256, scale=0.5) == math.ceil(epochs / 2)
 
 
 @given(n1=st.integers(1, 10_000_000), n2=st.integers(1, 10_000_000))

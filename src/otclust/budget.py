@@ -11,6 +11,13 @@ network more distinct examples. The constant puts a set of the size of the commo
 use. A floor keeps tiny sets above the few hundred steps an optimizer needs from a random start;
 a cap bounds the compute on huge sets, where `--epochs` or `--steps` say what one can afford.
 
+The floor counts samples (500 steps of 256), so below one batch it means many passes: 1,280
+epochs for 100 images, 3,200 for 40 (counting it in optimizer steps instead cost DRC up to 9
+points on 100 images, docs/ablations.md), and 64,000 for 2, an hour of a user trying the tool
+on a handful of files. So the default never exceeds the passes of 40 images (MAX_DEFAULT_EPOCHS):
+nothing changes where an epoch sees 40 samples or more (from 40 images up at a batch of 40 or
+more; every method's default batch is 64 or more), and no quality was ever measured below 100.
+
 The budget is counted in samples seen, so a method with a smaller batch takes proportionally
 more (cheaper) steps and every method gets the same compute; it is rounded up to whole epochs,
 since methods act between epochs (re-clustering, re-labelling). Methods express their own
@@ -36,6 +43,7 @@ STEPS_PER_ROOT_SAMPLE = 30  # reference-batch steps per sqrt(N)
 SHORT_STEPS_PER_ROOT_SAMPLE = 3  # the same for the short budget
 MIN_STEPS = 500
 MAX_STEPS = 30_000
+MAX_DEFAULT_EPOCHS = 3_200  # the floor's passes over 40 images
 
 
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
@@ -51,10 +59,11 @@ def default_reference_steps(n_samples: int, short: bool = False) -> int:
 
 
 def default_epochs(n_samples: int, batch_size: int, scale: float = 1.0, short: bool = False) -> int:
-    """Whole epochs that see at least the default budget's samples (times `scale`)."""
+    """Whole epochs that see at least the default budget's samples (times `scale`), at most
+    MAX_DEFAULT_EPOCHS (times `scale`)."""
     samples = default_reference_steps(n_samples, short) * REFERENCE_BATCH * scale
     per_epoch = steps_per_epoch(n_samples, batch_size) * min(batch_size, n_samples)
-    return max(1, math.ceil(samples / max(per_epoch, 1)))
+    return max(1, min(math.ceil(samples / max(per_epoch, 1)), math.ceil(MAX_DEFAULT_EPOCHS * scale)))
 
 
 def epochs_for_steps(steps: int, n_samples: int, batch_size: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from otclust.budget import describe_default_budget
+from otclust.budget import MAX_DEFAULT_EPOCHS, describe_default_budget
 from otclust.config import FitConfig, coerce_param, load_config_file
 from otclust.data import DATASET_NAMES
 from otclust.data.augment import AUGMENT_SETTINGS
@@ -136,7 +136,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="training epochs (default: a budget that grows with the number of samples N, about 30 sqrt(N) steps of 256 "
-        f"samples, the same samples seen at any batch size: {describe_default_budget()}; CLOT on a pretrained --backbone's "
+        f"samples, the same samples seen at any batch size, at least 500 such steps and at most {MAX_DEFAULT_EPOCHS:,} epochs: {describe_default_budget()}; CLOT on a pretrained --backbone's "
         f"embeddings a tenth of that, at least 500 steps: {describe_default_budget(short=True)}; a --config recipe may set epochs)",
     )
     parser.add_argument("--steps", type=int, default=None, help="train for at least this many optimizer steps, rounded up to whole epochs, instead of --epochs")
