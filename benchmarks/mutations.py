@@ -333,6 +333,30 @@ FAULTS = [
         "if self.out is not None and (epoch == start_epoch or time.perf_counter() - saved >= self.checkpoint_every_seconds):",
         ["tests/test_engine.py"],
     ),
+    Fault(
+        "budget-epoch-cap-ignored",
+        "budget: a handful of images gets the floor's tens of thousands of passes again",
+        "budget.py",
+        "return max(1, min(math.ceil(samples / max(per_epoch, 1)), math.ceil(MAX_DEFAULT_EPOCHS * scale)))",
+        "return max(1, math.ceil(samples / max(per_epoch, 1)))",
+        ["tests/test_budget.py"],
+    ),
+    Fault(
+        "predict-folder-decoded-at-working-resolution",
+        "predict: a folder decoded at the default working resolution and resized after, not at the model's size",
+        "commands/predict.py",
+        "    if image_size is None and spec.startswith(\"folder:\"):",
+        "    if False:",
+        ["tests/commands/test_predict.py"],
+    ),
+    Fault(
+        "folder-deeper-folders-unnamed",
+        "folder loader: folders two levels down skipped without a note",
+        "data/formats.py",
+        "    if deeper and (classes or loose):",
+        "    if False:",
+        ["tests/data/test_folders.py"],
+    ),
 ]
 
 
@@ -399,6 +423,7 @@ def main() -> None:
         # some tests run a benchmark script; they import it from benchmarks/ next to tests/ (never the faulty src/)
         shutil.copytree(ROOT / "benchmarks", repo / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+        shutil.copytree(ROOT / "configs", repo / "configs")  # tests of the recipes read them
         if not args.skip_baseline:
             tests = sorted({t for f in faults for t in f.tests})
             code, failed, output = run_tests(clean, tests, args.show_output, args.timeout * 3, repo)
