@@ -11,12 +11,12 @@ network more distinct examples. The constant puts a set of the size of the commo
 use. A floor keeps tiny sets above the few hundred steps an optimizer needs from a random start;
 a cap bounds the compute on huge sets, where `--epochs` or `--steps` say what one can afford.
 
-The floor counts samples (500 steps of 256), so below one batch it means many passes: 1,280
-epochs for 100 images, 3,200 for 40 (counting it in optimizer steps instead cost DRC up to 9
-points on 100 images, docs/ablations.md), and 64,000 for 2, an hour of a user trying the tool
-on a handful of files. So the default never exceeds the passes of 40 images (MAX_DEFAULT_EPOCHS):
-nothing changes where an epoch sees 40 samples or more (from 40 images up at a batch of 40 or
-more; every method's default batch is 64 or more), and no quality was ever measured below 100.
+The floor counts samples (500 steps of 256), so below one batch it means many passes over the
+data, and tens of thousands for a handful of files (64,000 for 2 images). So the default never
+exceeds the passes the floor gives 40 images (MAX_DEFAULT_EPOCHS): nothing changes where an epoch
+sees 40 samples or more (every method's default batch is 64 or more), and no quality has been
+measured below 100 images. Counting the floor in optimizer steps instead was measured on 100
+images and not adopted (docs/ablations.md).
 
 The budget is counted in samples seen, so a method with a smaller batch takes proportionally
 more (cheaper) steps and every method gets the same compute; it is rounded up to whole epochs,
