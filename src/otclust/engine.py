@@ -70,14 +70,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_cluster_count(config: FitConfig, n_samples: int) -> None:
+    """--clusters against the number of samples, before anything is said or built."""
+    k = config.training_clusters
+    if config.k_range and k > largest_k(n_samples):
+        raise UserError(f"--clusters {config.clusters}: K can be chosen up to {largest_k(n_samples)} among {n_samples} samples: pass --clusters auto:2-{largest_k(n_samples)} or less")
+    if n_samples < k:
+        raise UserError(f"--clusters {config.clusters} is more than the {n_samples} samples: choose fewer clusters")
+
+
 def build_method(config: FitConfig, spec: InputSpec) -> ClusteringMethod:
     method_class = get_method_class(config.method)
     params = build_params(method_class.Params, config.params, config.method)
     k = config.training_clusters
-    if config.k_range and k > largest_k(spec.n_samples):
-        raise UserError(f"--clusters {config.clusters}: K can be chosen up to {largest_k(spec.n_samples)} among {spec.n_samples} samples: pass --clusters auto:2-{largest_k(spec.n_samples)} or less")
-    if spec.n_samples < k:
-        raise UserError(f"--clusters {config.clusters} is more than the {spec.n_samples} samples: choose fewer clusters")
+    check_cluster_count(config, spec.n_samples)
     method = method_class(k, spec, params, backbone=config.backbone, augment=config.augment)
     mode, sizes = parse_cluster_proportions(config.cluster_proportions, k)
     method.set_cluster_prior(mode, sizes, size_penalty(config.cluster_proportions), partial_tau=partial_transport(config.cluster_proportions))
@@ -197,6 +203,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
+        check_cluster_count(self.config, dataset.n_samples)  # before the budget's note
         self.config = config = self._resolve_budget(dataset.n_samples, dataset.is_features)
         eval_dataset = eval_dataset or dataset
         seed_everything(config.seed)

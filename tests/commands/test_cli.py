@@ -47,6 +47,15 @@ def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fra
     assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
+def test_more_clusters_than_samples_is_refused_before_the_budget_is_announced(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    result = run_cli("fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "4", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["otclust: error: --clusters 4 is more than the 3 samples: choose fewer clusters"]
+    assert "note: training" not in result.stdout  # it used to announce the run's 3,200 epochs first
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_evaluate_predict_round_trip(tmp_path, capsys):
     out = tmp_path / "run"
     features = np.concatenate([np.random.default_rng(0).normal(c * 4, 1, size=(50, 5)) for c in range(3)]).astype(np.float32)
