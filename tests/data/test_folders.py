@@ -364,7 +364,8 @@ def test_folders_below_the_class_subfolders_are_named_in_a_note(tmp_path):
         photo(flat / name)
     ds = load_dataset(f"folder:{flat}")
     assert [Path(p).name for p in ds.paths] == ["x.jpg"] and ds.labels is None
-    names(ds.notes, "ignored 1 folders two levels down (2024/june)")
+    (flat_note,) = names(ds.notes, "ignored 1 folders two levels down (2024/june)")
+    assert "flat/ and its subfolders, not deeper" in flat_note
 
 
 def test_huge_images_follow_pillows_decompression_bomb_limit(tmp_path, monkeypatch):
