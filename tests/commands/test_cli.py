@@ -142,6 +142,19 @@ def test_fit_on_identical_images_finishes_with_one_cluster(tmp_path, capsys):
     assert len(np.unique(clusters)) == 1
 
 
+@pytest.mark.parametrize("clusters, noted", [(None, "10 clusters, the default; the data's labels name 3 classes: --clusters K sets K"), ("3", None)])
+def test_fit_says_when_k_is_the_default(tmp_path, capsys, clusters, noted):
+    """A user who forgets --clusters gets 10 groups: said, beside the number of classes the labels hold."""
+    features = np.concatenate([np.random.default_rng(0).normal(c * 4, 1, size=(20, 5)) for c in range(3)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    np.save(tmp_path / "x.labels.npy", np.repeat(np.arange(3), 20))
+    k = ["--clusters", clusters] if clusters else []
+    code = main(["fit", "--data", f"features:{tmp_path / 'x.npy'}", *k, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "clusters, the default" in line]
+    assert notes == ([f"note: {noted}, --clusters auto chooses it"] if noted else [])
+
+
 @pytest.mark.parametrize("mode, noted", [("RGB", True), ("L", False)])
 def test_fit_on_colour_photos_from_scratch_points_to_pretrained_backbones(tmp_path, capsys, mode, noted):
     from PIL import Image

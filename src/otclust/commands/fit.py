@@ -7,6 +7,7 @@ from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
 from otclust.choose_k import TOLERANCE
+from otclust.config import load_config_file
 from otclust.data import load_dataset
 from otclust.data.decode import SETTINGS
 from otclust.data.embeddings import pretrained_training_data
@@ -54,6 +55,9 @@ def run(args) -> int:
     eval_dataset = None
     if args.eval_split and args.eval_split != config.split:
         eval_dataset = load_dataset(config.data, split=args.eval_split, download=config.download, image_size=config.image_size, backbone=config.backbone)
+    if args.clusters is None and "clusters" not in (load_config_file(args.config) if args.config else {}):
+        labelled = f"; the data's labels name {dataset.n_classes} classes" if dataset.n_classes and dataset.n_classes != config.clusters else ""
+        dataset.notes.append(f"{config.clusters} clusters, the default{labelled}: --clusters K sets K, --clusters auto chooses it")
     input_neighbors = None
     if config.data.startswith("folder:") and dataset.data.shape[1] == 3 and not is_pretrained(config.backbone) and config.method != "kmeans":
         dataset.notes.append(
