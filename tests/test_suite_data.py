@@ -231,3 +231,19 @@ def test_a_set_written_as_a_folder_loads_as_the_same_grey_images(tmp_path, fake_
     assert difference == 0 if extension == "png" else difference < 32  # JPEG's loss (12 here) at the fake set's sharp edges
     with pytest.raises(FileExistsError):
         sd.write_as_folder(s, folder)
+
+
+def test_a_set_written_larger_holds_the_same_pictures_scaled(tmp_path, fake_fashion):
+    """--file-size: each picture scaled up (bicubic), still grey, labels in the set's order."""
+    from PIL import Image
+
+    s = sd.build("dev-fmnist", tmp_path / "root", fake_fashion, n=20)
+    folder = sd.write_as_folder(s, tmp_path / "folder", "RGB", "png", size=56)
+    written = load_dataset(f"folder:{folder}", image_size=56)
+    assert written.data.shape == (20, 1, 56, 56)
+    order = np.argsort([int(Path(p).stem) for p in written.paths])
+    original = load(s)
+    np.testing.assert_array_equal(written.labels[order], original.labels)
+    # Scaled back down, each written picture is close to its original (the bicubic round trip's loss only).
+    small = np.stack([np.asarray(Image.fromarray(x[0]).resize((28, 28), Image.BICUBIC), dtype=int) for x in written.data[order].numpy()])
+    assert np.abs(small - original.data[:, 0].numpy().astype(int)).mean() < 8
