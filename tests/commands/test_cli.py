@@ -52,7 +52,7 @@ def test_more_clusters_than_samples_is_refused_before_the_budget_is_announced(tm
     result = run_cli("fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "4", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["otclust: error: --clusters 4 is more than the 3 samples: choose fewer clusters"]
-    assert "note: training" not in result.stdout  # it used to announce the run's 3,200 epochs first
+    assert "note: training" not in result.stderr + result.stdout  # it used to announce the run's 3,200 epochs first (notes go to stderr)
     assert not (tmp_path / "run").exists()
 
 
