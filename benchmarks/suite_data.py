@@ -34,7 +34,8 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
 Every generated image depends only on (seed, its index), so a set is reproducible from its
 parameters, and a smaller set with the same seed is the start of a larger one.
 `--as-folder DIR` also writes a set's images as a folder of PNG or JPEG files, grey or RGB,
-optionally scaled up (`--file-size N`; `write_as_folder`), to compare the folder loader with the
+optionally scaled up (`--file-size N`) or tinted in two colours an image (`--file-tint`;
+`write_as_folder`), to compare the folder loader with the
 set's own on the same images.
 Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)
 or any folder passed as fashion_dir; without it the three fmnist sets raise SuiteDataUnavailable.
@@ -694,12 +695,29 @@ def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None,
     return entry.build(Path(root), **kwargs)
 
 
-def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension: str = "png", size: int | None = None) -> Path:
+def tinted(picture, index: int):
+    """A grey PIL picture as RGB: white becomes a bright colour and black a dark one (any hue and
+    saturation), drawn from ``index`` alone, so the same picture always gets the same two and
+    its shape stays as legible as in grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng([TINT_SEED, index])
+    ink, background = _colour(rng, value=(0.6, 1.0)), _colour(rng, value=(0.0, 0.35))
+    grey = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255.0
+    return Image.fromarray(np.round(grey * ink + (1 - grey) * background).astype(np.uint8), "RGB")
+
+
+TINT_SEED = 12  # any fixed number: the tints are part of a written folder's content
+
+
+def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension: str = "png", size: int | None = None, tint: bool = False) -> Path:
     """The set's images as a folder of files, one subfolder per class (``class0``, ...), in PIL
     ``mode`` (L or RGB: grey pictures saved as colour files, as many tools save them) and format
     ``extension`` (png, or jpg at quality 90), so that the folder path can be compared with the
     loader the suite names, on the same images. ``size``: each image scaled (bicubic) to size x
-    size first, as larger pictures of the same content. ``dest`` must not exist."""
+    size first, as larger pictures of the same content. ``tint``: each grey picture painted in two
+    colours of its own (ink and background, drawn from the image's index), so that the folder
+    loader sees colour and trains with its colour preset on the same shapes. ``dest`` must not exist."""
     from PIL import Image
 
     from otclust.data import load_dataset
@@ -716,7 +734,7 @@ def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension:
         picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
         if size is not None:
             picture = picture.resize((size, size), Image.BICUBIC)
-        picture = picture.convert(mode)
+        picture = tinted(picture, i) if tint else picture.convert(mode)
         picture.save(folder / f"{i:05d}.{extension}", **({"quality": 90} if extension == "jpg" else {}))
     return dest
 
@@ -732,6 +750,7 @@ def main() -> None:
                         help="also write each set's images into DIR/NAME, one subfolder per class (DIR/NAME must not exist)")
     parser.add_argument("--file-mode", choices=("L", "RGB"), default="L", help="mode of the written files (default: %(default)s)")
     parser.add_argument("--file-format", choices=("png", "jpg"), default="png", help="format of the written files (default: %(default)s)")
+    parser.add_argument("--file-tint", action="store_true", help="paint each grey picture in two random colours of its own (RGB files)")
     parser.add_argument("--file-size", type=int, default=None, metavar="N", help="scale each written image to N x N pixels (default: as stored)")
     args = parser.parse_args()
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -742,7 +761,7 @@ def main() -> None:
             continue
         print(f"{name}: {s.n_samples} samples, K={s.clusters}, otclust fit {' '.join(s.fit_args())}")
         if args.as_folder is not None:
-            folder = write_as_folder(s, args.as_folder / name, args.file_mode, args.file_format, args.file_size)
+            folder = write_as_folder(s, args.as_folder / name, args.file_mode, args.file_format, args.file_size, args.file_tint)
             print(f"{name}: written as {args.file_mode} {args.file_format} files: otclust fit --data folder:{folder} --clusters {s.clusters}")
 
 

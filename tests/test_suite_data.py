@@ -247,3 +247,25 @@ def test_a_set_written_larger_holds_the_same_pictures_scaled(tmp_path, fake_fash
     # Scaled back down, each written picture is close to its original (the bicubic round trip's loss only).
     small = np.stack([np.asarray(Image.fromarray(x[0]).resize((28, 28), Image.BICUBIC), dtype=int) for x in written.data[order].numpy()])
     assert np.abs(small - original.data[:, 0].numpy().astype(int)).mean() < 8
+
+
+def test_a_tinted_set_loads_as_colour_pictures_of_the_same_shapes(tmp_path, fake_fashion):
+    """--file-tint: RGB files the loader keeps in colour, two colours an image drawn from its
+    index (the same on every write), and the grey picture recoverable from their mix."""
+    s = sd.build("dev-fmnist", tmp_path / "root", fake_fashion, n=20)
+    folder = sd.write_as_folder(s, tmp_path / "folder", "RGB", "png", tint=True)
+    again = sd.write_as_folder(s, tmp_path / "again", "RGB", "png", tint=True)
+    written = load_dataset(f"folder:{folder}")
+    assert written.data.shape == (20, 3, 28, 28)
+    order = np.argsort([int(Path(p).stem) for p in written.paths])
+    original = load(s).data[:, 0].numpy().astype(np.float64) / 255
+    np.testing.assert_array_equal(written.labels[order], load(s).labels)
+    np.testing.assert_array_equal(written.data.numpy(), load_dataset(f"folder:{again}").data.numpy())
+    rgb = written.data[order].numpy().astype(np.float64)
+    colours = [tuple(np.unique(image.reshape(3, -1)[:, [original[i].argmin(), original[i].argmax()]], axis=1).T.ravel()) for i, image in enumerate(rgb)]
+    assert len(set(colours)) > 10  # the colours differ from image to image
+    for image, grey in zip(rgb, original):
+        # Each channel is background + grey * (ink - background): linear in the grey picture.
+        for channel in image:
+            fit = np.polyfit(grey.ravel(), channel.ravel(), 1)
+            assert np.abs(np.polyval(fit, grey.ravel()) - channel.ravel()).max() <= 2.0  # rounding to integers
