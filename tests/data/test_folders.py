@@ -66,6 +66,23 @@ def test_working_resolution_from_the_images_and_the_backbone(tmp_path):
     assert load_dataset(f"folder:{small}").data.shape == (3, 1, 20, 20)
 
 
+def test_a_note_names_the_images_the_square_crop_cuts_to_less_than_half(tmp_path):
+    """Panoramas and long receipts lose their ends to the centre crop: say how many, and how long.
+    2:1 exactly is not yet flagged; a tall image counts as a wide one does."""
+    for i in range(3):
+        photo(tmp_path / f"ordinary{i}.jpg", size=(160, 120))
+    photo(tmp_path / "two-to-one.jpg", size=(200, 100))
+    photo(tmp_path / "panorama.jpg", size=(600, 100))
+    photo(tmp_path / "receipt.jpg", size=(80, 250))  # tall
+    (note,) = names(load_dataset(f"folder:{tmp_path}").notes, "2 of 6 images are more than 2 times as long")
+    assert "up to 6:1" in note and "centre-cropped square keeps under half" in note
+    ordinary = tmp_path / "ordinary"
+    ordinary.mkdir()
+    for i in range(3):
+        photo(ordinary / f"{i}.jpg", size=(200, 100))
+    assert not [n for n in load_dataset(f"folder:{ordinary}").notes if "times as long" in n]
+
+
 def test_centre_crop_keeps_the_middle_and_exif_rotation_is_applied(tmp_path):
     # stored 160x120 with the left half red; orientation 6 = shown rotated 90 degrees clockwise,
     # so the red half is on top once shown; the centre crop of the 120x160 view keeps rows 20..140

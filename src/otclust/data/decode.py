@@ -320,6 +320,23 @@ def working_resolution(probes: list[Probe], backbone: str | None, requested) -> 
     )
 
 
+ELONGATED_RATIO = 2.0  # longer side over shorter side beyond which a centre-cropped square keeps under half
+
+
+def elongated_note(probes: list[Probe]) -> str:
+    """A note naming how many images the square centre crop cuts to less than half (panoramas,
+    receipts, screenshots of long pages), or "" when none is: the user should know that the
+    network never sees the rest of those images."""
+    long = [p for p in probes if min(p.height, p.width) > 0 and max(p.height, p.width) > ELONGATED_RATIO * min(p.height, p.width)]
+    if not long:
+        return ""
+    share = max(max(p.height, p.width) / min(p.height, p.width) for p in long)
+    return (
+        f"{len(long)} of {len(probes)} images are more than {ELONGATED_RATIO:g} times as long as they are wide (up to "
+        f"{share:.0f}:1): the centre-cropped square keeps under half of each; crop or split them first if their ends matter"
+    )
+
+
 def _chunks(array: np.ndarray):
     """Slices of ``array`` (N x ...) of about 16 MB each: it may be a memory-mapped file."""
     step = max(1, (1 << 24) // max(1, int(np.prod(array.shape[1:]))))

@@ -471,6 +471,9 @@ def read_image_folder(
     size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size)
     if why:
         notes.append(why)
+    elongated = decode.elongated_note([probes[i] for i in good])
+    if elongated:
+        notes.append(elongated)
     shape = (len(good), channels, *size)
     need = decode.estimated_bytes(*shape[:2], size)
     budget = decode.memory_budget()
