@@ -695,6 +695,9 @@ def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None,
     return entry.build(Path(root), **kwargs)
 
 
+TINT_SEED = 12  # any fixed number: the tints are part of a written folder's content
+
+
 def tinted(picture, index: int):
     """A grey PIL picture as RGB: white becomes a bright colour and black a dark one (any hue and
     saturation), drawn from ``index`` alone, so the same picture always gets the same two and
@@ -706,8 +709,6 @@ def tinted(picture, index: int):
     grey = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255.0
     return Image.fromarray(np.round(grey * ink + (1 - grey) * background).astype(np.uint8), "RGB")
 
-
-TINT_SEED = 12  # any fixed number: the tints are part of a written folder's content
 
 
 def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension: str = "png", size: int | None = None, tint: bool = False) -> Path:

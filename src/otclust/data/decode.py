@@ -330,10 +330,10 @@ def elongated_note(probes: list[Probe]) -> str:
     long = [p for p in probes if min(p.height, p.width) > 0 and max(p.height, p.width) > ELONGATED_RATIO * min(p.height, p.width)]
     if not long:
         return ""
-    share = max(max(p.height, p.width) / min(p.height, p.width) for p in long)
+    longest = max(max(p.height, p.width) / min(p.height, p.width) for p in long)
     return (
         f"{len(long)} of {len(probes)} images are more than {ELONGATED_RATIO:g} times as long as they are wide (up to "
-        f"{share:.0f}:1): the centre-cropped square keeps under half of each; crop or split them first if their ends matter"
+        f"{longest:.0f}:1): the centre-cropped square keeps under half of each; crop or split them first if their ends matter"
     )
 
 
