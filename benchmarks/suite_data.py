@@ -717,7 +717,7 @@ def write_as_folder(suite_set: SuiteSet, dest: Path, mode: str = "L", extension:
     ``extension`` (png, or jpg at quality 90), so that the folder path can be compared with the
     loader the suite names, on the same images. ``size``: each image scaled (bicubic) to size x
     size first, as larger pictures of the same content. ``tint``: each grey picture painted in two
-    colours of its own (ink and background, drawn from the image's index), so that the folder
+    colours of its own (RGB files, whatever ``mode``) (ink and background, drawn from the image's index), so that the folder
     loader sees colour and trains with its colour preset on the same shapes. ``dest`` must not exist."""
     from PIL import Image
 
