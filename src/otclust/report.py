@@ -38,7 +38,7 @@ from otclust.data import conform, load_dataset
 from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.metrics import hungarian_mapping, matched_confusion_matrix
-from otclust.ot.priors import estimate_sizes, parse_cluster_proportions
+from otclust.ot.priors import parse_cluster_proportions
 from otclust.runs import SEARCH_FOLDER, atomic_write_text
 
 FIXED_FIGURES = ("curves.png", "confusion.png", "tsne.png", "sizes.png", "k_selection.png")
@@ -463,7 +463,8 @@ def _prior(method, config, n_clusters: int) -> tuple[np.ndarray, str]:
     if method is not None:
         mode = method.prior_mode
         if mode == "auto":
-            return estimate_sizes(method.predicted_mass.detach().cpu()).numpy(), "prior: auto (as estimated at the end of training)"
+            # The sizes the method trained towards: CLOT's come from its features, not its masses.
+            return method.estimated_sizes().detach().cpu().numpy(), "prior: auto (as estimated at the end of training)"
         return method.cluster_prior.detach().cpu().numpy(), "prior: uniform (1/K)" if mode == "uniform" else "prior: known sizes (largest first)"
     try:
         mode, sizes = parse_cluster_proportions(config.cluster_proportions, n_clusters)

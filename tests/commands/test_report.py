@@ -84,3 +84,22 @@ def test_unlabeled_features_leave_out_label_parts_and_image_grids_with_notes(tmp
     assert main(["report", str(out), "--overwrite", "--device", "cpu"]) == 0
     assert check_page(out) == ["curves.png", "sizes.png"]
     assert "could not be loaded again" in (out / "report.html").read_text()
+
+
+def test_the_size_figure_under_auto_shows_the_sizes_clot_trained_towards():
+    """CLOT's `auto` sizes come from its features (feature_sizes), not from its running predicted
+    masses: the report's prior must be the former, as predict --assign balanced uses."""
+    import torch
+
+    from otclust.methods.base import InputSpec
+    from otclust.methods.clot import Clot, ClotParams
+    from otclust.report import _prior
+
+    spec = InputSpec(n_samples=64, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    method = Clot(3, spec, ClotParams())
+    method.set_cluster_prior("auto", None)
+    method.predicted_mass.copy_(torch.tensor([0.2, 0.5, 0.3]))
+    method.feature_sizes.copy_(torch.tensor([0.7, 0.2, 0.1]))
+    sizes, label = _prior(method, None, 3)
+    np.testing.assert_allclose(sizes, [0.1, 0.7, 0.2], atol=1e-6)  # the largest estimate on the fullest cluster
+    assert label.startswith("prior: auto")
