@@ -19,7 +19,7 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
     strokes       10,000 28x28 glyphs (L T V Z N O C S X U) drawn as pen strokes with random
                   affine distortion, wobble and pen width: MNIST-like, procedurally
     dev-fmnist, dev-fmnist-lt, dev-fmnist-300, dev-strokes, dev-textures, dev-shapes,
-    dev-fmnist-300b, dev-strokes-300
+    dev-fmnist-300b, dev-strokes-300, dev-fmnist-100, dev-strokes-100, dev-strokes-lt
                   development sets: dev-fmnist, dev-strokes and dev-textures 2,000 / 2,000 / 300
                   images drawn with seed 1 (another class-balanced Fashion-MNIST train subset,
                   other glyphs, other photos), a long-tailed Fashion-MNIST train draw of 4,085
@@ -27,7 +27,9 @@ user's data would be: ``--data SPEC --split SPLIT --clusters K``. Nothing here t
                   balanced Fashion-MNIST train images (seed 4, none of fmnist-300, fmnist-10k or
                   fmnist-lt) and 600 shape photos drawn with seed 2
                   (shapes-300 holds seed 1's); two more small draws with seed 5: 300
-                  glyphs, and 300 Fashion-MNIST train images (none of dev-fmnist-300 either). Code
+                  glyphs, and 300 Fashion-MNIST train images (none of dev-fmnist-300 either);
+                  100 glyphs and 100 Fashion-MNIST images (seed 6); 2,800 long-tailed glyphs
+                  (1,000 to 20 a class, ratio 50, seed 7). Code
                   defaults are compared on these (and on digits, long used for that); the other
                   sets are for reporting only.
 
@@ -629,6 +631,25 @@ def strokes(root: Path, n: int = 10000, seed: int = 0, name: str = "strokes") ->
                     "28x28 grey pen-stroke glyphs (procedural), 10 classes", split="train")  # fmt: skip
 
 
+def strokes_long_tailed(root: Path, largest: int = 1000, ratio: float = 50.0, seed: int = 7, name: str = "strokes-lt") -> SuiteSet:
+    """Pen-stroke glyphs with class sizes falling by ``ratio`` from the largest to the smallest
+    (the profile of `long_tailed_counts`); which class is largest is drawn from ``seed``, and the
+    glyphs are those of `strokes` with that seed (glyph i is of class i mod 10)."""
+    params = {"largest": largest, "ratio": ratio, "seed": seed}
+
+    def write(folder: Path) -> dict:
+        classes = np.random.default_rng(seed).permutation(len(GLYPHS))  # classes[0] gets the most
+        counts = long_tailed_counts(largest, len(GLYPHS), ratio)
+        indices = sorted(int(cls) + len(GLYPHS) * j for cls, count in zip(classes, counts) for j in range(count))
+        drawn = [draw_stroke_glyph(seed, i) for i in indices]
+        write_idx_train(folder, np.stack([d[0] for d in drawn]), np.array([d[1] for d in drawn]))
+        return {"n_samples": len(indices), "class_sizes": {str(c): int(k) for c, k in zip(classes, counts)}}
+
+    folder, facts = cached(root, name, params, write)
+    return SuiteSet(name, f"mnist:{folder}", len(GLYPHS), facts["n_samples"],
+                    f"28x28 pen-stroke glyphs, long-tailed {largest}..{largest / ratio:.0f} per class", split="train")  # fmt: skip
+
+
 def digits(root: Path, name: str = "digits") -> SuiteSet:
     return SuiteSet(name, "digits", 10, 1797, "scikit-learn digits, 8x8 grey (bundled)")
 
@@ -677,10 +698,14 @@ SUITE: dict[str, SuiteEntry] = {
     # length: ten images a class.
     "dev-strokes-100": SuiteEntry(strokes, {"n": 100, "seed": 6}),
     "dev-fmnist-100": SuiteEntry(fashion_subset, {"n": 100, "seed": 6, "split": "train", "avoid": ("fmnist-300", "fmnist-10k", "fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b")}, needs_fashion=True),
+    # A second long tail (added 2026-12-06), of another kind and steeper than dev-fmnist-lt's
+    # (ratio 50: 1,000 glyphs of the largest class, 20 of the smallest), for choosing how
+    # unknown cluster sizes are handled.
+    "dev-strokes-lt": SuiteEntry(strokes_long_tailed, {"largest": 1000, "ratio": 50.0, "seed": 7}),
 }
 
 # The development sets as a group (`--datasets dev` in benchmarks/generalization.py).
-DEV_SETS = ("dev-fmnist", "dev-fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b", "dev-fmnist-100", "dev-strokes", "dev-strokes-300", "dev-strokes-100", "dev-textures", "dev-shapes")
+DEV_SETS = ("dev-fmnist", "dev-fmnist-lt", "dev-fmnist-300", "dev-fmnist-300b", "dev-fmnist-100", "dev-strokes", "dev-strokes-300", "dev-strokes-100", "dev-strokes-lt", "dev-textures", "dev-shapes")
 
 
 def build(name: str, root: Path = DEFAULT_ROOT, fashion_dir: Path | None = None, **overrides) -> SuiteSet:

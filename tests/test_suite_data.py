@@ -269,3 +269,14 @@ def test_a_tinted_set_loads_as_colour_pictures_of_the_same_shapes(tmp_path, fake
         for channel in image:
             fit = np.polyfit(grey.ravel(), channel.ravel(), 1)
             assert np.abs(np.polyval(fit, grey.ravel()) - channel.ravel()).max() <= 2.0  # rounding to integers
+
+
+def test_long_tailed_strokes_have_the_promised_class_sizes_and_the_glyphs_of_their_seed(tmp_path):
+    entry = sd.build("dev-strokes-lt", tmp_path, largest=20, ratio=10.0)
+    glyphs = load(entry)
+    counts = sorted(np.bincount(glyphs.labels, minlength=10).tolist(), reverse=True)
+    assert counts == sd.long_tailed_counts(20, 10, 10.0) and entry.n_samples == sum(counts)
+    # each glyph is the one `strokes` draws at its index with the same seed
+    largest = int(np.argmax(np.bincount(glyphs.labels)))
+    first = glyphs.data[np.flatnonzero(glyphs.labels == largest)[0], 0].numpy()
+    np.testing.assert_array_equal(first, sd.draw_stroke_glyph(7, largest)[0])

@@ -15,7 +15,7 @@ from otclust.errors import UserError
 from otclust.methods import available_methods, get_method_class
 from otclust.methods.base import InputSpec
 from otclust.methods.clot import Clot, ClotParams
-from otclust.readout import fit_linear_readout, resolve_readout
+from otclust.readout import ReadoutParams, fit_linear_readout, resolve_readout
 from otclust.runs import prepare_output_folder
 
 
@@ -89,9 +89,9 @@ def _spy_on_restart_choice(monkeypatch) -> dict:
     seen = {}
     real = stage.choose_kmeans_restart
 
-    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None):
-        seen.update(sizes=sizes, choice=choice, start=start_labels)
-        return real(points, n_clusters, seed, restarts, choice, sizes, start_labels)
+    def spy(points, n_clusters, seed, restarts, choice="prior", sizes=None, start_labels=None, min_excess=0.0):
+        seen.update(sizes=sizes, choice=choice, start=start_labels, min_excess=min_excess)
+        return real(points, n_clusters, seed, restarts, choice, sizes, start_labels, min_excess)
 
     monkeypatch.setattr(stage, "choose_kmeans_restart", spy)
     return seen
@@ -103,8 +103,8 @@ def test_readout_chooses_its_restart_under_the_runs_size_prior(blobs, proportion
     _fit(blobs, epochs=1, cluster_proportions=proportions)
     if proportions == "uniform":  # equal sizes imposed
         assert seen["sizes"] is None and seen["choice"] == "prior"
-    elif proportions == "auto":  # sizes unknown: none imposed, plain inertia decides
-        assert seen["sizes"] is None and seen["choice"] == "inertia"
+    elif proportions == "auto":  # sizes unknown: equal ones unless they cost too much (equal_size_excess)
+        assert seen["sizes"] is None and seen["choice"] == "unknown" and seen["min_excess"] == ReadoutParams().auto_min_excess
     else:  # the known multiset; the read-out matches it to each restart's clusters
         torch.testing.assert_close(torch.sort(seen["sizes"]).values, torch.tensor([0.2, 0.3, 0.5]))
         assert seen["choice"] == "prior"

@@ -167,8 +167,13 @@ class Clot(ClusteringMethod):
             self.neighbor_index = rows[:, : p.neighbors]
         if estimating:
             index = rows[:, : smoothing.neighbors] if rows is not None else None
-            sizes = estimate_sizes_from_features(features, self.n_clusters, trainer.config.seed + epoch, smoothing.neighbors, smoothing.rounds, neighbor_index=index)
-            self.feature_sizes.copy_(sizes.to(self.feature_sizes.device))
+            estimate = estimate_sizes_from_features(
+                features, self.n_clusters, trainer.config.seed + epoch, smoothing.neighbors, smoothing.rounds, neighbor_index=index, min_excess=smoothing.auto_min_excess
+            )
+            self.feature_sizes.copy_(estimate.sizes.to(self.feature_sizes.device))
+            sizes = estimate.sizes
+            verdict = f"below {smoothing.auto_min_excess:.0%}: equal sizes kept" if estimate.kept_equal else f"largest {sizes[0]:.3f}, smallest {sizes[-1]:.3f}"
+            trainer.log(f"epoch {epoch + 1}: cluster sizes estimated (equal sizes would cost {estimate.excess:.0%} more than free k-means; {verdict})")
 
     @torch.no_grad()
     def estimated_sizes(self):

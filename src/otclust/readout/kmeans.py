@@ -102,12 +102,21 @@ def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int,
 
 
 def choose_kmeans_restart(
-    points: torch.Tensor, n_clusters: int, seed: int, restarts: int, choice: str = "prior", sizes: torch.Tensor | None = None, start_labels: np.ndarray | None = None
+    points: torch.Tensor,
+    n_clusters: int,
+    seed: int,
+    restarts: int,
+    choice: str = "prior",
+    sizes: torch.Tensor | None = None,
+    start_labels: np.ndarray | None = None,
+    min_excess: float = 0.0,
 ) -> KMeansRestart:
     """The restart (of `restarts`) kept. choice "inertia": plain k-means' lowest inertia.
     "prior": the lowest inertia under a cluster-size prior (the OT k-means cost, where a
     merge-and-split end point pays for its odd sizes); `sizes` are known proportions (a multiset,
-    matched to each restart's clusters by mass), None for equal sizes. `start_labels`: a
+    matched to each restart's clusters by mass), None for equal sizes. "unknown" (sizes unknown):
+    the "prior" choice under equal sizes unless they cost at least `min_excess` more than the
+    lowest plain inertia (`equal_size_excess`), else the "inertia" one. `start_labels`: a
     partition (the network head's) whose k-means run is one more candidate, judged alike."""
     ends = kmeans_restarts(points, n_clusters, seed, restarts)
     if start_labels is not None:
@@ -116,6 +125,26 @@ def choose_kmeans_restart(
             ends.append(started)
     if choice == "inertia":
         return min(ends, key=lambda end: end.inertia)
+    if choice == "unknown":
+        excess, free, equal = equal_size_excess(points, ends, n_clusters)
+        return equal if 0 < min_excess and excess < min_excess else free
+    return cheapest_under_prior(points, ends, n_clusters, sizes)[0]
+
+
+def equal_size_excess(points, ends: list[KMeansRestart], n_clusters: int) -> tuple[float, KMeansRestart, KMeansRestart]:
+    """How much more, relative, the cheapest of `ends` under equal cluster sizes costs than the
+    lowest plain inertia: (OT k-means cost - inertia) / inertia, per point; with the lowest-inertia
+    end and the cheapest equal-size one. Near 0 where the free clusters are about equal, or where
+    equal ones fit the points nearly as well; large where equal sizes must cut big clusters."""
+    free = min(ends, key=lambda end: end.inertia)
+    equal, cost = cheapest_under_prior(points, ends, n_clusters, None)
+    per_point = free.inertia / len(free.labels)
+    return (cost - per_point) / max(per_point, 1e-12), free, equal
+
+
+def cheapest_under_prior(points, ends: list[KMeansRestart], n_clusters: int, sizes: torch.Tensor | None = None) -> tuple[KMeansRestart, float]:
+    """Of k-means end points `ends`, the one whose OT k-means cost under the size prior (`sizes`,
+    matched to each end's clusters by mass; None: equal sizes) is lowest, and that cost per point."""
     distinct = {}  # restarts that end in the same partition (in any cluster order): solve the OT once
     for end in ends:
         distinct.setdefault(_partition_key(end.labels), end)
@@ -139,7 +168,7 @@ def choose_kmeans_restart(
         cost = size_constrained_inertia(points, end.centers, matched)
         if cost < best_cost:
             best, best_cost = end, cost
-    return best
+    return best, best_cost
 
 
 def _partition_key(labels: np.ndarray) -> bytes:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from otclust.ot.priors import estimate_sizes
-from otclust.readout.kmeans import kmeans_restarts
+from otclust.readout.kmeans import equal_size_excess, kmeans_restarts
 from otclust.readout.neighbors import smoothed_unit_features
+
+
+@dataclass
+class SizeEstimate:
+    """K cluster proportions, largest first; the relative excess cost of equal sizes they were
+    judged by (`otclust.readout.kmeans.equal_size_excess`); whether equal sizes were kept."""
+
+    sizes: torch.Tensor
+    excess: float
+    kept_equal: bool
 
 
 def estimate_sizes_from_features(
@@ -19,14 +31,21 @@ def estimate_sizes_from_features(
     neighbor_index: torch.Tensor | None = None,
     restarts: int = 10,
     floor: float = 0.2,
-) -> torch.Tensor:
+    min_excess: float = 0.0,
+) -> SizeEstimate:
     """Cluster proportions, largest first, of the lowest-inertia k-means (of `restarts`) on the
     unit features smoothed over their neighbours (`neighbor_index`, or mined here), each kept
-    above floor/K by `estimate_sizes`, so the OT constraint never lets a cluster die out."""
+    above floor/K by `estimate_sizes`, so the OT constraint never lets a cluster die out.
+
+    Equal sizes instead, unless they cost at least `min_excess` more than that k-means
+    (relative, `equal_size_excess`): a merge-and-split partition of equal classes has the lower
+    plain inertia too, and its unequal masses would then teach the network the merge."""
     smoothed = smoothed_unit_features(features, neighbors, rounds, neighbor_index)
-    best = min(kmeans_restarts(smoothed, n_clusters, seed, restarts), key=lambda end: end.inertia)
+    excess, best, _ = equal_size_excess(smoothed, kmeans_restarts(smoothed, n_clusters, seed, restarts), n_clusters)
+    if 0 < min_excess and excess < min_excess:
+        return SizeEstimate(torch.full((n_clusters,), 1.0 / n_clusters), excess, True)
     mass = torch.from_numpy(np.bincount(best.labels, minlength=n_clusters) / len(best.labels)).float()
-    return torch.sort(estimate_sizes(mass, floor), descending=True).values
+    return SizeEstimate(torch.sort(estimate_sizes(mass, floor), descending=True).values, excess, False)
 
 
 def size_update_epochs(epochs: int, updates: int) -> set[int]:

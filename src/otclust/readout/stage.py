@@ -65,6 +65,10 @@ class ReadoutParams:
     # all miss the partition the head points to). Off: on 300 images the head's partition was the
     # cheaper one under equal sizes and 4 ACC points worse (docs/ablations.md).
     head_start: bool = False
+    # Sizes unknown (--cluster-proportions auto): equal sizes are kept, in training (CLOT's size
+    # estimate) and in the read-out's restart choice, unless they cost at least this much more,
+    # relative, than the free k-means (otclust.readout.kmeans.equal_size_excess). 0: never kept.
+    auto_min_excess: float = 0.0
 
     def validate(self) -> "ReadoutParams":
         if self.neighbors < 1 or self.rounds < 0 or self.restarts < 1 or self.choice not in KMEANS_CHOICES:
@@ -72,6 +76,8 @@ class ReadoutParams:
                 f"read-out settings need neighbors >= 1, rounds >= 0, restarts >= 1 and choice prior or inertia; got "
                 f"neighbors={self.neighbors}, rounds={self.rounds}, restarts={self.restarts}, choice={self.choice!r}"
             )
+        if not self.auto_min_excess >= 0:
+            raise UserError(f"--readout-param auto_min_excess must be >= 0, got {self.auto_min_excess}")
         if self.k_criterion not in CRITERIA:
             raise UserError(f"--readout-param k_criterion={self.k_criterion}: choose one of {', '.join(CRITERIA)}")
         return self
@@ -173,21 +179,22 @@ def fit_readout(
     """Fit read-out `name` ('kmeans' or 'smoothed') to N x D training features.
 
     The k-means restart is chosen under the run's size prior: equal sizes ('uniform'), the known
-    proportions ('known'), or, when they are unknown ('auto'), none: the lowest plain inertia.
+    proportions ('known'), or, when they are unknown ('auto'), equal sizes unless they cost at
+    least params.auto_min_excess more than the lowest plain inertia, which is then kept.
     `start_labels` (the head's clusters of the training set) add one k-means run started there."""
     choice, sizes = params.choice, None
     if prior_mode == "known":
         sizes = cluster_prior
     elif prior_mode == "auto":
-        choice = "inertia"
+        choice = "unknown"
     unit = F.normalize(features.float(), dim=1).cpu()
     if name == "kmeans":
-        centers = choose_kmeans_restart(unit, n_clusters, seed, params.restarts, choice, sizes, start_labels).centers
+        centers = choose_kmeans_restart(unit, n_clusters, seed, params.restarts, choice, sizes, start_labels, params.auto_min_excess).centers
         return FittedReadout(name, F.normalize(centers, dim=1) / COSINE_TEMPERATURE, torch.zeros(n_clusters))
     if name != "smoothed":
         raise ValueError(f"no read-out to fit for '{name}'")
     smoothed = smoothed_unit_features(features, params.neighbors, params.rounds, neighbor_index)
-    chosen = choose_kmeans_restart(smoothed, n_clusters, seed, params.restarts, choice, sizes, start_labels)
+    chosen = choose_kmeans_restart(smoothed, n_clusters, seed, params.restarts, choice, sizes, start_labels, params.auto_min_excess)
     return FittedReadout(name, *fit_linear_readout(unit, chosen.labels, n_clusters, seed))
 
 
