@@ -54,7 +54,8 @@ def all_methods() -> list[str]:
 
 def flags_from_sets(pairs: list[str]) -> list[str]:
     """``--set`` KEY=VALUE pairs as `otclust fit` flags: epochs=1 -> --epochs 1; param.sinkhorn_eps=0.05 ->
-    --param sinkhorn_eps=0.05; augment.x=y -> --augment x=y; no-amp=true -> --no-amp."""
+    --param sinkhorn_eps=0.05; augment.x=y -> --augment x=y; readout.x=y -> --readout-param x=y;
+    no-amp=true -> --no-amp."""
     flags = []
     for pair in pairs:
         key, equals, value = pair.partition("=")
@@ -62,8 +63,8 @@ def flags_from_sets(pairs: list[str]) -> list[str]:
         if not key or not equals:
             raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. --set epochs=1")
         group, dot, name = key.partition(".")
-        if dot and group in ("param", "augment"):
-            flags += [f"--{group}", f"{name}={value}"]
+        if dot and group in ("param", "augment", "readout"):
+            flags += ["--readout-param" if group == "readout" else f"--{group}", f"{name}={value}"]
         elif value.lower() == "true":
             flags.append("--" + key.replace("_", "-"))
         else:

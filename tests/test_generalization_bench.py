@@ -12,8 +12,8 @@ import generalization as gen  # noqa: E402
 
 
 def test_set_pairs_become_fit_flags():
-    flags = gen.flags_from_sets(["epochs=1", "batch_size=64", "param.sinkhorn_eps=0.05", "augment.rotation_degrees=15", "no-amp=true"])
-    assert flags == ["--epochs", "1", "--batch-size", "64", "--param", "sinkhorn_eps=0.05", "--augment", "rotation_degrees=15", "--no-amp"]
+    flags = gen.flags_from_sets(["epochs=1", "batch_size=64", "param.sinkhorn_eps=0.05", "augment.rotation_degrees=15", "readout.auto_min_excess=0.5", "no-amp=true"])
+    assert flags == ["--epochs", "1", "--batch-size", "64", "--param", "sinkhorn_eps=0.05", "--augment", "rotation_degrees=15", "--readout-param", "auto_min_excess=0.5", "--no-amp"]
     with pytest.raises(SystemExit):
         gen.flags_from_sets(["epochs"])
 
