@@ -216,3 +216,30 @@ def test_size_constrained_inertia_prefers_the_partition_with_the_prior_sizes():
     plain = [float(squared_distances(x, c).min(dim=1).values.mean()) for c in (true_centers, merge_and_split)]
     assert plain[1] < plain[0]  # what plain k-means would keep
     assert size_constrained_inertia(x, true_centers) < size_constrained_inertia(x, merge_and_split)
+
+
+def test_size_constrained_lloyd_ends_where_an_exact_balanced_lloyd_stays():
+    """Reference: the exact equal-size assignment (each centre copied N/K times, scipy's
+    Hungarian solver). At the centres size_constrained_kmeans returns, it costs what the
+    function reports, and one more exact Lloyd step gains next to nothing: a fixed point."""
+    from scipy.optimize import linear_sum_assignment
+
+    from otclust.ot import size_constrained_inertia, size_constrained_kmeans
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.cat([c + 3.0 * torch.randn(n, 8, generator=g) for c, n in zip(torch.eye(8)[:3] * 10, [30, 20, 10])]).double()
+    start = points[[0, 1, 59]].clone()  # two starts in the big blob, one in the small one
+
+    def exact_assignment(centers):
+        cost = torch.cdist(points, centers).pow(2).numpy()
+        rows, cols = linear_sum_assignment(np.repeat(cost, 20, axis=1))  # 20 = N / K places per centre
+        labels = np.empty(len(points), dtype=int)
+        labels[rows] = cols // 20
+        return labels, float(cost[rows, cols // 20].mean())
+
+    centers, cost = size_constrained_kmeans(points, start, None, iters=30)
+    labels, exact = exact_assignment(centers)
+    assert cost == pytest.approx(exact, rel=0.02)
+    stepped = torch.stack([points[torch.from_numpy(labels == k)].mean(0) for k in range(3)])
+    assert exact_assignment(stepped)[1] > 0.98 * exact
+    assert cost < 0.8 * size_constrained_inertia(points, start)  # the steps moved the centres

@@ -39,7 +39,7 @@ def test_equal_size_excess_matches_an_exact_assignment_with_equal_sizes():
 
     points = _blobs([30, 20, 10], spread=3.0).double()
     ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
-    excess, free, _ = equal_size_excess(points, ends, 3)
+    excess, free, _ = equal_size_excess(points, ends, 3, refit=0)  # the centres as k-means left them
     exact = []
     for end in ends:
         cost = torch.cdist(points, end.centers.double()).pow(2).numpy()
@@ -72,3 +72,13 @@ def test_the_readout_under_unknown_sizes_takes_the_equal_size_restart_below_the_
     monkeypatch.setattr(kmeans_module, "equal_size_excess", lambda points, ends, k: (0.3, free, equal))
     assert kmeans_module.choose_kmeans_restart(points, 3, 0, 2, "unknown", min_excess=0.5) is equal
     assert kmeans_module.choose_kmeans_restart(points, 3, 0, 2, "unknown", min_excess=0.2) is free
+
+
+
+def test_refitting_the_equal_size_centres_never_raises_the_excess():
+    from otclust.readout.kmeans import equal_size_excess
+
+    points = _blobs([30, 20, 10], spread=3.0).double()
+    ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
+    refitted, fixed = equal_size_excess(points, ends, 3)[0], equal_size_excess(points, ends, 3, refit=0)[0]
+    assert refitted <= fixed + 1e-3 and fixed > 0.3

@@ -24,7 +24,7 @@ import torch
 
 from otclust.ot.sinkhorn import sinkhorn
 
-__all__ = ["ot_kmeans_loss", "soft_kmeans_loss", "squared_distances", "size_constrained_inertia"]
+__all__ = ["ot_kmeans_loss", "soft_kmeans_loss", "squared_distances", "size_constrained_inertia", "size_constrained_kmeans"]
 
 
 def squared_distances(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -133,6 +133,20 @@ def size_constrained_inertia(points: torch.Tensor, centers: torch.Tensor, sizes:
     cost, eps, weights = _size_constrained_problem(points, centers, sizes, relative_eps)
     plan = sinkhorn(-cost, eps=eps, b=weights, n_iters=2000, tol=1e-4).plan
     return float((plan * cost).sum())
+
+
+def size_constrained_kmeans(points: torch.Tensor, centers: torch.Tensor, sizes: torch.Tensor | None = None, iters: int = 10, relative_eps: float = 0.05) -> tuple[torch.Tensor, float]:
+    """Lloyd's iterations with the size prior imposed: each step assigns the points by the OT
+    plan of size_constrained_inertia, then moves every center to the mean of the points its
+    column holds. From `centers`, `iters` steps -> (K x D float64 centers, their
+    size_constrained_inertia). The cost never rises by more than Sinkhorn's tolerance a step
+    (the plan is the best for the centers, the means the best for the plan)."""
+    points, centers = points.double(), centers.double()
+    for _ in range(iters):
+        cost, eps, weights = _size_constrained_problem(points, centers, sizes, relative_eps)
+        plan = sinkhorn(-cost, eps=eps, b=weights, n_iters=2000, tol=1e-4).plan
+        centers = (plan.T @ points) / plan.sum(dim=0).clamp_min(1e-300)[:, None]
+    return centers, size_constrained_inertia(points, centers, sizes, relative_eps)
 
 
 def _size_constrained_problem(points, centers, sizes, relative_eps):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from otclust.ot import size_constrained_inertia, size_constrained_lower_bound
+from otclust.ot import size_constrained_inertia, size_constrained_kmeans, size_constrained_lower_bound
 from otclust.ot.priors import match_prior_to_mass
 
 KMEANS_CHOICES = ("prior", "inertia")
@@ -131,13 +131,18 @@ def choose_kmeans_restart(
     return cheapest_under_prior(points, ends, n_clusters, sizes)[0]
 
 
-def equal_size_excess(points, ends: list[KMeansRestart], n_clusters: int) -> tuple[float, KMeansRestart, KMeansRestart]:
-    """How much more, relative, the cheapest of `ends` under equal cluster sizes costs than the
-    lowest plain inertia: (OT k-means cost - inertia) / inertia, per point; with the lowest-inertia
-    end and the cheapest equal-size one. Near 0 where the free clusters are about equal, or where
-    equal ones fit the points nearly as well; large where equal sizes must cut big clusters."""
+def equal_size_excess(points, ends: list[KMeansRestart], n_clusters: int, refit: int = 10) -> tuple[float, KMeansRestart, KMeansRestart]:
+    """How much more, relative, the best partition into equal sizes costs than the lowest plain
+    inertia: (its cost - inertia) / inertia, per point; with the lowest-inertia end and the end
+    cheapest under equal sizes. The cost is that of the cheapest end's centers after `refit` size-
+    constrained Lloyd steps (size_constrained_kmeans): centers placed for free sizes overstate
+    what equal sizes cost. Near 0 where the clusters are about equal, or where equal ones fit the
+    points nearly as well (a merge-and-split partition of equal classes); large where equal
+    sizes must cut big clusters."""
     free = min(ends, key=lambda end: end.inertia)
     equal, cost = cheapest_under_prior(points, ends, n_clusters, None)
+    if refit > 0:
+        cost = min(cost, size_constrained_kmeans(torch.as_tensor(points), equal.centers, None, refit)[1])
     per_point = free.inertia / len(free.labels)
     return (cost - per_point) / max(per_point, 1e-12), free, equal
 
