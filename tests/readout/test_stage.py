@@ -223,11 +223,18 @@ def test_an_unknown_predict_by_is_a_user_error():
         resolve_readout(FitConfig(method="clot"), Clot(2, spec, ClotParams(predict_by="centroids")))
 
 
-@pytest.mark.parametrize("settings, name", [({"restarts": 0}, "restarts"), ({"choice": "lowest"}, "choice"), ({"rounds": -1}, "rounds"), ({"neighbors": 0}, "neighbors"), ({"typo": 1}, "typo"), ({"restarts": "many"}, "restarts"), ({"head_start": "yes"}, "head_start")])
+@pytest.mark.parametrize("settings, name", [({"restarts": 0}, "restarts"), ({"choice": "lowest"}, "choice"), ({"rounds": -1}, "rounds"), ({"neighbors": 0}, "neighbors"), ({"typo": 1}, "typo"), ({"restarts": "many"}, "restarts"), ({"head_start": "yes"}, "head_start"), ({"auto_min_excess": -0.1}, "auto_min_excess"), ({"auto_min_excess": True}, "auto_min_excess"), ({"restarts": 2.5}, "restarts")])
 def test_bad_readout_settings_are_user_errors(settings, name):
     spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
     with pytest.raises(UserError, match=name):
         resolve_readout(FitConfig(readout_params=settings), Clot(2, spec, ClotParams()))
+
+
+@pytest.mark.parametrize("value", [0.3, 2])
+def test_a_number_setting_takes_a_fraction_or_a_whole_number(value):
+    spec = InputSpec(n_samples=8, feature_dim=4, mean=[0.0] * 4, std=[1.0] * 4)
+    _, params = resolve_readout(FitConfig(readout_params={"auto_min_excess": value}), Clot(2, spec, ClotParams()))
+    assert params.auto_min_excess == value
 
 
 def test_unknown_readout_name_is_a_user_error(tmp_path, capsys):

@@ -127,14 +127,15 @@ def resolve_readout(config, method) -> tuple[str, ReadoutParams]:
     name = config.readout or legacy_name or method.default_readout
     check_readout_name(name)
     values = {**legacy_values, **(config.readout_params or {})}
-    fields = {f.name: f.type for f in dataclasses.fields(ReadoutParams)}
+    fields = {f.name: type(f.default) for f in dataclasses.fields(ReadoutParams)}  # the type of each default
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"unknown read-out setting(s) {', '.join(unknown)}: valid ones are {', '.join(fields)}")
     for key, value in values.items():
-        expected = str if key in ("choice", "k_criterion") else bool if key == "head_start" else int
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            shown = "true or false" if expected is bool else expected.__name__
+        expected = fields[key]
+        accepted = (int, float) if expected is float else expected  # 1 is a fine number where 0.5 is
+        if not isinstance(value, accepted) or (isinstance(value, bool) and expected is not bool):
+            shown = "true or false" if expected is bool else "a number" if expected is float else expected.__name__
             raise UserError(f"read-out setting '{key}' must be {shown}, got {value!r}")
     return name, ReadoutParams(**values).validate()
 
