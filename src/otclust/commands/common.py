@@ -190,7 +190,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "network's features), smoothed (k-means on features averaged over nearest neighbours, then a linear read-out); "
         "default: smoothed for every trained method, head for the k-means baseline. The final scores name both head and read-out",
     )
-    parser.add_argument("--readout-param", action="append", default=[], metavar="KEY=VALUE", help="a read-out setting: neighbors, rounds, restarts, choice (prior|inertia), head_start (true|false: also a k-means run from the head's clusters; off by default), k_criterion (how --clusters auto chooses K: stability|eigengap|silhouette|calinski_harabasz|davies_bouldin); e.g. --readout-param restarts=10")
+    parser.add_argument("--readout-param", action="append", default=[], metavar="KEY=VALUE", help="a read-out setting: neighbors, rounds, restarts, choice (prior|inertia), head_start (true|false: also a k-means run from the head's clusters; off by default), k_criterion (how --clusters auto chooses K: stability|eigengap|silhouette|calinski_harabasz|davies_bouldin), auto_min_excess (under --cluster-proportions auto: keep equal sizes unless they cost this much more than free k-means, e.g. 0.3; 0, the default: always estimate); e.g. --readout-param restarts=10")
     parser.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE", help="an augmentation setting, e.g. --augment rotation_degrees=15 (repeatable); settings: "
                         + ", ".join(AUGMENT_SETTINGS) + " (otclust.data.augment.AugmentConfig says what each does)")
 
