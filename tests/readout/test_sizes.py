@@ -69,7 +69,7 @@ def test_the_readout_under_unknown_sizes_takes_the_equal_size_restart_below_the_
     kmeans_module = importlib.import_module("otclust.readout.kmeans")  # the package exports a function of that name
     points = _blobs([100, 100, 100])
     free, equal = kmeans_restarts(points, 3, seed=0, n_restarts=2)
-    monkeypatch.setattr(kmeans_module, "equal_size_excess", lambda points, ends, k: (0.3, free, equal))
+    monkeypatch.setattr(kmeans_module, "equal_size_excess", lambda points, ends, k, **kwargs: (0.3, free, equal))
     assert kmeans_module.choose_kmeans_restart(points, 3, 0, 2, "unknown", min_excess=0.5) is equal
     assert kmeans_module.choose_kmeans_restart(points, 3, 0, 2, "unknown", min_excess=0.2) is free
 
@@ -82,3 +82,32 @@ def test_refitting_the_equal_size_centres_never_raises_the_excess():
     ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
     refitted, fixed = equal_size_excess(points, ends, 3)[0], equal_size_excess(points, ends, 3, refit=0)[0]
     assert refitted <= fixed + 1e-3 and fixed > 0.3
+
+
+def test_sizes_are_not_judged_by_default_and_cost_no_equal_size_solve(monkeypatch):
+    import importlib
+
+    kmeans_module = importlib.import_module("otclust.readout.kmeans")
+    sizes_module = importlib.import_module("otclust.readout.sizes")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("equal_size_excess ran although min_excess is 0")
+
+    monkeypatch.setattr(sizes_module, "equal_size_excess", refuse)
+    monkeypatch.setattr(kmeans_module, "equal_size_excess", refuse)
+    points = _blobs([240, 120, 40])
+    estimate = estimate_sizes_from_features(points, 3, seed=0)
+    assert estimate.excess is None and not estimate.kept_equal
+    torch.testing.assert_close(estimate.sizes, torch.tensor([0.6, 0.3, 0.1]))
+    chosen = kmeans_module.choose_kmeans_restart(points, 3, 0, 3, "unknown")
+    assert chosen.inertia == min(end.inertia for end in kmeans_restarts(points, 3, 0, 3))
+
+
+def test_the_refit_on_a_sample_of_the_points_gives_about_the_same_excess():
+    from otclust.readout.kmeans import equal_size_excess
+
+    points = _blobs([600, 400, 200])
+    ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
+    whole = equal_size_excess(points, ends, 3)[0]
+    sampled = equal_size_excess(points, ends, 3, max_points=400, seed=1)[0]
+    assert whole > 0.3 and sampled == pytest.approx(whole, rel=0.15)

@@ -173,7 +173,8 @@ class Clot(ClusteringMethod):
             self.feature_sizes.copy_(estimate.sizes.to(self.feature_sizes.device))
             sizes = estimate.sizes
             verdict = f"below {smoothing.auto_min_excess:.0%}: equal sizes kept" if estimate.kept_equal else f"largest {sizes[0]:.3f}, smallest {sizes[-1]:.3f}"
-            trainer.log(f"epoch {epoch + 1}: cluster sizes estimated (equal sizes would cost {estimate.excess:.0%} more than free k-means; {verdict})")
+            judged = "" if estimate.excess is None else f"equal sizes would cost {estimate.excess:.0%} more than free k-means; "
+            trainer.log(f"epoch {epoch + 1}: cluster sizes estimated ({judged}{verdict})")
 
     @torch.no_grad()
     def estimated_sizes(self):

@@ -15,10 +15,11 @@ from otclust.readout.neighbors import smoothed_unit_features
 @dataclass
 class SizeEstimate:
     """K cluster proportions, largest first; the relative excess cost of equal sizes they were
-    judged by (`otclust.readout.kmeans.equal_size_excess`); whether equal sizes were kept."""
+    judged by (`otclust.readout.kmeans.equal_size_excess`; None when not judged, min_excess 0);
+    whether equal sizes were kept."""
 
     sizes: torch.Tensor
-    excess: float
+    excess: float | None
     kept_equal: bool
 
 
@@ -41,9 +42,12 @@ def estimate_sizes_from_features(
     (relative, `equal_size_excess`): a merge-and-split partition of equal classes has the lower
     plain inertia too, and its unequal masses would then teach the network the merge."""
     smoothed = smoothed_unit_features(features, neighbors, rounds, neighbor_index)
-    excess, best, _ = equal_size_excess(smoothed, kmeans_restarts(smoothed, n_clusters, seed, restarts), n_clusters)
-    if 0 < min_excess and excess < min_excess:
-        return SizeEstimate(torch.full((n_clusters,), 1.0 / n_clusters), excess, True)
+    ends = kmeans_restarts(smoothed, n_clusters, seed, restarts)
+    excess, best = None, min(ends, key=lambda end: end.inertia)
+    if min_excess > 0:
+        excess, best, _ = equal_size_excess(smoothed, ends, n_clusters, seed=seed)
+        if excess < min_excess:
+            return SizeEstimate(torch.full((n_clusters,), 1.0 / n_clusters), excess, True)
     mass = torch.from_numpy(np.bincount(best.labels, minlength=n_clusters) / len(best.labels)).float()
     return SizeEstimate(torch.sort(estimate_sizes(mass, floor), descending=True).values, excess, False)
 
