@@ -141,8 +141,8 @@ def equal_size_excess(
     cheapest under equal sizes. The cost is also taken with that end's centers after `refit`
     size-constrained Lloyd steps (size_constrained_kmeans), the lower of the two kept: centers
     placed for free sizes overstate what equal sizes cost. The steps, and the inertia they are
-    compared with, use at most `max_points` points drawn with `seed` (on 70,000 they would take a
-    minute; the excess is a mean per point). Near 0 where the clusters are about equal, or where
+    compared with, use at most `max_points` points drawn with `seed` (the steps are the costly
+    part, and the excess is a mean per point, which a sample estimates). Near 0 where the clusters are about equal, or where
     equal ones fit the points nearly as well (a merge-and-split partition of equal classes);
     large where equal sizes must cut big clusters."""
     free = min(ends, key=lambda end: end.inertia)
