@@ -74,14 +74,15 @@ def test_the_readout_under_unknown_sizes_takes_the_equal_size_restart_below_the_
     assert kmeans_module.choose_kmeans_restart(points, 3, 0, 2, "unknown", min_excess=0.2) is free
 
 
-
-def test_refitting_the_equal_size_centres_never_raises_the_excess():
+def test_refitting_the_equal_size_centres_lowers_the_excess():
+    """Centres k-means placed for 30/20/10 points overstate what a 20/20/20 split costs; the
+    size-constrained Lloyd steps move them and find it cheaper."""
     from otclust.readout.kmeans import equal_size_excess
 
     points = _blobs([30, 20, 10], spread=3.0).double()
     ends = kmeans_restarts(points, 3, seed=0, n_restarts=5)
     refitted, fixed = equal_size_excess(points, ends, 3)[0], equal_size_excess(points, ends, 3, refit=0)[0]
-    assert refitted <= fixed + 1e-3 and fixed > 0.3
+    assert fixed > 0.25 and refitted < 0.6 * fixed
 
 
 def test_sizes_are_not_judged_by_default_and_cost_no_equal_size_solve(monkeypatch):

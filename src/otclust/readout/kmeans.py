@@ -142,9 +142,9 @@ def equal_size_excess(
     size-constrained Lloyd steps (size_constrained_kmeans), the lower of the two kept: centers
     placed for free sizes overstate what equal sizes cost. The steps, and the inertia they are
     compared with, use at most `max_points` points drawn with `seed` (the steps are the costly
-    part, and the excess is a mean per point, which a sample estimates). Near 0 where the clusters are about equal, or where
-    equal ones fit the points nearly as well (a merge-and-split partition of equal classes);
-    large where equal sizes must cut big clusters."""
+    part, and the excess is a mean per point, which a sample estimates). Near 0 where the
+    clusters are about equal, or where equal ones fit the points nearly as well (a merge-and-split
+    partition of equal classes); large where equal sizes must cut big clusters."""
     free = min(ends, key=lambda end: end.inertia)
     equal, cost = cheapest_under_prior(points, ends, n_clusters, None)
     per_point = free.inertia / len(free.labels)
