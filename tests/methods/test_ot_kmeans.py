@@ -217,3 +217,41 @@ def test_a_large_set_keeps_the_batch():
     assert AutoencoderClustering.training_batch_size(four, 300, 300) == 75
     assert AutoencoderClustering.training_batch_size({}, 300, 300) == 300  # the default never shrinks it
     assert AutoencoderClustering.training_batch_size({"min_steps_per_epoch": "x"}, 300, 300) == 300  # refused later, by build_params
+
+
+@pytest.mark.parametrize("cls, params", [(AeKMeans, AeKMeansParams), (SoftKMeans, SoftKMeansParams), (OtKMeans, OtKMeansParams)])
+def test_input_dropout_corrupts_what_the_encoder_reconstructs_from_and_clusters_the_clean_input(dataset, cls, params):
+    spec = InputSpec.from_dataset(dataset)
+    batch = dataset.data[:60]
+    method = cls(3, spec, params(input_dropout=0.5))
+    method.centers_initialized.fill_(True)
+    encoded, reconstructed_from, targets, clustered = [], [], [], []
+    encode, recon = method.autoencoder.encode, method.reconstruction_loss
+
+    def spy_encode(x):
+        z = encode(x)
+        encoded.append((x, z))
+        return z
+
+    method.autoencoder.encode = spy_encode
+    method.reconstruction_loss = lambda x, z: targets.append(x) or reconstructed_from.append(z) or recon(x, z)
+    if cls is not AeKMeans:
+        cluster = method.clustering_loss
+        method.clustering_loss = lambda z: clustered.append(z) or cluster(z)
+    torch.manual_seed(0)
+    method.training_step(batch, torch.arange(60))
+    clean = method.standardize(batch)
+    (target,) = targets
+    assert torch.equal(target, clean)  # the decoder is asked for the uncorrupted input ...
+    (noisy,) = [x for x, z in encoded if z is reconstructed_from[0]]  # ... from the encoding of a corrupted one:
+    zeroed = (noisy == 0) & (clean != 0)
+    assert 0.4 < zeroed.float().mean() < 0.6  # about half of the values dropped,
+    assert torch.allclose(noisy[~zeroed], 2 * clean[~zeroed])  # the rest scaled by 1 / (1 - 0.5), as dropout does
+    if cls is not AeKMeans:  # the centers are fitted to the clean input's embedding, as predictions see it
+        (z,) = clustered
+        (seen,) = [x for x, e in encoded if e is z]
+        assert torch.equal(seen, clean)
+    plain = cls(3, spec, params())
+    assert torch.equal(plain.corrupt(clean), clean)  # the default (0): the paper's plain autoencoder
+    with pytest.raises(UserError, match="input_dropout must be in"):
+        cls(3, spec, params(input_dropout=1.0))
