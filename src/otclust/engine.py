@@ -204,6 +204,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
         check_cluster_count(self.config, dataset.n_samples)  # before the budget's note
+        # Likewise an unknown or mistyped --param (build_method reads them again, with any warning).
+        build_params(get_method_class(self.config.method).Params, self.config.params, self.config.method, warn=False)
         self.config = config = self._resolve_budget(dataset.n_samples, dataset.is_features)
         eval_dataset = eval_dataset or dataset
         seed_everything(config.seed)

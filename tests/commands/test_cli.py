@@ -56,6 +56,14 @@ def test_more_clusters_than_samples_is_refused_before_the_budget_is_announced(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_method_parameter_is_refused_before_the_budget_is_announced(tmp_path):
+    result = run_cli("fit", "--method", "soft-kmeans", "--data", "digits", "--clusters", "10", "--param", "nosuch=1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown parameter(s) nosuch for method 'soft-kmeans'" in lines[0]  # the budget's note came first
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_evaluate_predict_round_trip(tmp_path, capsys):
     out = tmp_path / "run"
     features = np.concatenate([np.random.default_rng(0).normal(c * 4, 1, size=(50, 5)) for c in range(3)]).astype(np.float32)
