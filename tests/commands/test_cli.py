@@ -60,7 +60,7 @@ def test_an_unknown_method_parameter_is_refused_before_the_budget_is_announced(t
     result = run_cli("fit", "--method", "soft-kmeans", "--data", "digits", "--clusters", "10", "--param", "nosuch=1", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown parameter(s) nosuch for method 'soft-kmeans'" in lines[0]  # the budget's note came first
+    assert len(lines) == 1 and "unknown parameter(s) nosuch for method 'soft-kmeans'" in lines[0]  # the budget's note used to come first
     assert not (tmp_path / "run").exists()
 
 
