@@ -89,12 +89,12 @@ def test_sizes_are_not_judged_by_default_and_cost_no_equal_size_solve(monkeypatc
     import importlib
 
     kmeans_module = importlib.import_module("otclust.readout.kmeans")
-    sizes_module = importlib.import_module("otclust.readout.sizes")
 
     def refuse(*args, **kwargs):
         raise AssertionError("equal_size_excess ran although min_excess is 0")
 
-    monkeypatch.setattr(sizes_module, "equal_size_excess", refuse)
+    # Both the size estimate and the read-out judge sizes through judge_equal_sizes, which looks
+    # the function up in this module.
     monkeypatch.setattr(kmeans_module, "equal_size_excess", refuse)
     points = _blobs([240, 120, 40])
     estimate = estimate_sizes_from_features(points, 3, seed=0)

@@ -126,11 +126,28 @@ def choose_kmeans_restart(
     if choice == "inertia":
         return min(ends, key=lambda end: end.inertia)
     if choice == "unknown":
-        if min_excess <= 0:  # sizes never judged: the lowest plain inertia, as before the option
-            return min(ends, key=lambda end: end.inertia)
-        excess, free, equal = equal_size_excess(points, ends, n_clusters, seed=seed)
-        return equal if excess < min_excess else free
+        return judge_equal_sizes(points, ends, n_clusters, seed, min_excess).end
     return cheapest_under_prior(points, ends, n_clusters, sizes)[0]
+
+
+@dataclass
+class SizeJudgement:
+    """Which restart unknown sizes keep (`judge_equal_sizes`), the relative excess cost of equal
+    sizes it was judged by (None: not judged), and whether equal sizes won."""
+
+    end: KMeansRestart
+    excess: float | None
+    equal: bool
+
+
+def judge_equal_sizes(points, ends: list[KMeansRestart], n_clusters: int, seed: int, min_excess: float) -> SizeJudgement:
+    """The one rule for unknown sizes, shared by the read-out and CLOT's size estimate: the
+    lowest plain inertia, unless `min_excess` > 0 and equal sizes cost less than that much more
+    (`equal_size_excess`), when the restart cheapest under equal sizes is kept instead."""
+    if min_excess <= 0:  # sizes never judged: the lowest plain inertia, as before the option
+        return SizeJudgement(min(ends, key=lambda end: end.inertia), None, False)
+    excess, free, equal = equal_size_excess(points, ends, n_clusters, seed=seed)
+    return SizeJudgement(equal, excess, True) if excess < min_excess else SizeJudgement(free, excess, False)
 
 
 def equal_size_excess(

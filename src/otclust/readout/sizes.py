@@ -8,14 +8,14 @@ import numpy as np
 import torch
 
 from otclust.ot.priors import estimate_sizes
-from otclust.readout.kmeans import equal_size_excess, kmeans_restarts
+from otclust.readout.kmeans import judge_equal_sizes, kmeans_restarts
 from otclust.readout.neighbors import smoothed_unit_features
 
 
 @dataclass
 class SizeEstimate:
     """K cluster proportions, largest first; the relative excess cost of equal sizes they were
-    judged by (`otclust.readout.kmeans.equal_size_excess`; None when not judged, min_excess 0);
+    judged by (`otclust.readout.kmeans.judge_equal_sizes`; None when not judged, min_excess 0);
     whether equal sizes were kept."""
 
     sizes: torch.Tensor
@@ -39,17 +39,14 @@ def estimate_sizes_from_features(
     above floor/K by `estimate_sizes`, so the OT constraint never lets a cluster die out.
 
     Equal sizes instead, unless they cost at least `min_excess` more than that k-means
-    (relative, `equal_size_excess`): a merge-and-split partition of equal classes has the lower
+    (relative; `otclust.readout.kmeans.judge_equal_sizes`): a merge-and-split partition of equal classes has the lower
     plain inertia too, and its unequal masses would then teach the network the merge."""
     smoothed = smoothed_unit_features(features, neighbors, rounds, neighbor_index)
-    ends = kmeans_restarts(smoothed, n_clusters, seed, restarts)
-    excess, best = None, min(ends, key=lambda end: end.inertia)
-    if min_excess > 0:
-        excess, best, _ = equal_size_excess(smoothed, ends, n_clusters, seed=seed)
-        if excess < min_excess:
-            return SizeEstimate(torch.full((n_clusters,), 1.0 / n_clusters), excess, True)
-    mass = torch.from_numpy(np.bincount(best.labels, minlength=n_clusters) / len(best.labels)).float()
-    return SizeEstimate(torch.sort(estimate_sizes(mass, floor), descending=True).values, excess, False)
+    judged = judge_equal_sizes(smoothed, kmeans_restarts(smoothed, n_clusters, seed, restarts), n_clusters, seed, min_excess)
+    if judged.equal:
+        return SizeEstimate(torch.full((n_clusters,), 1.0 / n_clusters), judged.excess, True)
+    mass = torch.from_numpy(np.bincount(judged.end.labels, minlength=n_clusters) / len(judged.end.labels)).float()
+    return SizeEstimate(torch.sort(estimate_sizes(mass, floor), descending=True).values, judged.excess, False)
 
 
 def size_update_epochs(epochs: int, updates: int) -> set[int]:
