@@ -366,23 +366,37 @@ def test_bad_files_are_skipped_with_one_note(tmp_path, monkeypatch):
     assert len(good) == 3
 
 
-def test_folders_below_the_class_subfolders_are_named_in_a_note(tmp_path):
-    for name in ("cats/a.jpg", "cats/b.jpg", "dogs/c.jpg", "dogs/puppies/d.jpg", "dogs/old/e.jpg", "dogs/.thumbs/f.jpg"):
+def test_images_at_any_depth_below_a_class_subfolder_are_of_that_class(tmp_path):
+    """As torchvision's ImageFolder reads a folder: dogs/puppies/d.jpg is a dog; hidden folders
+    are not read."""
+    for name in ("cats/a.jpg", "cats/b.jpg", "dogs/c.jpg", "dogs/puppies/d.jpg", "dogs/old/2019/e.jpg", "dogs/.thumbs/f.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         photo(tmp_path / name)
     ds = load_dataset(f"folder:{tmp_path}")
+    read = {Path(p).relative_to(tmp_path).as_posix(): ds.class_names[label] for p, label in zip(ds.paths, ds.labels)}
+    assert read == {"cats/a.jpg": "cats", "cats/b.jpg": "cats", "dogs/c.jpg": "dogs", "dogs/old/2019/e.jpg": "dogs", "dogs/puppies/d.jpg": "dogs"}
+    # a tree of dated folders with no images at its top: its first level are the classes
+    photos = tmp_path / "photos"
+    for name in ("2023/x.jpg", "2024/june/y.jpg", "2024/july/z.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(photos / name)
+    ds = load_dataset(f"folder:{photos}")
+    assert ds.class_names == ["2023", "2024"] and sorted(ds.labels) == [0, 1, 1]
+
+
+def test_links_to_folders_already_read_are_not_read_again(tmp_path):
+    """A link back up the tree would loop, and a link to another class's folder would read its
+    images twice: each folder is read once, and a note names the links."""
+    for name in ("cats/a.jpg", "dogs/b.jpg", "dogs/c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(tmp_path / name)
+    os.symlink(tmp_path, tmp_path / "cats" / "up")  # a loop
+    os.symlink(tmp_path / "dogs", tmp_path / "more-dogs")
+    ds = load_dataset(f"folder:{tmp_path}")
     assert sorted(Path(p).name for p in ds.paths) == ["a.jpg", "b.jpg", "c.jpg"]
-    (note,) = names(ds.notes, "ignored 2 folders two levels down (dogs/old, dogs/puppies)")
-    assert "move deeper images up a level" in note
-    # a flat folder whose only subfolder holds folders, not images: the deeper ones are named too
-    flat = tmp_path / "flat"
-    for name in ("x.jpg", "2024/june/y.jpg"):
-        (flat / name).parent.mkdir(parents=True, exist_ok=True)
-        photo(flat / name)
-    ds = load_dataset(f"folder:{flat}")
-    assert [Path(p).name for p in ds.paths] == ["x.jpg"] and ds.labels is None
-    (flat_note,) = names(ds.notes, "ignored 1 folders two levels down (2024/june)")
-    assert "flat/ and its subfolders, not deeper" in flat_note
+    assert ds.class_names == ["cats", "dogs"]
+    (note,) = names(ds.notes, "ignored 2 links to folders already read")
+    assert "cats/up" in note and "more-dogs" in note
 
 
 def test_huge_images_follow_pillows_decompression_bomb_limit(tmp_path, monkeypatch):

@@ -389,32 +389,55 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
     return notes
 
 
-def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list[str]]:
-    """Files, labels, class names and notes of an image folder (one level of class subfolders).
+def _images_below(directory: str, prefix: str, seen: set[str]) -> tuple[list[Path], list[str], list[str], list[str]]:
+    """Image files of `directory` and of every folder below it (hidden ones skipped), sorted by
+    path; with the names (relative to the top folder) of its non-image files, of its links that
+    lead nowhere, and of the links to folders already read (`seen`: real paths), which are not
+    read twice, so a link back up the tree cannot loop."""
+    seen.add(os.path.realpath(directory))
+    try:
+        entries, others, dangling = _scan(directory)
+    except OSError as e:
+        raise UserError(f"cannot list {directory}: {e.strerror}") from None
+    files = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
+    others, dangling, repeated = [prefix + n for n in others], [prefix + n for n in dangling], []
+    for e in entries:
+        if e.is_dir and not e.name.startswith("."):
+            if os.path.realpath(e.path) in seen:
+                repeated.append(prefix + e.name)
+                continue
+            sub = _images_below(e.path, f"{prefix}{e.name}/", seen)
+            files += sub[0]
+            others, dangling, repeated = others + sub[1], dangling + sub[2], repeated + sub[3]
+    return sorted(files), others, dangling, repeated
 
-    Subfolders holding images are classes (sorted by name; their order defines label ids). A
-    folder with both class subfolders and loose images is refused rather than guessed at:
-    dropping the loose ones or lumping them into a class would both skew evaluation silently.
-    Files are recognised by extension; others, and links to nothing readable, are counted in a
-    note. Symbolic links to files and class folders are followed (one level, so no loop).
+
+def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list[str]]:
+    """Files, labels, class names and notes of an image folder.
+
+    Each subfolder holding images, at any depth below it, is a class (sorted by name; their order
+    defines label ids), as torchvision's ImageFolder reads a folder: `photos/cats/2019/*.jpg` is of
+    class `cats`. A folder with both class subfolders and loose images is refused rather than
+    guessed at: dropping the loose ones or lumping them into a class would both skew evaluation
+    silently. Files are recognised by extension; others, and links to nothing readable, are
+    counted in a note. Symbolic links to files and folders are followed; a folder is read once
+    (a link to one already read is named in a note), so links cannot loop.
     """
+    seen = {os.path.realpath(root)}
     try:
         entries, others, dangling = _scan(str(root))
     except OSError as e:
         raise UserError(f"cannot list {root}: {e.strerror}") from None
     loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
-    deeper: list[str] = []  # folders inside the class subfolders, which are not read
+    repeated: list[str] = []  # links to folders already read
     for entry in entries:
         if entry.is_dir and not entry.name.startswith("."):
-            try:
-                sub, sub_others, sub_dangling = _scan(entry.path)
-            except OSError as e:
-                raise UserError(f"cannot list {entry.path}: {e.strerror}") from None
-            files = [Path(s.path) for s in sub if s.is_file and _is_image_name(s.name)]
-            others += [f"{entry.name}/{n}" for n in sub_others]
-            dangling += [f"{entry.name}/{n}" for n in sub_dangling]
-            deeper += [f"{entry.name}/{s.name}" for s in sub if s.is_dir and not s.name.startswith(".")]
+            if os.path.realpath(entry.path) in seen:
+                repeated.append(entry.name)
+                continue
+            files, sub_others, sub_dangling, sub_repeated = _images_below(entry.path, f"{entry.name}/", seen)
+            others, dangling, repeated = others + sub_others, dangling + sub_dangling, repeated + sub_repeated
             if files:
                 classes.append((entry.name, files))
     if classes and loose:
@@ -423,11 +446,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
     notes = _listing_notes(others, dangling)
-    if deeper and (classes or loose):
-        # A tree such as photos/2024/june/*.jpg would otherwise lose its deeper images silently.
-        names = ", ".join(deeper[:3]) + (", ..." if len(deeper) > 3 else "")
-        notes.append(f"ignored {len(deeper)} folders two levels down ({names}): images are read from {root.name}/ and its "
-                     "subfolders, not deeper; move deeper images up a level, or point folder: at the folder that holds them")
+    if repeated:
+        names = ", ".join(repeated[:3]) + (", ..." if len(repeated) > 3 else "")
+        notes.append(f"ignored {len(repeated)} links to folders already read ({names}): each folder is read once")
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
@@ -439,7 +460,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         return loose, None, None, notes
     raise UserError(
         f"no images found in PATH: {root} (looked for {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)} "
-        "files in it and in its subfolders, not deeper)"
+        "files in it and in the folders below it)"
     )
 
 
