@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from otclust.cli import main
-from otclust.commands.predict import balanced_assignment
+from otclust.commands.predict import balanced_assignment, export_images
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +170,21 @@ def test_no_progress_silences_the_prediction_and_export_bars(trained, tmp_path, 
         assert main(args + ["--no-progress"] * quiet) == 0
         err = capsys.readouterr().err
         assert [bar in err for bar in ("predicting", "copying")] == [not quiet] * 2, err
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_export_keeps_every_image_when_file_names_repeat_across_folders(tmp_path, link):
+    """Photos read from many folders repeat names (IMG_0001.jpg); a renamed copy must not land on a
+    name another image already took: y/a.jpg, the image of index 2, is renamed a-2.jpg, which
+    z/a-2.jpg took first."""
+    paths = []
+    for index, (folder, name) in enumerate([("z", "a-2.jpg"), ("x", "a.jpg"), ("y", "a.jpg"), ("w", "a.jpg")]):
+        path = tmp_path / "photos" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"image {index}")
+        paths.append(str(path))
+    export = tmp_path / "sorted"
+    counts = export_images(paths, np.zeros(4, dtype=int), np.zeros(4, dtype=bool), export, 2, link=link, progress=False)
+    assert counts == {"cluster_00": 4}
+    written = sorted((export / "cluster_00").iterdir())
+    assert sorted(p.read_text() for p in written) == ["image 0", "image 1", "image 2", "image 3"]

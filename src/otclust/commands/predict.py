@@ -152,8 +152,8 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
         if not names:
             folder.mkdir(exist_ok=True)
         name = source.name
-        if name in names:  # same file name from two class subfolders: keep both
-            name = f"{source.stem}-{i}{source.suffix}"
+        while name in names:  # same file name from two folders (IMG_0001.jpg of every camera folder): keep both
+            name = f"{Path(name).stem}-{i}{source.suffix}"
         names.add(name)
         target = folder / name
         if link:
