@@ -112,6 +112,14 @@ def test_steps_and_epochs_override_and_replace_each_other(tmp_path):
         parse_fit("--steps", "0")
 
 
+def test_the_budget_note_says_when_the_default_budget_is_scaled():
+    for scale, expected in ((1.0, "(the default budget for 5,000 samples)"), (0.5, "(0.5 x the default budget for 5,000 samples)")):
+        lines = []
+        Trainer(FitConfig(method="clot", clusters=3, budget_scale=scale), progress=False, log=lines.append)._resolve_budget(5_000)
+        (note,) = lines
+        assert expected in note and f"training {budget.default_epochs(5_000, 256, scale)} epochs" in note
+
+
 def test_trainer_resolves_the_budget_once_it_knows_n():
     trainer = Trainer(FitConfig(method="clot", clusters=3), progress=False, log=quiet)
     config = trainer._resolve_budget(5_000)

@@ -497,7 +497,8 @@ class Trainer:
         if config.epochs is None:
             trainable, short = method_class.trainable, method_class.short_budget(config.params, features)
             epochs = budget.resolve_epochs(config, n_samples, short) if trainable else 1
-            how = f"--steps {config.steps}" if config.steps is not None else f"the {'short ' * short}default budget for {n_samples:,} samples"
+            scaled = "" if config.budget_scale == 1 else f"{config.budget_scale:g} x "  # budget_scale: a config file, compare --epochs-scale
+            how = f"--steps {config.steps}" if config.steps is not None else f"{scaled}the {'short ' * short}default budget for {n_samples:,} samples"
             # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
             config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
             if trainable:
