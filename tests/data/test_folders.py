@@ -375,6 +375,7 @@ def test_images_at_any_depth_below_a_class_subfolder_are_of_that_class(tmp_path)
     ds = load_dataset(f"folder:{tmp_path}")
     read = {Path(p).relative_to(tmp_path).as_posix(): ds.class_names[label] for p, label in zip(ds.paths, ds.labels)}
     assert read == {"cats/a.jpg": "cats", "cats/b.jpg": "cats", "dogs/c.jpg": "dogs", "dogs/old/2019/e.jpg": "dogs", "dogs/puppies/d.jpg": "dogs"}
+    assert list(read) == sorted(read)  # in path order: the decoded-image cache and assignments.csv follow it
     # a tree of dated folders with no images at its top: its first level are the classes
     photos = tmp_path / "photos"
     for name in ("2023/x.jpg", "2024/june/y.jpg", "2024/july/z.jpg"):

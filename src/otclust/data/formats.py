@@ -390,8 +390,8 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
 
 
 def _images_below(directory: str, prefix: str, seen: set[str]) -> tuple[list[Path], list[str], list[str], list[str]]:
-    """Image files of `directory` and of every folder below it (hidden ones skipped), sorted by
-    path; with the names (relative to the top folder) of its non-image files, of its links that
+    """Image files of `directory` and of every folder below it (hidden ones skipped; unsorted:
+    the caller sorts a class's files once); with the names (relative to the top folder) of its non-image files, of its links that
     lead nowhere, and of the links to folders already read (`seen`: real paths), which are not
     read twice, so a link back up the tree cannot loop."""
     seen.add(os.path.realpath(directory))
@@ -409,7 +409,7 @@ def _images_below(directory: str, prefix: str, seen: set[str]) -> tuple[list[Pat
             sub = _images_below(e.path, f"{prefix}{e.name}/", seen)
             files += sub[0]
             others, dangling, repeated = others + sub[1], dangling + sub[2], repeated + sub[3]
-    return sorted(files), others, dangling, repeated
+    return files, others, dangling, repeated
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None, list[str]]:
@@ -439,7 +439,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             files, sub_others, sub_dangling, sub_repeated = _images_below(entry.path, f"{entry.name}/", seen)
             others, dangling, repeated = others + sub_others, dangling + sub_dangling, repeated + sub_repeated
             if files:
-                classes.append((entry.name, files))
+                classes.append((entry.name, sorted(files)))
     if classes and loose:
         raise UserError(
             f"{root} has both class subfolders and {len(loose)} loose images (e.g. {loose[0].name}): "
