@@ -117,7 +117,10 @@ def test_the_budget_note_says_when_the_default_budget_is_scaled():
         lines = []
         Trainer(FitConfig(method="clot", clusters=3, budget_scale=scale), progress=False, log=lines.append)._resolve_budget(5_000)
         (note,) = lines
-        assert expected in note and f"training {budget.default_epochs(5_000, 256, scale)} epochs" in note
+        assert expected in note and f"training {budget.default_epochs(5_000, 256, scale)} epochs of 19 steps" in note
+    lines = []
+    Trainer(FitConfig(method="clot", clusters=3), progress=False, log=lines.append)._resolve_budget(400)
+    assert " epochs of 1 step (" in lines[0]  # under two batches an epoch is one step
 
 
 def test_trainer_resolves_the_budget_once_it_knows_n():

@@ -502,7 +502,8 @@ class Trainer:
             # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
             config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
             if trainable:
-                self.log(f"note: training {epochs} epoch{'s' * (epochs != 1)} of {budget.steps_per_epoch(n_samples, config.batch_size)} steps ({how}); --epochs or --steps sets it")
+                per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
+                self.log(f"note: training {epochs} epoch{'s' * (epochs != 1)} of {per_epoch} step{'s' * (per_epoch != 1)} ({how}); --epochs or --steps sets it")
         self.steps_per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         return config

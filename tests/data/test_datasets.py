@@ -267,7 +267,7 @@ def test_folder_with_class_subfolders(tmp_path):
     assert ds.name == f"folder:{tmp_path.resolve()}"
 
     sized = load_dataset(f"folder:{tmp_path}", image_size=5)
-    assert sized.data.shape == (4, 3, 5, 5) and any("requested 5x5" in n for n in sized.notes)
+    assert sized.data.shape == (4, 3, 5, 5) and any("resized to 5x5 (--image-size)" in n for n in sized.notes)
 
 
 def test_flat_grayscale_folder_and_special_modes(tmp_path):

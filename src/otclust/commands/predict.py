@@ -67,13 +67,14 @@ def add_parser(subparsers) -> None:
 def load_data_for_model(args, method, config):
     """The data of --data (default: the model's training data), converted to what the model saw."""
     spec = args.data or config.data
-    image_size = args.image_size
+    image_size, size_from = args.image_size, "--image-size"
     if image_size is None and spec.startswith("folder:"):
         # Decode the files once, at the size the model saw (fit's --image-size, else the network's
         # input), as fit did: a decode at the default working resolution followed by a resize
         # gives slightly other pixels, and so other confidences than fit's assignments.csv.
         image_size = config.image_size or (None if method.spec.is_features else tuple(method.spec.image_size))
-    dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=image_size)
+        size_from = "the size the model was trained at"
+    dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=image_size, size_from=size_from)
     if is_pretrained(config.backbone) and not dataset.is_features:  # through the same frozen backbone first
         dataset = features_for_model(config, dataset, weights=getattr(args, "weights", None), device=args.device)
     model_spec = method.spec

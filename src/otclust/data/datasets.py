@@ -338,7 +338,7 @@ _SOURCES: dict[str, _Source] = {
                 lambda d, part, s, o: formats.read_stl10_part(d, part)),
         _Source("folder", "folder:PATH", "your images: class subfolders give labels, a flat folder none",
                 ("train",), ("train",), "required", _locate_folder,
-                lambda d, part, size, o: formats.read_image_folder(d, size, o.get("backbone"))),
+                lambda d, part, size, o: formats.read_image_folder(d, size, o.get("backbone"), o.get("size_from", "--image-size"))),
         _Source("features", "features:PATH.npy[,labels=LABELS.npy]",
                 "N x D float features; labels from LABELS.npy or PATH.labels.npy if present",
                 ("train",), ("train",), "required", _locate_features, _read_features),
@@ -438,21 +438,27 @@ def _as_size(image_size) -> tuple[int, int] | None:
 
 
 def load_dataset(
-    spec: str, split: str = "all", download: bool = False, image_size: int | None = None, backbone: str | None = None
+    spec: str,
+    split: str = "all",
+    download: bool = False,
+    image_size: int | None = None,
+    backbone: str | None = None,
+    size_from: str = "--image-size",
 ) -> ImageDataset:
     """Load the dataset named by ``spec`` (see the module docstring).
 
     ``image_size`` resizes images (bilinear) to that many pixels per side (or (height, width)),
-    with a note; feature vectors ignore it. Folders of image files are decoded at a working
-    resolution chosen from the images and ``backbone`` when no ``image_size`` is given
-    (``otclust.data.decode``), through the decoded-image cache (``otclust.data.cache``); one
-    too large for the memory budget stays a memory-mapped file (``out_of_core``). ``download``
+    with a note (a folder's names ``size_from``, where the size came from); feature vectors
+    ignore it. Folders of image files are decoded at a working resolution chosen from the
+    images and ``backbone`` when no ``image_size`` is given (``otclust.data.decode``), through
+    the decoded-image cache (``otclust.data.cache``); one too large for the memory budget stays a memory-mapped file (``out_of_core``). ``download``
     allows fetching the standard archives into DIR or ``~/.cache/otclust/NAME`` when they are
     not already there.
     """
     name, path, options = parse_spec(spec)
     if backbone is not None:
         options["backbone"] = backbone
+    options["size_from"] = size_from
     source = _SOURCES[name]
     parts = _parse_split(source, split)
     size = _as_size(image_size)

@@ -301,10 +301,13 @@ def decode_into(
     return failed
 
 
-def working_resolution(probes: list[Probe], backbone: str | None, requested) -> tuple[tuple[int, int], str]:
-    """(height, width) to decode to and a note saying why."""
+def working_resolution(
+    probes: list[Probe], backbone: str | None, requested, size_from: str = "--image-size"
+) -> tuple[tuple[int, int], str]:
+    """(height, width) to decode to and a note saying why; ``size_from`` names where a
+    ``requested`` size came from (fit's option, or predict's model)."""
     if requested is not None:
-        return tuple(requested), f"images centre-cropped and resized to the requested {requested[0]}x{requested[1]}"
+        return tuple(requested), f"images centre-cropped and resized to {requested[0]}x{requested[1]} ({size_from})"
     name = backbone if backbone in BACKBONE_SIDE else DEFAULT_BACKBONE
     cap = BACKBONE_SIDE[name]
     shorter = sorted(min(p.height, p.width) for p in probes)

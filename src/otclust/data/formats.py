@@ -465,7 +465,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
 
 
 def read_image_folder(
-    root: Path, image_size: tuple[int, int] | None = None, backbone: str | None = None
+    root: Path, image_size: tuple[int, int] | None = None, backbone: str | None = None, size_from: str = "--image-size"
 ) -> Part:
     """Decode a folder of images into one uint8 array of a common mode and size (``decode.py``).
 
@@ -489,7 +489,7 @@ def read_image_folder(
             "fix or replace them"
         )
     channels = 3 if any(probes[i].colour for i in good) else 1
-    size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size)
+    size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size, size_from)
     if why:
         notes.append(why)
     elongated = decode.elongated_note([probes[i] for i in good])
