@@ -45,6 +45,22 @@ def test_fit_chooses_k_and_predict_report_follow(tmp_path, capsys):
         assert set(clusters) == {0, 1, 2, 3}
 
 
+def test_a_k_at_the_floor_of_the_range_comes_with_a_caution(tmp_path, capsys):
+    data, _ = _blobs(tmp_path, k=2)
+    common = ["--epochs", "2", "--batch-size", "60", "--no-progress", "--no-refit"]
+    # 2-3, not wider: a third cluster cuts one blob where k-means happens to, an unstable split
+    # (a fourth can halve both blobs alike, and then score as stable as two).
+    assert main(["fit", "--data", data, "--clusters", "auto:2-3", *common, "--out", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr()
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["k_selection"]["chosen"] == 2
+    assert "K = 2 is the smallest K searched" in out.out + out.err
+    data, _ = _blobs(tmp_path, k=4)  # chosen above the floor: no caution
+    assert main(["fit", "--data", data, "--clusters", "auto:2-5", *common, "--out", str(tmp_path / "four")]) == 0
+    out = capsys.readouterr()
+    assert json.loads((tmp_path / "four" / "metrics.json").read_text())["k_selection"]["chosen"] == 4
+    assert "smallest K searched" not in out.out + out.err
+
+
 def test_the_refit_is_the_run_told_the_chosen_k(tmp_path, capsys):
     data, _ = _blobs(tmp_path)
     common = ["--epochs", "3", "--batch-size", "60", "--no-progress"]

@@ -351,6 +351,13 @@ class Trainer:
         self.log(f"read-out fitted in {time.perf_counter() - started:.1f}s")
         if k_selection:
             self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
+            if k_selection["chosen"] == k_range[0] < k_range[1]:
+                # Stability rates the coarsest clear split highest (Fashion-MNIST's clothes against
+                # shoes: K = 2 where it holds 10 classes), so the range's floor is a weak answer.
+                self.log(
+                    f"note: K = {k_range[0]} is the smallest K searched; stability favours the coarsest clear split "
+                    "(docs/results.md section 5): if you expect more groups, search above it with --clusters auto:MIN-MAX"
+                )
         method.readout_fits = {name: fitted}
         method.predictor = name
         readout_proba = self._predict_eval(eval_data, description="predicting")
