@@ -61,6 +61,16 @@ def test_a_k_at_the_floor_of_the_range_comes_with_a_caution(tmp_path, capsys):
     assert "smallest K searched" not in out.out + out.err
 
 
+def test_the_refit_does_not_repeat_the_data_sets_notes(tmp_path, capsys):
+    data, _ = _blobs(tmp_path)
+    (tmp_path / "x.labels.npy").unlink()  # unlabelled: the data set carries a note
+    assert main(["fit", "--data", data, "--clusters", "auto:2-7", "--epochs", "2", "--batch-size", "60", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr()
+    log = out.out + out.err
+    assert "training again from scratch" in log  # a refit ran
+    assert log.count("note: no labels (looked for") == 1
+
+
 def test_the_refit_is_the_run_told_the_chosen_k(tmp_path, capsys):
     data, _ = _blobs(tmp_path)
     common = ["--epochs", "3", "--batch-size", "60", "--no-progress"]

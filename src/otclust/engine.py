@@ -190,6 +190,7 @@ class Trainer:
         self.predictor: str | None = None  # the run's predictor and read-out settings (otclust.readout)
         self.readout_params = None
         self.checkpoint_every_seconds = CHECKPOINT_EVERY_SECONDS
+        self.data_notes_shown = False  # the data set's notes, already printed (a --clusters auto refit)
         self.checkpoint_epoch = 0  # the epoch whose end the run folder's model.pt holds (0: none yet)
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
@@ -245,7 +246,7 @@ class Trainer:
         self.model = self._wrap_for_training(method)
         if self.out is not None:
             self.out.write_config(config.to_dict())
-        for note in dataset.notes:
+        for note in [] if self.data_notes_shown else dataset.notes:
             self.log(f"note: {note}")
 
         started = time.perf_counter()

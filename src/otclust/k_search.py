@@ -57,6 +57,7 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
     if not (config.k_range and config.refit):
         return train(config, out, resume)
     selection = finished_search(out) if resume else None
+    searched_here = selection is None  # the search run printed the data set's notes already
     if selection is None:
         trainer, result = train(config, out, resume)
         selection = {**result.metrics["k_selection"], "search_seconds": result.metrics.get("seconds")}
@@ -70,6 +71,7 @@ def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = 
         resume_refit = out is not None and (Path(out) / "model.pt").is_file()
     where = f"; the search run is kept in {Path(out) / SEARCH_FOLDER}" if out is not None else ""
     trainer = trainer_for(dataclasses.replace(config, clusters=int(selection["chosen"])), out)
+    trainer.data_notes_shown = searched_here
     trainer.log(f"training again from scratch with the chosen K = {selection['chosen']} (the search trained with {selection['training_clusters']}){where}; --no-refit skips this")
     result = trainer.fit(dataset, eval_dataset=eval_dataset, resume=resume_refit)
     result.metrics["k_selection"] = {**selection, "refit": True}
