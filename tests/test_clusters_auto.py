@@ -126,6 +126,8 @@ def test_the_k_criterion_is_a_readout_setting(tmp_path, capsys):
     selection = json.loads((out / "metrics.json").read_text())["k_selection"]
     assert selection["criterion"] == "eigengap" and selection["chosen"] == 4
     assert "eigengap criterion" in (out / "report.html").read_text() and (out / "figures" / "k_selection.png").is_file()
+    said = capsys.readouterr()
+    assert "K = 4 chosen (the eigengap of the kNN graph;" in said.out + said.err  # not 'stability'
     assert main([*args, "--out", str(tmp_path / "bad"), "--readout-param", "k_criterion=elbow"]) == 2
     assert "k_criterion=elbow" in capsys.readouterr().err
 

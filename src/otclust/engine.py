@@ -351,12 +351,14 @@ class Trainer:
         fitted, k_selection = fit_method_readout(self, method, name, params, k_range, head_labels)
         self.log(f"read-out fitted in {time.perf_counter() - started:.1f}s")
         if k_selection:
-            self.log(f"K = {k_selection['chosen']} chosen (stability of k-means partitions; see metrics.json 'k_selection')")
+            criterion = k_selection.get("criterion", "stability")
+            by = {"stability": "stability of k-means partitions", "eigengap": "the eigengap of the kNN graph"}.get(criterion, criterion.replace("_", "-"))
+            self.log(f"K = {k_selection['chosen']} chosen ({by}; see metrics.json 'k_selection')")
             if k_selection["chosen"] == k_range[0] < k_range[1]:
-                # Stability rates the coarsest clear split highest (Fashion-MNIST's clothes against
-                # shoes: K = 2 where it holds 10 classes), so the range's floor is a weak answer.
+                # The coarsest clear split can win outright (Fashion-MNIST's clothes against shoes:
+                # stability picks 2 of its 10 classes), so the range's floor is a weak answer.
                 self.log(
-                    f"note: K = {k_range[0]} is the smallest K searched; stability favours the coarsest clear split "
+                    f"note: K = {k_range[0]} is the smallest K searched, where the coarsest clear split wins "
                     "(docs/results.md section 5): if you expect more groups, search above it with --clusters auto:MIN-MAX"
                 )
         method.readout_fits = {name: fitted}

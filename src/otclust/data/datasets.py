@@ -451,9 +451,9 @@ def load_dataset(
     with a note (a folder's names ``size_from``, where the size came from); feature vectors
     ignore it. Folders of image files are decoded at a working resolution chosen from the
     images and ``backbone`` when no ``image_size`` is given (``otclust.data.decode``), through
-    the decoded-image cache (``otclust.data.cache``); one too large for the memory budget stays a memory-mapped file (``out_of_core``). ``download``
-    allows fetching the standard archives into DIR or ``~/.cache/otclust/NAME`` when they are
-    not already there.
+    the decoded-image cache (``otclust.data.cache``); one too large for the memory budget stays
+    a memory-mapped file (``out_of_core``). ``download`` allows fetching the standard archives
+    into DIR or ``~/.cache/otclust/NAME`` when they are not already there.
     """
     name, path, options = parse_spec(spec)
     if backbone is not None:
