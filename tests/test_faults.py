@@ -79,6 +79,19 @@ def test_a_not_writable_parent_is_refused_by_the_early_check(tmp_path, monkeypat
         prepare_output_folder(tmp_path / "a" / "run", check_only=True)
 
 
+def test_an_unfinished_run_in_the_way_is_kept_and_resume_suggested(tmp_path, features, capsys):
+    out = tmp_path / "run"
+    assert main(fit_args(features, out, 1)) == 0
+    assert main(fit_args(features, out, 1)) == 2  # a finished run: no --resume to suggest
+    line = one_line_error(capsys)
+    assert "already exists and it holds" in line and "--resume" not in line
+    (out / "metrics.json").unlink()  # as a run killed before its end leaves it
+    before = (out / "model.pt").read_bytes()
+    assert main(fit_args(features, out, 1)) == 2
+    assert "it is an unfinished run: --resume continues it, pass --overwrite, or choose another --out" in one_line_error(capsys)
+    assert (out / "model.pt").read_bytes() == before
+
+
 def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, features, capsys):
     out = tmp_path / "run"
     assert main(fit_args(features, out, 1)) == 0

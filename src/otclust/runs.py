@@ -72,7 +72,10 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
         return out
     if not_empty and not overwrite:
         what = f"it holds {', '.join(existing)}" if existing else "it is not empty"
-        raise UserError(f"output folder {out} already exists and {what}: pass --overwrite, or choose another --out")
+        # A checkpoint without final metrics is a run that stopped (killed, out of time): say how to continue it.
+        unfinished = (out / "model.pt").is_file() and not (out / "metrics.json").is_file()
+        resumable = "; it is an unfinished run: --resume continues it," if unfinished else ":"
+        raise UserError(f"output folder {out} already exists and {what}{resumable} pass --overwrite, or choose another --out")
     if check_only:
         _check_creatable(out)
         return out
