@@ -127,7 +127,7 @@ def test_the_k_criterion_is_a_readout_setting(tmp_path, capsys):
     assert selection["criterion"] == "eigengap" and selection["chosen"] == 4
     assert "eigengap criterion" in (out / "report.html").read_text() and (out / "figures" / "k_selection.png").is_file()
     said = capsys.readouterr()
-    assert "K = 4 chosen (the eigengap of the kNN graph;" in said.out + said.err  # not 'stability'
+    assert "K = 4 chosen by the eigengap criterion" in said.out + said.err  # not 'stability'
     assert main([*args, "--out", str(tmp_path / "bad"), "--readout-param", "k_criterion=elbow"]) == 2
     assert "k_criterion=elbow" in capsys.readouterr().err
 
@@ -173,7 +173,7 @@ def test_bad_auto_requests_exit_2_with_one_line(tmp_path, capsys, args, fragment
 
 def test_the_report_can_describe_every_k_criterion():
     from otclust.choose_k import CRITERIA
-    from otclust.report import K_CRITERION_TEXT
+    from otclust.choose_k import K_CRITERION_TEXT
 
     assert set(K_CRITERION_TEXT) == set(CRITERIA)
 

@@ -90,6 +90,11 @@ def test_an_unfinished_run_in_the_way_is_kept_and_resume_suggested(tmp_path, fea
     assert main(fit_args(features, out, 1)) == 2
     assert "it is an unfinished run: --resume continues it, pass --overwrite, or choose another --out" in one_line_error(capsys)
     assert (out / "model.pt").read_bytes() == before
+    (out / "model.pt").rename(tmp_path / "kept.pt")  # a --clusters auto search done, its refit not started
+    (out / "k-search").mkdir()
+    (out / "k-search" / "metrics.json").write_text("{}")
+    assert main(fit_args(features, out, 1)) == 2
+    assert "--resume continues it" in one_line_error(capsys)
 
 
 def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, features, capsys):

@@ -31,6 +31,14 @@ from otclust.errors import UserError
 __all__ = ["CRITERIA", "TOLERANCE", "choose_k", "classical_curves", "close_calls", "eigengap_curve", "kmeans_partitions", "largest_k", "parse_clusters", "pick_k", "smoothed_features", "stability_curve"]
 
 CRITERIA = ("stability", "eigengap", "silhouette", "calinski_harabasz", "davies_bouldin")
+# What each criterion's curve plots, for fit's log and the report: legend, axis label, how it chooses.
+K_CRITERION_TEXT = {
+    "stability": ("stability (mean ARI of subsampled k-means)", "stability", "the largest K within 0.02 of the highest stability: a real cluster split in two splits differently from run to run"),
+    "eigengap": ("gap to the next eigenvalue of the kNN graph's Laplacian", "eigengap", "the K with the largest gap: K loosely joined groups give K eigenvalues near 0"),
+    "silhouette": ("silhouette of the best of 10 k-means", "silhouette", "the highest silhouette"),
+    "calinski_harabasz": ("Calinski-Harabasz index of the best of 10 k-means", "Calinski-Harabasz", "the highest index"),
+    "davies_bouldin": ("Davies-Bouldin index of the best of 10 k-means", "Davies-Bouldin", "the lowest index"),
+}
 DEFAULT_K_RANGE = (2, 15)
 
 

@@ -32,7 +32,7 @@ from otclust import allocator, budget
 from otclust import distributed as dist_utils
 from otclust.distributed import select_device  # noqa: F401 - kept importable from the engine
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
-from otclust.choose_k import largest_k
+from otclust.choose_k import K_CRITERION_TEXT, largest_k
 from otclust.config import FitConfig
 from otclust.data.datasets import place_for_training, prefetch_to_device
 from otclust.errors import UserError, memory_guard
@@ -351,9 +351,8 @@ class Trainer:
         fitted, k_selection = fit_method_readout(self, method, name, params, k_range, head_labels)
         self.log(f"read-out fitted in {time.perf_counter() - started:.1f}s")
         if k_selection:
-            criterion = k_selection.get("criterion", "stability")
-            by = {"stability": "stability of k-means partitions", "eigengap": "the eigengap of the kNN graph"}.get(criterion, criterion.replace("_", "-"))
-            self.log(f"K = {k_selection['chosen']} chosen ({by}; see metrics.json 'k_selection')")
+            criterion = K_CRITERION_TEXT[k_selection.get("criterion", "stability")][1]
+            self.log(f"K = {k_selection['chosen']} chosen by the {criterion} criterion (see metrics.json 'k_selection')")
             if k_selection["chosen"] == k_range[0] < k_range[1]:
                 # The coarsest clear split can win outright (Fashion-MNIST's clothes against shoes:
                 # stability picks 2 of its 10 classes), so the range's floor is a weak answer.
@@ -504,6 +503,7 @@ class Trainer:
             # Before the budget, which counts samples seen: the same samples in more, smaller steps.
             self.log(f"note: batch {config.batch_size} -> {batch_size}, so that an epoch of {n_samples:,} samples holds several steps (--param min_steps_per_epoch=1 keeps {config.batch_size})")
             config = replace(config, batch_size=batch_size, params=dict(config.params), augment=dict(config.augment))
+        self.steps_per_epoch = per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
         if config.epochs is None:
             trainable, short = method_class.trainable, method_class.short_budget(config.params, features)
             epochs = budget.resolve_epochs(config, n_samples, short) if trainable else 1
@@ -512,9 +512,7 @@ class Trainer:
             # The run's config.yaml then holds the epochs it trained, and reruns as it ran.
             config = replace(config, epochs=epochs, steps=None, params=dict(config.params), augment=dict(config.augment))
             if trainable:
-                per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
                 self.log(f"note: training {epochs} epoch{'s' * (epochs != 1)} of {per_epoch} step{'s' * (per_epoch != 1)} ({how}); --epochs or --steps sets it")
-        self.steps_per_epoch = budget.steps_per_epoch(n_samples, config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         return config
 

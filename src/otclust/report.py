@@ -32,7 +32,7 @@ import numpy as np
 
 from otclust import __version__
 from otclust.checkpoint import CheckpointRefused
-from otclust.choose_k import TOLERANCE
+from otclust.choose_k import K_CRITERION_TEXT, TOLERANCE
 from otclust.config import CONFIG_FIELDS, FitConfig
 from otclust.data import conform, load_dataset
 from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
@@ -249,16 +249,6 @@ def plot_sizes(path: Path, clusters: np.ndarray, n_clusters: int, prior: np.ndar
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
-
-
-# What each K criterion's curve plots (otclust.choose_k.CRITERIA): legend, axis label, how it chooses.
-K_CRITERION_TEXT = {
-    "stability": ("stability (mean ARI of subsampled k-means)", "stability", "the largest K within 0.02 of the highest stability: a real cluster split in two splits differently from run to run"),
-    "eigengap": ("gap to the next eigenvalue of the kNN graph's Laplacian", "eigengap", "the K with the largest gap: K loosely joined groups give K eigenvalues near 0"),
-    "silhouette": ("silhouette of the best of 10 k-means", "silhouette", "the highest silhouette"),
-    "calinski_harabasz": ("Calinski-Harabasz index of the best of 10 k-means", "Calinski-Harabasz", "the highest index"),
-    "davies_bouldin": ("Davies-Bouldin index of the best of 10 k-means", "Davies-Bouldin", "the lowest index"),
-}
 
 
 def plot_k_selection(path: Path, selection: dict) -> None:

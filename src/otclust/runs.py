@@ -51,6 +51,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _resumable(out: Path) -> bool:
+    """A checkpoint to go on from, or a finished --clusters auto search whose refit had not started."""
+    return (out / "model.pt").is_file() or (out / SEARCH_FOLDER / "metrics.json").is_file()
+
+
 def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool = False, check_only: bool = False) -> Path:
     """Check the output folder before any work starts, so a long run cannot fail at its end.
 
@@ -65,15 +70,14 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
     except OSError as error:
         raise UserError(f"cannot look into the output folder {out} ({error.strerror or type(error).__name__}): choose another --out") from None
     if resume:
-        search_done = (out / SEARCH_FOLDER / "metrics.json").is_file()  # the refit after it had not started
-        if not (out / "model.pt").is_file() and not search_done:
+        if not _resumable(out):
             raise UserError(f"cannot resume: {out / 'model.pt'} does not exist; start a new run without --resume")
         remove_stale_temporary_files(out)
         return out
     if not_empty and not overwrite:
         what = f"it holds {', '.join(existing)}" if existing else "it is not empty"
-        # A checkpoint without final metrics is a run that stopped (killed, out of time): say how to continue it.
-        unfinished = (out / "model.pt").is_file() and not (out / "metrics.json").is_file()
+        # Something to resume but no final metrics: a run that stopped (killed, out of time).
+        unfinished = _resumable(out) and not (out / "metrics.json").is_file()
         resumable = "; it is an unfinished run: --resume continues it," if unfinished else ":"
         raise UserError(f"output folder {out} already exists and {what}{resumable} pass --overwrite, or choose another --out")
     if check_only:

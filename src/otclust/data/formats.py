@@ -391,9 +391,9 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
 
 def _images_below(directory: str, prefix: str, seen: set[str]) -> tuple[list[Path], list[str], list[str], list[str]]:
     """Image files of `directory` and of every folder below it (hidden ones skipped; unsorted:
-    the caller sorts a class's files once); with the names (relative to the top folder) of its non-image files, of its links that
-    lead nowhere, and of the links to folders already read (`seen`: real paths), which are not
-    read twice, so a link back up the tree cannot loop."""
+    the caller sorts a class's files once); with the names (relative to the top folder) of its
+    non-image files, of its links that lead nowhere, and of the links to folders already read
+    (`seen`: real paths), which are not read twice, so a link back up the tree cannot loop."""
     seen.add(os.path.realpath(directory))
     try:
         entries, others, dangling = _scan(directory)
