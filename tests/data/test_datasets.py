@@ -263,7 +263,7 @@ def test_folder_with_class_subfolders(tmp_path):
     np.testing.assert_array_equal(ds.data[3].numpy(), rgb[1:5].transpose(2, 0, 1))  # PNG is exact: rows 1-4 of 6
     assert (ds.data[2] == 77).all()  # grayscale repeated into RGB
     assert any(n.startswith("working resolution 4x4: the images' median shorter side") and "--image-size" in n for n in ds.notes)
-    assert "ignored 1 files without an image extension (cat/notes.txt)" in ds.notes
+    assert "ignored 1 file without an image extension (cat/notes.txt)" in ds.notes
     assert ds.name == f"folder:{tmp_path.resolve()}"
 
     sized = load_dataset(f"folder:{tmp_path}", image_size=5)

@@ -207,6 +207,61 @@ def test_worker_processes_give_the_same_array_as_one_process(tmp_path):
     assert torch.equal(one.data, two.data) and one.paths == two.paths
 
 
+def test_heic_photos_are_read_upright_as_pillow_heif_shows_them(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")  # CI installs it (requirements-test.txt)
+    # iPhone-style: stored landscape with EXIF orientation 6; pillow-heif turns it into the
+    # file's own rotation, so the picture is shown (and must be read) 120 wide, 160 tall.
+    arr = np.zeros((120, 160, 3), np.uint8)
+    arr[:, :80] = (200, 30, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for i in range(40):  # enough for the decoding pool: registration must reach the workers
+        pillow_heif.from_pillow(Image.fromarray(arr)).save(tmp_path / f"{i:02d}.heic", quality=90, exif=exif.tobytes())
+    photo(tmp_path / "z.jpg", size=(120, 160))
+    SETTINGS.cache, SETTINGS.workers = False, 2
+    ds = load_dataset(f"folder:{tmp_path}", image_size=32)
+    assert ds.data.shape == (41, 3, 32, 32) and not any("HEIC" in note for note in ds.notes)
+    shown = ds.data[0].float()
+    assert shown[0, :12].mean() > 150 and shown[0, -12:].mean() < 40  # red on top: turned upright
+    from PIL import ImageOps
+
+    pillow_heif.register_heif_opener()
+    with Image.open(tmp_path / "00.heic") as img:  # the reference: Pillow's own full decode
+        ref = np.asarray(ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.abs(shown.numpy() - ref).mean() < 1
+    SETTINGS.workers = 1
+    assert torch.equal(load_dataset(f"folder:{tmp_path}", image_size=32).data, ds.data)
+
+
+def test_avif_is_read_where_pillow_was_built_with_it(tmp_path):
+    if not decode.avif_readable():
+        pytest.skip("this Pillow has no AVIF (the pinned Pillow 13 has)")
+    arr = photo(tmp_path / "a.jpg", size=(40, 30))
+    Image.fromarray(arr).save(tmp_path / "b.avif", quality=95)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.data.shape == (2, 3, 30, 30) and not [n for n in ds.notes if "AVIF" in n or n.startswith(("skipped", "ignored"))]
+    assert (ds.data[0].float() - ds.data[1].float()).abs().mean() < 4  # the same picture, two lossy codecs
+
+
+def test_pictures_otclust_cannot_read_here_are_named_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "heif_readable", lambda: False)  # as without pillow-heif
+    monkeypatch.setattr(decode, "avif_readable", lambda: False)  # as with a Pillow built without AVIF
+    for name in ("a.HEIC", "b.heif", "c.avif", "d.CR2", "e.dng"):
+        (tmp_path / name).write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="no images found") as e:  # nothing readable: the error says why
+        load_dataset(f"folder:{tmp_path}")
+    message = str(e.value)
+    assert "\n" not in message and "pip install 'otclust[heif]'" in message and "2 files in HEIC/HEIF (a.HEIC, b.heif)" in message
+    assert "1 file in AVIF" in message and "2 files in camera RAW" in message and "convert them to JPEG or PNG" in message
+    photo(tmp_path / "f.jpg")
+    (tmp_path / "notes.txt").write_text("-")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert [Path(p).name for p in ds.paths] == ["f.jpg"]
+    assert names(ds.notes, "ignored 2 files in HEIC/HEIF (a.HEIC, b.heif): reading them needs pillow-heif")
+    assert names(ds.notes, "ignored 2 files in camera RAW (d.CR2, e.dng)") and names(ds.notes, "ignored 1 file in AVIF (c.avif)")
+    assert names(ds.notes, "ignored 1 file without an image extension (notes.txt)")
+
+
 # --------------------------------------------------------------------------------------------
 # Memory budget, cache, out of core
 # --------------------------------------------------------------------------------------------
@@ -360,7 +415,7 @@ def test_bad_files_are_skipped_with_one_note(tmp_path, monkeypatch):
     assert sorted(Path(p).name for p in ds.paths) == ["good0.jpg", "good1.jpg", "good2.jpg", "link-to-good.jpg"]
     (skipped,) = names(ds.notes, "skipped 4 of 8 image files that could not be decoded")
     assert "empty.jpg" in skipped and "and 1 more" in skipped
-    (ignored,) = names(ds.notes, "ignored 1 files without an image extension (readme.txt)")
+    (ignored,) = names(ds.notes, "ignored 1 file without an image extension (readme.txt)")
     (links,) = names(ds.notes, "ignored 3 links or special files that lead to no regular file")
     assert "broken-link.jpg" in links and "loop.jpg" in links and "fifo.png" in links
     assert len(good) == 3

@@ -28,12 +28,18 @@ memory budget stays RGB on disk. 16-bit images (and
 clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
 and YCbCr go through Pillow's own conversion to RGB.
 
+Formats beyond Pillow's own: HEIC/HEIF (what iPhones save) are read through pillow-heif when it
+is installed (the ``heif`` extra), which applies the file's rotation itself; AVIF when this
+Pillow was built with it. Without them, and for camera RAW files, the folder listing says what
+to install or convert (``formats.list_image_folder``) instead of passing them over in silence.
+
 Process-wide settings (``SETTINGS``) hold what the command line's data options set (workers,
 cache, memory budget, progress) so that every command that loads data honours them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -42,6 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# Extensions of images Pillow reads only with help (heif_readable, avif_readable), and of camera
+# RAW files, which are not decoded images at all: the listing names each kind with what to do.
+HEIF_EXTENSIONS = (".heic", ".heif")
+AVIF_EXTENSIONS = (".avif",)
+RAW_EXTENSIONS = (".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".srw", ".pef")
 
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _EXIF_ORIENTATION = 0x0112
@@ -159,6 +171,37 @@ def _short_reason(error: BaseException, path: str = "") -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+@functools.cache
+def heif_readable() -> bool:
+    """Whether HEIC/HEIF files can be read: pillow-heif is installed. Registers its opener with
+    Pillow once per process (a spawned decoding worker registers again when it meets one)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+@functools.cache
+def avif_readable() -> bool:
+    """Whether this Pillow was built with AVIF (its wheels have it since 11.2)."""
+    from PIL import features
+
+    try:
+        return bool(features.check("avif"))
+    except ValueError:  # a Pillow that does not know the feature's name
+        return False
+
+
+def _open(path: str):
+    from PIL import Image
+
+    if path.lower().endswith(HEIF_EXTENSIONS):
+        heif_readable()
+    return Image.open(path)
+
+
 def _is_colour(img) -> bool:
     if img.mode in _GRAY_MODES:
         return False
@@ -177,7 +220,7 @@ def probe(path: str) -> Probe:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # decompression-bomb notices, truncated-TIFF notices: judged here
-            with Image.open(path) as img:
+            with _open(path) as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     return Probe(error="has no pixels")
@@ -220,7 +263,7 @@ def decode_one(path: str, size: tuple[int, int], rgb: bool) -> np.ndarray:
     h, w = size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(path) as img:
+        with _open(path) as img:
             if img.format == "JPEG":
                 # Both sides at least the target's larger side, so that after an EXIF rotation
                 # and the centre crop the target is still a reduction, never an enlargement.

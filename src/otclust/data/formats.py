@@ -341,7 +341,40 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+    if name.startswith("."):
+        return False
+    lower = name.lower()
+    if lower.endswith(decode.HEIF_EXTENSIONS):
+        return decode.heif_readable()
+    if lower.endswith(decode.AVIF_EXTENSIONS):
+        return decode.avif_readable()
+    return lower.endswith(IMAGE_EXTENSIONS)
+
+
+def _readable_extensions() -> list[str]:
+    extra = [*(decode.HEIF_EXTENSIONS if decode.heif_readable() else ()), *(decode.AVIF_EXTENSIONS if decode.avif_readable() else ())]
+    return [e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *extra)]
+
+
+def _files(n: int) -> str:
+    return f"{n} file" + ("" if n == 1 else "s")
+
+
+def _unread_image_notes(others: list[str]) -> list[str]:
+    """What to do about the files of `others` that hold pictures otclust cannot read here: HEIC
+    (iPhone photos) without pillow-heif, AVIF without a Pillow built for it, camera RAW."""
+    kinds = (
+        (decode.HEIF_EXTENSIONS, "HEIC/HEIF", "reading them needs pillow-heif: pip install 'otclust[heif]' (or pillow-heif)"),
+        (decode.AVIF_EXTENSIONS, "AVIF", "this Pillow was built without AVIF: upgrade Pillow, or convert them to JPEG or PNG"),
+        (decode.RAW_EXTENSIONS, "camera RAW", "otclust reads decoded images: convert them to JPEG or PNG first"),
+    )
+    notes = []
+    for extensions, kind, advice in kinds:
+        matched = [n for n in others if n.lower().endswith(extensions)]
+        if matched:
+            names = ", ".join(matched[:3]) + (", ..." if len(matched) > 3 else "")
+            notes.append(f"ignored {_files(len(matched))} in {kind} ({names}): {advice}")
+    return notes
 
 
 class _Entry:
@@ -379,10 +412,12 @@ def _scan(directory: str) -> tuple[list[_Entry], list[str], list[str]]:
 
 
 def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
-    notes = []
+    notes = _unread_image_notes(others)
+    unread = decode.HEIF_EXTENSIONS + decode.AVIF_EXTENSIONS + decode.RAW_EXTENSIONS
+    others = [n for n in others if not n.lower().endswith(unread)]
     if others:
         names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        notes.append(f"ignored {len(others)} files without an image extension ({names})")
+        notes.append(f"ignored {_files(len(others))} without an image extension ({names})")
     if dangling:
         names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
         notes.append(f"ignored {len(dangling)} links or special files that lead to no regular file ({names})")
@@ -458,9 +493,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     if loose:
         notes.append("no class subfolders: evaluation skipped")
         return loose, None, None, notes
+    unread = "".join(f"; {note}" for note in _unread_image_notes(others))
     raise UserError(
-        f"no images found in PATH: {root} (looked for {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)} "
-        "files in it and in the folders below it)"
+        f"no images found in PATH: {root} (looked for {', '.join(_readable_extensions())} files in it and in the folders below it){unread}"
     )
 
 
