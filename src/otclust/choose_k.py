@@ -47,7 +47,7 @@ def parse_clusters(text: str | int) -> int | tuple[int, int]:
     text = str(text).strip()
     if text.isdigit():
         if int(text) < 2:
-            raise UserError(f"--clusters must be at least 2, got {text}: or 'auto' to choose it")
+            raise UserError(f"--clusters must be at least 2, got {text}: give K, or 'auto' to have it chosen")
         return int(text)
     if text == "auto":
         return DEFAULT_K_RANGE

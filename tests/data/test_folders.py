@@ -255,11 +255,13 @@ def test_pictures_otclust_cannot_read_here_are_named_with_what_to_do(tmp_path, m
     assert "1 file in AVIF" in message and "2 files in camera RAW" in message and "convert them to JPEG or PNG" in message
     photo(tmp_path / "f.jpg")
     (tmp_path / "notes.txt").write_text("-")
+    (tmp_path / "g.jpg").symlink_to(tmp_path / "nowhere.jpg")
     ds = load_dataset(f"folder:{tmp_path}")
     assert [Path(p).name for p in ds.paths] == ["f.jpg"]
     assert names(ds.notes, "ignored 2 files in HEIC/HEIF (a.HEIC, b.heif): reading them needs pillow-heif")
     assert names(ds.notes, "ignored 2 files in camera RAW (d.CR2, e.dng)") and names(ds.notes, "ignored 1 file in AVIF (c.avif)")
     assert names(ds.notes, "ignored 1 file without an image extension (notes.txt)")
+    assert names(ds.notes, "ignored 1 link or special file that leads to no regular file (g.jpg)")
 
 
 # --------------------------------------------------------------------------------------------

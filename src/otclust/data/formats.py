@@ -420,7 +420,7 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
         notes.append(f"ignored {_files(len(others))} without an image extension ({names})")
     if dangling:
         names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
-        notes.append(f"ignored {len(dangling)} links or special files that lead to no regular file ({names})")
+        notes.append(f"ignored {len(dangling)} {'link or special file' if len(dangling) == 1 else 'links or special files'} that lead{'s' if len(dangling) == 1 else ''} to no regular file ({names})")
     return notes
 
 
@@ -483,7 +483,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     notes = _listing_notes(others, dangling)
     if repeated:
         names = ", ".join(repeated[:3]) + (", ..." if len(repeated) > 3 else "")
-        notes.append(f"ignored {len(repeated)} links to folders already read ({names}): each folder is read once")
+        notes.append(f"ignored {len(repeated)} link{'' if len(repeated) == 1 else 's'} to folders already read ({names}): each folder is read once")
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
