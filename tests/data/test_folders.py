@@ -233,6 +233,30 @@ def test_heic_photos_are_read_upright_as_pillow_heif_shows_them(tmp_path):
     assert torch.equal(load_dataset(f"folder:{tmp_path}", image_size=32).data, ds.data)
 
 
+def test_a_heic_photos_embedded_thumbnail_is_decoded_when_large_enough(tmp_path, monkeypatch):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    decode.heif_readable()
+    arr = np.zeros((300, 400, 3), np.uint8)
+    arr[:, :200] = (200, 30, 30)
+    Image.fromarray(arr).save(tmp_path / "phone.heic", quality=90, thumbnails=[128])  # as phones store one
+    seen = []
+    original = pillow_heif.as_plugin.HeifImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        seen.append((size, self.size))
+        return result
+
+    monkeypatch.setattr(pillow_heif.as_plugin.HeifImageFile, "draft", spy)
+    small = decode.decode_one(str(tmp_path / "phone.heic"), (64, 64), rgb=True)
+    large = decode.decode_one(str(tmp_path / "phone.heic"), (160, 160), rgb=True)
+    assert seen == [((64, 64), (128, 96)), ((160, 160), (400, 300))]  # the thumbnail, then the photo itself
+    from PIL import ImageOps
+
+    full = np.asarray(ImageOps.fit(Image.fromarray(arr), (64, 64), Image.BILINEAR)).transpose(2, 0, 1).astype(float)
+    assert small.shape == (3, 64, 64) and large.shape == (3, 160, 160) and np.abs(small - full).mean() < 6
+
+
 def test_avif_is_read_where_pillow_was_built_with_it(tmp_path):
     if not decode.avif_readable():
         pytest.skip("this Pillow has no AVIF (the pinned Pillow 13 has)")

@@ -29,7 +29,8 @@ clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent
 and YCbCr go through Pillow's own conversion to RGB.
 
 Formats beyond Pillow's own: HEIC/HEIF (what iPhones save) are read through pillow-heif when it
-is installed (the ``heif`` extra), which applies the file's rotation itself; AVIF when this
+is installed (the ``heif`` extra), which applies the file's rotation itself and, like a JPEG's
+draft, decodes an embedded thumbnail instead of the photo when one is large enough; AVIF when this
 Pillow was built with it. Without them, and for camera RAW files, the folder listing says what
 to install or convert (``formats.list_image_folder``) instead of passing them over in silence.
 
@@ -264,9 +265,11 @@ def decode_one(path: str, size: tuple[int, int], rgb: bool) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open(path) as img:
-            if img.format == "JPEG":
+            if img.format in ("JPEG", "HEIF"):
                 # Both sides at least the target's larger side, so that after an EXIF rotation
                 # and the centre crop the target is still a reduction, never an enlargement.
+                # HEIF (pillow-heif): the file's smallest embedded thumbnail that is that large
+                # and a faithful scaled copy (same turn, crop and colours), as phones store one.
                 side = max(h, w)
                 img.draft("RGB" if rgb else "L", (side, side))
             img = to_uint8(img, rgb)
