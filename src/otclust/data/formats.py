@@ -356,8 +356,13 @@ def _readable_extensions() -> list[str]:
     return [e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *extra)]
 
 
-def _files(n: int) -> str:
-    return f"{n} file" + ("" if n == 1 else "s")
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _named(names: list[str]) -> str:
+    """The first three names, and '...' when there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _unread_image_notes(others: list[str]) -> list[str]:
@@ -372,8 +377,7 @@ def _unread_image_notes(others: list[str]) -> list[str]:
     for extensions, kind, advice in kinds:
         matched = [n for n in others if n.lower().endswith(extensions)]
         if matched:
-            names = ", ".join(matched[:3]) + (", ..." if len(matched) > 3 else "")
-            notes.append(f"ignored {_files(len(matched))} in {kind} ({names}): {advice}")
+            notes.append(f"ignored {_count(len(matched), 'file')} in {kind} ({_named(matched)}): {advice}")
     return notes
 
 
@@ -416,11 +420,10 @@ def _listing_notes(others: list[str], dangling: list[str]) -> list[str]:
     unread = decode.HEIF_EXTENSIONS + decode.AVIF_EXTENSIONS + decode.RAW_EXTENSIONS
     others = [n for n in others if not n.lower().endswith(unread)]
     if others:
-        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        notes.append(f"ignored {_files(len(others))} without an image extension ({names})")
+        notes.append(f"ignored {_count(len(others), 'file')} without an image extension ({_named(others)})")
     if dangling:
-        names = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
-        notes.append(f"ignored {len(dangling)} {'link or special file' if len(dangling) == 1 else 'links or special files'} that lead{'s' if len(dangling) == 1 else ''} to no regular file ({names})")
+        leads = "leads" if len(dangling) == 1 else "lead"
+        notes.append(f"ignored {_count(len(dangling), 'link or special file', 'links or special files')} that {leads} to no regular file ({_named(dangling)})")
     return notes
 
 
@@ -482,8 +485,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         )
     notes = _listing_notes(others, dangling)
     if repeated:
-        names = ", ".join(repeated[:3]) + (", ..." if len(repeated) > 3 else "")
-        notes.append(f"ignored {len(repeated)} link{'' if len(repeated) == 1 else 's'} to folders already read ({names}): each folder is read once")
+        notes.append(f"ignored {_count(len(repeated), 'link')} to folders already read ({_named(repeated)}): each folder is read once")
     if classes:
         files = [f for _, fs in classes for f in fs]
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
