@@ -3,6 +3,12 @@ ImageFolder + DataLoader, same worker count, same target size, in one run.
 
     PYTHONPATH=src python benchmarks/decode.py                  # 2000 photos of 1600x1200, 2 workers, 64 px
     PYTHONPATH=src python benchmarks/decode.py --images 500 --workers 4 --size 96
+    PYTHONPATH=src python benchmarks/decode.py --format heic --images 200   # needs pillow-heif
+
+``--format heic`` writes the same photos as HEIC files with a 320-pixel thumbnail embedded, as
+phones store one, and compares otclust's loader decoding that thumbnail (its default) with the
+same loader decoding every photo in full (pillow-heif's thumbnails switched off); torchvision's
+ImageFolder lists no HEIC files, so it has no row there.
 
 The photos are generated once (10 class folders of smooth colour fields with shapes and noise,
 every fifth saved with an EXIF orientation tag of 6, i.e. to be shown rotated) into
@@ -35,11 +41,11 @@ from pathlib import Path
 import numpy as np
 
 
-def default_photo_dir(n: int) -> Path:
+def default_photo_dir(n: int, kind: str = "photos") -> Path:
     base = os.environ.get("OTCLUST_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "otclust"
     )
-    return Path(base) / f"bench-photos-{n}"
+    return Path(base) / f"bench-{kind}-{n}"
 
 
 def _make_photo(args) -> None:
@@ -62,10 +68,15 @@ def _make_photo(args) -> None:
         exif = Image.Exif()
         exif[0x0112] = 6
         save["exif"] = exif
+    if path.suffix == ".heic":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        save["thumbnails"] = [320]  # the longer side of the thumbnail an iPhone embeds
     image.save(path, **save)
 
 
-def generate(root: Path, n: int, workers: int, size=(1600, 1200), classes: int = 10) -> None:
+def generate(root: Path, n: int, workers: int, size=(1600, 1200), classes: int = 10, suffix: str = ".jpg") -> None:
     marker = root / ".complete"
     if marker.exists():
         return
@@ -74,7 +85,7 @@ def generate(root: Path, n: int, workers: int, size=(1600, 1200), classes: int =
         label = i % classes
         folder = root / f"class{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        jobs.append((folder / f"{i:05d}.jpg", label, i, *size))
+        jobs.append((folder / f"{i:05d}{suffix}", label, i, *size))
     from concurrent.futures import ProcessPoolExecutor
 
     started = time.perf_counter()
@@ -90,9 +101,14 @@ def generate(root: Path, n: int, workers: int, size=(1600, 1200), classes: int =
 # --------------------------------------------------------------------------------------------
 
 
-def run_otclust(root: Path, size: int, workers: int, cache: bool, cache_dir: str) -> dict:
+def run_otclust(root: Path, size: int, workers: int, cache: bool, cache_dir: str, thumbnails: bool = True) -> dict:
     from otclust.data import load_dataset
     from otclust.data.decode import SETTINGS
+
+    if not thumbnails:
+        import pillow_heif
+
+        pillow_heif.options.THUMBNAILS = False  # read by the forked workers too
 
     SETTINGS.workers, SETTINGS.cache, SETTINGS.cache_dir, SETTINGS.progress = workers, cache, cache_dir, False
     SETTINGS.cache_min_images = 0
@@ -148,7 +164,8 @@ def contestant(args) -> None:
     if args.run == "torchvision":
         result = run_torchvision(Path(args.photos), args.size, args.workers)
     else:
-        result = run_otclust(Path(args.photos), args.size, args.workers, cache=args.run == "otclust-cached", cache_dir=args.cache_dir)
+        cached, thumbnails = args.run == "otclust-cached", args.run != "otclust-full"
+        result = run_otclust(Path(args.photos), args.size, args.workers, cache=cached, cache_dir=args.cache_dir, thumbnails=thumbnails)
     result.update(peak_memory())
     print(json.dumps(result))
 
@@ -159,19 +176,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--photos", default=None, help="folder of generated photos (made if missing)")
+    parser.add_argument("--format", choices=("jpeg", "heic"), default="jpeg", help="file format of the generated photos")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         contestant(args)
         return
-    photos = Path(args.photos) if args.photos else default_photo_dir(args.images)
-    generate(photos, args.images, args.workers)
+    heic = args.format == "heic"
+    photos = Path(args.photos) if args.photos else default_photo_dir(args.images, "heic" if heic else "photos")
+    generate(photos, args.images, args.workers, suffix=".heic" if heic else ".jpg")
     rows = []
     with tempfile.TemporaryDirectory() as cache_dir:
         # the cached row needs the entry written first: the first otclust-cached run writes it
-        plan = [("torchvision", "torchvision ImageFolder + DataLoader"), ("otclust", "otclust folder loader"),
-                ("otclust-cached", None), ("otclust-cached", "otclust, reusing its decoded-image cache")]  # fmt: skip
+        first = [("otclust-full", "otclust folder loader, every HEIC decoded in full"), ("otclust", "otclust folder loader (the embedded thumbnail)")] if heic else \
+                [("torchvision", "torchvision ImageFolder + DataLoader"), ("otclust", "otclust folder loader")]  # fmt: skip
+        plan = [*first, ("otclust-cached", None), ("otclust-cached", "otclust, reusing its decoded-image cache")]
         for run, label in plan:
             command = [sys.executable, __file__, "--run", run, "--photos", str(photos), "--size", str(args.size),
                        "--workers", str(args.workers), "--cache-dir", cache_dir]  # fmt: skip
@@ -181,7 +201,8 @@ def main() -> None:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if label is not None:
                 rows.append((label, result))
-    print(f"{args.images} JPEGs of 1600x1200 (every fifth EXIF-rotated) -> uint8 N x 3 x {args.size} x {args.size}, {args.workers} workers\n")
+    kind = "HEICs (a 320-pixel thumbnail each)" if heic else "JPEGs"
+    print(f"{args.images} {kind} of 1600x1200 (every fifth EXIF-rotated) -> uint8 N x 3 x {args.size} x {args.size}, {args.workers} workers\n")
     print("| loader | images | seconds | images/s | peak RSS, main process | peak RSS, largest worker |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, r in rows:

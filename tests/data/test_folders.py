@@ -270,19 +270,19 @@ def test_avif_is_read_where_pillow_was_built_with_it(tmp_path):
 def test_pictures_otclust_cannot_read_here_are_named_with_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "heif_readable", lambda: False)  # as without pillow-heif
     monkeypatch.setattr(decode, "avif_readable", lambda: False)  # as with a Pillow built without AVIF
-    for name in ("a.HEIC", "b.heif", "c.avif", "d.CR2", "e.dng"):
+    for name in ("a.HEIC", "b.heif", "c.avif", "d.CR2", "e.dng", "h.HIF"):
         (tmp_path / name).write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="no images found") as e:  # nothing readable: the error says why
         load_dataset(f"folder:{tmp_path}")
     message = str(e.value)
-    assert "\n" not in message and "pip install 'otclust[heif]'" in message and "2 files in HEIC/HEIF (a.HEIC, b.heif)" in message
+    assert "\n" not in message and "pip install 'otclust[heif]'" in message and "3 files in HEIC/HEIF (a.HEIC, b.heif, h.HIF)" in message
     assert "1 file in AVIF" in message and "2 files in camera RAW" in message and "convert them to JPEG or PNG" in message
     photo(tmp_path / "f.jpg")
     (tmp_path / "notes.txt").write_text("-")
     (tmp_path / "g.jpg").symlink_to(tmp_path / "nowhere.jpg")
     ds = load_dataset(f"folder:{tmp_path}")
     assert [Path(p).name for p in ds.paths] == ["f.jpg"]
-    assert names(ds.notes, "ignored 2 files in HEIC/HEIF (a.HEIC, b.heif): reading them needs pillow-heif")
+    assert names(ds.notes, "ignored 3 files in HEIC/HEIF (a.HEIC, b.heif, h.HIF): reading them needs pillow-heif")
     assert names(ds.notes, "ignored 2 files in camera RAW (d.CR2, e.dng)") and names(ds.notes, "ignored 1 file in AVIF (c.avif)")
     assert names(ds.notes, "ignored 1 file without an image extension (notes.txt)")
     assert names(ds.notes, "ignored 1 link or special file that leads to no regular file (g.jpg)")

@@ -52,7 +52,7 @@ import numpy as np
 
 # Extensions of images Pillow reads only with help (heif_readable, avif_readable), and of camera
 # RAW files, which are not decoded images at all: the listing names each kind with what to do.
-HEIF_EXTENSIONS = (".heic", ".heif")
+HEIF_EXTENSIONS = (".heic", ".heif", ".hif")  # .hif: Canon and Fujifilm cameras' HEIF
 AVIF_EXTENSIONS = (".avif",)
 RAW_EXTENSIONS = (".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".srw", ".pef")
 
