@@ -172,8 +172,7 @@ def test_bad_auto_requests_exit_2_with_one_line(tmp_path, capsys, args, fragment
 
 
 def test_the_report_can_describe_every_k_criterion():
-    from otclust.choose_k import CRITERIA
-    from otclust.choose_k import K_CRITERION_TEXT
+    from otclust.choose_k import CRITERIA, K_CRITERION_TEXT
 
     assert set(K_CRITERION_TEXT) == set(CRITERIA)
 
