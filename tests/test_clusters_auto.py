@@ -186,3 +186,23 @@ def test_fit_table_and_report_name_the_k_the_criterion_could_not_tell_apart(tmp_
     assert "scored within" not in format_metrics_table({**metrics, "k_selection": {**selection, "close": []}})
     plot_k_selection(tmp_path / "k.png", selection)
     assert (tmp_path / "k.png").stat().st_size > 0
+
+
+def test_plain_auto_on_a_small_set_searches_the_ks_it_can(tmp_path, capsys):
+    """12 samples: plain 'auto' (2-15) narrows to the 2-9 that 12 samples allow, with a note; a
+    range the user gave is refused instead; 3 samples are too few for any search."""
+    data, x = _blobs(tmp_path, k=3, n=4)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", data, "--clusters", "auto", "--no-refit", "--epochs", "1", "--batch-size", "12", "--out", str(out), "--no-progress"]) == 0
+    assert "among 12 samples K can be chosen up to 9: searching 2-9" in capsys.readouterr().err
+    selection = json.loads((out / "metrics.json").read_text())["k_selection"]
+    assert selection["range"] == [2, 9] and selection["training_clusters"] == 9
+    assert main(["fit", "--data", data, "--clusters", "auto:2-12", "--epochs", "1", "--out", str(tmp_path / "given"), "--no-progress"]) == 2
+    assert "K can be chosen up to 9 among 12 samples" in capsys.readouterr().err
+    np.save(tmp_path / "three.npy", x[:3])
+    assert main(["fit", "--data", f"features:{tmp_path / 'three.npy'}", "--clusters", "auto", "--epochs", "1", "--out", str(tmp_path / "few"), "--no-progress"]) == 2
+    assert "3 samples are too few to choose K among them" in capsys.readouterr().err
+    model = OTClust(n_clusters="auto", epochs=1, batch_size=12, refit=False).fit(x)
+    assert model.k_selection_["range"] == [2, 9]
+    with pytest.raises(ValueError, match="K can be chosen up to 9"):
+        OTClust(n_clusters="auto:2-12", epochs=1).fit(x)

@@ -73,6 +73,8 @@ def seed_everything(seed: int) -> None:
 def check_cluster_count(config: FitConfig, n_samples: int) -> None:
     """--clusters against the number of samples, before anything is said or built."""
     k = config.training_clusters
+    if config.k_range and largest_k(n_samples) < config.k_range[0]:
+        raise UserError(f"--clusters {config.clusters}: {n_samples} samples are too few to choose K among them: give K (--clusters K)")
     if config.k_range and k > largest_k(n_samples):
         raise UserError(f"--clusters {config.clusters}: K can be chosen up to {largest_k(n_samples)} among {n_samples} samples: pass --clusters auto:2-{largest_k(n_samples)} or less")
     if n_samples < k:

@@ -14,6 +14,8 @@ What X means (fit and predict alike):
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse
 import torch
@@ -22,12 +24,13 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from otclust.checkpoint import to_plain, trained_state, write_checkpoint
+from otclust.choose_k import largest_k
 from otclust.config import FitConfig
 from otclust.data import ImageDataset, conform
 from otclust.data.embeddings import features_for_model, pretrained_training_data
 from otclust.engine import load_trained, predict_in_batches, read_checkpoint
 from otclust.errors import UserError
-from otclust.k_search import fit_model
+from otclust.k_search import fit_default_k_range, fit_model
 from otclust.methods import get_method_class
 from otclust.models.pretrained import is_pretrained
 
@@ -168,6 +171,11 @@ class OTClust(ClusterMixin, BaseEstimator):
             raise InputValueError(f"n_clusters must be an integer of at least 2, or 'auto' / 'auto:MIN-MAX', got {self.n_clusters!r}")
         config = self._config()
         dataset = dataset_from_array(X)
+        config, narrowed = fit_default_k_range(config, dataset.n_samples)
+        if narrowed and self.verbose:
+            print(narrowed, file=sys.stderr, flush=True)
+        if config.k_range and largest_k(dataset.n_samples) < config.k_range[1]:
+            raise InputValueError(f"n_clusters={config.clusters!r}: K can be chosen up to {largest_k(dataset.n_samples)} among n_samples={dataset.n_samples}: pass more samples or a smaller range")
         if dataset.n_samples < config.training_clusters:
             raise InputValueError(f"n_samples={dataset.n_samples} is fewer than the {config.training_clusters} clusters asked for (n_clusters={config.clusters}): pass more samples or ask for fewer clusters")
         neighbors = None
