@@ -340,7 +340,7 @@ def test_features_with_default_and_explicit_labels(tmp_path):
     assert parse_spec("features:a,b.npy,labels=c.npy") == ("features", Path("a,b.npy"), {"labels": "c.npy"})
 
 
-def test_features_errors(tmp_path):
+def test_features_errors(tmp_path, monkeypatch):
     f = tmp_path / "f.npy"
     bad = np.ones((4, 2))
     bad[2, 1] = np.nan
@@ -368,6 +368,19 @@ def test_features_errors(tmp_path):
         load_dataset(f"features:{f},labels={tmp_path / 'absent.npy'}")
     with pytest.raises(UserError, match="path not found"):
         load_dataset(f"features:{tmp_path / 'absent.npy'}")
+    # A text table is named as one, with the line that converts it, which must then load.
+    table = tmp_path / "emb.csv"
+    np.savetxt(table, np.arange(8.0).reshape(4, 2), delimiter=",")
+    with pytest.raises(UserError, match="is a text table") as e:
+        load_dataset(f"features:{table}")
+    one_line_error(e)
+    convert = str(e.value).split("convert it once with ")[1].split(" (add")[0]
+    monkeypatch.chdir(tmp_path)
+    eval(convert, {"numpy": np})  # the user's own line, run as they would
+    assert load_dataset(f"features:{tmp_path / 'emb.npy'}").data.shape[0] == 4
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match="is not a .npy file"):
+        load_dataset(f"features:{tmp_path / 'junk.npy'}")
 
 
 # --------------------------------------------------------------------------------------------

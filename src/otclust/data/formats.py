@@ -637,6 +637,19 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}") from None
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):  # neither .npy nor an .npz (zip) archive
+        if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            delimiter = "\\t" if path.suffix.lower() == ".tsv" else ","
+            raise UserError(
+                f"{path} is a text table; {what} are read from a .npy file: convert it once with "
+                f"numpy.save('{path.stem}.npy', numpy.loadtxt('{path.name}', delimiter='{delimiter}', ndmin=2)) (add skiprows=1 for a header row)"
+            )
+        raise UserError(f"{path} is not a .npy file: save the {what} with numpy.save(PATH.npy, array)")
+    try:
         array = np.load(path, allow_pickle=False)
     except OSError as e:
         raise UserError(f"cannot read {path}: {one_line(e)}") from None
