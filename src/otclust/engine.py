@@ -133,7 +133,7 @@ def predict_in_batches(method, data, device, batch_size=1024, use_amp=False, des
     if description:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=description, leave=False, file=sys.stderr)
+        batches = tqdm(batches, total=math.ceil(len(data) / batch_size), desc=description, leave=False, file=sys.stderr, disable=None)
     with memory_guard("predicting", memory_advice or prediction_memory_advice(batch_size)):
         for batch, _ in batches:
             with torch.autocast(device.type, enabled=use_amp):
@@ -450,7 +450,7 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr)
+            batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr, disable=None)
         scale = scaler.get_scale() if scaler.is_enabled() else None  # loss scaling's, before each step
         with memory_guard(f"training (epoch {epoch + 1})", f"lower --batch-size (now {batch_size})"):
             for step, (batch, indices) in enumerate(batches):

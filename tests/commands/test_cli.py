@@ -175,3 +175,17 @@ def test_fit_on_colour_photos_from_scratch_points_to_pretrained_backbones(tmp_pa
     assert code == 0
     captured = capsys.readouterr()
     assert ("pretrained --backbone" in captured.out + captured.err) == noted
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_no_progress_bars(tmp_path):
+    """stderr redirected (a log, nohup, CI): the bars would write carriage returns and partial
+    lines into it; they show only on a terminal (or a notebook), the epoch lines always."""
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "run"
+    result = run_cli("fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "3", "--epochs", "2", "--batch-size", "50", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "it/s" not in result.stderr, result.stderr[:500]
+    assert [line.split("  ")[0] for line in result.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    predicted = run_cli("predict", "--checkpoint", str(out), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"))
+    assert predicted.returncode == 0 and "\r" not in predicted.stderr, predicted.stderr[:500]

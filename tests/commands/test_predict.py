@@ -2,6 +2,7 @@
 differ from the training data (converted as they were, with a note)."""
 
 import csv
+import sys
 
 import numpy as np
 import pytest
@@ -163,8 +164,9 @@ def test_balanced_eps_has_the_methods_name_and_keeps_its_former_one(trained, tmp
     assert outputs["--sinkhorn-eps"] == outputs["--eps"]
 
 
-def test_no_progress_silences_the_prediction_and_export_bars(trained, tmp_path, capsys):
+def test_no_progress_silences_the_prediction_and_export_bars(trained, tmp_path, capsys, monkeypatch):
     model, data = trained
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars show on a terminal only
     for quiet in (False, True):
         args = ["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / f"p{quiet}.csv"), "--export", str(tmp_path / f"e{quiet}"), "--device", "cpu"]
         assert main(args + ["--no-progress"] * quiet) == 0

@@ -145,7 +145,7 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(items, desc="linking" if link else "copying", leave=False, file=sys.stderr)
+        items = tqdm(items, desc="linking" if link else "copying", leave=False, file=sys.stderr, disable=None)
     for i in items:
         source = Path(paths[i])
         folder = export / ("uncertain" if uncertain[i] else f"cluster_{int(clusters[i]):0{width}d}")

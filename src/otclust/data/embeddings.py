@@ -63,7 +63,7 @@ def embed_images(extractor, data: torch.Tensor, device: torch.device, batch_size
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(data), unit="img", desc=f"embedding with {extractor.backbone}", leave=False, file=sys.stderr)
+        bar = tqdm(total=len(data), unit="img", desc=f"embedding with {extractor.backbone}", leave=False, file=sys.stderr, disable=None)
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             batch = data[start : start + batch_size].to(device, non_blocking=True)
