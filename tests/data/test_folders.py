@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from otclust.data import decode, formats, load_dataset
 from otclust.data.decode import SETTINGS
@@ -429,14 +429,14 @@ def test_bad_files_are_skipped_with_one_note(tmp_path, monkeypatch):
     (tmp_path / "link-to-good.jpg").symlink_to(tmp_path / "good1.jpg")  # followed
     os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever: never opened
     (tmp_path / "locked.jpg").write_bytes(full)
-    real_open = Image.open
+    real_open = decode._open
 
-    def deny(path, *args, **kwargs):  # tests run as root, where chmod 000 does not lock a file
+    def deny(path):  # tests run as root, where chmod 000 does not lock a file
         if str(path).endswith("locked.jpg"):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kwargs)
+        return real_open(path)
 
-    monkeypatch.setattr(Image, "open", deny)
+    monkeypatch.setattr(decode, "_open", deny)
     ds = load_dataset(f"folder:{tmp_path}")
     assert sorted(Path(p).name for p in ds.paths) == ["good0.jpg", "good1.jpg", "good2.jpg", "link-to-good.jpg"]
     (skipped,) = names(ds.notes, "skipped 4 of 8 image files that could not be decoded")
@@ -482,15 +482,42 @@ def test_links_to_folders_already_read_are_not_read_again(tmp_path):
 
 
 def test_huge_images_follow_pillows_decompression_bomb_limit(tmp_path, monkeypatch):
+    """Over Pillow's MAX_IMAGE_PIXELS only JPEGs (and MPOs, JPEGs with more pictures) are read,
+    decoded at a reduced scale: also above twice the limit, where Image.open itself refuses them,
+    as it would a 200 MP phone photo. Other formats would be decoded whole: refused."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # a 12000x9000 photo in miniature
-    photo(tmp_path / "huge.jpg", size=(80, 60))  # 4800 px: over the limit, but JPEG decodes reduced
+    photo(tmp_path / "huge.jpg", size=(80, 60))  # 4800 px: over the limit
+    photo(tmp_path / "huger.jpg", size=(100, 90))  # 9000 px: over twice the limit
+    pair = Image.fromarray(photo(tmp_path / "normal.jpg", size=(40, 30)))
+    Image.fromarray(photo(tmp_path / "x.jpg", size=(100, 90))).save(tmp_path / "depth.mpo", format="MPO", save_all=True, append_images=[pair])
+    (tmp_path / "x.jpg").unlink()
     Image.new("RGB", (80, 60)).save(tmp_path / "huge.png")  # would be decoded at full size: refused
-    photo(tmp_path / "bomb.jpg", size=(100, 90))  # over twice the limit: Pillow refuses to open it
-    photo(tmp_path / "normal.jpg", size=(40, 30))
-    ds = load_dataset(f"folder:{tmp_path}")
-    assert sorted(Path(p).name for p in ds.paths) == ["huge.jpg", "normal.jpg"]
-    (skipped,) = names(ds.notes, "skipped 2 of 4")
-    assert "decompression-bomb limit" in skipped
+    Image.new("RGB", (100, 90)).save(tmp_path / "bomb.png")  # Image.open refuses it
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "huger.jpg")  # what the folder loader no longer meets
+    ds = load_dataset(f"folder:{tmp_path}", image_size=16)
+    assert sorted(Path(p).name for p in ds.paths) == ["depth.mpo", "huge.jpg", "huger.jpg", "normal.jpg"]
+    (skipped,) = names(ds.notes, "skipped 2 of 6")
+    assert "huge.png" in skipped and "bomb.png" in skipped and "decompression-bomb limit" in skipped
+    red = ds.data[:, 0, :, :6].double().mean(dim=(1, 2))  # the left half of every photo is red
+    assert torch.all((red - 200).abs() < 12), red
+
+
+def test_mpo_photos_are_decoded_reduced_like_jpegs(tmp_path, monkeypatch):
+    """An MPO's first picture at a reduced DCT scale, as a JPEG's: draft is asked for it."""
+    pair = Image.fromarray(photo(tmp_path / "second.jpg", size=(64, 48)))
+    Image.fromarray(photo(tmp_path / "first.jpg", size=(640, 480))).save(tmp_path / "p.mpo", format="MPO", save_all=True, append_images=[pair])
+    asked = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        asked.append((self.format, size))
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    arr = decode.decode_one(str(tmp_path / "p.mpo"), (32, 32), True)
+    assert asked == [("MPO", (32, 32))] and arr.shape == (3, 32, 32)
+    assert abs(float(arr[0, :, :12].mean()) - 200) < 12  # the first picture, red on the left
 
 
 def test_mixed_sizes_and_orientations_share_one_square(tmp_path):

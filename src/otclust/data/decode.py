@@ -11,9 +11,9 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
 3. ``decode_into``: every image is decoded, EXIF-rotated, converted to 8-bit grey or RGB
    (``to_uint8``), scaled so that its shorter side is S and centre-cropped to S x S
    (``PIL.ImageOps.fit``: nothing is padded and the aspect ratio is kept; the longer side loses
-   its ends). JPEGs are decoded at a reduced scale first (``Image.draft``: the DCT is
+   its ends). JPEGs (and MPOs) are decoded at a reduced scale first (``Image.draft``: the DCT is
    scaled by 1/2, 1/4 or 1/8, never below the target), which is most of the speed on
-   photo-sized files. Several worker processes decode at once; results are written straight
+   photo-sized files, and why they are read at any size. Several worker processes decode at once; results are written straight
    into the destination, which may be a memory-mapped file (``cache.py``), so the decoded set
    never needs to fit in RAM.
 
@@ -195,11 +195,25 @@ def avif_readable() -> bool:
         return False
 
 
+# Formats decoded at a reduced scale (``Image.draft``): JPEG, MPO (a JPEG holding more than one
+# picture, as cameras and phones write for depth or stereo; its first is the photo) and HEIF.
+_DRAFT_FORMATS = ("JPEG", "MPO", "HEIF")
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
 def _open(path: str):
-    from PIL import Image
+    """Image.open, except that a JPEG (or MPO) is opened without Pillow's decompression-bomb
+    check: above twice MAX_IMAGE_PIXELS (179 MP, less than a 200 MP phone photo) Image.open
+    refuses it, while its reduced decoding (at most 1/8 of each side, ``decode_one``) never
+    holds the full-size pixels. Every other format keeps the check."""
+    from PIL import Image, JpegImagePlugin
 
     if path.lower().endswith(HEIF_EXTENSIONS):
         heif_readable()
+    with open(path, "rb") as f:
+        is_jpeg = f.read(3) == _JPEG_SIGNATURE
+    if is_jpeg:
+        return JpegImagePlugin.jpeg_factory(path)
     return Image.open(path)
 
 
@@ -215,7 +229,7 @@ def _is_colour(img) -> bool:
 
 def probe(path: str) -> Probe:
     """Read one header. Huge images (over Pillow's ``MAX_IMAGE_PIXELS``) are accepted only as
-    JPEG, whose reduced decoding never holds the full-size pixels; others are refused."""
+    JPEG or MPO, whose reduced decoding never holds the full-size pixels; others are refused."""
     from PIL import Image
 
     try:
@@ -226,7 +240,7 @@ def probe(path: str) -> Probe:
                 if w < 1 or h < 1:
                     return Probe(error="has no pixels")
                 limit = Image.MAX_IMAGE_PIXELS
-                if limit and w * h > limit and img.format != "JPEG":
+                if limit and w * h > limit and img.format not in ("JPEG", "MPO"):
                     return Probe(error=f"{w}x{h} is over Pillow's decompression-bomb limit of {limit // 10**6} MP")
                 try:
                     if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
@@ -265,7 +279,7 @@ def decode_one(path: str, size: tuple[int, int], rgb: bool) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open(path) as img:
-            if img.format in ("JPEG", "HEIF"):
+            if img.format in _DRAFT_FORMATS:
                 # Both sides at least the target's larger side, so that after an EXIF rotation
                 # and the centre crop the target is still a reduction, never an enlargement.
                 # HEIF (pillow-heif): the file's smallest embedded thumbnail that is that large

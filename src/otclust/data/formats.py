@@ -337,7 +337,8 @@ def read_stl10_part(directory: Path, part: str) -> Part:
 # Image folders
 # --------------------------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# .jfif: how browsers on Windows save JPEGs; .mpo: JPEGs holding more pictures (3D and depth cameras).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _is_image_name(name: str) -> bool:
