@@ -48,7 +48,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 reaches Python as lone surrogates
+    # (os.fsdecode); it is written back as the name's own bytes, so the path still opens the file.
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _resumable(out: Path) -> bool:

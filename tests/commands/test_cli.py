@@ -1,6 +1,8 @@
 """The command line as a user meets it: exit codes, one-line errors, files written."""
 
+import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -189,3 +191,29 @@ def test_a_log_file_gets_one_line_per_epoch_and_no_progress_bars(tmp_path):
     assert [line.split("  ")[0] for line in result.stderr.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
     predicted = run_cli("predict", "--checkpoint", str(out), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"))
     assert predicted.returncode == 0 and "\r" not in predicted.stderr, predicted.stderr[:500]
+
+
+def test_file_and_folder_names_that_are_not_utf8_go_through_fit_predict_and_report(tmp_path):
+    """Names from another system's encoding (Latin-1 e.g.) reach Python as lone surrogates; the
+    CSVs write the names' own bytes back (the paths open the files), figures show U+FFFD."""
+    from PIL import Image
+
+    root = os.fsencode(tmp_path / "photos")
+    rng = np.random.default_rng(0)
+    try:
+        for folder in (b"plain", b"caf\xe9"):
+            os.makedirs(os.path.join(root, folder))
+            for i, name in enumerate((b"a.png", b"b.png", b"\xff\xfe.png")):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(os.path.join(root, folder, name))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only valid UTF-8 names")
+    data, run = f"folder:{tmp_path / 'photos'}", tmp_path / "run"
+    result = run_cli("fit", "--data", data, "-k", "2", "--epochs", "1", "--no-cache", "--out", str(run), "--report")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run / "assignments.csv", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    assert len(paths) == 6 and all(os.path.isfile(p) for p in paths)
+    assert (run / "report.html").is_file() and (run / "figures" / "confusion.png").is_file()  # class names drawn
+    predicted = run_cli("predict", "--checkpoint", str(run), "--data", data, "--out", str(tmp_path / "p.csv"), "--export", str(tmp_path / "sorted"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert sum(len(files) for _, _, files in os.walk(tmp_path / "sorted")) == 6

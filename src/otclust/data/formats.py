@@ -492,7 +492,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         labels = [k for k, (_, fs) in enumerate(classes) for _ in fs]
         if len(classes) == 1:
             notes.append(f"only one class subfolder ({classes[0][0]}): evaluation is trivial")
-        return files, labels, [name for name, _ in classes], notes
+        # A folder name that is not valid UTF-8 holds lone surrogates (os.fsdecode), which figures
+        # and YAML cannot show: the class takes the name with those bytes shown as U+FFFD.
+        return files, labels, [name.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for name, _ in classes], notes
     if loose:
         notes.append("no class subfolders: evaluation skipped")
         return loose, None, None, notes
