@@ -34,7 +34,7 @@ from otclust.distributed import select_device  # noqa: F401 - kept importable fr
 from otclust.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, read_checkpoint, restore_rng_state, to_plain, trained_state, write_checkpoint
 from otclust.choose_k import K_CRITERION_TEXT, largest_k
 from otclust.config import FitConfig
-from otclust.data.datasets import place_for_training, prefetch_to_device
+from otclust.data.datasets import absolute_spec, place_for_training, prefetch_to_device
 from otclust.errors import UserError, memory_guard
 from otclust.methods import ClusteringMethod, InputSpec, get_method_class
 from otclust.methods.base import build_params, current_param_names
@@ -62,6 +62,17 @@ CHECKPOINT_EVERY_SECONDS = 30.0
 
 def prediction_memory_advice(batch_size: int) -> str:
     return f"lower the batch size (now {batch_size}: --batch-size of predict, evaluate and report)"
+
+
+def same_data(saved: str | None, current: str) -> bool:
+    """Whether a checkpoint's data spec names the data of this run: runs made before fit stored
+    absolute paths (otclust.data.datasets.absolute_spec) may hold a relative one."""
+    if saved == current:
+        return True
+    try:
+        return absolute_spec(saved) == absolute_spec(current)
+    except (UserError, TypeError):
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -573,6 +584,8 @@ class Trainer:
             checkpoint = value
         saved = checkpoint["config"]
         for key in ("method", "data", "clusters", "backbone"):
+            if key == "data" and same_data(saved.get(key), self.config.data):
+                continue
             if saved.get(key) != getattr(self.config, key):
                 raise UserError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(self.config, key)!r}")
         return checkpoint

@@ -217,3 +217,27 @@ def test_file_and_folder_names_that_are_not_utf8_go_through_fit_predict_and_repo
     predicted = run_cli("predict", "--checkpoint", str(run), "--data", data, "--out", str(tmp_path / "p.csv"), "--export", str(tmp_path / "sorted"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert sum(len(files) for _, _, files in os.walk(tmp_path / "sorted")) == 6
+
+
+def test_a_run_names_its_data_by_absolute_path_so_report_and_resume_work_from_anywhere(tmp_path, monkeypatch):
+    """fit run with a relative features: path; report from another directory finds the data, and
+    --resume of a run whose config still holds the relative spec (runs of before) is accepted."""
+    import yaml
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(work / "x.npy", rng.normal(size=(60, 4)).astype(np.float32))
+    np.save(work / "x.labels.npy", np.repeat([0, 1], 30))
+    monkeypatch.chdir(work)
+    assert main(["fit", "--data", "features:x.npy", "-k", "2", "--epochs", "1", "--out", "run", "--no-progress"]) == 0
+    config = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert config["data"] == f"features:{work / 'x.npy'}"
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", str(work / "run")]) == 0
+    assert "path not found" not in (work / "run" / "report.html").read_text()
+    monkeypatch.chdir(work)
+    from otclust.engine import same_data
+
+    assert same_data("features:x.npy", f"features:{work / 'x.npy'}") and not same_data("features:y.npy", f"features:{work / 'x.npy'}")
+    assert same_data("digits", "digits") and not same_data("features:x.npy", "digits")

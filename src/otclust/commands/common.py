@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from otclust.budget import MAX_DEFAULT_EPOCHS, describe_default_budget
 from otclust.config import FitConfig, coerce_param, load_config_file
 from otclust.data import DATASET_NAMES
+from otclust.data.datasets import absolute_spec
 from otclust.data.augment import AUGMENT_SETTINGS
 from otclust.data.decode import SETTINGS
 from otclust.errors import UserError
@@ -230,4 +232,9 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     augment = dict(values.get("augment") or {})
     augment.update(_parse_pairs(args.augment, "--augment"))
     values["augment"] = augment
+    # The run folder's config.yaml must name the same files from any working directory.
+    if isinstance(values.get("data"), str):
+        values["data"] = absolute_spec(values["data"])
+    if isinstance(values.get("weights"), str) and values["weights"]:
+        values["weights"] = os.path.abspath(os.path.expanduser(values["weights"]))
     return FitConfig(**values).validate()

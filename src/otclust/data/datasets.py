@@ -405,6 +405,19 @@ def parse_spec(spec: str) -> tuple[str, Path | None, dict[str, str]]:
     return name, path, options
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its paths absolute (``~`` expanded), so that a run folder's config names the
+    same files from any working directory (report, predict --checkpoint, resume); NAME[:PATH]
+    specs without a path are returned as they are."""
+    name, path, options = parse_spec(spec)
+    if path is None:
+        return spec
+    text = f"{name}:{os.path.abspath(path)}"
+    if "labels" in options:
+        text += f",labels={os.path.abspath(os.path.expanduser(options['labels']))}"
+    return text
+
+
 def _parse_split(source: _Source, split: str) -> tuple[str, ...]:
     text = (split or "all").strip().lower()
     if text == "all":
