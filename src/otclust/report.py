@@ -87,10 +87,25 @@ def read_config(run: Path):
                 raise UserError(f"{run} holds the tables of several runs: open {run / table} (and {figure}), or report one run, e.g. {next(run.glob('*/seed*'), run / '...')}")
         raise UserError(f"{run} is not a run folder (no config.yaml): pass the --out folder of 'otclust fit'")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_bytes().decode("utf-8", "surrogateescape")) or {}
     except yaml.YAMLError:
         raise UserError(f"{path} is not valid YAML: was it edited by hand?") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} does not hold the KEY: VALUE settings fit writes: was it edited by hand?")
     return FitConfig(**{k: v for k, v in values.items() if k in CONFIG_FIELDS})
+
+
+def read_final_metrics(run: Path, notes: list[str]) -> dict:
+    """metrics.json, or {} with a note when it is missing or damaged (the rest still reports)."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        final = json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
+    except ValueError:
+        notes.append(f"{path.name} could not be read (damaged?): the run's final scores are left out")
+        return {}
+    return final if isinstance(final, dict) else {}
 
 
 def read_assignments(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
@@ -100,13 +115,17 @@ def read_assignments(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     path = run / "assignments.csv"
     if not path.is_file():
         return None
-    with path.open(newline="") as file:
+    # surrogateescape: the path column holds the bytes of names that are not valid UTF-8.
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as file:
         rows = list(csv.DictReader(file))
     if not rows:
         return None
-    clusters = np.array([int(r["cluster"]) for r in rows])
-    confidence = np.array([float(r["confidence"]) for r in rows])
-    labels = np.array([int(r["label"]) for r in rows]) if "label" in rows[0] else None
+    try:
+        clusters = np.array([int(r["cluster"]) for r in rows])
+        confidence = np.array([float(r["confidence"]) for r in rows])
+        labels = np.array([int(r["label"]) for r in rows]) if "label" in rows[0] else None
+    except (KeyError, TypeError, ValueError):
+        return None  # not the file fit writes (edited, cut short): reported as no assignments
     return clusters, confidence, labels
 
 
@@ -492,21 +511,17 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     page = run / "report.html"
     if page.exists() and not overwrite:
         raise UserError(f"{page} already exists: pass --overwrite to write it again")
-    figures = run / "figures"
-    figures.mkdir(exist_ok=True)
-    _clean_figures(figures)
+    device_obj = select_device(device)  # a device this machine lacks is the user's to fix: exit 2
     history = read_history(run)
-    final = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     notes: list[str] = []
+    final = read_final_metrics(run, notes)
     sections: list[Section] = []
 
     # The model and its data, predicted again.
     method = dataset = proba = None
-    device_obj = None
     if (run / "model.pt").is_file():
         try:
             method, _ = load_trained(run / "model.pt", device=device)
-            device_obj = select_device(device)
         except CheckpointRefused:
             raise  # a file that could run code is refused outright, never worked around
         except UserError as error:
@@ -518,6 +533,11 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     if dataset is not None:
         log(f"report: predicting {dataset.n_samples} samples of {dataset.name}")
         proba = predict_in_batches(method, dataset.data, device_obj, batch_size)
+
+    # Only now: a refused checkpoint or device leaves no figures/ folder behind.
+    figures = run / "figures"
+    figures.mkdir(exist_ok=True)
+    _clean_figures(figures)
 
     if proba is not None:
         clusters = proba.argmax(axis=1)
@@ -617,6 +637,8 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
 
     page_html = _html(run, config, final, history, notes, sections, __version__)
     atomic_write_text(page, page_html)
+    for note in notes:  # what the page leaves out, said where the user is looking too
+        log(f"report: note: {note}")
     return page
 
 

@@ -86,6 +86,30 @@ def test_unlabeled_features_leave_out_label_parts_and_image_grids_with_notes(tmp
     assert "could not be loaded again" in (out / "report.html").read_text()
 
 
+def test_a_damaged_run_folder_still_reports_and_says_what_it_left_out(tmp_path, capsys):
+    """A device this machine lacks is refused (exit 2, no figures/ made); a damaged metrics.json,
+    an assignments.csv without its columns and a missing model leave parts out, said on the
+    console as on the page."""
+    import torch
+
+    features = np.concatenate([np.random.default_rng(2).normal(c * 4, 1, size=(30, 4)) for c in range(3)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "3", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main(["report", str(out), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not (out / "figures").exists()
+    (out / "metrics.json").write_text("[1, 2")
+    (out / "model.pt").unlink()
+    (out / "assignments.csv").write_text("index,group\n0,1\n")
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    for note in ("metrics.json could not be read", "no model.pt: the map and the image grids are left out"):
+        assert note in page and f"report: note: {note}" in err
+
+
 def test_the_size_figure_under_auto_shows_the_sizes_clot_trained_towards():
     """CLOT's `auto` sizes come from its features (feature_sizes), not from its running predicted
     masses: the report's prior must be the former, as predict --assign balanced uses."""
