@@ -154,3 +154,40 @@ def test_the_readout_says_what_it_fits_and_how_long_it_took(blobs):
     assert lines[start] == f"fitting the smoothed read-out on {len(blobs.data)} images (k-means, 3 restarts, features smoothed over 10 neighbours)"
     assert lines[start + 1].startswith("read-out fitted in ") and lines[start + 1].endswith("s")
     assert any(line.startswith("epoch 1/1") for line in lines[:start])
+
+
+@pytest.mark.parametrize("backbone", ["small-cnn", "pooled-cnn"])
+def test_the_training_memory_estimate_counts_what_a_real_forward_holds(backbone):
+    """Counted on meta tensors, the estimate is what the same network allocates on the CPU: its
+    weights four times over (gradients, Adam's moments) and every layer's output twice per view."""
+    from otclust.engine import training_memory_bytes
+    from otclust.models.backbones import build_backbone
+
+    network = build_backbone(backbone, 3, (40, 32), None)
+    sizes = []
+    for module in network.modules():
+        if not list(module.children()):
+            module.register_forward_hook(lambda m, i, output: sizes.append(output.numel()))
+    network(torch.zeros(4, 3, 40, 32))
+    weights = sum(p.numel() for p in network.parameters())
+    assert training_memory_bytes(backbone, 3, (40, 32), batch_size=8) == int(4 * (4 * weights + 2 * 2 * 8 * sum(sizes) / 4))
+    # The small CNN's last layer reads every position: 4x the area, about 4x the weights.
+    if backbone == "small-cnn":
+        assert training_memory_bytes(backbone, 3, (160, 128), 8) > 10 * training_memory_bytes(backbone, 3, (40, 32), 8)
+
+
+def test_a_network_too_large_for_memory_is_refused_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from otclust.cli import main
+    from otclust.data import decode
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(decode, "available_memory", lambda: 10**6)  # 1 MB free
+    out = tmp_path / "run"
+    assert main(["fit", "--data", f"folder:{tmp_path}", "-k", "2", "--image-size", "20", "--epochs", "1", "--out", str(out), "--no-progress", "--no-cache"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "training on 20x20 images in batches of 6 needs at least" in line and "lower --image-size" in line
+    assert not out.exists()

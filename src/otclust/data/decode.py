@@ -13,7 +13,8 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
    (``PIL.ImageOps.fit``: nothing is padded and the aspect ratio is kept; the longer side loses
    its ends). JPEGs (and MPOs) are decoded at a reduced scale first (``Image.draft``: the DCT is
    scaled by 1/2, 1/4 or 1/8, never below the target), which is most of the speed on
-   photo-sized files, and why they are read at any size. Several worker processes decode at once; results are written straight
+   photo-sized files, and why they are read at any size. Several worker processes decode at
+   once; results are written straight
    into the destination, which may be a memory-mapped file (``cache.py``), so the decoded set
    never needs to fit in RAM.
 
