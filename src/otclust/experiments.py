@@ -28,7 +28,7 @@ from otclust.k_search import fit_model
 from otclust.methods import get_method_class
 from otclust.methods.base import override_params, renamed_parameters
 from otclust.models.pretrained import is_pretrained
-from otclust.runs import prepare_output_folder
+from otclust.runs import check_creatable, prepare_output_folder
 
 SCORES = ("acc", "nmi", "ari")
 # The predictors a run is scored with (metrics.json): "run" is the run's own (top-level scores),
@@ -304,6 +304,7 @@ def check_outputs(out: Path, names: list[str], overwrite: bool, resume: bool = F
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: choose another --out")
+    check_creatable(out)
     if overwrite or resume:
         return
     existing = [n for n in names if (out / n).exists()]

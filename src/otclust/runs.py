@@ -83,7 +83,7 @@ def prepare_output_folder(out: str | Path, overwrite: bool = False, resume: bool
         resumable = "; it is an unfinished run: --resume continues it," if unfinished else ":"
         raise UserError(f"output folder {out} already exists and {what}{resumable} pass --overwrite, or choose another --out")
     if check_only:
-        _check_creatable(out)
+        check_creatable(out)
         return out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -116,17 +116,34 @@ def remove_stale_temporary_files(out: Path) -> None:
             temp.unlink(missing_ok=True)
 
 
-def _check_creatable(out: Path) -> None:
+def check_creatable(out: Path, what: str = "the output folder") -> None:
     """Fail before any work when `out` cannot be made: an ancestor is a file, or not writable."""
+    out = Path(out)
     ancestor = out
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if ancestor == out:
         return
     if not ancestor.is_dir():
-        raise UserError(f"cannot create the output folder {out}: {ancestor} is a file; choose another --out")
+        raise UserError(f"cannot create {what} {out}: {ancestor} is a file; choose another --out")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create the output folder {out}: {ancestor} is not writable; choose another --out")
+        raise UserError(f"cannot create {what} {out}: {ancestor} is not writable; choose another --out")
+
+
+def check_output_files(paths: list[Path], overwrite: bool, kind: str) -> None:
+    """Check the file(s) a command writes (predict's CSV, evaluate's JSON, embed's .npy and its
+    side files; paths[0] is --out) before any work, so that a long computation cannot end in a
+    traceback or replace a file of the user's unasked: --out must name a file, in a folder that
+    can be made, and none of the files may exist without --overwrite."""
+    paths = [Path(path) for path in paths]
+    out = paths[0]
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a {kind} file name")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise UserError(f"{', '.join(existing)} already {verb}: pass --overwrite or choose another --out")
+    check_creatable(out, f"the {kind} file")
 
 
 class RunWriter:

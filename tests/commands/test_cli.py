@@ -241,3 +241,29 @@ def test_a_run_names_its_data_by_absolute_path_so_report_and_resume_work_from_an
 
     assert same_data("features:x.npy", f"features:{work / 'x.npy'}") and not same_data("features:y.npy", f"features:{work / 'x.npy'}")
     assert same_data("digits", "digits") and not same_data("features:x.npy", "digits")
+
+
+@pytest.mark.parametrize(
+    "command, out_name",
+    [
+        (["predict", "--checkpoint", "RUN"], "x.csv"),
+        (["evaluate", "--checkpoint", "RUN"], "x.json"),
+        (["sweep", "--method", "clot", "--clusters", "2", "--epochs", "1", "--param", "sinkhorn_eps", "--values", "0.05"], "x"),
+        (["compare", "--methods", "clot", "--clusters", "2", "--epochs", "1", "--seeds", "1"], "x"),
+    ],
+)
+def test_an_out_inside_an_ordinary_file_is_refused_in_one_line(tmp_path, capsys, command, out_name):
+    """--out afile/x: mkdir or the write used to end in FileExistsError or NotADirectoryError."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    (tmp_path / "afile").write_text("the user's")
+    out = tmp_path / "afile" / out_name
+    assert main([*command, "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"otclust: error: cannot create the {'output folder' if out_name == 'x' else out_name.split('.')[1].upper() + ' file'} {out}: {tmp_path / 'afile'} is a file; choose another --out"]
+    assert (tmp_path / "afile").read_text() == "the user's"
+
+
+def test_predict_into_a_folder_says_at_once_that_out_is_a_file(tmp_path, capsys):
+    """It used to answer 'already exists: pass --overwrite', and with --overwrite 'is a folder'."""
+    (tmp_path / "somedir").mkdir()
+    assert main(["predict", "--checkpoint", str(tmp_path / "RUN"), "--data", "digits", "--out", str(tmp_path / "somedir")]) == 2
+    assert capsys.readouterr().err.strip() == f"otclust: error: --out {tmp_path / 'somedir'} is a folder: give a CSV file name"

@@ -11,7 +11,7 @@ from otclust.commands.predict import load_data_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.metrics import evaluate_clustering
-from otclust.runs import atomic_write_text
+from otclust.runs import atomic_write_text, check_output_files
 
 
 def add_parser(subparsers) -> None:
@@ -34,10 +34,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     # The default file is otclust's own, in the run folder; a file the user named is not replaced unasked.
     out = Path(args.out) if args.out else checkpoint_file(args.checkpoint).parent / "evaluation.json"
-    if args.out and out.exists() and not args.overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a JSON file name")
+    check_output_files([out], overwrite=args.overwrite or not args.out, kind="JSON")
     method, config = load_trained(args.checkpoint, device=args.device, predictor=args.readout)
     dataset = load_data_for_model(args, method, config)
     if dataset.labels is None:

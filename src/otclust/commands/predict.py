@@ -19,7 +19,7 @@ from otclust.errors import UserError
 from otclust.models.pretrained import is_pretrained
 from otclust.ot import sinkhorn
 from otclust.ot.priors import match_prior_to_mass
-from otclust.runs import atomic_write_text
+from otclust.runs import atomic_write_text, check_output_files
 
 ASSIGN_HELP = (
     "argmax (default): each image goes to its most probable cluster, trusting its own prediction; right for any set, "
@@ -179,10 +179,7 @@ def write_predictions_csv(path: Path, clusters: np.ndarray, confidence: np.ndarr
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a CSV file name")
+    check_output_files([out], args.overwrite, "CSV")
     if args.min_confidence is not None and not 0 < args.min_confidence <= 1:
         raise UserError(f"--min-confidence must be in (0, 1], got {args.min_confidence}")
     if args.eps <= 0:
