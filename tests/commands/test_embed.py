@@ -63,6 +63,32 @@ def test_embed_writes_features_labels_and_the_knn_graph(blob_image_folder, rando
     assert main(["fit", "--data", f"features:{out}", "--clusters", "3", "--epochs", "1", "--batch-size", "40", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 0
 
 
+def test_embed_refuses_to_replace_any_of_its_files_before_embedding(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding, capsys):
+    """Only OUT.npy was checked: the user's OUT.labels.npy and OUT.json were replaced silently."""
+    (tmp_path / "emb.labels.npy").write_bytes(b"the user's labels")
+    (tmp_path / "emb.json").write_text("the user's notes")
+    args = ["embed", "--data", f"folder:{blob_image_folder}", "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--out", str(tmp_path / "emb.npy"), "--no-progress", "--device", "cpu"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"otclust: error: {tmp_path / 'emb.labels.npy'}, {tmp_path / 'emb.json'} already exist: pass --overwrite or choose another --out"]
+    assert count_embedding == []  # refused before any image went through the backbone
+    assert (tmp_path / "emb.labels.npy").read_bytes() == b"the user's labels" and (tmp_path / "emb.json").read_text() == "the user's notes"
+    assert not (tmp_path / "emb.npy").exists()
+    # With --overwrite the set is replaced whole: a kNN graph of the earlier set, which this one
+    # (--neighbors 0) does not rewrite, goes too rather than stay beside other features.
+    (tmp_path / "emb.knn.npy").write_bytes(b"an earlier graph")
+    assert main([*args, "--overwrite", "--neighbors", "0"]) == 0
+    assert np.load(tmp_path / "emb.labels.npy").shape == (120,) and json.loads((tmp_path / "emb.json").read_text())["backbone"] == TIMM
+    assert not (tmp_path / "emb.knn.npy").exists()
+
+
+def test_embed_into_an_ordinary_file_is_refused_in_one_line(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding, capsys):
+    """It used to embed every image, then end in FileExistsError."""
+    (tmp_path / "afile").write_text("the user's")
+    assert main(["embed", "--data", f"folder:{blob_image_folder}", "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--out", str(tmp_path / "afile" / "x.npy"), "--no-progress", "--device", "cpu"]) == 2
+    assert count_embedding == []
+    assert capsys.readouterr().err.strip() == f"otclust: error: cannot create the .npy file {tmp_path / 'afile' / 'x.npy'}: {tmp_path / 'afile'} is a file; choose another --out"
+
+
 def test_fit_reuses_the_cache_and_predict_runs_new_images_through_the_same_backbone(blob_image_folder, random_weights, offline_caches, tmp_path, count_embedding, capsys):
     data = f"folder:{blob_image_folder}"
     weights = random_weights[TIMM]

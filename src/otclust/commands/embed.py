@@ -6,10 +6,11 @@ from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_data_options
 from otclust.data import load_dataset
-from otclust.data.embeddings import embed_dataset, write_features_file
+from otclust.data.embeddings import embed_dataset, features_file_paths, write_features_file
 from otclust.distributed import select_device
 from otclust.errors import UserError
 from otclust.models.pretrained import is_pretrained, load_extractor
+from otclust.runs import check_output_files
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--backbone", required=True, metavar="LIBRARY:NAME", help="timm:NAME, torchvision:NAME or otclust:RUN/model.pt")
     parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the library's local cache; --download fetches them)")
     parser.add_argument("--out", default=None, metavar="FILE.npy", help="also write the embeddings to this file")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out and its side files (.labels.npy, .knn.npy, .json) if they exist")
     parser.add_argument("--neighbors", type=int, default=50, help="neighbours per image in the cached kNN graph (0: none)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -48,8 +49,8 @@ def run(args) -> int:
     if out is not None:
         if out.suffix != ".npy":
             raise UserError(f"--out must name a .npy file, got {out}")
-        if out.exists() and not args.overwrite:
-            raise UserError(f"{out} already exists: pass --overwrite or choose another --out")
+        # The side files too: features:OUT.npy reads OUT.labels.npy beside it, so each is the user's to keep.
+        check_output_files(list(features_file_paths(out).values()), args.overwrite, ".npy")
     extractor = load_extractor(args.backbone, args.weights, download=bool(args.download))
     dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size)
     embeddings = embed_dataset(
@@ -59,7 +60,14 @@ def run(args) -> int:
     speed = " (from the cache)" if embeddings.from_cache else f" at {meta['images_per_second']:.1f} images/s"
     print(f"{len(embeddings.features)} x {embeddings.features.shape[1]} embeddings of {dataset.name} by {args.backbone}{speed}")
     if out is not None:
-        for path in write_features_file(out, embeddings, dataset.labels):
+        written = write_features_file(out, embeddings, dataset.labels)
+        for path in written:
             print(f"written: {path}")
+        # Under --overwrite, an earlier set's labels or kNN graph that this one has none of would be
+        # read with the new features (features:OUT.npy picks up OUT.labels.npy): they go too.
+        for path in features_file_paths(out).values():
+            if path not in written and path.exists():
+                path.unlink()
+                print(f"removed: {path} (of the replaced embeddings)")
         print(f"cluster them with: otclust fit --data features:{out}")
     return 0

@@ -183,20 +183,27 @@ def features_dataset(dataset: ImageDataset, features: np.ndarray) -> ImageDatase
     )
 
 
+def features_file_paths(out: Path) -> dict[str, Path]:
+    """Every file write_features_file may write for OUT.npy, by what it holds: features, labels,
+    knn, meta (embed checks them all before embedding anything)."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix == ".npy" else out
+    return {"features": Path(f"{base}.npy"), "labels": Path(f"{base}.labels.npy"), "knn": Path(f"{base}.knn.npy"), "meta": Path(f"{base}.json")}
+
+
 def write_features_file(out: Path, embeddings: Embeddings, labels: np.ndarray | None) -> list[Path]:
     """OUT.npy (features, usable as --data features:OUT.npy), OUT.labels.npy when labels exist,
     OUT.knn.npy (the kNN graph) and OUT.json (what made them); returns the paths written."""
-    out = Path(out)
-    base = out.with_suffix("") if out.suffix == ".npy" else out
-    written = [Path(f"{base}.npy")]
+    paths = features_file_paths(out)
+    written = [paths["features"]]
     _save_npy(written[0], embeddings.features)
     if labels is not None:
-        written.append(Path(f"{base}.labels.npy"))
+        written.append(paths["labels"])
         _save_npy(written[-1], np.asarray(labels, dtype=np.int64))
     if embeddings.neighbors is not None:
-        written.append(Path(f"{base}.knn.npy"))
+        written.append(paths["knn"])
         _save_npy(written[-1], embeddings.neighbors.astype(np.int32))
-    written.append(Path(f"{base}.json"))
+    written.append(paths["meta"])
     atomic_write_text(written[-1], json.dumps(embeddings.meta, indent=1))
     return written
 
