@@ -90,12 +90,19 @@ class FitConfig:
                 raise UserError("--clusters auto chooses K on the network's features after training, which the head cannot do: drop --readout head (or use smoothed or kmeans)")
             if not str(self.cluster_proportions).startswith(("uniform", "auto", "p2ot")):
                 raise UserError(f"--cluster-proportions {self.cluster_proportions} gives K sizes, so K is known: pass --clusters K instead of '{self.clusters}'")
+        # Parsed here, not only when the method is built, so that compare and sweep refuse a bad
+        # value before their first run instead of recording it as every run's failure.
+        from otclust.ot.priors import parse_cluster_proportions  # torch: imported only once a config is checked
+
+        parse_cluster_proportions(self.cluster_proportions, self.training_clusters)
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
         if self.epochs is not None and self.steps is not None:
             raise UserError(f"both epochs ({self.epochs}) and steps ({self.steps}) are set: give one of --epochs and --steps")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, numbers.Integral) or self.eval_every < 1:
+            raise UserError(f"--eval-every must be a whole number of epochs, at least 1, got {self.eval_every!r}")
         if not self.budget_scale > 0:
             raise UserError(f"budget_scale must be positive, got {self.budget_scale}")
         if self.batch_size < 2:

@@ -26,7 +26,7 @@ from otclust.data.embeddings import pretrained_training_data
 from otclust.errors import UserError
 from otclust.k_search import fit_model
 from otclust.methods import get_method_class
-from otclust.methods.base import override_params, renamed_parameters
+from otclust.methods.base import build_params, override_params, renamed_parameters
 from otclust.models.pretrained import is_pretrained
 from otclust.runs import check_creatable, prepare_output_folder
 
@@ -140,7 +140,10 @@ def with_value(config: FitConfig, name: str, value) -> FitConfig:
             value = str(value)
         setattr(new, key, value)
     else:
-        new.params = override_params(get_method_class(config.method).Params, new.params, {name.strip().replace("-", "_"): value})
+        params_class = get_method_class(config.method).Params
+        new.params = override_params(params_class, new.params, {name.strip().replace("-", "_"): value})
+        # A value of the wrong type fails here, before the sweep's first run, not as its own run's failure.
+        build_params(params_class, new.params, config.method, warn=False)
     return new.validate()
 
 
@@ -246,6 +249,17 @@ def summarize(outcomes: list[RunOutcome], group: str, predictor: str = "run") ->
             std[key] = float(np.std(values))
     errors = [f"seed {o.seed}: {o.error}" for o in runs if not o.ok]
     return Summary(group=group, runs=len(runs), ok=len(done), mean=mean, std=std, errors=errors)
+
+
+def missing_scores_note(outcomes: list[RunOutcome]) -> list[str]:
+    """Lines for a results table that has no scores at all: no run finished, or the data have no
+    labels (the two used to be told apart by neither, so a failed comparison blamed the labels)."""
+    finished = [o for o in outcomes if o.ok]
+    if outcomes and not finished:
+        return ["", "No run finished, so there are no scores: the runs column (and runs.csv) says why each failed."]
+    if finished and all("acc" not in o.metrics for o in finished):
+        return ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
+    return []
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

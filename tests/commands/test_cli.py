@@ -38,6 +38,7 @@ def test_help_lists_the_commands():
         (["fit", "--augment", "noise_std=abc", "--epochs", "1"], "noise_std' is a number"),
         (["fit", "--augment", "crop_scale=[0.5]", "--epochs", "1"], "pair of numbers"),
         (["fit", "--augment", "per_image=maybe", "--epochs", "1"], "true or false"),
+        (["fit", "--eval-every", "0", "--epochs", "1"], "--eval-every must be a whole number of epochs"),  # ZeroDivisionError at the first epoch's end
     ],
 )
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fragment):

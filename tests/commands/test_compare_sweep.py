@@ -75,6 +75,45 @@ def test_sweep_mistakes_fail_before_any_run(blobs, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_options_every_run_would_fail_on_are_refused_before_any_run(blobs, tmp_path, capsys):
+    """They used to fail each run in turn and end 'N of N runs failed', with exit status 0."""
+    out = tmp_path / "out"
+    compare = ["compare", "--data", blobs, "--methods", "clot", "--seeds", "1", "--epochs", "1", "--clusters", "3", "--device", "cpu", "--out", str(out)]
+    sweep = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--seeds", "1", "--out", str(out)]
+    for args, fragment in [
+        (compare + ["--cluster-proportions", "bogus"], "--cluster-proportions 'bogus' is neither"),
+        (compare + ["--eval-every", "0"], "--eval-every must be a whole number of epochs, at least 1, got 0"),
+        (sweep + ["--eval-every", "0", "--param", "sinkhorn_eps", "--values", "0.05"], "--eval-every must be"),
+        (sweep + ["--param", "sinkhorn_eps", "--values", "0.05,abc"], "'sinkhorn_eps' of method 'clot' must be float, got 'abc'"),
+        (sweep + ["--param", "cluster-proportions", "--values", "uniform,bogus"], "--cluster-proportions 'bogus' is neither"),
+    ]:
+        assert main(args) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and fragment in errors[0], errors
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_runs_that_all_fail_end_with_status_1_and_a_table_that_says_no_run_finished(blobs, tmp_path, capsys, monkeypatch, command):
+    """Exit status 0 and 'The data have no labels' (they have) used to hide that nothing finished."""
+    from otclust.engine import Trainer
+
+    def failing_fit(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, "fit", failing_fit)
+    out = tmp_path / "out"
+    if command == "compare":
+        args = ["compare", "--data", blobs, "--methods", "clot", "--seeds", "1", "--epochs", "1", "--clusters", "3", "--device", "cpu", "--out", str(out)]
+    else:
+        args = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--seeds", "1", "--param", "sinkhorn_eps", "--values", "0.05", "--out", str(out)]
+    assert main(args) == 1
+    assert "1 of 1 runs failed: see the table" in capsys.readouterr().err
+    table = (out / f"{'comparison' if command == 'compare' else 'sweep'}.md").read_text()
+    assert "No run finished, so there are no scores" in table and "no labels" not in table
+    assert "RuntimeError: boom" in table
+
+
 def test_swept_values_reach_fit_settings_and_method_parameters():
     config = FitConfig(method="clot")
     assert with_value(config, "batch-size", 64.0).batch_size == 64
@@ -114,7 +153,7 @@ def test_compare_uses_recipes_skips_missing_methods_and_reports_failures(blobs, 
     monkeypatch.setattr(Trainer, "fit", fit_failing_for_seed_1)
     out = tmp_path / "cmp"
     args = ["compare", "--data", blobs, "--methods", "clot,kmeans", "--seeds", "2", "--epochs-scale", "0.25", "--clusters", "3", "--batch-size", "40", "--device", "cpu", "--configs-dir", str(recipes), "--out", str(out)]
-    assert main(args) == 0
+    assert main(args) == 1  # a run failed: the tables are written, and the status says so
     printed = capsys.readouterr().out
     assert "skipped kmeans: not implemented" in printed
     assert "[2/2] clot seed 1" in printed and "FAILED: RuntimeError: boom" in printed

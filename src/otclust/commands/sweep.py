@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
             "Writes OUT/sweep.csv and OUT/sweep.md (mean ± std of ACC/NMI/ARI per value), OUT/runs.csv "
             "(one row per run) and OUT/sweep.png (ACC with std error bars against the value, log axis when "
             "the values span more than 10x). Each run's folder is OUT/NAME=VALUE/seed<S>. Every other "
-            "option is the same as for `otclust fit`, including --param KEY=VALUE for fixed parameters."
+            "option is the same as for `otclust fit`, including --param KEY=VALUE for fixed parameters. A failing run is "
+            "reported in the table instead of stopping the sweep (the exit status is then 1)."
         ),
         epilog="example: otclust sweep --method ot-kmeans --data digits --param eps --values 0.003,0.01,0.03,0.1 --seeds 3 --out runs/sweep-eps",
         formatter_class=HelpFormatter,
@@ -86,9 +87,13 @@ def run(args) -> int:
     md = write_tables(out, key, base, raw_values, values, seeds, outcomes, plotted)
     print()
     print(md)
-    if not plotted:
-        print("no ACC to plot: the data have no labels (or every run failed)", file=sys.stderr)
+    failed = sum(not o.ok for o in outcomes)
+    if not plotted and failed < total:
+        print("no ACC to plot: the data have no labels", file=sys.stderr)
     print(f"\nwritten: {out / 'sweep.csv'}, {out / 'sweep.md'}" + (f", {out / 'sweep.png'}" if plotted else ""))
+    if failed:
+        print(f"{failed} of {total} runs failed: see the table", file=sys.stderr)
+        return 1  # the tables are written, but a script must learn that runs are missing from them
     return 0
 
 
@@ -116,8 +121,7 @@ def write_tables(out: Path, key: str, base, raw_values: list[str], values: list,
     ]
     if plotted:
         lines += ["", f"![ACC against {key}](sweep.png)"]
-    if outcomes and all("acc" not in o.metrics for o in outcomes if o.ok):
-        lines += ["", "The data have no labels, so ACC/NMI/ARI could not be computed."]
+    lines += experiments.missing_scores_note(outcomes)
     lines += ["", f"Per-run scores: runs.csv; run folders: {key}=VALUE/seed<S>/."]
     md = "\n".join(lines) + "\n"
     atomic_write_text(out / "sweep.md", md)
