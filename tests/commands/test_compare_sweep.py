@@ -114,6 +114,35 @@ def test_runs_that_all_fail_end_with_status_1_and_a_table_that_says_no_run_finis
     assert "RuntimeError: boom" in table
 
 
+def test_swept_values_that_are_paths_get_run_folders_inside_out(blobs, tmp_path, monkeypatch, capsys):
+    """--values folder:../../x used to put a run (and its --overwrite) outside --out, and a '/' nested folders."""
+    features = blobs.split(":", 1)[1]
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    for folder in (tmp_path, tmp_path / "a"):
+        np.save(folder / "x.npy", np.load(features))
+    monkeypatch.chdir(work)
+    args = ["sweep", "--method", "clot", *TINY, "--param", "data", "--values", "features:../x.npy,features:../../x.npy", "--seeds", "1", "--out", "sw"]
+    assert main(args) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["sw"]  # nothing beside --out
+    folders = sorted(p.name for p in (work / "sw").iterdir() if p.is_dir())
+    assert folders == ["data=features_______x.npy", "data=features____x.npy"]
+    assert all((work / "sw" / name / "seed0" / "metrics.json").is_file() for name in folders)
+    rows = read_csv(work / "sw" / "runs.csv")
+    assert [r["data"] for r in rows] == ["features:../x.npy", "features:../../x.npy"]  # the values as given
+    assert yaml.safe_load((work / "sw" / "data=features_______x.npy" / "seed0" / "config.yaml").read_text())["data"] == "features:../../x.npy"
+    assert "runs.csv's run_dir names each run's folder" in (work / "sw" / "sweep.md").read_text()
+
+
+def test_run_folder_names_are_plain_unique_names_that_keep_ordinary_values_as_they_are():
+    from otclust.commands.sweep import run_folder_names
+
+    names = run_folder_names("x", ["0.02", "1e-3", "a/b", "a:b", "A_B", "..", "/etc/passwd", "c\\d"])
+    assert names == {"0.02": "x=0.02", "1e-3": "x=1e-3", "a/b": "x=a_b", "a:b": "x=a_b-2", "A_B": "x=A_B-3", "..": "x=__", "/etc/passwd": "x=_etc_passwd", "c\\d": "x=c_d"}
+    assert all("/" not in n and "\\" not in n and ".." not in n and not n.startswith(".") for n in names.values())
+    assert len(run_folder_names("x", ["y" * 500])["y" * 500]) <= 100
+
+
 def test_swept_values_reach_fit_settings_and_method_parameters():
     config = FitConfig(method="clot")
     assert with_value(config, "batch-size", 64.0).batch_size == 64

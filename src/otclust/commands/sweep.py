@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 from otclust import experiments
@@ -52,6 +53,34 @@ def split_swept_name(params: list[str]) -> tuple[str, list[str]]:
     return names[0].strip(), fixed
 
 
+# What may stay of a swept value in its folder's name; anything else (a path separator, a colon
+# of folder:PATH, a space) becomes '_'.
+_UNSAFE_IN_FOLDER_NAME = re.compile(r"[^A-Za-z0-9._=+,-]")
+_MAX_FOLDER_NAME = 100  # well under every file system's 255
+
+
+def run_folder_names(key: str, raw_values: list[str]) -> dict[str, str]:
+    """The folder (under --out) of each swept value: NAME=VALUE, made a plain folder name.
+
+    A value is text the user typed, e.g. --param data --values folder:../../x: taken as it is, its
+    '/' made nested folders and its '..' put runs (and their --overwrite) outside --out. So no
+    separator, no '..', no leading dot; two values that become one name (or differ only in case,
+    one folder on macOS and Windows) get -2, -3. The value itself stays in the tables and config.yaml.
+    """
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for raw in raw_values:
+        name = _UNSAFE_IN_FOLDER_NAME.sub("_", f"{key}={raw}")[:_MAX_FOLDER_NAME].replace("..", "__")
+        if name.startswith("."):
+            name = "_" + name[1:]
+        unique, number = name, 2
+        while unique.lower() in taken:
+            unique, number = f"{name}-{number}", number + 1
+        taken.add(unique.lower())
+        names[raw] = unique
+    return names
+
+
 def run(args) -> int:
     import sys
 
@@ -68,6 +97,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{base.method}-{key}"
     experiments.check_outputs(out, TABLES, args.overwrite, args.resume)
     out.mkdir(parents=True, exist_ok=True)
+    folders = run_folder_names(key, raw_values)
 
     total = len(values) * len(seeds)
     print(f"sweeping {key} over {', '.join(raw_values)} for {base.method} on {base.data}, seeds {', '.join(map(str, seeds))}: {total} runs in {out}")
@@ -78,7 +108,7 @@ def run(args) -> int:
         for seed in seeds:
             done += 1
             config = dataclasses.replace(configs[raw], seed=seed, params=dict(configs[raw].params), augment=dict(configs[raw].augment))
-            outcome = experiments.run_one(config, out / f"{key}={raw}" / f"seed{seed}", raw, cache, overwrite=args.overwrite, reuse=args.resume, verbose=args.verbose)
+            outcome = experiments.run_one(config, out / folders[raw] / f"seed{seed}", raw, cache, overwrite=args.overwrite, reuse=args.resume, verbose=args.verbose)
             outcomes.append(outcome)
             print(f"[{done}/{total}] {key}={raw} seed {seed}: {outcome.describe()}", flush=True)
             write_tables(out, key, base, raw_values, values, seeds, outcomes)
@@ -123,6 +153,8 @@ def write_tables(out: Path, key: str, base, raw_values: list[str], values: list,
         lines += ["", f"![ACC against {key}](sweep.png)"]
     lines += experiments.missing_scores_note(outcomes)
     lines += ["", f"Per-run scores: runs.csv; run folders: {key}=VALUE/seed<S>/."]
+    if any(name != f"{key}={raw}" for raw, name in run_folder_names(key, raw_values).items()):
+        lines[-1] += " Characters a folder name cannot hold safely ('/', ':', '..', ...) are '_' there; runs.csv's run_dir names each run's folder."
     md = "\n".join(lines) + "\n"
     atomic_write_text(out / "sweep.md", md)
     atomic_write_text(out / "sweep.csv", experiments.csv_text(rows_csv))
