@@ -45,7 +45,7 @@ DEFAULT_K_RANGE = (2, 15)
 def parse_clusters(text: str | int) -> int | tuple[int, int]:
     """--clusters value: a number K, or 'auto' / 'auto:MIN-MAX' -> the (MIN, MAX) range to search."""
     text = str(text).strip()
-    if text.isdigit():
+    if re.fullmatch(r"[-+]?\d+", text):  # -2 too: a number, just too small
         if int(text) < 2:
             raise UserError(f"--clusters must be at least 2, got {text}: give K, or 'auto' to have it chosen")
         return int(text)

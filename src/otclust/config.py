@@ -7,6 +7,7 @@ dataclass when the method is built, so a typo fails at once with the list of val
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class FitConfig:
         return k_range[1] if k_range else int(self.clusters)
 
     def validate(self) -> "FitConfig":
+        for name in MAPPING_FIELDS:
+            check_mapping(name, getattr(self, name))
         if isinstance(self.clusters, bool) or not isinstance(self.clusters, (numbers.Integral, str)):
             raise UserError(f"--clusters must be a number or 'auto', got {self.clusters!r}")
         parsed = parse_clusters(self.clusters)
@@ -101,14 +104,23 @@ class FitConfig:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
         if self.epochs is not None and self.steps is not None:
             raise UserError(f"both epochs ({self.epochs}) and steps ({self.steps}) are set: give one of --epochs and --steps")
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, numbers.Integral) or self.eval_every < 1:
-            raise UserError(f"--eval-every must be a whole number of epochs, at least 1, got {self.eval_every!r}")
         if not self.budget_scale > 0:
             raise UserError(f"budget_scale must be positive, got {self.budget_scale}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2, got {self.batch_size}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        # Adam takes an infinite rate and steps to NaN weights; a NaN one it refuses with a traceback.
+        if not _is_real(self.lr) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if not _is_real(self.weight_decay) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay must be a finite number of 0 or more, got {self.weight_decay!r}")
+        if not _is_whole(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise UserError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs!r}")
+        # The epoch loop scores every eval_every-th epoch (a modulo): 0 divides by zero.
+        if not _is_whole(self.eval_every) or self.eval_every < 1:
+            raise UserError(f"--eval-every must be at least 1, got {self.eval_every!r}")
+        # torch.manual_seed takes 64 bits; the methods add the epoch to the seed, so keep a bit spare.
+        if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED} (2**63-1), got {self.seed!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, got '{self.lr_schedule}'")
         for name in ("amp", "cpu_amp", "refit"):
@@ -125,6 +137,24 @@ class FitConfig:
 
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
+MAX_SEED = 2**63 - 1
+# Settings that hold KEY: VALUE pairs of their own (--param, --readout-param, --augment).
+MAPPING_FIELDS = ("params", "readout_params", "augment")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_mapping(name: str, value, where: str = "") -> None:
+    """params, readout_params and augment are read key by key: anything but a mapping (or
+    nothing) would fail deep inside with a TypeError."""
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{name}{where} must be a mapping of KEY: VALUE lines (e.g. '{name}:' then '  key: 1' indented below it), got {value!r}")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -133,14 +163,18 @@ def load_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {error.start} cannot be read): save it as UTF-8 YAML") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of settings, e.g. 'epochs: 20'")
     unknown = sorted(set(values) - CONFIG_FIELDS)
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(unknown)} in {path}: valid ones are {', '.join(sorted(CONFIG_FIELDS))}")
+    for name in MAPPING_FIELDS:
+        check_mapping(name, values.get(name), f" in {path}")
     return values
 
 

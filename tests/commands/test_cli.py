@@ -38,7 +38,17 @@ def test_help_lists_the_commands():
         (["fit", "--augment", "noise_std=abc", "--epochs", "1"], "noise_std' is a number"),
         (["fit", "--augment", "crop_scale=[0.5]", "--epochs", "1"], "pair of numbers"),
         (["fit", "--augment", "per_image=maybe", "--epochs", "1"], "true or false"),
-        (["fit", "--eval-every", "0", "--epochs", "1"], "--eval-every must be a whole number of epochs"),  # ZeroDivisionError at the first epoch's end
+        # Numbers checked before the run folder is made (they used to fail in Adam, torch or the loop).
+        (["fit", "--lr", "inf", "--epochs", "1"], "--lr must be a positive finite number"),
+        (["fit", "--lr", "nan", "--epochs", "1"], "--lr must be a positive finite number"),
+        (["fit", "--weight-decay", "-1", "--epochs", "1"], "--weight-decay must be a finite number of 0 or more"),
+        (["fit", "--weight-decay", "nan", "--epochs", "1"], "--weight-decay must be a finite number of 0 or more"),
+        (["fit", "--eval-every", "0", "--epochs", "1"], "--eval-every must be at least 1"),
+        (["fit", "--eval-every", "-1", "--epochs", "1"], "--eval-every must be at least 1"),
+        (["fit", "--warmup-epochs", "-1", "--epochs", "1"], "--warmup-epochs must be 0 or more"),
+        (["fit", "--seed", "99999999999999999999", "--epochs", "1"], "--seed must be a whole number from 0 to"),
+        (["fit", "--seed", "-1", "--epochs", "1"], "--seed must be a whole number from 0 to"),
+        (["fit", "-k", "-2", "--epochs", "1"], "--clusters must be at least 2, got -2"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fragment):
@@ -48,6 +58,24 @@ def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, fra
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0]
     assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"\xff\xfeepochs: 1\n", "is not UTF-8 text"),
+        (b"params: 5\n", "params in "),
+        (b"readout_params: [1, 2]\n", "readout_params in "),
+        (b"augment: flip\n", "augment in "),
+    ],
+)
+def test_a_bad_config_file_is_one_line(tmp_path, content, fragment):
+    (tmp_path / "c.yaml").write_bytes(content)
+    result = run_cli("fit", "--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "run").exists()
 
 
 def test_more_clusters_than_samples_is_refused_before_the_budget_is_announced(tmp_path):
