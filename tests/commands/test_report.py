@@ -67,6 +67,13 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
+def test_report_of_a_run_whose_config_is_not_utf8(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfemethod: clot\n")
+    assert main(["report", str(tmp_path)]) == 2  # was a UnicodeDecodeError's traceback
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "is not valid YAML" in error
+
+
 def test_unlabeled_features_leave_out_label_parts_and_image_grids_with_notes(tmp_path):
     features = np.concatenate([np.random.default_rng(1).normal(c * 4, 1, size=(30, 4)) for c in range(3)]).astype(np.float32)
     np.save(tmp_path / "x.npy", features)
