@@ -132,9 +132,18 @@ def select_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but no CUDA GPU is visible: use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    # torch.device names any device type it knows, built in or not: without this the first
+    # tensor sent there fails with a RuntimeError (e.g. "not linked with support for mps devices").
+    if device.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:
+        available = getattr(getattr(torch, device.type, None), "is_available", lambda: True)()
+    if not available:
+        raise UserError(f"--device {name} was asked for but this machine (or this PyTorch build) has no {device.type.upper()} device: use --device cpu")
+    return device
 
 
 
