@@ -50,6 +50,8 @@ def test_help_lists_the_commands():
         (["fit", "--seed", "99999999999999999999", "--epochs", "1"], "--seed must be a whole number from 0 to"),
         (["fit", "--seed", "-1", "--epochs", "1"], "--seed must be a whole number from 0 to"),
         (["fit", "-k", "-2", "--epochs", "1"], "--clusters must be at least 2, got -2"),
+        (["fit", "--param", "n_heads=0", "--epochs", "1"], "'n_heads' of method 'clot' must be positive"),
+        (["fit", "--param", "sinkhorn_eps=nan", "--epochs", "1"], "'sinkhorn_eps' of method 'clot' must be a finite number"),
         # Refused like a missing GPU (it was PyTorch's RuntimeError at the first tensor moved there).
         pytest.param(["fit", "--device", "mps", "--epochs", "1"], "--device mps was asked for but", marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     ],

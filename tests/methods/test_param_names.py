@@ -7,6 +7,7 @@ and a checkpoint that stored the former names loads and predicts as before, with
 """
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -155,3 +156,26 @@ def test_a_checkpoint_that_stored_a_former_name_loads_and_predicts_the_same(tmp_
     assert loaded.params == trained.params
     images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
     assert torch.equal(loaded.predict_proba(images), trained.predict_proba(images))
+
+
+@pytest.mark.parametrize(
+    "method,values,fragment",
+    [
+        ("clot", {"sinkhorn_eps": "nan"}, "'sinkhorn_eps' of method 'clot' must be a finite number, got 'nan'"),  # YAML's text nan
+        ("clot", {"sinkhorn_eps": float("inf")}, "'sinkhorn_eps' of method 'clot' must be a finite number, got inf"),  # YAML's .inf
+        ("swav", {"temperature": "-inf"}, "must be a finite number"),
+        ("clot", {"sinkhorn_iters": -5}, "'sinkhorn_iters' of method 'clot' must be positive, got -5"),
+        ("clot", {"n_heads": 0}, "'n_heads' of method 'clot' must be positive, got 0"),
+        ("clot", {"temperature": 0}, "'temperature' of method 'clot' must be positive, got 0.0"),
+        ("deepcluster", {"assign_temperature": -1.0}, "must be positive"),
+        ("sela", {"sinkhorn_eps": 0}, "must be positive"),
+    ],
+)
+def test_method_numbers_that_cannot_run_are_user_errors(method, values, fragment):
+    # They were an IndexError, a solver's ValueError or a NaN loss (blamed on --lr) in mid-training.
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        build_params(get_method_class(method).Params, values, method)
+
+
+def test_unset_optional_counts_are_still_accepted():
+    assert build_params(get_method_class("clot").Params, {"kmeans_restarts": None, "sinkhorn_iters": 1}, "clot").kmeans_restarts is None

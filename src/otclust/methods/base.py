@@ -150,6 +150,24 @@ def current_param_names(params_class: type, values: dict, method_name: str, warn
     return out
 
 
+# Parameters that mean the same in every method that has them and only make sense above 0 (a
+# temperature divides the scores, an iteration or head count of 0 leaves nothing to run): refused
+# here rather than as an IndexError, a solver's ValueError or a NaN loss in the middle of training.
+POSITIVE_PARAMETERS = {
+    "sinkhorn_eps", "sinkhorn_iters", "sinkhorn_check_every", "n_heads", "kmeans_restarts", "kmeans_iters",
+    "projection_dim", "hidden_dim", "embedding_dim", "label_batch_size",
+}  # and every *temperature
+
+
+def _is_non_finite_text(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
 def build_params(params_class: type, values: dict, method_name: str, warn: bool = True):
     """Fill a method's Params dataclass from a dict, rejecting unknown names and wrong types;
     former names (`Renamed`) are read as their current ones, with a FutureWarning (`warn`)."""
@@ -165,8 +183,13 @@ def build_params(params_class: type, values: dict, method_name: str, warn: bool 
         expected = hints[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is float and (_is_non_finite_text(value) or (isinstance(value, float) and not math.isfinite(value))):
+            # YAML reads nan and inf as text, .nan and .inf as floats: either way no setting is meant to be one.
+            raise UserError(f"parameter '{key}' of method '{method_name}' must be a finite number, got {value!r}")
         if expected in (int, float, bool, str) and not isinstance(value, expected):
             raise UserError(f"parameter '{key}' of method '{method_name}' must be {expected.__name__}, got {value!r}")
+        if (key in POSITIVE_PARAMETERS or key.endswith("temperature")) and isinstance(value, (int, float)) and not value > 0:
+            raise UserError(f"parameter '{key}' of method '{method_name}' must be positive, got {value!r}")
         checked[key] = value
     return params_class(**checked)
 
