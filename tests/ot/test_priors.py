@@ -24,6 +24,24 @@ def test_bad_proportions_are_user_errors(spec):
         parse_cluster_proportions(spec, 3)
 
 
+@pytest.mark.parametrize("spec", ["nan,1", "inf,1", "1,-inf"])
+def test_non_finite_proportions_are_refused(spec):
+    # They used to pass, and the OT solver raised its ValueError in the middle of training.
+    with pytest.raises(UserError, match="must all be positive finite numbers"):
+        parse_cluster_proportions(spec, 2)
+
+
+def test_a_proportions_file_that_is_not_text_or_not_comma_separated(tmp_path):
+    numpy_file = tmp_path / "props.npy"
+    numpy_file.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}")  # was a UnicodeDecodeError
+    with pytest.raises(UserError, match=f"file {numpy_file} is not text: write the sizes as numbers separated by commas"):
+        parse_cluster_proportions(str(numpy_file), 2)
+    spaced = tmp_path / "props.txt"
+    spaced.write_text("0.3 0.7\n")
+    with pytest.raises(UserError, match="got '0.3 0.7' in "):  # the content to fix, not only the file's name
+        parse_cluster_proportions(str(spaced), 2)
+
+
 def test_known_prior_goes_to_the_clusters_by_rank_of_predicted_mass():
     sizes = torch.tensor([0.8, 0.15, 0.05])
     # The model fills cluster 2 most, then 0: the 80% size must follow cluster 2, not index 0.

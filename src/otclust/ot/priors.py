@@ -18,6 +18,7 @@ predicted mass: the largest size goes to the cluster the model currently fills m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -42,17 +43,25 @@ def parse_cluster_proportions(spec: str, n_clusters: int) -> tuple[str, torch.Te
         return "auto", None
     text = spec
     if not any(ch == "," for ch in spec) and Path(spec).is_file():
-        text = Path(spec).read_text().replace("\n", ",")
+        try:
+            text = Path(spec).read_text(encoding="utf-8").replace("\n", ",")
+        except UnicodeDecodeError:  # e.g. a .npy of the sizes
+            raise UserError(f"--cluster-proportions file {spec} is not text: write the sizes as numbers separated by commas (or one per line)") from None
     elif not any(ch == "," for ch in spec) and not _is_number(spec):
         raise UserError(f"--cluster-proportions '{spec}' is neither uniform, auto, a list like 0.5,0.3,0.2, nor an existing file")
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--cluster-proportions must hold numbers separated by commas, got '{spec}'") from None
+        # Quote what was read: for a file, its content is what needs fixing, not its name.
+        shown = text.strip(", ") if text is not spec else spec
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise UserError(f"--cluster-proportions must hold numbers separated by commas, got '{shown}'" + (f" in {spec}" if text is not spec else "")) from None
     if len(values) != n_clusters:
         raise UserError(f"--cluster-proportions gives {len(values)} sizes but --clusters is {n_clusters}: give one size per cluster")
-    if any(v <= 0 for v in values):
-        raise UserError("--cluster-proportions must all be positive")
+    # NaN passes a '<= 0' test, and an infinite size leaves NaN after the normalisation below:
+    # either made the OT solver raise in the middle of training.
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--cluster-proportions must all be positive finite numbers, got {', '.join(f'{v:g}' for v in values)}")
     sizes = torch.tensor(values, dtype=torch.float64)
     return "known", (sizes / sizes.sum()).float()
 
