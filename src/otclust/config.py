@@ -104,8 +104,8 @@ class FitConfig:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
         if self.epochs is not None and self.steps is not None:
             raise UserError(f"both epochs ({self.epochs}) and steps ({self.steps}) are set: give one of --epochs and --steps")
-        if not self.budget_scale > 0:
-            raise UserError(f"budget_scale must be positive, got {self.budget_scale}")
+        if not _is_real(self.budget_scale) or not (math.isfinite(self.budget_scale) and self.budget_scale > 0):
+            raise UserError(f"budget_scale must be a positive finite number, got {self.budget_scale!r}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2, got {self.batch_size}")
         # Adam takes an infinite rate and steps to NaN weights; a NaN one it refuses with a traceback.

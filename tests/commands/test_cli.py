@@ -52,6 +52,9 @@ def test_help_lists_the_commands():
         (["fit", "-k", "-2", "--epochs", "1"], "--clusters must be at least 2, got -2"),
         (["fit", "--param", "n_heads=0", "--epochs", "1"], "'n_heads' of method 'clot' must be positive"),
         (["fit", "--param", "sinkhorn_eps=nan", "--epochs", "1"], "'sinkhorn_eps' of method 'clot' must be a finite number"),
+        (["predict", "--checkpoint", "/nonexistent/model.pt", "--out", "/nonexistent/p.csv", "--sinkhorn-eps", "nan"], "--sinkhorn-eps must be a positive finite number"),
+        (["predict", "--checkpoint", "/nonexistent/model.pt", "--out", "/nonexistent/p.csv", "--assign", "balanced", "--sinkhorn-eps", "inf"], "--sinkhorn-eps must be a positive finite number"),
+        (["compare", "--epochs-scale", "nan"], "--epochs-scale must be a positive finite number"),
         # Refused like a missing GPU (it was PyTorch's RuntimeError at the first tensor moved there).
         pytest.param(["fit", "--device", "mps", "--epochs", "1"], "--device mps was asked for but", marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     ],

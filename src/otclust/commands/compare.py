@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def run(args) -> int:
     data = args.data or "digits"
     data_name = parse_spec(data)[0]
     seeds = experiments.parse_seeds(args.seeds)
-    if args.epochs_scale is not None and args.epochs_scale <= 0:
-        raise UserError(f"--epochs-scale must be positive, got {args.epochs_scale}")
+    # NaN passes '<= 0' and failed in round(); inf would multiply the epochs without end.
+    if args.epochs_scale is not None and not (math.isfinite(args.epochs_scale) and args.epochs_scale > 0):
+        raise UserError(f"--epochs-scale must be a positive finite number, got {args.epochs_scale}")
     if args.configs_dir != "configs" and not Path(args.configs_dir).is_dir():
         raise UserError(f"--configs-dir {args.configs_dir} is not a folder")
     methods, skipped = ordered_methods(args.methods)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import shutil
 import sys
@@ -182,8 +183,10 @@ def run(args) -> int:
     check_output_files([out], args.overwrite, "CSV")
     if args.min_confidence is not None and not 0 < args.min_confidence <= 1:
         raise UserError(f"--min-confidence must be in (0, 1], got {args.min_confidence}")
-    if args.eps <= 0:
-        raise UserError(f"--eps must be positive, got {args.eps}")
+    # Checked whatever --assign says, so a mistyped value never waits for the day balanced is used;
+    # NaN and inf pass '<= 0' and made Sinkhorn raise its ValueError after the whole prediction.
+    if not (math.isfinite(args.eps) and args.eps > 0):
+        raise UserError(f"--sinkhorn-eps must be a positive finite number, got {args.eps}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.link and not args.export:
