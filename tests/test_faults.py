@@ -301,6 +301,36 @@ def test_a_non_finite_loss_on_the_command_line_is_one_line_exit_2(tmp_path, feat
     assert "epoch 1, step 1" in line and "no epoch had finished" in line
 
 
+@pytest.mark.parametrize(
+    "extra,where",
+    [
+        # One step at a huge rate: the loss was finite, the outputs NaN; this was scikit-learn's
+        # "Input X contains NaN" paragraph at the read-out, after a NaN row in metrics.jsonl.
+        (["--lr", "1e10"], "cluster probabilities became NaN or infinite in epoch 1 (training diverged)"),
+        # Several steps: the NaN scores of the second step reached Sinkhorn, whose ValueError it was.
+        (["--lr", "1e30", "--batch-size", "40"], "outputs became NaN or infinite at epoch 1, step 2 (training diverged)"),
+    ],
+)
+def test_a_diverged_network_is_one_line_exit_2_without_nan_metrics(tmp_path, features, capsys, extra, where):
+    out = tmp_path / "run"
+    args = ["fit", "--data", features, "--clusters", "3", "--epochs", "1", "--out", str(out), "--no-progress", *extra]
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert where in line and "smaller --lr" in line
+    assert not (out / "model.pt").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_predict_refuses_a_model_whose_outputs_are_not_finite(tmp_path, features, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(fit_args(features, out, 1)) == 0
+    capsys.readouterr()
+    # A run trained before fit checked for divergence: predict wrote 'nan' confidences, exit 0.
+    monkeypatch.setattr(get_method_class("clot"), "predict_proba", lambda self, batch: torch.full((len(batch), 3), float("nan")))
+    assert main(["predict", "--checkpoint", str(out), "--data", features, "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    assert "training diverged" in one_line_error(capsys)
+    assert not (tmp_path / "p.csv").exists()
+
+
 # --- kill -9 ------------------------------------------------------------------------------
 def test_kill_9_then_resume_reaches_the_uninterrupted_metrics(tmp_path, features, monkeypatch):
     """Two trials of benchmarks/kill_resume.py (its 20-trial run is in docs/reliability.md): one

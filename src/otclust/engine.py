@@ -245,15 +245,28 @@ class Trainer:
         self.checkpoint_every_seconds = CHECKPOINT_EVERY_SECONDS
         self.data_notes_shown = False  # the data set's notes, already printed (a --clusters auto refit)
         self.checkpoint_epoch = 0  # the epoch whose end the run folder's model.pt holds (0: none yet)
+        self.current_epoch: int | None = None  # the epoch running (0-based), for the divergence message
 
     def iterate_batches(self, data: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool = False):
         return iterate_batches(data, batch_size, shuffle, drop_last)
 
     def predict_proba(self, data: torch.Tensor, batch_size: int = 1024, description: str | None = None) -> np.ndarray:
-        return predict_in_batches(self.method, data, self.device, batch_size, self.use_amp, description if self.progress else None, FIT_PASS_MEMORY_ADVICE)
+        proba = predict_in_batches(self.method, data, self.device, batch_size, self.use_amp, description if self.progress else None, FIT_PASS_MEMORY_ADVICE)
+        return self._check_finite(proba, "cluster probabilities")
 
     def embed(self, data: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        return embed_in_batches(self.method, data, self.device, batch_size, FIT_PASS_MEMORY_ADVICE, self.use_amp)
+        features = embed_in_batches(self.method, data, self.device, batch_size, FIT_PASS_MEMORY_ADVICE, self.use_amp)
+        return self._check_finite(features, "features")
+
+    def _check_finite(self, values: np.ndarray, what: str) -> np.ndarray:
+        """The whole-data passes of a fit (evaluation, the methods' k-means, the read-out): a
+        network that diverged can keep a finite loss to the last step and then give NaN or inf
+        outputs, which scikit-learn refused with a paragraph-long traceback at the read-out,
+        after metrics.jsonl had recorded NaN scores."""
+        if self.method is None or not self.method.trainable or np.isfinite(values).all():
+            return values
+        when = f"in epoch {self.current_epoch + 1}" if self.current_epoch is not None else "after the last epoch"
+        raise UserError(self._diverged_message(f"the network's {what} became NaN or infinite {when} (training diverged) and the fit stopped", mid_epoch=False))
 
     # --- the loop -------------------------------------------------------------------------
     def fit(self, dataset, eval_dataset=None, resume: bool = False) -> FitResult:
@@ -313,6 +326,7 @@ class Trainer:
                 method.on_fit_start(self)
                 saved = time.perf_counter()
                 for epoch in range(start_epoch, config.epochs):
+                    self.current_epoch = epoch
                     epoch_started = time.perf_counter()
                     method.train()
                     self._seed_shared(epoch)
@@ -333,6 +347,7 @@ class Trainer:
                         self.out.write_history(history)
                         self._save_checkpoint(epoch + 1, optimizer, scheduler, history, seconds_before + time.perf_counter() - started)
                         saved, self.checkpoint_epoch = time.perf_counter(), epoch + 1
+                self.current_epoch = None
             finally:
                 # Also when training raises (interrupted, out of memory): the Python API's caller
                 # keeps the process, and must not keep training's malloc settings with it.
@@ -508,8 +523,15 @@ class Trainer:
             for step, (batch, indices) in enumerate(batches):
                 # Progressive partial OT (auto:p2ot) ramps its transported mass with this.
                 method.training_progress = (epoch + step / max(steps, 1)) / config.epochs
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    parts = self.model(batch, indices)
+                try:
+                    with torch.autocast(self.device.type, enabled=self.use_amp):
+                        parts = self.model(batch, indices)
+                except ValueError as error:
+                    # A diverged network's NaN or infinite scores reach a step's own solvers (Sinkhorn,
+                    # k-means) before any loss exists: their ValueError is the divergence, not a bug.
+                    if not self._diverged(error):
+                        raise
+                    raise UserError(self._diverged_message(f"the network's outputs became NaN or infinite at epoch {epoch + 1}, step {step + 1} (training diverged), and training stopped")) from None
                 loss = parts["loss"]
                 if not torch.isfinite(loss):
                     raise UserError(self._non_finite_loss_message(loss.detach().item(), epoch, step))
@@ -535,15 +557,27 @@ class Trainer:
             totals = dict(zip(keys, means.tolist()))
         return {key: round(value / max(steps, 1), 5) for key, value in totals.items()}
 
+    def _diverged(self, error: ValueError) -> bool:
+        """Whether a training step's ValueError comes from diverged weights or outputs."""
+        text = str(error).lower()
+        if "nan" in text or "non-finite" in text:
+            return True
+        return not all(bool(torch.isfinite(p).all()) for p in self.method.parameters())
+
     def _non_finite_loss_message(self, value: float, epoch: int, step: int) -> str:
-        """One line: where the loss broke, what the run folder keeps, what to try."""
-        where = f"the loss became {value} at epoch {epoch + 1}, step {step + 1}, and training stopped"
+        return self._diverged_message(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}, and training stopped")
+
+    def _diverged_message(self, where: str, mid_epoch: bool = True) -> str:
+        """One line: where training broke (`where`), what the run folder keeps, what to try."""
         if self.run_folder is None:
             return f"{where}; try a smaller lr (or, on a GPU, amp off)"
-        if self.checkpoint_epoch > 0:
+        if self.checkpoint_epoch > 0 and self.current_epoch is None:
+            # Found after training: the last checkpoint holds the diverged network itself.
+            kept = f"{self.run_folder / 'model.pt'} holds the diverged network"
+        elif self.checkpoint_epoch > 0:
             kept = f"{self.run_folder / 'model.pt'} keeps the end of epoch {self.checkpoint_epoch} (--resume retries from there)"
         else:
-            kept = "no epoch had finished, so no checkpoint was written"
+            kept = "no epoch had finished, so no checkpoint was written" if mid_epoch else "no checkpoint had been written yet"
         return f"{where}; {kept}; to avoid it, start again with a smaller --lr (or --no-amp on a GPU) and --overwrite"
 
     def _resolve_budget(self, n_samples: int, features: bool = False) -> FitConfig:

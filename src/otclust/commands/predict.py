@@ -200,6 +200,10 @@ def run(args) -> int:
     if export is not None and dataset.paths is None:
         raise UserError(f"--export needs image files, and {dataset.name} has none (it is held in memory): use --data folder:PATH, or drop --export")
     proba = predict_in_batches(method, dataset.data, select_device(args.device), args.batch_size, description=None if args.no_progress else "predicting")
+    if not np.isfinite(proba).all():
+        # A run whose training diverged (written before fit checked for it): NaN confidences, and
+        # every sample in cluster 0, would otherwise be written as if they were predictions.
+        raise UserError(f"{args.checkpoint} gives NaN or infinite cluster probabilities: its training diverged; train it again with a smaller --lr")
     k = proba.shape[1]
     if args.assign == "balanced":
         if len(proba) < 20 * k:
