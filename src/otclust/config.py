@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,13 +158,30 @@ def check_mapping(name: str, value, where: str = "") -> None:
         raise UserError(f"{name}{where} must be a mapping of KEY: VALUE lines (e.g. '{name}:' then '  key: 1' indented below it), got {value!r}")
 
 
+class SettingsLoader(yaml.SafeLoader):
+    """YAML's safe loader (no Python tags), reading 1e-3 as the number it looks like: YAML 1.1,
+    which PyYAML follows, takes a float only with a dot (1.0e-3), so 'lr: 1e-3' was the text
+    '1e-3' and refused as not a number."""
+
+
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_settings(text: str):
+    return yaml.load(text, Loader=SettingsLoader)  # noqa: S506 - SettingsLoader is a SafeLoader
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML file of FitConfig fields; unknown keys are an error, not silently ignored."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = read_settings(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     except UnicodeDecodeError as error:
@@ -181,6 +199,6 @@ def load_config_file(path: str | Path) -> dict:
 def coerce_param(raw: str):
     """Turn the text of --param key=value into a number, bool, list or string, as YAML would."""
     try:
-        return yaml.safe_load(raw)
+        return read_settings(raw)
     except yaml.YAMLError:
         return raw

@@ -304,3 +304,21 @@ def test_predict_into_a_folder_says_at_once_that_out_is_a_file(tmp_path, capsys)
     (tmp_path / "somedir").mkdir()
     assert main(["predict", "--checkpoint", str(tmp_path / "RUN"), "--data", "digits", "--out", str(tmp_path / "somedir")]) == 2
     assert capsys.readouterr().err.strip() == f"otclust: error: --out {tmp_path / 'somedir'} is a folder: give a CSV file name"
+
+
+def test_numbers_written_like_1e_3_are_numbers_in_configs_and_params(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as text; a user writing lr: 1e-3 means the number."""
+    import yaml
+
+    from otclust.config import coerce_param, read_settings
+
+    assert read_settings("lr: 1e-3\nx: -2E+5\ny: 1.5e3\nz: e5") == {"lr": 0.001, "x": -200000.0, "y": 1500.0, "z": "e5"}
+    assert coerce_param("2e-1") == 0.2 and coerce_param("[1e-3, 2]") == [0.001, 2]
+    with pytest.raises(yaml.YAMLError):
+        read_settings("!!python/object/apply:os.system ['true']")  # still the safe loader
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32))
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nepochs: 1\nparams:\n  sinkhorn_eps: 2e-1\n")
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--data", f"features:{tmp_path / 'x.npy'}", "-k", "2", "--param", "temperature=5e-1", "--out", str(out), "--no-progress"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 0.001 and saved["params"]["sinkhorn_eps"] == 0.2 and saved["params"]["temperature"] == 0.5
