@@ -105,8 +105,12 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_run(tmp_path, featu
     args = fit_args(features, out, 2, "--resume")
     args[args.index("--clusters") + 1] = "4"
     assert main(args) == 2
-    assert "cannot resume: the checkpoint was trained with clusters=3, not 4" in one_line_error(capsys)
+    error = one_line_error(capsys)
+    assert "cannot resume: the checkpoint was trained with clusters=3, not 4" in error
     assert (out / "model.pt").read_bytes() == before
+    # The command the error suggests resumes with the run's own settings.
+    suggested = error.split("resume with the run's own settings, otclust ")[1].split()
+    assert main([*suggested, "--epochs", "2", "--no-progress"]) == 0
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, features, capsys, monkeypatch):

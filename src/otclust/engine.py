@@ -662,7 +662,8 @@ class Trainer:
             if key == "data" and same_data(saved.get(key), self.config.data):
                 continue
             if saved.get(key) != getattr(self.config, key):
-                raise UserError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(self.config, key)!r}")
+                again = f": resume with the run's own settings, otclust fit --config {self.run_folder / 'config.yaml'} --out {self.run_folder} --resume" if self.run_folder is not None else ""
+                raise UserError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(self.config, key)!r}{again}")
         return checkpoint
 
 

@@ -78,6 +78,9 @@ def read_config(run: Path):
     import yaml
 
     path = run / "config.yaml"
+    if run.is_file():
+        folder = "its folder, " + str(run.parent) if run.name == "model.pt" else "the --out folder of 'otclust fit'"
+        raise UserError(f"{run} is a file, not a run folder: pass {folder}")
     if not run.is_dir():
         raise UserError(f"run folder not found: {run} (pass the --out folder of 'otclust fit')")
     if not path.is_file():

@@ -65,6 +65,9 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "comparison.md" in error and str(tmp_path / "clot" / "seed0") in error and len(error.strip().splitlines()) == 1
     assert main(["report", str(tmp_path / "missing")]) == 2
+    (tmp_path / "model.pt").write_bytes(b"")  # the checkpoint given instead of its run folder
+    assert main(["report", str(tmp_path / "model.pt")]) == 2
+    assert f"is a file, not a run folder: pass its folder, {tmp_path}" in capsys.readouterr().err
 
 
 def test_report_of_a_run_whose_config_is_not_utf8(tmp_path, capsys):
