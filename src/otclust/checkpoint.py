@@ -19,6 +19,7 @@ import io
 import pickle
 import pickletools
 import random
+import warnings
 import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -125,7 +126,11 @@ def read_checkpoint(path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass a run folder of otclust fit, or its model.pt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's notices about a file it then refuses (a pickle protocol it did not write):
+            # the file is judged below, in one line.
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - whatever fails here, the file is not one we can read
         if _pickled_format(path) in OLD_FORMATS:
             raise CheckpointRefused(old_format_message(path)) from None

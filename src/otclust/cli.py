@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from otclust import __version__
 from otclust.errors import UserError, is_out_of_memory, out_of_memory_message
@@ -38,7 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # Python's default shows the warning's file, line number and source line: noise to a user
+    # of the command line, for whom a warning (a deprecated parameter) is one line like an error.
+    return f"otclust: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = default_format
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

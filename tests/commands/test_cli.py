@@ -322,3 +322,19 @@ def test_numbers_written_like_1e_3_are_numbers_in_configs_and_params(tmp_path):
     assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--data", f"features:{tmp_path / 'x.npy'}", "-k", "2", "--param", "temperature=5e-1", "--out", str(out), "--no-progress"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 0.001 and saved["params"]["sinkhorn_eps"] == 0.2 and saved["params"]["temperature"] == 0.5
+
+
+def test_warnings_are_one_line_and_a_foreign_pickle_is_only_the_error(tmp_path):
+    """A deprecated parameter warns in one line, without Python's file, line and source; a plain
+    pickle given as a checkpoint gets otclust's one-line error, without torch's notice before it."""
+    import pickle
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    result = run_cli("fit", "--data", f"features:{tmp_path / 'x.npy'}", "-k", "2", "--epochs", "1", "--param", "predict_by=head", "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert warned == ["otclust: warning: method parameter(s) predict_by are deprecated: use --readout head|kmeans|smoothed and --readout-param"]
+    assert ".py:" not in result.stderr
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    result = run_cli("predict", "--checkpoint", str(tmp_path / "raw.pt"), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
