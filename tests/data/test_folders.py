@@ -621,3 +621,17 @@ print(anon() - start)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) < 40  # MB; the 100 batches of 5 MB total 500 MB
+
+
+def test_a_link_from_one_class_folder_to_another_leaves_each_class_its_own_images(tmp_path):
+    """cats/more -> ../dogs: the dogs stay dogs (they were read as cats, and the dogs folder then
+    skipped as already read); the link is named in the note."""
+    for name in ("cats/a.jpg", "dogs/b.jpg", "dogs/c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(tmp_path / name)
+    os.symlink("../dogs", tmp_path / "cats" / "more")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.class_names == ["cats", "dogs"]
+    assert {Path(p).name: int(label) for p, label in zip(ds.paths, ds.labels)} == {"a.jpg": 0, "b.jpg": 1, "c.jpg": 1}
+    (note,) = names(ds.notes, "ignored 1 link to folders already read")
+    assert "cats/more" in note

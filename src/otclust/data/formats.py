@@ -462,17 +462,21 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     counted in a note. Symbolic links to files and folders are followed; a folder is read once
     (a link to one already read is named in a note), so links cannot loop.
     """
-    seen = {os.path.realpath(root)}
     try:
         entries, others, dangling = _scan(str(root))
     except OSError as e:
         raise UserError(f"cannot list {root}: {e.strerror}") from None
+    # The real class folders count as read from the start: a link inside one class to another
+    # class's folder (cats/more -> ../dogs) must not read the dogs as cats and then skip them.
+    class_folders = {os.path.realpath(e.path) for e in entries if e.is_dir and not e.is_link and not e.name.startswith(".")}
+    seen = {os.path.realpath(root)} | class_folders
     loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
     repeated: list[str] = []  # links to folders already read
     for entry in entries:
         if entry.is_dir and not entry.name.startswith("."):
-            if os.path.realpath(entry.path) in seen:
+            own_folder = not entry.is_link and os.path.realpath(entry.path) in class_folders
+            if os.path.realpath(entry.path) in seen and not own_folder:
                 repeated.append(entry.name)
                 continue
             files, sub_others, sub_dangling, sub_repeated = _images_below(entry.path, f"{entry.name}/", seen)
