@@ -57,7 +57,10 @@ def test_working_resolution_from_the_images_and_the_backbone(tmp_path):
     (note,) = names(ds.notes, "working resolution 64x64")
     assert "small-cnn backbone's cap (64 px; median shorter side 120 px)" in note and "centre-cropped" in note and "--image-size" in note
     assert load_dataset(f"folder:{tmp_path}", backbone="resnet18").data.shape == (5, 3, 96, 96)
-    assert load_dataset(f"folder:{tmp_path}", image_size=24).data.shape == (5, 3, 24, 24)
+    resized = load_dataset(f"folder:{tmp_path}", image_size=24)
+    assert resized.data.shape == (5, 3, 24, 24) and names(resized.notes, "images centre-cropped and resized to 24x24 (--image-size)")
+    # asked for the size the images have (predict asks for the model's): nothing is resized
+    assert names(load_dataset(f"folder:{tmp_path}", image_size=(120, 160)).notes, "images read at their own size, 120x160 (--image-size)")
     # a folder of small images keeps their own size: no upsampling
     small = tmp_path / "small"
     small.mkdir()

@@ -93,6 +93,8 @@ def _checked_value(key: str, value, default):
         return tuple(float(v) for v in value)
     if not _is_number(value) or value < 0:
         raise UserError(f"augmentation setting '{key}' is a number of at least 0, got {value!r}: e.g. --augment {key}={default}")
+    if key.endswith("_prob") and value > 1:
+        raise UserError(f"augmentation setting '{key}' is a probability, from 0 to 1, got {value!r}: e.g. --augment {key}={default}")
     return float(value)
 
 

@@ -368,6 +368,8 @@ def working_resolution(
     """(height, width) to decode to and a note saying why; ``size_from`` names where a
     ``requested`` size came from (fit's option, or predict's model)."""
     if requested is not None:
+        if all((p.height, p.width) == tuple(requested) for p in probes):
+            return tuple(requested), f"images read at their own size, {requested[0]}x{requested[1]} ({size_from})"
         return tuple(requested), f"images centre-cropped and resized to {requested[0]}x{requested[1]} ({size_from})"
     name = backbone if backbone in BACKBONE_SIDE else DEFAULT_BACKBONE
     cap = BACKBONE_SIDE[name]
