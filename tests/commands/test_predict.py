@@ -190,3 +190,13 @@ def test_export_keeps_every_image_when_file_names_repeat_across_folders(tmp_path
     assert counts == {"cluster_00": 4}
     written = sorted((export / "cluster_00").iterdir())
     assert sorted(p.read_text() for p in written) == ["image 0", "image 1", "image 2", "image 3"]
+
+
+def test_predict_on_unlabeled_data_does_not_speak_of_skipping_an_evaluation(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["fit", "--data", f"features:{tmp_path / 'x.npy'}", "-k", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "run"), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "evaluation skipped" not in said.out + said.err and "40 samples assigned" in said.out + said.err
