@@ -82,7 +82,7 @@ def test_options_every_run_would_fail_on_are_refused_before_any_run(blobs, tmp_p
     sweep = ["sweep", "--method", "clot", "--data", blobs, *TINY, "--seeds", "1", "--out", str(out)]
     for args, fragment in [
         (compare + ["--cluster-proportions", "bogus"], "--cluster-proportions 'bogus' is neither"),
-        (compare + ["--eval-every", "0"], "--eval-every must be a whole number of epochs, at least 1, got 0"),
+        (compare + ["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
         (sweep + ["--eval-every", "0", "--param", "sinkhorn_eps", "--values", "0.05"], "--eval-every must be"),
         (sweep + ["--param", "sinkhorn_eps", "--values", "0.05,abc"], "'sinkhorn_eps' of method 'clot' must be float, got 'abc'"),
         (sweep + ["--param", "cluster-proportions", "--values", "uniform,bogus"], "--cluster-proportions 'bogus' is neither"),
