@@ -72,3 +72,21 @@ def test_contingency_and_matched_confusion_matrix():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         cluster_accuracy([0, 1], [0])
+
+
+def test_labels_of_any_kind_score_as_scikit_learn_takes_them():
+    """Strings and fractional floats are categories (they were cast to int: 0.2 and 0.7 became one
+    class); NaN is refused; the id-returning helpers want integer ids."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from otclust.metrics import evaluate_clustering, hungarian_mapping
+
+    true, pred = [0.2, 0.2, 0.7, 0.7, 0.7], ["b", "b", "a", "a", "b"]
+    scores = evaluate_clustering(true, pred)
+    assert scores["acc"] == 0.8
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(true, pred)) and scores["ari"] == pytest.approx(adjusted_rand_score(true, pred))
+    assert evaluate_clustering([1.0, 1.0, 3.0], [0, 0, 1])["acc"] == 1.0  # whole-number floats are ids
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_clustering([0, float("nan"), 1], [0, 0, 1])
+    with pytest.raises(ValueError, match="integer class ids"):
+        hungarian_mapping([0.2, 0.7], [0, 1])

@@ -12,11 +12,27 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 
-def _as_int_array(values, name: str) -> np.ndarray:
+def _as_int_array(values, name: str, categories: bool = False) -> np.ndarray:
+    """Labels as int64 ids. Integers (and floats that are whole numbers) are kept as they are;
+    with `categories`, any other labels (strings, fractional floats) are ids of their sorted
+    distinct values, as scikit-learn's metrics take them. Casting fractional floats to int, as
+    this did, made 0.2 and 0.7 one class; NaN became a huge negative id."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    return array.astype(np.int64)
+    if array.dtype.kind in "biu":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} holds NaN or infinite values: give every sample a label")
+        if np.all(array == np.round(array)):
+            return array.astype(np.int64)
+    if array.dtype.kind not in "fUSO" or not categories:
+        raise ValueError(f"{name} must be integer class ids, got {array.dtype} values such as {array[:1].tolist()}: encode them, e.g. numpy.unique(labels, return_inverse=True)[1]")
+    try:
+        return np.unique(array, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    except TypeError:
+        raise ValueError(f"{name} mixes labels that cannot be compared (e.g. numbers and strings): give one kind") from None
 
 
 def contingency(labels_true, labels_pred) -> np.ndarray:
@@ -45,8 +61,8 @@ def hungarian_mapping(labels_true, labels_pred) -> dict[int, int]:
 
 def cluster_accuracy(labels_true, labels_pred) -> float:
     """Fraction of samples whose cluster maps to their class under the best one-to-one matching."""
-    true = _as_int_array(labels_true, "labels_true")
-    pred = _as_int_array(labels_pred, "labels_pred")
+    true = _as_int_array(labels_true, "labels_true", categories=True)
+    pred = _as_int_array(labels_pred, "labels_pred", categories=True)
     if true.size == 0:
         raise ValueError("cannot score an empty labelling")
     table = contingency(true, pred)
@@ -73,9 +89,10 @@ def matched_confusion_matrix(labels_true, labels_pred) -> tuple[np.ndarray, list
 
 
 def evaluate_clustering(labels_true, labels_pred) -> dict[str, float]:
-    """ACC, NMI and ARI in [0, 1], the triple every table in the field reports."""
-    true = _as_int_array(labels_true, "labels_true")
-    pred = _as_int_array(labels_pred, "labels_pred")
+    """ACC, NMI and ARI in [0, 1], the triple every table in the field reports. Labels may be
+    any values (strings too), as for scikit-learn's metrics."""
+    true = _as_int_array(labels_true, "labels_true", categories=True)
+    pred = _as_int_array(labels_pred, "labels_pred", categories=True)
     return {
         "acc": cluster_accuracy(true, pred),
         "nmi": float(normalized_mutual_info_score(true, pred)),
