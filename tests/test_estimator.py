@@ -113,3 +113,24 @@ def test_cpu_amp_reaches_the_training_and_is_refused_when_not_a_boolean(monkeypa
     assert model.config_.cpu_amp is True and model.labels_.shape == (len(images),)
     with pytest.raises(UserError, match="cpu_amp must be true or false"):
         OTClust(n_clusters=3, epochs=1, cpu_amp="fast").fit(images)
+
+
+def test_fit_leaves_the_callers_random_generators_as_they_were():
+    """fit seeds Python's, numpy's and torch's generators for its own reproducibility; the
+    caller's draws after fit are those they would have made without it (and the result is still
+    the seed's)."""
+    import random
+
+    import torch
+
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    first = OTClust(n_clusters=2, epochs=1, seed=3).fit(x).labels_
+    assert draws() == expected
+    assert np.array_equal(OTClust(n_clusters=2, epochs=1, seed=3).fit(x).labels_, first)

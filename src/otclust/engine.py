@@ -18,6 +18,7 @@ run folder. Without torchrun nothing of this is active and a run is exactly what
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -76,6 +77,23 @@ def same_data(saved: str | None, current: str) -> bool:
         return absolute_spec(saved) == absolute_spec(current)
     except (UserError, TypeError):
         return False
+
+
+@contextlib.contextmanager
+def kept_global_random_state():
+    """Python's, numpy's and torch's global generators as they were before the block: a fit seeds
+    them (seed_everything) for its reproducibility, and a library call must not reseed its
+    caller's generators, as scikit-learn's estimators never do."""
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def seed_everything(seed: int) -> None:

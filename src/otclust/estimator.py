@@ -28,7 +28,7 @@ from otclust.choose_k import largest_k
 from otclust.config import FitConfig
 from otclust.data import ImageDataset, conform
 from otclust.data.embeddings import features_for_model, pretrained_training_data
-from otclust.engine import load_trained, predict_in_batches, read_checkpoint
+from otclust.engine import kept_global_random_state, load_trained, predict_in_batches, read_checkpoint
 from otclust.errors import UserError
 from otclust.k_search import fit_default_k_range, fit_model
 from otclust.methods import get_method_class
@@ -179,9 +179,10 @@ class OTClust(ClusterMixin, BaseEstimator):
         if dataset.n_samples < config.training_clusters:
             raise InputValueError(f"n_samples={dataset.n_samples} is fewer than the {config.training_clusters} clusters asked for (n_clusters={config.clusters}): pass more samples or ask for fewer clusters")
         neighbors = None
-        if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
-            dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
-        trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
+        with kept_global_random_state():
+            if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
+                dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+            trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels
