@@ -134,3 +134,14 @@ def test_fit_leaves_the_callers_random_generators_as_they_were():
     first = OTClust(n_clusters=2, epochs=1, seed=3).fit(x).labels_
     assert draws() == expected
     assert np.array_equal(OTClust(n_clusters=2, epochs=1, seed=3).fit(x).labels_, first)
+
+
+def test_a_loaded_estimator_has_what_fit_left(tmp_path):
+    """history_, k_selection_ and n_features_in_ survive save/load (they raised AttributeError)."""
+    x = np.concatenate([np.random.default_rng(1).normal(c * 6, 1, size=(30, 5)) for c in range(3)]).astype(np.float32)
+    model = OTClust(n_clusters="auto:2-4", epochs=1, refit=False).fit(x)
+    model.save(tmp_path / "m.pt")
+    loaded = OTClust.load(tmp_path / "m.pt", device="cpu")
+    assert loaded.history_ == model.history_ and len(loaded.history_) == 1
+    assert loaded.k_selection_ == model.k_selection_ and loaded.k_selection_["chosen"] == model.n_clusters_
+    assert loaded.n_features_in_ == 5 and loaded.n_clusters_ == model.n_clusters_

@@ -232,6 +232,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         state = trained_state(self.model_, self.config_)
         state["estimator_params"] = to_plain(self.get_params(), "estimator parameters")
         state["labels"] = torch.as_tensor(np.asarray(self.labels_))
+        # What fit leaves on the estimator besides the model, so that a loaded one has it too.
+        state["estimator_fit"] = to_plain({"history": self.history_, "k_selection": self.k_selection_}, "the fit's history")
         write_checkpoint(state, path)
 
     @classmethod
@@ -250,4 +252,9 @@ class OTClust(ClusterMixin, BaseEstimator):
         estimator.n_clusters_ = int(fitted.weight.shape[0]) if fitted is not None else int(method.n_clusters)
         if "labels" in checkpoint:
             estimator.labels_ = np.asarray(checkpoint["labels"])
+        fit_record = checkpoint.get("estimator_fit") or {}
+        estimator.history_ = list(fit_record.get("history") or [])
+        estimator.k_selection_ = fit_record.get("k_selection")
+        if method.spec.is_features:
+            estimator.n_features_in_ = int(method.spec.feature_dim)
         return estimator
