@@ -352,3 +352,27 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_metrics(tmp_path, features
         assert result.resume_always_started and not result.failure, result
         assert result.metrics == reference.metrics and not result.stale_temp_files, result
     assert trials[1].killed_in_write and trials[1].resumes >= 1
+
+
+def test_files_written_have_the_usual_mode_and_a_missing_folder_is_named(tmp_path):
+    """Atomic writes go through a private temporary file: the result must not stay 0600 (a model
+    to share), and a file it replaces keeps its mode; a missing folder is said as such."""
+    import os
+    import stat
+
+    from otclust.errors import UserError
+    from otclust.runs import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "new.bin", b"1")
+        assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o644
+        os.chmod(tmp_path / "new.bin", 0o640)
+        atomic_write_bytes(tmp_path / "new.bin", b"2")
+        assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o640 and (tmp_path / "new.bin").read_bytes() == b"2"
+    finally:
+        os.umask(old)
+    with pytest.raises(UserError, match="the folder .*missing.deeper does not exist; create it"):
+        atomic_write_bytes(tmp_path / "missing" / "deeper" / "m.pt", b"1")
+    with pytest.raises(UserError, match="it is a folder; give a file name"):
+        atomic_write_bytes(tmp_path, b"1")

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     file, and a write that fails (disk full, no permission) leaves the previous file as it was,
     removes the temporary one and ends with a one-line UserError."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: the folder {path.parent} does not exist; create it or choose another path")
     existed = path.exists()
+    # mkstemp's file is private (0600): the result gets the mode of the file it replaces, else
+    # the one a plain open() would give (0666 less the umask), so a shared model stays shareable.
+    mode = stat.S_IMODE(path.stat().st_mode) if existed else 0o666 & ~_umask()
     temp = None
     try:
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,6 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())  # the rename must never publish a file whose bytes are not on disk yet
+        os.chmod(temp, mode)
         os.replace(temp, path)
         temp = None
     except OSError as error:
@@ -45,6 +54,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if temp is not None and os.path.exists(temp):
             os.unlink(temp)
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (os.umask can only be read by setting it)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def atomic_write_text(path: Path, text: str) -> None:
