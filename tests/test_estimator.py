@@ -145,3 +145,10 @@ def test_a_loaded_estimator_has_what_fit_left(tmp_path):
     assert loaded.history_ == model.history_ and len(loaded.history_) == 1
     assert loaded.k_selection_ == model.k_selection_ and loaded.k_selection_["chosen"] == model.n_clusters_
     assert loaded.n_features_in_ == 5 and loaded.n_clusters_ == model.n_clusters_
+
+
+@pytest.mark.parametrize("settings", [{"n_clusters": "auto:5-2"}, {"epochs": 0}, {"lr": 0.0}, {"params": {"nosuch": 1}}, {"cluster_proportions": "0.5,0.2"}])
+def test_bad_settings_are_value_errors_as_in_scikit_learn(settings):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    with pytest.raises(ValueError):
+        OTClust(**{"n_clusters": 3, "epochs": 1, **settings}).fit(x)

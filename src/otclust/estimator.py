@@ -14,6 +14,7 @@ What X means (fit and predict alike):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -41,6 +42,19 @@ class InputValueError(UserError, ValueError):
 
 class InputTypeError(UserError, TypeError):
     """X of a type that cannot be clustered (sparse, non-numeric objects); also a TypeError."""
+
+
+@contextlib.contextmanager
+def settings_errors_as_value_errors():
+    """A setting the user gave wrong (a UserError of the config or the method's parameters) as a
+    ValueError too, as scikit-learn's estimators raise for invalid parameters: a caller catching
+    ValueError must not miss it."""
+    try:
+        yield
+    except UserError as error:
+        if isinstance(error, (ValueError, TypeError)):
+            raise
+        raise InputValueError(str(error)) from None
 
 
 def _one_line(error: Exception) -> str:
@@ -162,7 +176,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         for key in ("batch_size", "lr"):
             if getattr(self, key) is not None:
                 values[key] = getattr(self, key)
-        return FitConfig(**values).validate()
+        with settings_errors_as_value_errors():
+            return FitConfig(**values).validate()
 
     def fit(self, X, y=None):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""
@@ -182,7 +197,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         with kept_global_random_state():
             if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
                 dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
-            trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
+            with settings_errors_as_value_errors():  # method parameters are checked when the method is built
+                trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels
