@@ -152,3 +152,11 @@ def test_bad_settings_are_value_errors_as_in_scikit_learn(settings):
     x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
     with pytest.raises(ValueError):
         OTClust(**{"n_clusters": 3, "epochs": 1, **settings}).fit(x)
+
+
+def test_cluster_proportions_may_be_a_sequence_of_numbers():
+    x = np.concatenate([np.random.default_rng(2).normal(c * 6, 1, size=(n, 4)) for c, n in enumerate((40, 20, 20))]).astype(np.float32)
+    for sizes, text in (([0.5, 0.25, 0.25], "0.5,0.25,0.25"), ((2, 1, 1), "2.0,1.0,1.0"), (np.array([0.5, 0.25, 0.25]), "0.5,0.25,0.25")):
+        model = OTClust(n_clusters=3, epochs=1, cluster_proportions=sizes).fit(x)
+        assert model.config_.cluster_proportions == text
+        assert model.get_params()["cluster_proportions"] is sizes  # the parameter itself is left as given

@@ -171,6 +171,9 @@ class OTClust(ClusterMixin, BaseEstimator):
     def _config(self) -> FitConfig:
         values = dict(get_method_class(self.method).default_config)
         values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp, refit=self.refit)
+        proportions = self.cluster_proportions
+        if isinstance(proportions, (list, tuple, np.ndarray)):  # sizes as numbers: the text the CLI takes
+            values["cluster_proportions"] = ",".join(str(float(p)) for p in np.asarray(proportions, dtype=object).reshape(-1))
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
             values.update(epochs=self.epochs, steps=self.steps)
         for key in ("batch_size", "lr"):
