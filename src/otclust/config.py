@@ -83,6 +83,13 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         for name in MAPPING_FIELDS:
             check_mapping(name, getattr(self, name))
+        # Keys only: their values depend on the images (checked when the augmentation is built),
+        # and on feature vectors the settings were ignored without a word, a typo included.
+        from otclust.data.augment import AUGMENT_SETTINGS  # torch: imported only once a config is checked
+
+        unknown = sorted(set(self.augment or {}) - set(AUGMENT_SETTINGS))
+        if unknown:
+            raise UserError(f"unknown augmentation setting(s) {', '.join(map(str, unknown))}: use {', '.join(AUGMENT_SETTINGS)}")
         if isinstance(self.clusters, bool) or not isinstance(self.clusters, (numbers.Integral, str)):
             raise UserError(f"--clusters must be a number or 'auto', got {self.clusters!r}")
         parsed = parse_clusters(self.clusters)

@@ -40,6 +40,7 @@ def test_help_lists_the_commands():
         (["fit", "--augment", "crop_scale=[0.5]", "--epochs", "1"], "pair of numbers"),
         (["fit", "--augment", "per_image=maybe", "--epochs", "1"], "true or false"),
         (["fit", "--augment", "hflip_prob=5", "--epochs", "1"], "'hflip_prob' is a probability, from 0 to 1"),
+        (["fit", "--data", "digits", "--backbone", "mlp", "--augment", "nope=1", "--epochs", "1"], "unknown augmentation setting(s) nope"),
         # Numbers checked before the run folder is made (they used to fail in Adam, torch or the loop).
         (["fit", "--lr", "inf", "--epochs", "1"], "--lr must be a positive finite number"),
         (["fit", "--lr", "nan", "--epochs", "1"], "--lr must be a positive finite number"),
