@@ -93,8 +93,9 @@ def _runs(points, n_clusters: int, seeds: list[int], n_init: int, max_iter: int,
     found = max(len(np.unique(end.labels)) for end in ends)
     if found < n_clusters:
         warnings.warn(
-            f"k-means found only {found} distinct cluster(s) of the {n_clusters} asked for: the points are (near) identical "
-            "(duplicate images?); the other clusters stay empty",
+            f"k-means found only {found} distinct cluster(s) of the {n_clusters} asked for: the features it clusters are (near) "
+            "identical (duplicate images, a network that collapsed, e.g. at too high a learning rate, or a set so small that "
+            "smoothing over neighbours averaged it into one point); the other clusters stay empty",
             RuntimeWarning,
             stacklevel=3,
         )
