@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
@@ -160,3 +162,86 @@ def test_cluster_proportions_may_be_a_sequence_of_numbers():
         model = OTClust(n_clusters=3, epochs=1, cluster_proportions=sizes).fit(x)
         assert model.config_.cluster_proportions == text
         assert model.get_params()["cluster_proportions"] is sizes  # the parameter itself is left as given
+
+
+def test_float_images_almost_all_in_unit_range_are_refused_not_read_as_0_to_255():
+    # One value just above 1 used to make the whole array 0..255, rounded to 0 and 1: 2 levels left.
+    images = np.random.default_rng(0).random((40, 16, 16))
+    images[0, 0, 0] = 1.0001
+    with pytest.raises(InputValueError, match=r"np.clip\(X, 0, 1\).*astype\(np.uint8\)") as error:
+        dataset_from_array(images)
+    assert "\n" not in str(error.value)
+    assert len(np.unique(dataset_from_array(np.clip(images, 0, 1)).data)) == 256
+    assert len(np.unique(dataset_from_array(np.clip(images, 0, 1) * 255).data)) == 256  # 0..255 floats still read
+
+
+def test_predict_reads_float_images_on_the_scale_fitted_and_kept_by_save(tmp_path, blob_images):
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu").fit(images.astype(np.float64))
+    assert model.float_image_range_ == "0..255"
+    # A dark batch (all values <= 1) is still 0..255 values, not intensities to multiply by 255.
+    dark = np.minimum(images[:6], 1).astype(np.float64)
+    np.testing.assert_allclose(model.predict_proba(dark), model.predict_proba(dark.astype(np.uint8)))
+    model.save(tmp_path / "model.pt")
+    loaded = OTClust.load(tmp_path / "model.pt", device="cpu")
+    assert loaded.float_image_range_ == "0..255"
+    np.testing.assert_allclose(loaded.predict_proba(dark), model.predict_proba(dark.astype(np.uint8)))
+    unit = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu").fit(images / 255.0)
+    assert unit.float_image_range_ == "0..1"
+    with pytest.raises(InputValueError, match=r"fitted on float images in \[0, 1\].*divide 0..255 values by 255"):
+        unit.predict(images[:4].astype(np.float64))
+
+
+@pytest.mark.parametrize(
+    ("X", "message"),
+    [
+        (np.zeros((40, 0, 16), np.uint8), "dimension of size 0"),
+        ([[1, 2], [3]] * 30, "ragged"),
+        (np.random.default_rng(0).random((40, 6)) * 1e300, "beyond float32's range"),
+    ],
+)
+def test_arrays_that_crashed_deep_in_libraries_are_refused_in_one_line(X, message):
+    with pytest.raises(InputValueError, match=message) as error:
+        OTClust(n_clusters=2, epochs=1, batch_size=16, device="cpu").fit(X)
+    assert "\n" not in str(error.value)
+
+
+def test_predict_refuses_a_zero_size_image_dimension(blob_images):
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu").fit(images)
+    with pytest.raises(InputValueError, match="dimension of size 0"):
+        model.predict(np.zeros((3, 8, 0), np.uint8))
+
+
+def test_big_endian_long_double_and_bfloat16_inputs_are_converted():
+    import torch
+
+    features = np.random.default_rng(0).standard_normal((20, 5))
+    expected = features.astype(np.float32)
+    for converted in (features.astype(">f8"), features.astype(np.longdouble), torch.tensor(features).bfloat16()):
+        data = dataset_from_array(converted).data.numpy()
+        np.testing.assert_allclose(data, expected, rtol=1e-2)  # bfloat16 keeps 8 bits of mantissa
+    images = np.random.default_rng(0).random((4, 8, 8))
+    np.testing.assert_array_equal(dataset_from_array(images.astype(">f4")).data, dataset_from_array(images.astype(np.float32)).data)
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        (dict(params=[1, 2]), TypeError, "params must be a mapping"),
+        (dict(epochs=1.5), ValueError, "--epochs must be at least 1, a whole number, got 1.5"),
+        (dict(epochs="1"), ValueError, "--epochs must be at least 1, a whole number, got '1'"),
+        (dict(epochs=1, batch_size=3.5), ValueError, "--batch-size must be at least 2, a whole number, got 3.5"),
+        (dict(epochs=1, batch_size="64"), ValueError, "--batch-size must be at least 2, a whole number, got '64'"),
+    ],
+)
+def test_bad_parameters_are_one_line_input_errors(params, error, message):
+    with pytest.raises(error, match=re.escape(message)) as raised:
+        OTClust(n_clusters=2, **params)._config()
+    assert isinstance(raised.value, UserError)
+
+
+def test_numpy_integers_are_accepted_as_parameters():
+    config = OTClust(n_clusters=np.int64(2), seed=np.int64(5), epochs=np.int64(1), batch_size=np.int32(16))._config()
+    assert (config.seed, config.epochs, config.batch_size) == (5, 1, 16)
+    assert all(type(value) is int for value in (config.seed, config.epochs, config.batch_size))

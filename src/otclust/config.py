@@ -106,16 +106,18 @@ class FitConfig:
         from otclust.ot.priors import parse_cluster_proportions  # torch: imported only once a config is checked
 
         parse_cluster_proportions(self.cluster_proportions, self.training_clusters)
-        if self.epochs is not None and self.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        # Whole numbers: range() and the step arithmetic take no 1.5, and a '1' from a program
+        # (not the CLI, which parses it) would fail comparing text with a number.
+        if self.epochs is not None and (not _is_whole(self.epochs) or self.epochs < 1):
+            raise UserError(f"--epochs must be at least 1, a whole number, got {self.epochs!r}")
+        if self.steps is not None and (not _is_whole(self.steps) or self.steps < 1):
+            raise UserError(f"--steps must be at least 1, a whole number, got {self.steps!r}")
         if self.epochs is not None and self.steps is not None:
             raise UserError(f"both epochs ({self.epochs}) and steps ({self.steps}) are set: give one of --epochs and --steps")
         if not _is_real(self.budget_scale) or not (math.isfinite(self.budget_scale) and self.budget_scale > 0):
             raise UserError(f"budget_scale must be a positive finite number, got {self.budget_scale!r}")
-        if self.batch_size < 2:
-            raise UserError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if not _is_whole(self.batch_size) or self.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2, a whole number, got {self.batch_size!r}")
         # Adam takes an infinite rate and steps to NaN weights; a NaN one it refuses with a traceback.
         if not _is_real(self.lr) or not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")

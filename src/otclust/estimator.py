@@ -7,8 +7,11 @@ What X means (fit and predict alike):
 * 3-D ``(N, H, W)`` or 4-D ``(N, H, W, C)`` / ``(N, C, H, W)`` with C = 1 or 3: images.
   ``uint8`` is taken as is (0..255). Other integer types must lie in 0..255. Floats must be
   intensities in [0, 1] (scaled by 255) or values in [0, 255]; both are rounded to 8 bits, as
-  every image the CLI loads is. Anything else (negative, above 255: standardised or 16-bit
-  images) is refused with one line: pass such data as feature vectors
+  every image the CLI loads is. Which of the two is decided at fit (all values <= 1: [0, 1])
+  and kept for predict, so a dark batch is read as the training images were. Floats almost all
+  in [0, 1] (99%) but not all are refused: a few values just above 1 would otherwise turn
+  [0, 1] images into 0..255 ones rounded to 0 or 1. Anything else (negative, above 255:
+  standardised or 16-bit images) is refused with one line: pass such data as feature vectors
   (``X.reshape(len(X), -1)``) or rescale it, since silently clipping it would destroy it.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse
@@ -57,60 +61,121 @@ def settings_errors_as_value_errors():
         raise InputValueError(str(error)) from None
 
 
+def _plain_number(value):
+    """numpy scalars as Python numbers: random.seed and others refuse numpy.int64."""
+    return value.item() if isinstance(value, (np.integer, np.floating)) else value
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
 def _checked_array(X) -> np.ndarray:
-    """X as a dense, finite, numeric array of 2 to 4 dimensions, or a one-line error."""
+    """X as a dense, finite, numeric array of 2 to 4 dimensions in native byte order, or a one-line error."""
     if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
+        X = X.detach().cpu()
+        if X.is_floating_point() and X.dtype not in (torch.float16, torch.float32, torch.float64):
+            X = X.float()  # bfloat16 (and float8) have no numpy type: float32 holds them exactly
+        X = X.numpy()
     if scipy.sparse.issparse(X):
         raise InputTypeError("X is a sparse matrix: pass a dense array (X.toarray()); sparse input is not supported")
-    shape = np.shape(X)
+    try:
+        shape = np.shape(X)
+    except ValueError:  # numpy refuses ragged nested lists here, with a message about 'inhomogeneous' parts
+        raise InputValueError("X is a ragged list (its rows have different lengths): pass a rectangular array, every sample of the same shape") from None
     if len(shape) not in (2, 3, 4):
         raise InputValueError(f"X must be images (N,H,W), (N,H,W,C), (N,C,H,W) or features (N,D); got shape {shape}")
     try:
         # scikit-learn's own validation: object arrays of numbers become floats, complex or
         # non-numeric values, NaN, infinity and empty arrays are refused.
-        return check_array(X, dtype="numeric", allow_nd=True, ensure_min_samples=1, ensure_min_features=1, input_name="X")
+        array = check_array(X, dtype="numeric", allow_nd=True, ensure_min_samples=1, ensure_min_features=1, input_name="X")
     except TypeError as error:
         raise InputTypeError(_one_line(error)) from None
     except ValueError as error:
         raise InputValueError(_one_line(error)) from None
+    if 0 in array.shape:  # scikit-learn checks N and D only; an empty image side crashes deep in the network
+        raise InputValueError(f"X has shape {array.shape}, with a dimension of size 0: every image needs at least one pixel along each axis")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        # torch has no long double; float64 keeps every value that float32 (what trains) can hold.
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float64)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # big-endian files: torch reads native order only
+    if array.dtype.kind == "f":
+        largest = float(np.abs(array).max())
+        if not largest <= float(np.finfo(np.float32).max):
+            # The network computes in float32, where these become infinite: training would stop
+            # with outputs 'NaN or infinite', which reads like a learning-rate problem.
+            raise InputValueError(f"X holds values up to {largest:g}, beyond float32's range (about 3.4e38) in which OTClust computes: rescale X (e.g. standardise each feature)")
+    return array
 
 
-def _as_uint8_images(array: np.ndarray) -> np.ndarray:
-    """Image values as 8 bits, by the rules of the module docstring."""
+# How float images are read: "0..1" (intensities, scaled by 255) or "0..255".
+UNIT_RANGE, BYTE_RANGE = "0..1", "0..255"
+# Float images whose values are almost all in [0, 1] but not all: [0, 1] intensities with a few
+# values just above 1 (resampling overshoot) would be read as 0..255 and rounded to 0 or 1, which
+# destroys them, while dark 0..255 images look the same; so such data are refused, not guessed.
+AMBIGUOUS_UNIT_SHARE = 0.99
+
+
+def _float_image_range(array: np.ndarray, fitted: str | None = None) -> str:
+    """How float images in [0, 255] are read: the range the estimator was fitted with (so that a
+    dark batch is not read otherwise at predict time), else [0, 1] when every value is at most 1."""
+    high = float(array.max())
+    if fitted == UNIT_RANGE and high > 1.0:
+        raise InputValueError(f"OTClust was fitted on float images in [0, 1], but X has values up to {high:g}: pass images on the same scale (divide 0..255 values by 255)")
+    if fitted is not None:
+        return fitted
+    if high <= 1.0:
+        return UNIT_RANGE
+    share = float(np.mean(array <= 1.0))
+    if share >= AMBIGUOUS_UNIT_SHARE:
+        raise InputValueError(
+            f"X holds float images with {share:.2%} of the values in [0, 1] but some up to {high:g}, so their scale is ambiguous: "
+            "if they are intensities in [0, 1], clip them (np.clip(X, 0, 1)); if they are 0..255 values, pass them as bytes (np.rint(X).astype(np.uint8))"
+        )
+    return BYTE_RANGE
+
+
+def _as_uint8_images(array: np.ndarray, fitted_range: str | None = None) -> tuple[np.ndarray, str | None]:
+    """Image values as 8 bits, by the rules of the module docstring, and the float range read
+    (None for integer and boolean images, whose scale is fixed)."""
     if array.dtype == np.uint8:
-        return array
+        return array, None
     if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
+        return array.astype(np.uint8) * 255, None
     low, high = float(array.min()), float(array.max())
-    if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
-        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
-    if low >= 0.0 and high <= 255.0:
-        return np.rint(array).astype(np.uint8)
-    raise InputValueError(
-        f"X holds images with values in [{low:g}, {high:g}], but images must be 0..255 or float intensities in [0, 1]: "
-        "pass standardised or other data as feature vectors (X.reshape(len(X), -1)), or rescale the images"
-    )
+    if not (low >= 0.0 and high <= 255.0):
+        raise InputValueError(
+            f"X holds images with values in [{low:g}, {high:g}], but images must be 0..255 or float intensities in [0, 1]: "
+            "pass standardised or other data as feature vectors (X.reshape(len(X), -1)), or rescale the images"
+        )
+    if array.dtype.kind != "f":
+        return np.rint(array).astype(np.uint8), None
+    value_range = _float_image_range(array, fitted_range)
+    scale = 255.0 if value_range == UNIT_RANGE else 1.0
+    return np.rint(array.astype(np.float64) * scale).astype(np.uint8), value_range
 
 
-def dataset_from_array(X, name: str = "array"):
-    """X (see the module docstring for what its shapes and values mean) -> ImageDataset."""
+def _dataset_and_range(X, fitted_range: str | None = None, name: str = "array"):
+    """(ImageDataset of X, the float image range read or None); `fitted_range`: the one to reuse."""
     array = _checked_array(X)
     if array.ndim == 2:
-        return ImageDataset(data=torch.tensor(array, dtype=torch.float32), labels=None, name=name)
+        return ImageDataset(data=torch.tensor(array, dtype=torch.float32), labels=None, name=name), None
     if array.ndim == 3:
         array = array[:, None]
     elif array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     if array.shape[1] not in (1, 3):
         raise InputValueError(f"images must have 1 or 3 channels, got shape {array.shape}; pass other data as feature vectors (N, D)")
-    array = _as_uint8_images(array)
+    array, value_range = _as_uint8_images(array, fitted_range)
     # A copy: the data may be a read-only memory map, and torch needs writable memory.
-    return ImageDataset(data=torch.tensor(np.ascontiguousarray(array)), labels=None, name=name)
+    return ImageDataset(data=torch.tensor(np.ascontiguousarray(array)), labels=None, name=name), value_range
+
+
+def dataset_from_array(X, name: str = "array"):
+    """X (see the module docstring for what its shapes and values mean) -> ImageDataset."""
+    return _dataset_and_range(X, name=name)[0]
 
 
 # scikit-learn estimator checks that do not apply to OTClust, and why (the test passes this to
@@ -169,16 +234,19 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.refit = refit  # n_clusters='auto': train again with the chosen K (otclust.k_search)
 
     def _config(self) -> FitConfig:
+        for name in ("params", "augment"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), Mapping):
+                raise InputTypeError(f"{name} must be a mapping of names to values (e.g. params={{'sinkhorn_eps': 0.05}}) or None, got {getattr(self, name)!r}")
         values = dict(get_method_class(self.method).default_config)
-        values.update(method=self.method, data="array", clusters=self.n_clusters, seed=self.seed, device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp, refit=self.refit)
+        values.update(method=self.method, data="array", clusters=_plain_number(self.n_clusters), seed=_plain_number(self.seed), device=self.device, backbone=self.backbone, cluster_proportions=self.cluster_proportions, params=dict(self.params or {}), augment=dict(self.augment or {}), weights=self.weights, cpu_amp=self.cpu_amp, refit=self.refit)
         proportions = self.cluster_proportions
         if isinstance(proportions, (list, tuple, np.ndarray)):  # sizes as numbers: the text the CLI takes
             values["cluster_proportions"] = ",".join(str(float(p)) for p in np.asarray(proportions, dtype=object).reshape(-1))
         if self.epochs is not None or self.steps is not None:  # either replaces the other from the method's defaults
-            values.update(epochs=self.epochs, steps=self.steps)
+            values.update(epochs=_plain_number(self.epochs), steps=_plain_number(self.steps))
         for key in ("batch_size", "lr"):
             if getattr(self, key) is not None:
-                values[key] = getattr(self, key)
+                values[key] = _plain_number(getattr(self, key))
         with settings_errors_as_value_errors():
             return FitConfig(**values).validate()
 
@@ -188,7 +256,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         if not is_auto and (isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2):
             raise InputValueError(f"n_clusters must be an integer of at least 2, or 'auto' / 'auto:MIN-MAX', got {self.n_clusters!r}")
         config = self._config()
-        dataset = dataset_from_array(X)
+        dataset, float_image_range = _dataset_and_range(X)
         config, narrowed = fit_default_k_range(config, dataset.n_samples)
         if narrowed and self.verbose:
             print(narrowed, file=sys.stderr, flush=True)
@@ -208,6 +276,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.history_ = result.history
         self.n_clusters_ = int(result.metrics["clusters"])  # the K predicted: n_clusters, or the one chosen under 'auto'
         self.k_selection_ = result.metrics.get("k_selection")  # n_clusters='auto': the criterion's curve, else None
+        # "0..1" or "0..255" for float images, else None: predict reads floats on this scale.
+        self.float_image_range_ = float_image_range
         if dataset.is_features:
             self.n_features_in_ = int(dataset.data.shape[1])
         elif hasattr(self, "n_features_in_"):
@@ -225,7 +295,7 @@ class OTClust(ClusterMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """N x K cluster probabilities of X (converted to what the model was trained on)."""
         self._check_fitted()
-        dataset = dataset_from_array(X)
+        dataset, _ = _dataset_and_range(X, getattr(self, "float_image_range_", None))
         if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
             dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
@@ -253,6 +323,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         state["labels"] = torch.as_tensor(np.asarray(self.labels_))
         # What fit leaves on the estimator besides the model, so that a loaded one has it too.
         state["estimator_fit"] = to_plain({"history": self.history_, "k_selection": self.k_selection_}, "the fit's history")
+        state["float_image_range"] = getattr(self, "float_image_range_", None)
         write_checkpoint(state, path)
 
     @classmethod
@@ -276,4 +347,6 @@ class OTClust(ClusterMixin, BaseEstimator):
         estimator.k_selection_ = fit_record.get("k_selection")
         if method.spec.is_features:
             estimator.n_features_in_ = int(method.spec.feature_dim)
+        # Checkpoints from before it was kept, or from `otclust fit`: guessed per call, as then.
+        estimator.float_image_range_ = checkpoint.get("float_image_range")
         return estimator
