@@ -108,3 +108,41 @@ def test_bad_ranges_and_criteria_are_user_errors():
     with pytest.raises(UserError, match="criterion"):
         choose_k(x, criterion="elbow")
     assert "stability" in CRITERIA
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(features=np.arange(30.0)), "N x D array"),
+        (dict(tolerance=-1), "tolerance must be"),
+        (dict(smooth_neighbors=0), "smooth_neighbors must be"),
+        (dict(seed=-1), "seed must be a whole number of 0 or more"),
+        (dict(k_min=2.0), "whole numbers 2 <= k_min <= k_max"),
+        (dict(k_max="5"), "whole numbers 2 <= k_min <= k_max"),
+        (dict(features=np.where(np.eye(60, 4) > 0, np.nan, 1.0)), "NaN or infinite"),
+        (dict(features=np.ones((60, 4)) * np.inf), "NaN or infinite"),
+        (dict(features=_blobs(3, seed=0) + 1j), "complex"),
+    ],
+)
+def test_bad_arguments_are_user_errors_not_library_tracebacks(arguments, message):
+    arguments = {"features": _blobs(3, seed=0), "k_min": 2, "k_max": 5, **arguments}
+    with pytest.raises(UserError, match=message):
+        choose_k(**arguments)
+
+
+@pytest.mark.parametrize("criterion", ["stability", "silhouette", "eigengap"])
+def test_degenerate_data_is_refused_instead_of_returning_k_max(criterion):
+    # All points equal, or three distinct ones: every K up to k_max used to look perfectly stable.
+    with pytest.raises(UserError, match="all 30 samples are the same point"):
+        choose_k(np.ones((30, 4)), 2, 5, criterion=criterion)
+    with pytest.raises(UserError, match="only 3 distinct points .* k_max must be at most 3"):
+        choose_k(np.repeat(_blobs(3, seed=0)[:3], 10, axis=0), 2, 5, criterion=criterion)
+    with pytest.raises(UserError, match="at least 2 features"):  # one unit-normalised feature is its sign
+        choose_k(_blobs(3, seed=0)[:, :1], 2, 5, criterion=criterion)
+
+
+def test_too_few_samples_says_how_many_are_needed():
+    for n in (0, 2):
+        with pytest.raises(UserError, match=f"needs at least 7 samples .* got {n}: pass more samples$"):
+            choose_k(np.random.default_rng(0).normal(size=(n, 4)), 2, 5)
+    assert choose_k(np.random.default_rng(0).normal(size=(7, 4)), 2, 5, smooth_rounds=0)[0] in range(2, 6)  # 7 is enough

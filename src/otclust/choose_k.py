@@ -21,6 +21,9 @@ scikit-learn.
 
 from __future__ import annotations
 
+import itertools
+import math
+import numbers
 import re
 
 import numpy as np
@@ -188,6 +191,44 @@ def close_calls(criterion: str, curve: dict[int, float], chosen: int, tolerance:
     return [k for k in _stability_band(curve, tolerance) if k != chosen]
 
 
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _samples_needed(k_max: int) -> int:
+    """The fewest samples among which K up to k_max can be chosen (largest_k)."""
+    return next(n for n in itertools.count(k_max + 1) if largest_k(n) >= k_max)
+
+
+def _checked_matrix(values, name: str) -> np.ndarray:
+    """`values` as a finite real N x D float array (more axes are flattened into D), or a UserError."""
+    try:
+        array = np.asarray(values)
+    except ValueError:  # a ragged nested list
+        raise UserError(f"{name} is ragged (its rows have different lengths): pass an N x D array") from None
+    if array.dtype.kind == "c":  # numpy would drop the imaginary part with only a warning
+        raise UserError(f"{name} holds complex numbers: pass real features (e.g. the real and imaginary parts as separate columns)")
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{name} must hold numbers, got an array of dtype {array.dtype}")
+    if array.ndim < 2:
+        raise UserError(f"{name} must be an N x D array, one row of features per sample; got shape {array.shape}")
+    array = array.reshape(len(array), int(np.prod(array.shape[1:]))).astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        raise UserError(f"{name} holds NaN or infinite values: remove or replace them (e.g. np.nan_to_num) before choosing K")
+    return array
+
+
+def _check_distinct(unit: np.ndarray, k_max: int, what: str) -> None:
+    """Fewer distinct points than k_max leaves every K above that count a split of equal points,
+    which k-means makes the same way each run: the stability curve then reads 1.0 up to k_max and
+    k_max comes out, silently (and the classical criteria fail inside scikit-learn)."""
+    distinct = len(np.unique(unit, axis=0))
+    if distinct == 1:
+        raise UserError(f"choosing K: all {len(unit)} samples are the same point ({what}): there are no clusters to tell apart")
+    if distinct < k_max:
+        raise UserError(f"choosing K: only {distinct} distinct points ({what}) among {len(unit)} samples: k_max must be at most {distinct}")
+
+
 def choose_k(
     features,
     k_min: int = DEFAULT_K_RANGE[0],
@@ -210,11 +251,33 @@ def choose_k(
     """
     if criterion not in CRITERIA:
         raise UserError(f"unknown K criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
+    if not (_is_whole(k_min) and _is_whole(k_max) and 2 <= k_min <= k_max):
+        raise UserError(f"choosing K needs whole numbers 2 <= k_min <= k_max, got {k_min!r} and {k_max!r}")
+    k_min, k_max = int(k_min), int(k_max)
+    # Checked here: a negative seed, no neighbours or a negative tolerance failed deep in numpy
+    # (or divided by zero, or emptied the band of K to choose from).
+    if not _is_whole(seed) or seed < 0:
+        raise UserError(f"choose_k's seed must be a whole number of 0 or more, got {seed!r}")
+    if not _is_whole(smooth_neighbors) or smooth_neighbors < 1:
+        raise UserError(f"smooth_neighbors must be a whole number of at least 1, got {smooth_neighbors!r}")
+    if not _is_whole(smooth_rounds) or smooth_rounds < 0:
+        raise UserError(f"smooth_rounds must be a whole number of 0 or more, got {smooth_rounds!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UserError(f"tolerance must be a finite number of 0 or more, got {tolerance!r}")
+    if features is not None:
+        features = _checked_matrix(features, "features")
+    if points is not None:
+        points = _checked_matrix(points, "points")
     n = len(points) if points is not None else len(features)
-    if not 2 <= k_min <= k_max:
-        raise UserError(f"choosing K needs 2 <= k_min <= k_max, got {k_min} and {k_max}")
     if k_max > largest_k(n):
-        raise UserError(f"choosing K among {n} samples: k_max {k_max} must be at most {largest_k(n)} (each stability run clusters {SUBSAMPLE_FRACTION:.0%} of them)")
+        fewer = f", or a k_max of at most {largest_k(n)}" if largest_k(n) >= 2 else ""
+        raise UserError(f"choosing K up to k_max {k_max} needs at least {_samples_needed(k_max)} samples (each stability run clusters {SUBSAMPLE_FRACTION:.0%} of them, more points than clusters), got {n}: pass more samples{fewer}")
+    if features is not None and features.shape[1] < 2:
+        raise UserError("choosing K needs at least 2 features per sample: each sample is unit-normalised, which leaves a single feature only its sign; cluster one-dimensional data on its values directly (e.g. k-means)")
+    if points is not None:
+        _check_distinct(points, k_max, "after smoothing")
+    else:
+        _check_distinct(smoothed_features(features, smooth_neighbors, 0), k_max, "once unit-normalised, as every criterion reads them")
     ks = range(k_min, k_max + 1)
     if criterion == "eigengap":
         if features is None:
