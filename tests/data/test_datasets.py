@@ -403,6 +403,14 @@ def test_unknown_names_and_bad_arguments(tmp_path):
         load_dataset("  ")
     with pytest.raises(UserError, match="bad image size"):
         load_dataset("digits", image_size=0)
+    with pytest.raises(UserError, match="bad image size 4.5"):  # was "'float' object is not iterable"
+        load_dataset("digits", image_size=4.5)
+    # Not a string: was AttributeError 'strip'; a Path is told how to name its kind of files.
+    with pytest.raises(TypeError, match="must be a string NAME or NAME:PATH") as e:
+        load_dataset(3)
+    assert isinstance(e.value, UserError)
+    with pytest.raises(UserError, match="must be a string.*'folder:digits'"):
+        load_dataset(Path("digits"))
     assert parse_spec("Fashion_MNIST") == ("fashion-mnist", None, {})
     assert parse_spec("folder:a:b") == ("folder", Path("a:b"), {})
     assert DATASET_NAMES == [

@@ -363,12 +363,21 @@ def dataset_help() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class DatasetSpecTypeError(UserError, TypeError):
+    """A dataset spec that is not a string: a UserError (one line) that is also a TypeError."""
+
+
 def parse_spec(spec: str) -> tuple[str, Path | None, dict[str, str]]:
     """Split ``NAME[:PATH]`` into the canonical name, the path and options (features' labels=).
 
     Only the first colon separates, so paths may contain colons; for ``features`` only the last
     ``,labels=`` is an option, so paths may contain commas.
     """
+    if spec is not None and not isinstance(spec, str):
+        # Not read as str(spec): a Path names files, which need their kind (images or features)
+        # said, and the spec's syntax would then depend on the type of one argument.
+        hint = f": for your own files write 'folder:{spec}' (images) or 'features:{spec}' (.npy)" if isinstance(spec, os.PathLike) else ""
+        raise DatasetSpecTypeError(f"the dataset spec must be a string NAME or NAME:PATH (e.g. 'digits', 'folder:/data/images'), got {spec!r}{hint}")
     text = (spec or "").strip()
     if not text:
         raise UserError(f"empty dataset name: use one of {', '.join(DATASET_NAMES)} (NAME or NAME:PATH)")
@@ -438,7 +447,12 @@ def _as_size(image_size) -> tuple[int, int] | None:
     """An int (square) or (height, width); None keeps the native size."""
     if image_size is None:
         return None
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if isinstance(image_size, (int, np.integer)):
+        size = (image_size, image_size)
+    elif isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__iter__"):
+        size = ()  # 4.5 failed in tuple() with "'float' object is not iterable"
+    else:
+        size = tuple(image_size)
     valid = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
     if len(size) != 2 or not valid:
         raise UserError(f"bad image size {image_size!r}: use a positive integer (pixels per side)")
