@@ -102,7 +102,7 @@ def _checked_array(X) -> np.ndarray:
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))  # big-endian files: torch reads native order only
     if array.dtype.kind == "f":
-        largest = float(np.abs(array).max())
+        largest = max(abs(float(array.max())), abs(float(array.min())))  # no N x D copy as np.abs would make
         if not largest <= float(np.finfo(np.float32).max):
             # The network computes in float32, where these become infinite: training would stop
             # with outputs 'NaN or infinite', which reads like a learning-rate problem.
@@ -202,7 +202,9 @@ class OTClust(ClusterMixin, BaseEstimator):
     (or "auto:MIN-MAX") trains with MAX clusters, chooses K after training and, with `refit=True`
     (the default), trains again with that K, as `fit --clusters auto` does. After fit, `labels_` holds the training samples' clusters, `n_clusters_` the K they use
     (with its curve, and the K as stable as the chosen one, in `k_selection_` under "auto"), and `n_features_in_` the D of feature vectors (images have no
-    fixed D: new images of another size or colour mode are converted as the training data were).
+    fixed D: new images of another size or colour mode are converted as the training data were);
+    `float_image_range_` is "0..1" or "0..255" after fitting on float images (predict reads
+    floats on that scale; `save` keeps it), else None.
     X is described in the module docstring: (N, D) feature vectors are used as given; images are
     uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
     ValueError and a UserError). Using an unfitted estimator raises scikit-learn's
