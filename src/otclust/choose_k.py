@@ -212,7 +212,9 @@ def _checked_matrix(values, name: str) -> np.ndarray:
         raise UserError(f"{name} must hold numbers, got an array of dtype {array.dtype}")
     if array.ndim < 2:
         raise UserError(f"{name} must be an N x D array, one row of features per sample; got shape {array.shape}")
-    array = array.reshape(len(array), int(np.prod(array.shape[1:]))).astype(np.float64, copy=False)
+    array = array.reshape(len(array), int(np.prod(array.shape[1:])))
+    if array.dtype.kind != "f":  # floats stay as they are: no float64 copy of a large embedding
+        array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise UserError(f"{name} holds NaN or infinite values: remove or replace them (e.g. np.nan_to_num) before choosing K")
     return array
@@ -248,6 +250,12 @@ def choose_k(
     smooth_neighbors nearest neighbours, when given), 'silhouette' or 'calinski_harabasz'
     (highest), 'davies_bouldin' (lowest). points: the already smoothed features
     (``smoothed_features``), to share them between criteria.
+
+    A UserError refuses what has no K to choose or would fail inside numpy or scikit-learn:
+    features that are not a finite real N x D array, fewer than 2 features (a unit-normalised
+    single feature is only its sign), fewer distinct points than k_max (every K up to k_max would
+    look perfectly stable), too few samples for k_max, and bad k_min, k_max, seed,
+    smooth_neighbors, smooth_rounds or tolerance.
     """
     if criterion not in CRITERIA:
         raise UserError(f"unknown K criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
