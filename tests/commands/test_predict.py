@@ -28,7 +28,8 @@ def read_rows(path):
 
 
 def files_under(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    """The files a user sees (the export's own hidden record of what it wrote left out)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
 
 
 def test_export_copies_each_image_into_its_cluster_folder(trained, tmp_path, capsys):
@@ -200,3 +201,28 @@ def test_predict_on_unlabeled_data_does_not_speak_of_skipping_an_evaluation(tmp_
     assert main(["predict", "--checkpoint", str(tmp_path / "run"), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
     said = capsys.readouterr()
     assert "evaluation skipped" not in said.out + said.err and "40 samples assigned" in said.out + said.err
+
+
+def test_export_never_deletes_the_images_it_sorts_nor_files_it_did_not_write(trained, tmp_path):
+    """Re-sorting an exported folder into itself with --overwrite deleted every image before
+    copying (then crashed); a photo the user saved into a cluster folder was deleted too."""
+    model, data = trained
+    export = tmp_path / "sorted"
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / "a.csv"), "--export", str(export), "--no-progress"]) == 0
+    exported = sorted(p.relative_to(export) for p in export.rglob("*") if p.is_file() and not p.name.startswith("."))
+    mine = export / "cluster_00" / "my_only_copy.jpg"
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_bytes(b"precious")
+    # the export folder as the data: refused, nothing touched
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{export}", "--out", str(tmp_path / "b.csv"), "--export", str(export), "--overwrite", "--no-progress"]) == 2
+    assert sorted(p.relative_to(export) for p in export.rglob("*") if p.is_file() and not p.name.startswith(".") and p != mine) == exported
+    # an export inside the data folder: refused (the next fit would read the copies)
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / "c.csv"), "--export", str(data / "sorted"), "--no-progress"]) == 2
+    assert not (data / "sorted").exists()
+    # --overwrite replaces what the export wrote and keeps the user's file
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / "d.csv"), "--export", str(export), "--overwrite", "--no-progress"]) == 0
+    assert mine.read_bytes() == b"precious"
+    # cluster folders with no record of an export are not otclust's to empty
+    (export / ".otclust-export.json").unlink()
+    assert main(["predict", "--checkpoint", str(model), "--data", f"folder:{data}", "--out", str(tmp_path / "e.csv"), "--export", str(export), "--overwrite", "--no-progress"]) == 2
+    assert mine.read_bytes() == b"precious"

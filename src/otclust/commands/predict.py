@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from otclust.commands.common import add_data_options, add_readout_option
-from otclust.data import conform, load_dataset
+from otclust.data import conform, load_dataset, parse_spec
 from otclust.data.embeddings import features_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
@@ -126,15 +127,40 @@ def check_export_dir(export: Path, overwrite: bool) -> None:
         raise UserError(f"--export folder {export} is not empty: pass --overwrite to replace otclust's cluster folders in it, or choose another folder")
 
 
+# What an export wrote, relative to its folder: --overwrite removes these files and nothing else
+# (a photo the user saved into cluster_03/ afterwards is theirs).
+EXPORT_MANIFEST = ".otclust-export.json"
+
+
+def check_export_apart_from_images(export: Path, paths: list[str], data_root: Path | None) -> None:
+    """The export folder must not hold the images being sorted (--overwrite would delete them
+    before copying them), nor lie inside the data folder (the next fit would read the copies)."""
+    target = export.resolve()
+    if any(target == source or target in source.parents for source in (Path(p).resolve() for p in paths)):
+        raise UserError(f"--export {export} holds the images being sorted: choose an --export folder outside the data, e.g. {export.resolve().parent / (export.resolve().name + '-sorted')}")
+    if data_root is not None and data_root.is_dir() and data_root.resolve() in target.parents:
+        raise UserError(f"--export {export} lies inside the data folder {data_root}: the next fit on it would read the copies as more images; choose a folder outside it")
+
+
 def _clear_export_dir(export: Path) -> None:
-    """Remove the files of cluster_XX/ and uncertain/ (what an earlier export wrote), nothing else."""
-    for sub in export.iterdir():
-        if sub.is_dir() and not sub.is_symlink() and (sub.name.startswith("cluster_") or sub.name == "uncertain"):
-            for item in sub.iterdir():
-                if item.is_file() or item.is_symlink():
-                    item.unlink()
-            if not any(sub.iterdir()):
-                sub.rmdir()
+    """Remove the files an earlier export recorded in its manifest, then its folders left empty;
+    nothing else. Cluster folders without a manifest are not otclust's to empty: refused."""
+    manifest = export / EXPORT_MANIFEST
+    ours = [sub for sub in export.iterdir() if sub.is_dir() and not sub.is_symlink() and (sub.name.startswith("cluster_") or sub.name == "uncertain")]
+    if not ours:
+        return
+    try:
+        written = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--export folder {export} has cluster folders, but no record of what otclust wrote there ({EXPORT_MANIFEST}): empty it yourself or choose another folder") from None
+    for name in written:
+        item = export / name
+        if item.parent.parent == export and (item.is_file() or item.is_symlink()):
+            item.unlink()
+    for sub in ours:
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    manifest.unlink()
 
 
 def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray, export: Path, n_clusters: int, link: bool, progress: bool = True) -> dict[str, int]:
@@ -143,6 +169,7 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
     export.mkdir(parents=True, exist_ok=True)
     used: dict[Path, set[str]] = {}
     counts: dict[str, int] = {}
+    written: list[str] = []  # the manifest: what a later --overwrite may remove
     items = range(len(paths))
     if progress:
         from tqdm.auto import tqdm
@@ -163,7 +190,9 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
             os.symlink(source.resolve(), target)
         else:
             shutil.copy2(source, target)
+        written.append(f"{folder.name}/{name}")
         counts[folder.name] = counts.get(folder.name, 0) + 1
+    atomic_write_text(export / EXPORT_MANIFEST, json.dumps({"files": written}, indent=0))
     return counts
 
 
@@ -200,6 +229,9 @@ def run(args) -> int:
     dataset = load_data_for_model(args, method, config)
     if export is not None and dataset.paths is None:
         raise UserError(f"--export needs image files, and {dataset.name} has none (it is held in memory): use --data folder:PATH, or drop --export")
+    if export is not None:
+        spec_name, spec_path, _ = parse_spec(args.data or config.data)
+        check_export_apart_from_images(export, dataset.paths, spec_path if spec_name == "folder" else None)
     proba = predict_in_batches(method, dataset.data, select_device(args.device), args.batch_size, description=None if args.no_progress else "predicting")
     if not np.isfinite(proba).all():
         # A run whose training diverged (written before fit checked for it): NaN confidences, and
