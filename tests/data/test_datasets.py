@@ -311,7 +311,7 @@ def test_folder_errors(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "k" / "ok.png")
     (tmp_path / "k" / "broken.jpg").unlink()
     Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")
-    with pytest.raises(UserError, match="both class subfolders and 1 loose images"):
+    with pytest.raises(UserError, match=r"both class subfolders \(k\) and 1 loose images"):
         load_dataset(f"folder:{tmp_path}")
     with pytest.raises(UserError, match="not a directory"):
         load_dataset(f"folder:{tmp_path / 'loose.png'}")

@@ -638,3 +638,30 @@ def test_a_link_from_one_class_folder_to_another_leaves_each_class_its_own_image
     assert {Path(p).name: int(label) for p, label in zip(ds.paths, ds.labels)} == {"a.jpg": 0, "b.jpg": 1, "c.jpg": 1}
     (note,) = names(ds.notes, "ignored 1 link to folders already read")
     assert "cats/more" in note
+
+
+def test_system_folders_and_files_are_skipped_and_netpbm_images_read(tmp_path):
+    """A NAS's @eaDir thumbnails were read as more photos of the class (and made a flat folder
+    look like one with class subfolders); Thumbs.db and desktop.ini are not the user's files
+    to count; .pgm/.ppm (face data sets) are images."""
+    for name in ("cats/a.jpg", "dogs/b.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(tmp_path / name)
+    thumbs = tmp_path / "cats" / "@eaDir" / "a.jpg"
+    thumbs.mkdir(parents=True)
+    photo(thumbs / "SYNOPHOTO_THUMB_M.jpg")
+    (tmp_path / "dogs" / "Thumbs.db").write_bytes(b"\0" * 10)
+    Image.new("L", (20, 20), 90).save(tmp_path / "dogs" / "face.pgm")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert sorted(Path(p).name for p in ds.paths) == ["a.jpg", "b.jpg", "face.pgm"]
+    assert not names(ds.notes, "ignored")
+    flat = tmp_path / "flat"
+    (flat / "@eaDir" / "x.jpg").mkdir(parents=True)
+    photo(flat / "@eaDir" / "x.jpg" / "thumb.jpg")
+    photo(flat / "x.jpg")
+    photo(flat / "y.jpg")
+    assert load_dataset(f"folder:{flat}").n_samples == 2
+    (flat / "sub").mkdir()
+    photo(flat / "sub" / "z.jpg")
+    with pytest.raises(UserError, match=r"both class subfolders \(sub\) and 2 loose images"):
+        load_dataset(f"folder:{flat}")

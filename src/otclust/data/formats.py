@@ -338,11 +338,22 @@ def read_stl10_part(directory: Path, part: str) -> Part:
 # --------------------------------------------------------------------------------------------
 
 # .jfif: how browsers on Windows save JPEGs; .mpo: JPEGs holding more pictures (3D and depth cameras).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# .pgm/.ppm/.pbm/.pnm: Netpbm, as face and vision data sets (ORL, Yale) ship; .tga: Targa.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm", ".tga")
+
+
+# What file systems, NAS boxes and desktops put into a photo folder of their own accord: skipped
+# like hidden names. Synology's @eaDir holds several thumbnails of every photo, which were read
+# as more photos of the class; a flat folder with one was refused as having class subfolders.
+SYSTEM_NAMES = frozenset({"@eaDir", "#recycle", "@Recycle", "$RECYCLE.BIN", "System Volume Information", "lost+found", "Thumbs.db", "desktop.ini"})
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_NAMES
 
 
 def _is_image_name(name: str) -> bool:
-    if name.startswith("."):
+    if _is_hidden(name):
         return False
     lower = name.lower()
     if lower.endswith(decode.HEIF_EXTENSIONS):
@@ -407,7 +418,7 @@ def _scan(directory: str) -> tuple[list[_Entry], list[str], list[str]]:
     entries = [_Entry(e) for e in sorted(os.scandir(directory), key=lambda e: e.name)]
     others, dangling = [], []
     for e in entries:
-        if e.name.startswith("."):
+        if _is_hidden(e.name):
             continue
         if not e.is_file and not e.is_dir and (e.is_link or _is_image_name(e.name)):
             dangling.append(e.name)
@@ -441,7 +452,7 @@ def _images_below(directory: str, prefix: str, seen: set[str]) -> tuple[list[Pat
     files = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     others, dangling, repeated = [prefix + n for n in others], [prefix + n for n in dangling], []
     for e in entries:
-        if e.is_dir and not e.name.startswith("."):
+        if e.is_dir and not _is_hidden(e.name):
             if os.path.realpath(e.path) in seen:
                 repeated.append(prefix + e.name)
                 continue
@@ -468,13 +479,13 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
         raise UserError(f"cannot list {root}: {e.strerror}") from None
     # The real class folders count as read from the start: a link inside one class to another
     # class's folder (cats/more -> ../dogs) must not read the dogs as cats and then skip them.
-    class_folders = {os.path.realpath(e.path) for e in entries if e.is_dir and not e.is_link and not e.name.startswith(".")}
+    class_folders = {os.path.realpath(e.path) for e in entries if e.is_dir and not e.is_link and not _is_hidden(e.name)}
     seen = {os.path.realpath(root)} | class_folders
     loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
     classes: list[tuple[str, list[Path]]] = []
     repeated: list[str] = []  # links to folders already read
     for entry in entries:
-        if entry.is_dir and not entry.name.startswith("."):
+        if entry.is_dir and not _is_hidden(entry.name):
             own_folder = not entry.is_link and os.path.realpath(entry.path) in class_folders
             if os.path.realpath(entry.path) in seen and not own_folder:
                 repeated.append(entry.name)
@@ -485,7 +496,7 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
                 classes.append((entry.name, sorted(files)))
     if classes and loose:
         raise UserError(
-            f"{root} has both class subfolders and {len(loose)} loose images (e.g. {loose[0].name}): "
+            f"{root} has both class subfolders ({_named([name for name, _ in classes])}) and {len(loose)} loose images (e.g. {loose[0].name}): "
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
     notes = _listing_notes(others, dangling)
