@@ -340,3 +340,16 @@ def test_warnings_are_one_line_and_a_foreign_pickle_is_only_the_error(tmp_path):
     (tmp_path / "raw.pt").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
     result = run_cli("predict", "--checkpoint", str(tmp_path / "raw.pt"), "--data", f"features:{tmp_path / 'x.npy'}", "--out", str(tmp_path / "p.csv"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_run_folder_inside_the_image_folder_is_refused(tmp_path):
+    """--out inside the data folder: the next fit would read the report's figures as images."""
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(data / f"{i}.png")
+    for out in (data, data / "runs" / "one"):
+        assert main(["fit", "--data", f"folder:{data}", "-k", "2", "--epochs", "1", "--out", str(out), "--overwrite", "--no-progress"]) == 2
+    assert sorted(p.name for p in data.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]

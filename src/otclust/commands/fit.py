@@ -8,7 +8,7 @@ from pathlib import Path
 from otclust.commands.common import HelpFormatter, add_training_options, config_from_args
 from otclust.choose_k import TOLERANCE
 from otclust.config import load_config_file
-from otclust.data import load_dataset
+from otclust.data import load_dataset, parse_spec
 from otclust.data.decode import SETTINGS
 from otclust.data.embeddings import pretrained_training_data
 from otclust.distributed import env_rank
@@ -42,10 +42,21 @@ def default_out(config) -> Path:
     return Path("runs") / f"{config.method}-{data_name}-seed{config.seed}"
 
 
+def refuse_out_inside_data(out: Path, data: str) -> None:
+    """A run folder inside an image folder becomes part of it: the next fit reads the report's
+    figures as images (a new class, or a grey set turned colour)."""
+    name, root, _ = parse_spec(data)
+    if name == "folder" and root is not None and root.is_dir():
+        target, root = out.resolve(), root.resolve()
+        if target == root or root in target.parents:
+            raise UserError(f"--out {out} lies inside the data folder {root}: the next fit would read the run's figures as images; choose an --out outside it")
+
+
 def run(args) -> int:
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config)
     main = env_rank() == 0  # under torchrun only rank 0 touches the run folder
+    refuse_out_inside_data(out, config.data)
     if main and not args.resume:
         prepare_output_folder(out, overwrite=args.overwrite, check_only=True)
     if args.no_progress:
