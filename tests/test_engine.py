@@ -183,11 +183,13 @@ def test_a_network_too_large_for_memory_is_refused_before_anything_is_built(tmp_
     from otclust.data import decode
 
     rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
     for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     monkeypatch.setattr(decode, "available_memory", lambda: 10**6)  # 1 MB free
     out = tmp_path / "run"
-    assert main(["fit", "--data", f"folder:{tmp_path}", "-k", "2", "--image-size", "20", "--epochs", "1", "--out", str(out), "--no-progress", "--no-cache"]) == 2
+    assert main(["fit", "--data", f"folder:{photos}", "-k", "2", "--image-size", "20", "--epochs", "1", "--out", str(out), "--no-progress", "--no-cache"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert "training on 20x20 images in batches of 6 needs at least" in line and "lower --image-size" in line
     assert not out.exists()

@@ -399,7 +399,7 @@ class Trainer:
             metrics, history = dist_utils.broadcast_object((metrics, history))
         if self.out is not None:
             self.out.write_final_metrics(metrics)
-            self.out.write_assignments(proba, eval_dataset.labels, eval_dataset.paths)
+            self.out.write_assignments(proba, eval_dataset.labels, eval_dataset.paths, getattr(eval_dataset, "class_names", None))
         dist_utils.barrier()  # the run folder is complete when fit returns, on every process
         return FitResult(method=method, proba=proba, labels=labels, metrics=metrics, history=history)
 

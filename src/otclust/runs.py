@@ -188,15 +188,18 @@ class RunWriter:
     def write_final_metrics(self, metrics: dict) -> None:
         atomic_write_text(self.folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
-    def write_assignments(self, proba: np.ndarray, labels: np.ndarray | None, paths: list[str] | None) -> None:
-        write_assignments_csv(self.folder / "assignments.csv", proba, labels, paths)
+    def write_assignments(self, proba: np.ndarray, labels: np.ndarray | None, paths: list[str] | None, class_names: list[str] | None = None) -> None:
+        write_assignments_csv(self.folder / "assignments.csv", proba, labels, paths, class_names)
 
 
-def write_assignments_csv(path: Path, proba: np.ndarray, labels: np.ndarray | None = None, paths: list[str] | None = None) -> None:
-    """One row per sample: index, path (if known), cluster, confidence, label (if known)."""
+def write_assignments_csv(path: Path, proba: np.ndarray, labels: np.ndarray | None = None, paths: list[str] | None = None, class_names: list[str] | None = None) -> None:
+    """One row per sample: index, path (if known), cluster, confidence, label (if known) and the
+    label's class name (when the data name their classes: folders 1, 2, 10 are labels 0, 2, 1,
+    sorted as text, which the id alone does not tell)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    header = ["index"] + (["path"] if paths is not None else []) + ["cluster", "confidence"] + (["label"] if labels is not None else [])
+    named = labels is not None and class_names is not None and len(class_names) > int(np.max(labels, initial=-1))
+    header = ["index"] + (["path"] if paths is not None else []) + ["cluster", "confidence"] + (["label"] if labels is not None else []) + (["class"] if named else [])
     writer.writerow(header)
     clusters = proba.argmax(axis=1)
     confidence = proba.max(axis=1)
@@ -204,5 +207,7 @@ def write_assignments_csv(path: Path, proba: np.ndarray, labels: np.ndarray | No
         row = [i] + ([paths[i]] if paths is not None else []) + [int(clusters[i]), f"{confidence[i]:.4f}"]
         if labels is not None:
             row.append(int(labels[i]))
+        if named:
+            row.append(class_names[int(labels[i])])
         writer.writerow(row)
     atomic_write_text(Path(path), buffer.getvalue())

@@ -209,10 +209,12 @@ def test_fit_on_colour_photos_from_scratch_points_to_pretrained_backbones(tmp_pa
     from PIL import Image
 
     rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
     for i in range(12):
         shape = (16, 16, 3) if mode == "RGB" else (16, 16)
-        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(tmp_path / f"{i}.png")
-    code = main(["fit", "--data", f"folder:{tmp_path}", "--clusters", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(photos / f"{i}.png")
+    code = main(["fit", "--data", f"folder:{photos}", "--clusters", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 0
     captured = capsys.readouterr()
     assert ("pretrained --backbone" in captured.out + captured.err) == noted
@@ -353,3 +355,19 @@ def test_a_run_folder_inside_the_image_folder_is_refused(tmp_path):
     for out in (data, data / "runs" / "one"):
         assert main(["fit", "--data", f"folder:{data}", "-k", "2", "--epochs", "1", "--out", str(out), "--overwrite", "--no-progress"]) == 2
     assert sorted(p.name for p in data.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_assignments_name_each_label_by_its_class_folder(tmp_path):
+    """Folders 1, 2 and 10 are labels 0, 2 and 1 (sorted as text): the class column says which."""
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    for folder in ("1", "2", "10"):
+        (data / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((12, 12), 20 * i + int(folder), np.uint8)).save(data / folder / f"{i}.png")
+    assert main(["fit", "--data", f"folder:{data}", "-k", "3", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    with open(tmp_path / "run" / "assignments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and all(row["class"] == os.path.basename(os.path.dirname(row["path"])) for row in rows)
+    assert {row["class"]: row["label"] for row in rows} == {"1": "0", "10": "1", "2": "2"}
