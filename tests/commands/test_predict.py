@@ -181,7 +181,7 @@ def test_export_keeps_every_image_when_file_names_repeat_across_folders(tmp_path
     name another image already took: y/a.jpg, the image of index 2, is renamed a-2.jpg, which
     z/a-2.jpg took first."""
     paths = []
-    for index, (folder, name) in enumerate([("z", "a-2.jpg"), ("x", "a.jpg"), ("y", "a.jpg"), ("w", "a.jpg")]):
+    for index, (folder, name) in enumerate([("z", "a-2.jpg"), ("x", "a.jpg"), ("y", "a.jpg"), ("w", "A.JPG")]):  # A.JPG: a.jpg on macOS and Windows
         path = tmp_path / "photos" / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"image {index}")
@@ -191,6 +191,7 @@ def test_export_keeps_every_image_when_file_names_repeat_across_folders(tmp_path
     assert counts == {"cluster_00": 4}
     written = sorted((export / "cluster_00").iterdir())
     assert sorted(p.read_text() for p in written) == ["image 0", "image 1", "image 2", "image 3"]
+    assert len({p.name.lower() for p in written}) == 4  # distinct on a file system that ignores case
 
 
 def test_predict_on_unlabeled_data_does_not_speak_of_skipping_an_evaluation(tmp_path, capsys):

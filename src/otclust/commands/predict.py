@@ -182,9 +182,11 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
         if not names:
             folder.mkdir(exist_ok=True)
         name = source.name
-        while name in names:  # same file name from two folders (IMG_0001.jpg of every camera folder): keep both
+        # Same file name from two folders (IMG_0001.jpg of every camera folder): keep both. Compared
+        # without case: on macOS and Windows IMG_0.jpg and img_0.JPG are one file.
+        while name.lower() in names:
             name = f"{Path(name).stem}-{i}{source.suffix}"
-        names.add(name)
+        names.add(name.lower())
         target = folder / name
         if link:
             os.symlink(source.resolve(), target)
