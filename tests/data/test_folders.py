@@ -665,3 +665,14 @@ def test_system_folders_and_files_are_skipped_and_netpbm_images_read(tmp_path):
     photo(flat / "sub" / "z.jpg")
     with pytest.raises(UserError, match=r"both class subfolders \(sub\) and 2 loose images"):
         load_dataset(f"folder:{flat}")
+
+
+def test_multi_page_and_animated_images_are_noted_as_read_by_their_first_frame(tmp_path):
+    first, second = Image.new("L", (20, 20), 200), Image.new("L", (20, 20), 10)
+    first.save(tmp_path / "stack.tif", save_all=True, append_images=[second, second])
+    first.save(tmp_path / "anim.gif", save_all=True, append_images=[second])
+    first.save(tmp_path / "plain.png")
+    ds = load_dataset(f"folder:{tmp_path}")
+    (note,) = names(ds.notes, "2 of 3 images hold several pages or frames")
+    assert "up to 3" in note and "only the first of each is used" in note
+    assert ds.data.float().mean() > 150  # the first (bright) frame of each

@@ -155,6 +155,7 @@ class Probe:
     colour: bool = False
     format: str = ""
     error: str | None = None
+    frames: int = 1  # pages of a TIFF, frames of an animated GIF/WebP/PNG: the first is decoded
 
 
 def _decode_errors():
@@ -248,7 +249,9 @@ def probe(path: str) -> Probe:
                         w, h = h, w
                 except Exception:  # a broken EXIF block must not make a good image unreadable
                     pass
-                return Probe(h, w, _is_colour(img), img.format or "")
+                # An MPO's further pictures are a depth map or the other eye: not pages of its own.
+                frames = 1 if img.format == "MPO" else int(getattr(img, "n_frames", 1) or 1)
+                return Probe(h, w, _is_colour(img), img.format or "", frames=frames)
     except _decode_errors() as e:
         return Probe(error=_short_reason(e, path))
 
@@ -387,6 +390,15 @@ def working_resolution(
 
 
 ELONGATED_RATIO = 2.0  # longer side over shorter side beyond which a centre-cropped square keeps under half
+
+
+def several_frames_note(probes: list[Probe]) -> str:
+    """A note naming how many images hold more than one page or frame, or "" when none does: only
+    the first of each is decoded, which the user of a stack of scans should know."""
+    many = [p for p in probes if p.frames > 1]
+    if not many:
+        return ""
+    return f"{len(many)} of {len(probes)} images hold several pages or frames (multi-page TIFF, animated GIF, WebP or PNG; up to {max(p.frames for p in many)}): only the first of each is used"
 
 
 def elongated_note(probes: list[Probe]) -> str:

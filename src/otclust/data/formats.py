@@ -547,9 +547,9 @@ def read_image_folder(
     size, why = decode.working_resolution([probes[i] for i in good], backbone, image_size, size_from)
     if why:
         notes.append(why)
-    elongated = decode.elongated_note([probes[i] for i in good])
-    if elongated:
-        notes.append(elongated)
+    for note in (decode.elongated_note([probes[i] for i in good]), decode.several_frames_note([probes[i] for i in good])):
+        if note:
+            notes.append(note)
     shape = (len(good), channels, *size)
     need = decode.estimated_bytes(*shape[:2], size)
     budget = decode.memory_budget()
