@@ -534,6 +534,9 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     if method is not None:
         dataset = _load_run_data(config, method, notes)
     if dataset is not None:
+        trained_on = final.get("n_samples")
+        if isinstance(trained_on, int) and trained_on != dataset.n_samples:
+            notes.append(f"the run's data now hold {dataset.n_samples} samples, and it was fitted on {trained_on}: the figures show the data as they are now")
         log(f"report: predicting {dataset.n_samples} samples of {dataset.name}")
         proba = predict_in_batches(method, dataset.data, device_obj, batch_size)
 

@@ -89,6 +89,12 @@ def test_unlabeled_features_leave_out_label_parts_and_image_grids_with_notes(tmp
     assert "no labels: the confusion matrix is left out" in page
     assert "feature vectors, not images: no image grids" in page
 
+    # Samples added since the fit: said on the page and the console.
+    np.save(tmp_path / "x.npy", np.concatenate([features, features[:5]]))
+    assert main(["report", str(out), "--overwrite", "--device", "cpu"]) == 0
+    assert "data now hold 95 samples, and it was fitted on 90" in (out / "report.html").read_text()
+    np.save(tmp_path / "x.npy", features)
+
     # The data moved away: what can be drawn from the run folder alone still is.
     (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
     assert main(["report", str(out), "--overwrite", "--device", "cpu"]) == 0
