@@ -676,3 +676,21 @@ def test_multi_page_and_animated_images_are_noted_as_read_by_their_first_frame(t
     (note,) = names(ds.notes, "2 of 3 images hold several pages or frames")
     assert "up to 3" in note and "only the first of each is used" in note
     assert ds.data.float().mean() > 150  # the first (bright) frame of each
+
+
+def test_one_stray_pixel_does_not_change_how_a_float_or_32_bit_image_is_scaled(tmp_path):
+    """A [0, 1] float image with one pixel at 1.01, or a 0..255 int32 one with a pixel at 256,
+    was read as the next range up (x1 or /257): almost black."""
+    ramp = np.arange(256, dtype=np.float32).reshape(16, 16)
+    unit = ramp / 255
+    unit[0, 0] = 1.01
+    Image.fromarray(unit, "F").save(tmp_path / "float.tif")
+    wide = ramp.astype(np.int32)
+    wide[0, 0] = 256
+    Image.fromarray(wide, "I").save(tmp_path / "int32.tif")
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "plain.png")
+    ds = load_dataset(f"folder:{tmp_path}", image_size=16)
+    by_name = {Path(p).name: ds.data[i, 0].numpy().astype(int) for i, p in enumerate(ds.paths)}
+    expected = by_name["plain.png"]
+    for name in ("float.tif", "int32.tif"):
+        assert np.abs(by_name[name][1:] - expected[1:]).max() <= 1, name  # row 0 holds the stray pixel

@@ -26,7 +26,8 @@ other (grey pictures stored as colour files: RGB JPEGs of scans, X-rays, MNIST-l
 then kept as grey, its luma as PIL computes it (``grey_content``, ``luma``); one too large for the
 memory budget stays RGB on disk. 16-bit images (and
 32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
-clipped, float images in [0, 1] are scaled by 255; alpha is dropped (transparent pixels keep the colour they store); CMYK
+clipped, float images in [0, 1] are scaled by 255 (the range of a 32-bit or float image judged by
+its 99th percentile, so that a few stray pixels do not change it); alpha is dropped (transparent pixels keep the colour they store); CMYK
 and YCbCr go through Pillow's own conversion to RGB.
 
 Formats beyond Pillow's own: HEIC/HEIF (what iPhones save) are read through pillow-heif when it
@@ -266,7 +267,10 @@ def to_uint8(img, rgb: bool):
         pass
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float32)
-        peak = float(arr.max(initial=0.0))
+        # The range is judged from the 99th percentile, not the maximum: one stray pixel at 1.01
+        # in a [0, 1] float image (or 256 in 0..255 integers) read the whole image as the next
+        # range up, almost black. Values beyond the range found are clipped.
+        peak = float(np.percentile(arr, 99)) if arr.size else 0.0
         if img.mode.startswith("I;16") or peak > 255:
             arr = arr / 257.0
         elif img.mode == "F" and peak <= 1.0:
