@@ -694,3 +694,52 @@ def test_one_stray_pixel_does_not_change_how_a_float_or_32_bit_image_is_scaled(t
     expected = by_name["plain.png"]
     for name in ("float.tif", "int32.tif"):
         assert np.abs(by_name[name][1:] - expected[1:]).max() <= 1, name  # row 0 holds the stray pixel
+
+
+def _rgb_profile(name: str, red, green, blue, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB display profile (matrix and gamma): primaries as D50 XYZ columns."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    text = name.encode() + b"\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 3 + b"\0" * 67
+    tags = [(b"desc", desc), (b"cprt", b"text" + b"\0" * 4 + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(*red)), (b"gXYZ", xyz(*green)), (b"bXYZ", xyz(*blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"none" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 28 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_photos_with_a_colour_profile_are_read_in_srgb(tmp_path):
+    """Display P3 (iPhones) or Adobe RGB pixels read as stored would give two devices' photos of one
+    scene two colour casts; they are converted to sRGB as a viewer shows them (littlecms, the
+    reference being Pillow's own profileToProfile), an sRGB or untagged photo is left as it is."""
+    import io
+
+    from PIL import ImageCms
+
+    wide = _rgb_profile("Wide gamut test", (0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    colour = Image.new("RGB", (32, 32), (60, 160, 90))
+    colour.save(tmp_path / "wide.png", icc_profile=wide)
+    colour.save(tmp_path / "wide.jpg", icc_profile=wide, quality=100, subsampling=0)
+    colour.save(tmp_path / "srgb.png", icc_profile=srgb)
+    colour.save(tmp_path / "plain.png")
+    expected = ImageCms.profileToProfile(colour, ImageCms.ImageCmsProfile(io.BytesIO(wide)), ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
+    assert abs(expected[0] - 60) > 20  # the profile really moves the colour
+    ds = load_dataset(f"folder:{tmp_path}", image_size=16)
+    pixel = {Path(p).name: tuple(int(v) for v in ds.data[i, :, 8, 8]) for i, p in enumerate(ds.paths)}
+    for name in ("wide.png", "wide.jpg"):
+        assert max(abs(a - b) for a, b in zip(pixel[name], expected)) <= 2, (name, pixel[name], expected)
+    assert pixel["srgb.png"] == pixel["plain.png"] == (60, 160, 90)

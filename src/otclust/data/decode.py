@@ -8,7 +8,8 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
 2. ``working_resolution``: the side S of the square the images are decoded to, from the data
    and the backbone: the median shorter side of the images, capped at what the backbone is
    built for (``BACKBONE_SIDE``), unless ``--image-size`` gives it.
-3. ``decode_into``: every image is decoded, EXIF-rotated, converted to 8-bit grey or RGB
+3. ``decode_into``: every image is decoded, EXIF-rotated, its colours taken to sRGB when it
+   embeds another colour profile (``to_srgb``: Display P3, Adobe RGB), converted to 8-bit grey or RGB
    (``to_uint8``), scaled so that its shorter side is S and centre-cropped to S x S
    (``PIL.ImageOps.fit``: nothing is padded and the aspect ratio is kept; the longer side loses
    its ends). JPEGs (and MPOs) are decoded at a reduced scale first (``Image.draft``: the DCT is
@@ -257,14 +258,50 @@ def probe(path: str) -> Probe:
         return Probe(error=_short_reason(e, path))
 
 
+@functools.lru_cache(maxsize=16)
+def _srgb_transform(icc_profile: bytes, mode: str):
+    """littlecms transform from an embedded colour profile to sRGB (perceptual), or None when the
+    profile is sRGB already or cannot be read. Cached: a folder's photos share a few profiles."""
+    import io
+
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower():
+            return None
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # a damaged profile: the pixels as stored
+
+
+def to_srgb(img):
+    """RGB or CMYK pixels of an image with an embedded colour profile (Display P3 of iPhones,
+    Adobe RGB of cameras) in sRGB, as a viewer shows them: the same scene from two devices then
+    gives the same colours, not two colour casts a network could sort by."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    if img.mode == "RGBA":
+        img = img.convert("RGB")  # alpha is dropped anyway (module docstring)
+    transform = _srgb_transform(bytes(icc), img.mode)
+    if transform is None:
+        return img
+    from PIL import ImageCms
+
+    return ImageCms.applyTransform(img, transform)
+
+
 def to_uint8(img, rgb: bool):
-    """EXIF rotation applied, then 8-bit L or RGB as the module docstring says."""
+    """EXIF rotation applied, colours in sRGB, then 8-bit L or RGB as the module docstring says."""
     from PIL import Image, ImageOps
 
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF: keep the stored orientation
         pass
+    if rgb:
+        img = to_srgb(img)
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float32)
         # The range is judged from the 99th percentile, not the maximum: one stray pixel at 1.01
