@@ -118,10 +118,10 @@ UNIT_RANGE, BYTE_RANGE = "0..1", "0..255"
 AMBIGUOUS_UNIT_SHARE = 0.99
 
 
-def _float_image_range(array: np.ndarray, fitted: str | None = None) -> str:
-    """How float images in [0, 255] are read: the range the estimator was fitted with (so that a
-    dark batch is not read otherwise at predict time), else [0, 1] when every value is at most 1."""
-    high = float(array.max())
+def _float_image_range(array: np.ndarray, high: float, fitted: str | None = None) -> str:
+    """How float images in [0, 255] (`high` their largest value) are read: the range the
+    estimator was fitted with (so that a dark batch is not read otherwise at predict time), else
+    [0, 1] when every value is at most 1."""
     if fitted == UNIT_RANGE and high > 1.0:
         raise InputValueError(f"OTClust was fitted on float images in [0, 1], but X has values up to {high:g}: pass images on the same scale (divide 0..255 values by 255)")
     if fitted is not None:
@@ -152,7 +152,7 @@ def _as_uint8_images(array: np.ndarray, fitted_range: str | None = None) -> tupl
         )
     if array.dtype.kind != "f":
         return np.rint(array).astype(np.uint8), None
-    value_range = _float_image_range(array, fitted_range)
+    value_range = _float_image_range(array, high, fitted_range)
     scale = 255.0 if value_range == UNIT_RANGE else 1.0
     return np.rint(array.astype(np.float64) * scale).astype(np.uint8), value_range
 
