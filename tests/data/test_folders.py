@@ -743,3 +743,22 @@ def test_photos_with_a_colour_profile_are_read_in_srgb(tmp_path):
     for name in ("wide.png", "wide.jpg"):
         assert max(abs(a - b) for a, b in zip(pixel[name], expected)) <= 2, (name, pixel[name], expected)
     assert pixel["srgb.png"] == pixel["plain.png"] == (60, 160, 90)
+
+
+def test_class_folders_named_alike_in_composed_and_decomposed_unicode_are_one_class(tmp_path):
+    """macOS writes names decomposed (NFD: e + U+0301), Linux keeps them as given (mostly composed,
+    NFC: U+00E9): a folder copied from a Mac beside one made here gave two classes shown alike in
+    the report, the CSVs and the scores. One class, named in NFC, with a note; every file is
+    still read at its real path, also from folders below that differ only in the same way."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for name in (f"{nfc}/a.jpg", f"{nfd}/a.jpg", f"{nfd}/b.jpg", f"{nfc}/cr\u00e8me/c.jpg", f"{nfc}/cre\u0300me/c.jpg", "tea/d.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(tmp_path / name)
+    if len(os.listdir(tmp_path)) < 3:
+        pytest.skip("this file system holds the two names as one folder (as macOS does)")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.class_names == [nfc, "tea"]
+    assert ds.n_samples == 6 and sorted(ds.labels) == [0, 0, 0, 0, 0, 1]
+    assert all(os.path.isfile(p) for p in ds.paths) and len(set(ds.paths)) == 6
+    (note,) = names(ds.notes, "folders whose names differ only in how accents are encoded")
+    assert note.endswith(f"read as one class: {nfc}")

@@ -21,6 +21,7 @@ import shutil
 import struct
 import sys
 import tarfile
+import unicodedata
 import urllib.error
 import urllib.request
 import zlib
@@ -467,9 +468,11 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
 
     Each subfolder holding images, at any depth below it, is a class (sorted by name; their order
     defines label ids), as torchvision's ImageFolder reads a folder: `photos/cats/2019/*.jpg` is of
-    class `cats`. A folder with both class subfolders and loose images is refused rather than
-    guessed at: dropping the loose ones or lumping them into a class would both skew evaluation
-    silently. Files are recognised by extension; others, and links to nothing readable, are
+    class `cats`. A class is named by its folder's name in composed Unicode (NFC), so folders whose
+    names differ only in how accents are encoded (`café` made here, `café` decomposed by macOS)
+    are one class, with a note. A folder with both class subfolders and loose images is refused
+    rather than guessed at: dropping the loose ones or lumping them into a class would both skew
+    evaluation silently. Files are recognised by extension; others, and links to nothing readable, are
     counted in a note. Symbolic links to files and folders are followed; a folder is read once
     (a link to one already read is named in a note), so links cannot loop.
     """
@@ -482,7 +485,8 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     class_folders = {os.path.realpath(e.path) for e in entries if e.is_dir and not e.is_link and not _is_hidden(e.name)}
     seen = {os.path.realpath(root)} | class_folders
     loose = [Path(e.path) for e in entries if e.is_file and _is_image_name(e.name)]
-    classes: list[tuple[str, list[Path]]] = []
+    by_name: dict[str, list[Path]] = {}
+    merged: list[str] = []  # classes read from more than one folder
     repeated: list[str] = []  # links to folders already read
     for entry in entries:
         if entry.is_dir and not _is_hidden(entry.name):
@@ -493,13 +497,25 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
             files, sub_others, sub_dangling, sub_repeated = _images_below(entry.path, f"{entry.name}/", seen)
             others, dangling, repeated = others + sub_others, dangling + sub_dangling, repeated + sub_repeated
             if files:
-                classes.append((entry.name, sorted(files)))
+                # The class is the name in composed form (NFC): macOS writes names decomposed (NFD),
+                # so a folder copied from a Mac beside one made elsewhere (café twice) would be two
+                # classes shown alike. Only the label is normalised: files keep their real paths.
+                name = unicodedata.normalize("NFC", entry.name)
+                if name in by_name and name not in merged:
+                    merged.append(name)
+                by_name.setdefault(name, []).extend(files)
+    classes = [(name, sorted(files)) for name, files in sorted(by_name.items())]
     if classes and loose:
         raise UserError(
             f"{root} has both class subfolders ({_named([name for name, _ in classes])}) and {len(loose)} loose images (e.g. {loose[0].name}): "
             "move the loose images into a subfolder, or point folder: at a directory with only one kind"
         )
     notes = _listing_notes(others, dangling)
+    if merged:
+        notes.append(
+            "folders whose names differ only in how accents are encoded (composed, or decomposed as macOS "
+            f"writes them) are read as one class: {_named(merged)}"
+        )
     if repeated:
         notes.append(f"ignored {_count(len(repeated), 'link')} to folders already read ({_named(repeated)}): each folder is read once")
     if classes:
