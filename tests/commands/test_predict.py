@@ -3,6 +3,7 @@ differ from the training data (converted as they were, with a note)."""
 
 import csv
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -193,6 +194,24 @@ def test_export_keeps_every_image_when_file_names_repeat_across_folders(tmp_path
     assert sorted(p.read_text() for p in written) == ["image 0", "image 1", "image 2", "image 3"]
     assert len({p.name.lower() for p in written}) == 4  # distinct on a file system that ignores case
 
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_export_keeps_both_images_named_alike_in_composed_and_decomposed_unicode(tmp_path, link):
+    """café.jpg composed (NFC) and decomposed (NFD, as macOS writes it) are two files here, one
+    class since their folders are one (café twice), and one name on macOS: copied into one cluster
+    folder there, the second overwrote the first (a link failed). The second is renamed."""
+    paths = []
+    for index, (folder, name) in enumerate([("caf\u00e9", "caf\u00e9.jpg"), ("cafe\u0301", "cafe\u0301.jpg")]):
+        path = tmp_path / "photos" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"image {index}")
+        paths.append(str(path))
+    export = tmp_path / "sorted"
+    assert export_images(paths, np.zeros(2, dtype=int), np.zeros(2, dtype=bool), export, 2, link=link, progress=False) == {"cluster_00": 2}
+    written = sorted((export / "cluster_00").iterdir())
+    assert sorted(p.read_text() for p in written) == ["image 0", "image 1"]
+    assert len({unicodedata.normalize("NFC", p.name) for p in written}) == 2  # distinct where the forms are one name
 
 def test_predict_on_unlabeled_data_does_not_speak_of_skipping_an_evaluation(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)

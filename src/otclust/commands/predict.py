@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,10 @@ def _clear_export_dir(export: Path) -> None:
     manifest.unlink()
 
 
+def _same_file_key(name: str) -> str:
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray, export: Path, n_clusters: int, link: bool, progress: bool = True) -> dict[str, int]:
     """Copy (or symlink) each image into export/cluster_XX/ or export/uncertain/; returns counts per folder."""
     width = max(2, len(str(n_clusters - 1)))
@@ -183,10 +188,11 @@ def export_images(paths: list[str], clusters: np.ndarray, uncertain: np.ndarray,
             folder.mkdir(exist_ok=True)
         name = source.name
         # Same file name from two folders (IMG_0001.jpg of every camera folder): keep both. Compared
-        # without case: on macOS and Windows IMG_0.jpg and img_0.JPG are one file.
-        while name.lower() in names:
+        # without case and in one Unicode form: on macOS IMG_0.jpg and img_0.JPG are one file, and
+        # so are café.jpg composed and decomposed (two files on Linux, a folder may hold both).
+        while _same_file_key(name) in names:
             name = f"{Path(name).stem}-{i}{source.suffix}"
-        names.add(name.lower())
+        names.add(_same_file_key(name))
         target = folder / name
         if link:
             os.symlink(source.resolve(), target)
