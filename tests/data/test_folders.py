@@ -762,3 +762,43 @@ def test_class_folders_named_alike_in_composed_and_decomposed_unicode_are_one_cl
     assert all(os.path.isfile(p) for p in ds.paths) and len(set(ds.paths)) == 6
     (note,) = names(ds.notes, "folders whose names differ only in how accents are encoded")
     assert note.endswith(f"read as one class: {nfc}")
+
+
+def _grey_tiff(pixels: np.ndarray, photometric: int, bits: int = 0, order: str = "<") -> bytes:
+    """An uncompressed grey TIFF of ``pixels`` (uint8 or uint16; ``bits=1``: bilevel, non-zero set),
+    little- or big-endian (``order``), written byte by byte so that what is stored does not depend
+    on Pillow's writer."""
+    import struct
+
+    h, w = pixels.shape
+    if bits == 1:
+        data, bits = np.packbits(pixels.astype(bool), axis=1).tobytes(), 1
+    else:
+        data, bits = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes(), 8 * pixels.dtype.itemsize
+    tags = [(256, w), (257, h), (258, bits), (259, 1), (262, photometric), (273, 0), (277, 1), (278, h), (279, len(data))]
+    start = 8 + 2 + 12 * len(tags) + 4  # the pixels follow the header and the one directory
+    entries = b"".join(struct.pack(order + "HHII", tag, 4, 1, start if tag == 273 else value) for tag, value in tags)
+    header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HIH", 42, 8, len(tags))
+    return header + entries + struct.pack(order + "I", 0) + data
+
+
+def test_white_is_zero_tiffs_read_as_a_viewer_shows_them_at_every_bit_depth(tmp_path):
+    """A 16-bit TIFF stored WhiteIsZero (tag 262 = 0) was read as stored, black and white swapped:
+    Pillow inverts only 1- to 8-bit ones."""
+    shown = np.arange(256, dtype=np.uint8).reshape(16, 16)  # what a viewer shows: black top left
+    files = {
+        "black_is_zero_8.tif": _grey_tiff(shown, 1),
+        "white_is_zero_8.tif": _grey_tiff(255 - shown, 0),
+        "white_is_zero_16.tif": _grey_tiff((255 - shown.astype(np.uint16)) * 257, 0),
+    }
+    bilevel = np.where(shown < 128, 0, 255).astype(np.uint8)  # top half black
+    files["white_is_zero_1.tif"] = _grey_tiff(bilevel == 0, 0, bits=1)  # set bits are black
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        read = decode.decode_one(str(tmp_path / name), (16, 16), rgb=False)[0]
+        np.testing.assert_array_equal(read, bilevel if name.endswith("_1.tif") else shown, err_msg=name)
+    # Pillow 13 cannot open a big-endian 16-bit one (it is skipped with the reason); should a later
+    # Pillow open it, it must read as shown too, inverted once.
+    (tmp_path / "big_endian_16.tif").write_bytes(_grey_tiff((255 - shown.astype(np.uint16)) * 257, 0, order=">"))
+    if decode.probe(str(tmp_path / "big_endian_16.tif")).error is None:
+        np.testing.assert_array_equal(decode.decode_one(str(tmp_path / "big_endian_16.tif"), (16, 16), rgb=False)[0], shown)

@@ -29,7 +29,11 @@ memory budget stays RGB on disk. 16-bit images (and
 32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
 clipped, float images in [0, 1] are scaled by 255 (the range of a 32-bit or float image judged by
 its 99th percentile, so that a few stray pixels do not change it); alpha is dropped (transparent pixels keep the colour they store); CMYK
-and YCbCr go through Pillow's own conversion to RGB.
+and YCbCr go through Pillow's own conversion to RGB. Grey TIFFs stored WhiteIsZero (TIFF tag 262 =
+0: scanners, some microscopes) read as a viewer shows them at every bit depth: Pillow inverts 1- to
+8-bit ones itself, and 16-bit ones are inverted here (Pillow reads them as stored, black and white
+swapped). Not inverted: WhiteIsZero float TIFFs (Pillow reads them as stored, and their black has
+no fixed value); big-endian 16-bit ones Pillow cannot open at all, and they are skipped.
 
 Formats beyond Pillow's own: HEIC/HEIF (what iPhones save) are read through pillow-heif when it
 is installed (the ``heif`` extra), which applies the file's rotation itself and, like a JPEG's
@@ -296,6 +300,10 @@ def to_uint8(img, rgb: bool):
     """EXIF rotation applied, colours in sRGB, then 8-bit L or RGB as the module docstring says."""
     from PIL import Image, ImageOps
 
+    # Pillow inverts a TIFF stored WhiteIsZero (PhotometricInterpretation 0, as scanners and some
+    # microscopes write) at 1 to 8 bits, but reads a 16-bit one as stored: black and white swapped.
+    # Read here, before the EXIF rotation returns an image without the TIFF's tags.
+    white_is_zero = img.mode.startswith("I;16") and getattr(img, "tag_v2", {}).get(262) == 0
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF: keep the stored orientation
@@ -312,7 +320,8 @@ def to_uint8(img, rgb: bool):
             arr = arr / 257.0
         elif img.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        img = Image.fromarray(255 - arr if white_is_zero else arr, "L")
     return img.convert("RGB" if rgb else "L")
 
 
