@@ -129,14 +129,14 @@ def test_modes_converted_as_documented(tmp_path):
     palette = Image.new("P", (8, 8))
     palette.putpalette([0, 0, 255] + [0] * 765)  # colour palette -> the folder is RGB
     palette.save(tmp_path / "b_palette.png")
-    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "c_16bit.png")  # 1000 / 257 -> 4
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "c_16bit.png")  # 10-bit: 1000 * 255 / 1023 -> 249
     Image.new("LA", (8, 8), (60, 0)).save(tmp_path / "d_la.png")
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "e_cmyk.jpg")  # red in CMYK
     Image.new("1", (8, 8), 1).save(tmp_path / "f_bilevel.png")
     ds = load_dataset(f"folder:{tmp_path}")
     assert ds.data.shape == (6, 3, 8, 8)
     px = ds.data[:, :, 4, 4].tolist()
-    assert px[0] == [250, 0, 0] and px[1] == [0, 0, 255] and px[2] == [4, 4, 4] and px[3] == [60, 60, 60]
+    assert px[0] == [250, 0, 0] and px[1] == [0, 0, 255] and px[2] == [249, 249, 249] and px[3] == [60, 60, 60]
     assert px[4][0] > 200 and px[4][1] < 40 and px[5] == [255, 255, 255]
     # all grey: one channel, and float images in [0, 1] scaled by 255
     grey = tmp_path / "grey"
@@ -802,3 +802,28 @@ def test_white_is_zero_tiffs_read_as_a_viewer_shows_them_at_every_bit_depth(tmp_
     (tmp_path / "big_endian_16.tif").write_bytes(_grey_tiff((255 - shown.astype(np.uint16)) * 257, 0, order=">"))
     if decode.probe(str(tmp_path / "big_endian_16.tif")).error is None:
         np.testing.assert_array_equal(decode.decode_one(str(tmp_path / "big_endian_16.tif"), (16, 16), rgb=False)[0], shown)
+
+
+def test_10_to_14_bit_data_in_16_bit_files_fill_the_8_bit_range(tmp_path):
+    """A 12-bit camera's 0..4095 in a 16-bit PNG or TIFF was divided by 257: 16 dark grey levels."""
+    shown = np.arange(256).reshape(16, 16)
+    files = {}
+    for bits in (8, 10, 12, 14, 16):  # 8-bit values in a 16-bit file up to full 16-bit range
+        files[f"{bits}.png"] = np.rint(shown * (2**bits - 1) / 255).astype(np.uint16)
+    files["12.tif"] = files["12.png"]
+    files["12_int32.tif"] = files["12.png"].astype(np.int32)  # how Pillow before 10 opened a 16-bit PNG
+    # 12-bit frames of one camera: one whose brightest pixel is 2000 stays as much darker, and
+    # sparse bright pixels (1 in 256) over a dark background are not clipped.
+    files["12_dim.png"] = np.rint(shown * 2000 / 255).astype(np.uint16)
+    sparse = np.full((16, 16), 40, np.uint16)
+    sparse[8, 8] = 4000
+    files["12_sparse.png"] = sparse
+    for name, stored in files.items():
+        Image.fromarray(stored).save(tmp_path / name)
+    read = {name: decode.decode_one(str(tmp_path / name), (16, 16), rgb=False)[0].astype(int) for name in files}
+    for bits in (8, 10, 12, 14, 16):
+        np.testing.assert_array_equal(read[f"{bits}.png"], shown, err_msg=f"{bits}-bit")
+    np.testing.assert_array_equal(read["12.tif"], shown)
+    np.testing.assert_array_equal(read["12_int32.tif"], shown)
+    np.testing.assert_array_equal(read["12_dim.png"], np.rint(files["12_dim.png"] / 4095 * 255))
+    assert read["12_sparse.png"][8, 8] == round(4000 * 255 / 4095) and read["12_sparse.png"][0, 0] == round(40 * 255 / 4095)

@@ -25,15 +25,26 @@ decoded to RGB (grey ones repeated into three channels), else all to grey. A fol
 in which every pixel of every image has its red, green and blue within ``GREY_TOLERANCE`` of each
 other (grey pictures stored as colour files: RGB JPEGs of scans, X-rays, MNIST-like images) is
 then kept as grey, its luma as PIL computes it (``grey_content``, ``luma``); one too large for the
-memory budget stays RGB on disk. 16-bit images (and
-32-bit integer ones with values above 255) are rescaled to 8 bits (value / 257) instead of
-clipped, float images in [0, 1] are scaled by 255 (the range of a 32-bit or float image judged by
-its 99th percentile, so that a few stray pixels do not change it); alpha is dropped (transparent pixels keep the colour they store); CMYK
-and YCbCr go through Pillow's own conversion to RGB. Grey TIFFs stored WhiteIsZero (TIFF tag 262 =
-0: scanners, some microscopes) read as a viewer shows them at every bit depth: Pillow inverts 1- to
-8-bit ones itself, and 16-bit ones are inverted here (Pillow reads them as stored, black and white
-swapped). Not inverted: WhiteIsZero float TIFFs (Pillow reads them as stored, and their black has
-no fixed value); big-endian 16-bit ones Pillow cannot open at all, and they are skipped.
+memory budget stays RGB on disk.
+
+Images of more than 8 bits are rescaled to 8 bits, not clipped, from the whole bit depth that holds
+their largest value (``bit_depth``: 8, 10, 12, 14 or 16): 16-bit files of 10- to 14-bit cameras
+(microscopes, scientific cameras: 0..4095 for 12 bits) fill 0..255 (until 2026-12-07 all were
+divided by 257, 16 dark grey levels for 12-bit data), full-range 16-bit ones are divided by 257,
+and 8-bit values written into a 16-bit file are kept. The depth is judged per image, from its
+values alone: frames of one camera keep their relative brightness, but a 12-bit frame whose
+brightest pixel is under 1024 (a quarter of its range) reads as 10-bit, 4 times brighter than the
+camera's other frames, and a dark 16-bit image whose largest value is under 4096 reads as 12-bit,
+16 times brighter than its 16-bit neighbours. 32-bit integer and float images are read the same
+way when they hold more than 0..255, else as 0..255, float ones in [0, 1] scaled by 255 (which
+range they hold is judged by the 99th percentile, so that a few stray pixels do not change it).
+Grey TIFFs stored WhiteIsZero (TIFF tag 262 = 0: scanners, some microscopes) read as a viewer shows
+them at every bit depth: Pillow inverts 1- to 8-bit ones itself, and 16-bit ones are inverted here
+(within the depth judged; Pillow reads them as stored, black and white swapped). Not inverted:
+WhiteIsZero float TIFFs (Pillow reads them as stored, and their black has no fixed value);
+big-endian 16-bit ones Pillow cannot open at all, and they are skipped. Alpha is dropped
+(transparent pixels keep the colour they store); CMYK and YCbCr go through Pillow's own
+conversion to RGB.
 
 Formats beyond Pillow's own: HEIC/HEIF (what iPhones save) are read through pillow-heif when it
 is installed (the ``heif`` extra), which applies the file's rotation itself and, like a JPEG's
@@ -296,6 +307,19 @@ def to_srgb(img):
     return ImageCms.applyTransform(img, transform)
 
 
+# Bit depths that cameras and scanners store; 10, 12 and 14 bits are written into 16-bit files.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth(peak: float) -> int:
+    """The smallest of ``BIT_DEPTHS`` whose range (0 .. 2**bits - 1) holds ``peak``, else 16.
+
+    Whole depths, not the image's own maximum: two frames of one 12-bit camera are scaled alike
+    (each by 255 / 4095) however bright each is, unless one's brightest pixel is under a quarter of
+    the range (1024), when it is read at 10 bits, 4 times brighter."""
+    return next((bits for bits in BIT_DEPTHS if peak < 2**bits), 16)
+
+
 def to_uint8(img, rgb: bool):
     """EXIF rotation applied, colours in sRGB, then 8-bit L or RGB as the module docstring says."""
     from PIL import Image, ImageOps
@@ -312,12 +336,17 @@ def to_uint8(img, rgb: bool):
         img = to_srgb(img)
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float32)
-        # The range is judged from the 99th percentile, not the maximum: one stray pixel at 1.01
-        # in a [0, 1] float image (or 256 in 0..255 integers) read the whole image as the next
-        # range up, almost black. Values beyond the range found are clipped.
+        # Whether a 32-bit or float image holds 0..255 or [0, 1] is judged from the 99th percentile,
+        # not the maximum: one stray pixel at 1.01 in a [0, 1] float image (or 256 in 0..255
+        # integers) read the whole image as the next range up, almost black. Values beyond the
+        # range found are clipped.
         peak = float(np.percentile(arr, 99)) if arr.size else 0.0
         if img.mode.startswith("I;16") or peak > 255:
-            arr = arr / 257.0
+            # A 16-bit file often holds 10 to 14 bits (microscopes, scientific cameras): read at the
+            # whole bit depth of its largest value, 0..4095 fill 0..255 (divided by 257 they were 16
+            # dark levels). The maximum, not a percentile: sparse bright pixels (stained cells on a
+            # dark background) are signal, never clipped, and cannot exceed their camera's depth.
+            arr = arr * (255.0 / (2 ** bit_depth(float(arr.max(initial=0))) - 1))
         elif img.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
@@ -511,6 +540,7 @@ __all__ = [
     "decode_one",
     "decode_into",
     "to_uint8",
+    "bit_depth",
     "grey_content",
     "luma",
     "working_resolution",
