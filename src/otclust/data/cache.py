@@ -28,9 +28,10 @@ import numpy as np
 from otclust.data.decode import SETTINGS
 
 # Part of every key: raised when decoding changes what it writes (2: colour profiles to sRGB, the
-# range of float and 32-bit images from their 99th percentile, MPO reduced; 2026-12-06), so that a
-# cache of before is not reused.
-CACHE_FORMAT = "otclust-decoded-2"
+# range of float and 32-bit images from their 99th percentile, MPO reduced; 2026-12-06. 3: 16-bit
+# images from their bit depth, 16-bit WhiteIsZero TIFFs inverted; 2026-12-07), so that a cache of
+# before is not reused.
+CACHE_FORMAT = "otclust-decoded-3"
 
 
 def cache_root() -> Path:
