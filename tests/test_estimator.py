@@ -5,7 +5,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from otclust import OTClust
+from otclust import OTClust, OTClustWarning
 from otclust.errors import UserError
 from otclust.estimator import SKLEARN_CHECKS_NOT_APPLICABLE, InputValueError, dataset_from_array
 
@@ -21,9 +21,11 @@ def test_fit_predict_save_load(tmp_path, blob_images):
     loaded = OTClust.load(path, device="cpu")
     np.testing.assert_array_equal(loaded.predict(images), assigned)
     np.testing.assert_array_equal(loaded.labels_, assigned)
-    # New images of another size and colour mode are converted as the training data were.
+    # New images of another size and colour mode are converted as the training data were, with a warning.
     rgb = np.repeat(np.kron(images[:5], np.ones((2, 2), dtype=np.uint8))[..., None], 3, axis=-1)
-    assert loaded.predict(rgb).shape == (5,)
+    with pytest.warns(OTClustWarning) as record:
+        assert loaded.predict(rgb).shape == (5,)
+    assert [str(w.message) for w in record] == ["converted RGB images to grayscale to match the model", "resized images from 16x16 to 8x8 to match the model"]
 
 
 def test_array_layouts():
@@ -245,3 +247,30 @@ def test_numpy_integers_are_accepted_as_parameters():
     config = OTClust(n_clusters=np.int64(2), seed=np.int64(5), epochs=np.int64(1), batch_size=np.int32(16))._config()
     assert (config.seed, config.epochs, config.batch_size) == (5, 1, 16)
     assert all(type(value) is int for value in (config.seed, config.epochs, config.batch_size))
+
+
+def test_a_quiet_estimator_issues_the_runs_warnings_and_drops_its_progress(capsys, blob_images):
+    """verbose=False dropped every message of the run, warnings with the progress: a user never
+    learnt that cluster_proportions was not used, the K range narrowed or predict resized the
+    images. Each is now one OTClustWarning; the progress stays silent."""
+    assert issubclass(OTClustWarning, UserWarning)
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    with pytest.warns(OTClustWarning, match="drc has no cluster-size constraint") as record:
+        OTClust(method="drc", n_clusters=2, epochs=1, cluster_proportions="0.5,0.5").fit(x)
+    assert len([w for w in record if issubclass(w.category, OTClustWarning)]) == 1
+    with pytest.warns(OTClustWarning, match="searches K in 2-15, but among 12 samples K can be chosen up to 9"):
+        OTClust(n_clusters="auto", epochs=1, refit=False).fit(x[:12])
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=1, batch_size=60).fit(images)
+    with pytest.warns(OTClustWarning) as record:
+        model.predict(np.zeros((2, 10, 10, 3), np.uint8))
+    assert [str(w.message) for w in record] == ["converted RGB images to grayscale to match the model", "resized images from 10x10 to 8x8 to match the model"]
+    assert capsys.readouterr().err == ""  # no epoch lines, no notes: the warnings went to `warnings`
+
+
+def test_a_verbose_estimator_prints_warnings_as_note_lines_among_its_progress(capsys, recwarn):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    OTClust(method="drc", n_clusters=2, epochs=1, cluster_proportions="0.5,0.5", verbose=True).fit(x)
+    err = capsys.readouterr().err
+    assert "note: drc has no cluster-size constraint" in err and "epoch 1/1" in err
+    assert not [w for w in recwarn if "cluster-size constraint" in str(w.message)]

@@ -6,6 +6,7 @@ data, training engine, metrics and command line. Start with `otclust fit --help`
 
 __version__ = "0.1.0"
 
+from otclust.errors import OTClustWarning  # noqa: E402
 from otclust.estimator import OTClust  # noqa: E402
 
-__all__ = ["OTClust", "__version__"]
+__all__ = ["OTClust", "OTClustWarning", "__version__"]

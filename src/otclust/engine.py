@@ -233,7 +233,7 @@ class FitResult:
 class Trainer:
     """Runs a method on a dataset. `out_dir` None keeps everything in memory (the Python API)."""
 
-    def __init__(self, config: FitConfig, out_dir: Path | None = None, progress: bool = True, log=None):
+    def __init__(self, config: FitConfig, out_dir: Path | None = None, progress: bool = True, log=None, warn=None):
         self.config = config.validate()
         # Under torchrun this joins the process group; each process gets its GPU (cuda:LOCAL_RANK).
         self.device = dist_utils.init_from_env(config.device)
@@ -245,8 +245,13 @@ class Trainer:
         self.out = RunWriter(out_dir) if out_dir is not None and self.is_main else None
         self.progress = progress and self.is_main
         log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        # Two channels: `log` for progress, `warn` for what the user must see even when progress
+        # is silenced (a setting not used, a weak K); the Python API turns the latter into
+        # warnings. By default a warning is a `note: ` line of the log, as the command line shows it.
+        warn = warn or (lambda message: log(f"note: {message}"))
         self.log = log if self.is_main else (lambda message: None)
-        self.precision = resolve_precision(config.amp, config.cpu_amp, self.device, self.log)
+        self.warn = warn if self.is_main else (lambda message: None)
+        self.precision = resolve_precision(config.amp, config.cpu_amp, self.device, self.warn)
         self.use_amp = self.precision.autocast
         self.method: ClusteringMethod | None = None
         # What the training step calls: the method itself, or its DistributedDataParallel wrapper.
@@ -443,8 +448,8 @@ class Trainer:
             if k_selection["chosen"] == k_range[0] < k_range[1]:
                 # The coarsest clear split can win outright (Fashion-MNIST's clothes against shoes:
                 # stability picks 2 of its 10 classes), so the range's floor is a weak answer.
-                self.log(
-                    f"note: K = {k_range[0]} is the smallest K searched, where the coarsest clear split wins "
+                self.warn(
+                    f"K = {k_range[0]} is the smallest K searched, where the coarsest clear split wins "
                     "(docs/results.md section 5): if you expect more groups, search above it with --clusters auto:MIN-MAX"
                 )
         method.readout_fits = {name: fitted}
@@ -472,7 +477,7 @@ class Trainer:
 
     def _wrap_for_training(self, method: ClusteringMethod) -> torch.nn.Module:
         if self.config.sync_batchnorm and self.world_size == 1:
-            self.log("note: --sync-batchnorm has no effect in a single process")
+            self.warn("--sync-batchnorm has no effect in a single process")
         if not (self.distributed and method.trainable):
             return method
         from torch.nn.parallel import DistributedDataParallel

@@ -18,6 +18,12 @@ class UserError(Exception):
     """Bad input from the user: the message says what is wrong and what to do."""
 
 
+class OTClustWarning(UserWarning):
+    """Something a run says that its user must see even without progress lines (a setting it does
+    not use, a weak choice of K, images converted to fit the model): how `OTClust(verbose=False)`
+    reports what the command line prints as `note: ...` lines."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """MemoryError, torch.OutOfMemoryError (CUDA and other devices) or an allocator's RuntimeError."""
     if isinstance(error, MemoryError):

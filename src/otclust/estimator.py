@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,7 +35,7 @@ from otclust.config import FitConfig
 from otclust.data import ImageDataset, conform
 from otclust.data.embeddings import features_for_model, pretrained_training_data
 from otclust.engine import kept_global_random_state, load_trained, predict_in_batches, read_checkpoint
-from otclust.errors import UserError
+from otclust.errors import OTClustWarning, UserError
 from otclust.k_search import fit_default_k_range, fit_model
 from otclust.methods import get_method_class
 from otclust.models.pretrained import is_pretrained
@@ -210,6 +211,15 @@ class OTClust(ClusterMixin, BaseEstimator):
     ValueError and a UserError). Using an unfitted estimator raises scikit-learn's
     `NotFittedError`.
 
+    What the run says: with `verbose=False` (the default) its progress (epoch lines, the default
+    budget, the read-out's timing) is dropped, and each warning is issued as one
+    `otclust.OTClustWarning` (a UserWarning: `warnings.filterwarnings` silences or raises them):
+    the K range narrowed on a small set, K chosen at the floor of its range, `cluster_proportions`
+    or `cpu_amp` not used, images resized or colour converted by predict to the model's input.
+    With `verbose=True` both are printed on stderr as the command line prints them, warnings as
+    `note: ` lines. Other libraries' warnings (a k-means that found fewer clusters than asked, a
+    RuntimeWarning) come as those libraries issue them.
+
     scikit-learn's `check_estimator` passes (tests/test_estimator.py) except for the checks that
     set n_clusters=1, which OTClust refuses: check_dont_overwrite_parameters,
     check_methods_subset_invariance, check_fit2d_1sample, check_fit2d_1feature and
@@ -260,8 +270,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         config = self._config()
         dataset, float_image_range = _dataset_and_range(X)
         config, narrowed = fit_default_k_range(config, dataset.n_samples)
-        if narrowed and self.verbose:
-            print(narrowed, file=sys.stderr, flush=True)
+        if narrowed:
+            self._warn(narrowed)
         if config.k_range and largest_k(dataset.n_samples) < config.k_range[1]:
             raise InputValueError(f"n_clusters={config.clusters!r}: K can be chosen up to {largest_k(dataset.n_samples)} among n_samples={dataset.n_samples}: pass more samples or a smaller range")
         if dataset.n_samples < config.training_clusters:
@@ -271,7 +281,7 @@ class OTClust(ClusterMixin, BaseEstimator):
             if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
                 dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
             with settings_errors_as_value_errors():  # method parameters are checked when the method is built
-                trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors)
+                trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors, warn=self._warn)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels
@@ -285,6 +295,15 @@ class OTClust(ClusterMixin, BaseEstimator):
         elif hasattr(self, "n_features_in_"):
             del self.n_features_in_  # a refit on images: no fixed number of features any more
         return self
+
+    def _warn(self, message: str) -> None:
+        """A warning of the run (the engine's `warn`, not its progress `log`): a `note: ` line on
+        stderr among the progress lines under verbose, as the command line prints it, else an
+        OTClustWarning, since silencing the progress must not hide it."""
+        if self.verbose:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn(message, OTClustWarning, stacklevel=2)
 
     def _check_fitted(self):
         check_is_fitted(self, "model_", msg="This %(name)s instance is not fitted yet: call fit(X) or OTClust.load(path) first")
@@ -304,7 +323,10 @@ class OTClust(ClusterMixin, BaseEstimator):
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:
                 raise InputValueError("the model was trained on images but X holds feature vectors (N, D): pass images")
-            dataset = conform(dataset, spec.channels, tuple(spec.image_size))
+            converted = conform(dataset, spec.channels, tuple(spec.image_size))
+            for note in converted.notes[len(dataset.notes) :]:  # resized, colour converted: said, as predict on the command line does
+                self._warn(note)
+            dataset = converted
         elif spec.is_features and (not dataset.is_features or dataset.data.shape[1] != spec.feature_dim):
             found = f"X has {dataset.data.shape[1]} features" if dataset.is_features else "X holds images"
             raise InputValueError(f"{found}, but OTClust is expecting {spec.feature_dim} features as input")

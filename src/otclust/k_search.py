@@ -42,33 +42,34 @@ def finished_search(out: Path | None) -> dict | None:
 
 def fit_default_k_range(config: FitConfig, n_samples: int) -> tuple[FitConfig, str | None]:
     """Plain --clusters auto on a set too small for its default range: the range narrowed to the
-    largest K that can be chosen among n_samples, with a note saying so. A range the user gave
-    (auto:MIN-MAX) is theirs, and is checked, not changed (check_cluster_count)."""
+    largest K that can be chosen among n_samples, with a warning saying so (for a Trainer's
+    `warn`). A range the user gave (auto:MIN-MAX) is theirs, and is checked, not changed
+    (check_cluster_count)."""
     if str(config.clusters).strip() != "auto":
         return config, None
     k_min, k_max = DEFAULT_K_RANGE
     top = largest_k(n_samples)
     if not k_min <= top < k_max:
         return config, None
-    note = f"note: --clusters auto searches K in {k_min}-{k_max}, but among {n_samples} samples K can be chosen up to {top}: searching {k_min}-{top}"
+    note = f"--clusters auto searches K in {k_min}-{k_max}, but among {n_samples} samples K can be chosen up to {top}: searching {k_min}-{top}"
     return dataclasses.replace(config, clusters=f"auto:{k_min}-{top}"), note
 
 
-def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = None, progress: bool = True, log=None, resume: bool = False, input_neighbors=None) -> tuple[Trainer, FitResult]:
+def fit_model(config: FitConfig, dataset, eval_dataset=None, out: Path | None = None, progress: bool = True, log=None, resume: bool = False, input_neighbors=None, warn=None) -> tuple[Trainer, FitResult]:
     """Train as `config` says and return the trainer of the final run with its result: one run for
     a fixed K, or under --clusters auto the search run and, with config.refit, a run with the
     chosen K. `out` (a prepared run folder, or None to keep everything in memory) receives the
-    final run."""
+    final run. `log` and `warn` go to each Trainer."""
 
     def trainer_for(run_config: FitConfig, folder: Path | None) -> Trainer:
-        trainer = Trainer(run_config, out_dir=folder, progress=progress, log=log)
+        trainer = Trainer(run_config, out_dir=folder, progress=progress, log=log, warn=warn)
         trainer.input_neighbors = input_neighbors
         return trainer
 
     def train(run_config: FitConfig, folder: Path | None, resume_run: bool) -> tuple[Trainer, FitResult]:
         trainer = trainer_for(run_config, folder)
         if narrowed:
-            trainer.log(narrowed)
+            trainer.warn(narrowed)
         return trainer, trainer.fit(dataset, eval_dataset=eval_dataset, resume=resume_run)
 
     config, narrowed = fit_default_k_range(config, dataset.n_samples)

@@ -59,13 +59,13 @@ class Precision:
 FLOAT32 = Precision(False, False, None)
 
 
-def resolve_precision(amp: bool, cpu_amp: bool, device: torch.device, note=lambda message: None) -> Precision:
+def resolve_precision(amp: bool, cpu_amp: bool, device: torch.device, warn=lambda message: None) -> Precision:
     if device.type == "cuda":
         return Precision(True, True, None, readout_autocast=True) if amp else FLOAT32
     if not cpu_amp:
         return FLOAT32
     if not cpu_computes_bfloat16():
-        note("note: --cpu-amp needs a CPU with native bfloat16 (AVX512-BF16 or AMX), which this one lacks: training in float32")
+        warn("--cpu-amp needs a CPU with native bfloat16 (AVX512-BF16 or AMX), which this one lacks: training in float32")
         return FLOAT32
     return Precision(True, False, torch.bfloat16)
 

@@ -371,3 +371,17 @@ def test_assignments_name_each_label_by_its_class_folder(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and all(row["class"] == os.path.basename(os.path.dirname(row["path"])) for row in rows)
     assert {row["class"]: row["label"] for row in rows} == {"1": "0", "10": "1", "2": "2"}
+
+
+def test_warnings_of_a_fit_stay_note_lines_on_stderr(tmp_path, capsys):
+    """The engine's warnings (its `warn`, which the Python API turns into OTClustWarnings) print
+    on the command line as the `note: ` lines they always were."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    code = main(["fit", "--method", "drc", "--data", f"features:{tmp_path / 'x.npy'}", "--clusters", "auto", "--no-refit", "--cluster-proportions", "auto",
+                 "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ") and ("searches K" in line or "cluster-size" in line)]
+    assert notes == [
+        "note: --clusters auto searches K in 2-15, but among 12 samples K can be chosen up to 9: searching 2-9",
+        "note: drc has no cluster-size constraint; --cluster-proportions is not used",
+    ]

@@ -82,7 +82,7 @@ class Drc(ClusteringMethod):
 
     def on_fit_start(self, trainer) -> None:
         if self.prior_mode != "uniform":
-            trainer.log("note: drc has no cluster-size constraint; --cluster-proportions is not used")
+            trainer.warn("drc has no cluster-size constraint; --cluster-proportions is not used")
 
     def head_losses(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_AF, L_AP and L_CR of one head from the two views' logits (assignment features)."""

@@ -46,7 +46,7 @@ class KMeansBaseline(ClusteringMethod):
 
     def fit_without_training(self, trainer) -> None:
         if self.prior_mode != "uniform":
-            trainer.log("note: k-means has no cluster-size constraint; --cluster-proportions is not used")
+            trainer.warn("k-means has no cluster-size constraint; --cluster-proportions is not used")
         points = torch.cat([self.flat_inputs(batch) for batch, _ in trainer.iterate_batches(trainer.train_data, 4096, shuffle=False)])
         centers = kmeans_centers(points, self.n_clusters, trainer.config.seed, self.params.kmeans_restarts, self.params.kmeans_iters)
         self.centers.copy_(centers.to(self.centers.device))

@@ -279,7 +279,7 @@ class AutoencoderClustering(ClusteringMethod):
 
     def on_fit_start(self, trainer) -> None:
         if self.prior_mode != "uniform" and not isinstance(self, OtKMeans):
-            trainer.log(f"note: {self.name} has no cluster-size constraint; --cluster-proportions is not used")
+            trainer.warn(f"{self.name} has no cluster-size constraint; --cluster-proportions is not used")
 
     def training_step(self, batch, indices):
         raise NotImplementedError
