@@ -2,6 +2,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -104,7 +105,7 @@ def test_estimator_training_length_is_epochs_steps_or_the_budget():
     assert (OTClust()._config().epochs, OTClust()._config().steps) == (None, None)  # the budget, fixed at fit
     assert (OTClust(steps=40)._config().epochs, OTClust(steps=40)._config().steps) == (None, 40)
     assert OTClust(epochs=3)._config().epochs == 3
-    with pytest.raises(UserError, match="one of --epochs and --steps"):
+    with pytest.raises(UserError, match="give one of epochs and steps"):
         OTClust(epochs=3, steps=40)._config()
 
 
@@ -231,14 +232,14 @@ def test_big_endian_long_double_and_bfloat16_inputs_are_converted():
     ("params", "error", "message"),
     [
         (dict(params=[1, 2]), TypeError, "params must be a mapping"),
-        (dict(epochs=1.5), ValueError, "--epochs must be at least 1, a whole number, got 1.5"),
-        (dict(epochs="1"), ValueError, "--epochs must be at least 1, a whole number, got '1'"),
-        (dict(epochs=1, batch_size=3.5), ValueError, "--batch-size must be at least 2, a whole number, got 3.5"),
-        (dict(epochs=1, batch_size="64"), ValueError, "--batch-size must be at least 2, a whole number, got '64'"),
+        (dict(epochs=1.5), ValueError, "epochs must be at least 1, a whole number, got 1.5"),
+        (dict(epochs="1"), ValueError, "epochs must be at least 1, a whole number, got '1'"),
+        (dict(epochs=1, batch_size=3.5), ValueError, "batch_size must be at least 2, a whole number, got 3.5"),
+        (dict(epochs=1, batch_size="64"), ValueError, "batch_size must be at least 2, a whole number, got '64'"),
     ],
 )
 def test_bad_parameters_are_one_line_input_errors(params, error, message):
-    with pytest.raises(error, match=re.escape(message)) as raised:
+    with pytest.raises(error, match="^" + re.escape(message)) as raised:
         OTClust(n_clusters=2, **params)._config()
     assert isinstance(raised.value, UserError)
 
@@ -274,3 +275,59 @@ def test_a_verbose_estimator_prints_warnings_as_note_lines_among_its_progress(ca
     err = capsys.readouterr().err
     assert "note: drc has no cluster-size constraint" in err and "epoch 1/1" in err
     assert not [w for w in recwarn if "cluster-size constraint" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "data", "message"),
+    [
+        (dict(n_clusters="auto:5-2"), "features", "n_clusters 'auto:5-2': need 2 <= MIN <= MAX"),
+        (dict(n_clusters="auto", cluster_proportions=[1, 2, 3]), "features", "so K is known: pass n_clusters=K instead of 'auto'"),
+        (dict(epochs=1, steps=2), "features", "give one of epochs and steps"),
+        (dict(n_clusters=3, cluster_proportions="0.5,0.5"), "features", "cluster_proportions gives 2 sizes but n_clusters is 3"),
+        (dict(weights="w.pt"), "features", "weights is for a pretrained backbone (timm:NAME, torchvision:NAME); backbone is 'auto'"),
+        (dict(method="deepercluster"), "rectangular images", "needs square images: use params={'rotation': False} for other data"),
+        (dict(method="ot-kmeans", backbone="resnet18"), "images", "choose it with params={'autoencoder': 'fc'|'conv'}, not backbone='resnet18'"),
+        (dict(augment={"edges": True}), "images", "augment={'edges': True} needs colour (RGB) images"),
+        (dict(), "images on a machine without memory", "lower image size of X (the default backbone is built for about 64 px) or batch_size"),
+        pytest.param(dict(device="cuda"), "features", "device='cuda' was asked for but no CUDA GPU is visible: use device='cpu'", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")),
+    ],
+)
+def test_errors_name_the_estimators_parameters_not_command_line_options(monkeypatch, settings, data, message):
+    """Errors of the code shared with the command line named its options (--clusters, --param
+    rotation=false, --image-size), which a Python user cannot type; OTClust words them with its
+    parameters, and the command line keeps its wording."""
+    from otclust.config import FitConfig
+    from otclust.data import decode
+
+    rng = np.random.default_rng(0)
+    X = {"features": rng.normal(size=(40, 4)).astype(np.float32), "rectangular images": rng.integers(0, 255, (40, 8, 10)).astype(np.uint8)}.get(data)
+    if X is None:
+        X = rng.integers(0, 255, (40, 8, 8)).astype(np.uint8)
+    if data == "images on a machine without memory":
+        monkeypatch.setattr(decode, "available_memory", lambda: 1)
+    with pytest.raises(UserError) as raised:
+        OTClust(**{"n_clusters": 2, "epochs": 1, "device": "cpu", **settings}).fit(X)
+    assert message in str(raised.value) and "--" not in str(raised.value)
+    with pytest.raises(UserError, match="--epochs must be at least 1"):  # the shared code's own wording: the command line's
+        FitConfig(epochs=0).validate()
+
+
+def test_warnings_and_predicts_memory_advice_name_the_estimators_parameters(monkeypatch, blob_images):
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    with pytest.warns(OTClustWarning) as record:
+        OTClust(method="drc", n_clusters=2, epochs=1, cluster_proportions="0.5,0.5").fit(x)
+        OTClust(n_clusters="auto", epochs=1, refit=False).fit(x[:12])
+    said = [str(w.message) for w in record if issubclass(w.category, OTClustWarning)]
+    assert "drc has no cluster-size constraint; cluster_proportions is not used" in said
+    assert "n_clusters='auto' searches K in 2-15, but among 12 samples K can be chosen up to 9: searching 2-9" in said
+    assert not [text for text in said if "--" in text]
+    images, _ = blob_images
+    model = OTClust(n_clusters=3, epochs=1, batch_size=60).fit(images)
+
+    def out_of_memory(batch):
+        raise MemoryError
+
+    monkeypatch.setattr(model.model_, "predict_proba", out_of_memory)
+    # It named predict's --batch-size, which OTClust does not have (its batch_size trains).
+    with pytest.raises(UserError, match=r"^out of memory while predicting: predict X in parts of fewer than 1024 samples$"):
+        model.predict(images)

@@ -17,7 +17,10 @@ What X means (fit and predict alike):
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -60,6 +63,72 @@ def settings_errors_as_value_errors():
         if isinstance(error, (ValueError, TypeError)):
             raise
         raise InputValueError(str(error)) from None
+
+
+# The code the estimator shares with the command line words its errors and warnings for the
+# command line (`--clusters 5`, `--param rotation=false`), where tests/commands pin them. The
+# estimator is where Python users meet those messages, and it already maps its parameters onto
+# those settings (`_config`), so it maps the option names back here: one table, instead of a
+# switch between two vocabularies threaded through every check of config, priors, methods and
+# engine. Options OTClust has no parameter for (--readout, --readout-param, --download) are left
+# as they are: they name what the command line offers.
+_PARAMETER_OF_OPTION = {
+    "clusters": "n_clusters", "cluster-proportions": "cluster_proportions", "epochs": "epochs", "steps": "steps", "batch-size": "batch_size",
+    "lr": "lr", "seed": "seed", "device": "device", "backbone": "backbone", "weights": "weights", "param": "params", "augment": "augment",
+}
+_SWITCH_OF_OPTION = {"cpu-amp": "cpu_amp=True", "no-refit": "refit=False", "image-size": "image size of X"}  # options without a value
+_OPTION = re.compile(r"(?<![\w-])--(" + "|".join(sorted([*_PARAMETER_OF_OPTION, *_SWITCH_OF_OPTION], key=len, reverse=True)) + r")(?![\w-])(?: ([^\s'\"]+?)(?=[:;,.)]?(?:\s|$)))?")
+# Words that follow an option as its value (`--device cpu`), not as the next word of the sentence.
+_VALUE_WORDS = {"auto", "cpu", "cuda", "mps", "mlp"}
+
+
+def _python_value(text: str) -> str:
+    """A command-line value as a Python literal: placeholders (K, PATH) as they are."""
+    if re.fullmatch(r"[A-Z][A-Z_-]*", text):
+        return text
+    if "|" in text:  # alternatives: fc|conv
+        return "|".join(_python_value(part) for part in text.split("|"))
+    if text in ("true", "false"):
+        return text.title()
+    try:
+        return repr(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+        return repr(text)
+
+
+def _python_option(match: re.Match) -> str:
+    option, value = match.group(1), match.group(2)
+    if option in _SWITCH_OF_OPTION:
+        return _SWITCH_OF_OPTION[option] + (f" {value}" if value else "")
+    name = _PARAMETER_OF_OPTION[option]
+    if value and option in ("param", "augment"):  # KEY=VALUE, or the KEY alone
+        key, _, setting = value.partition("=")
+        return f"{name}={{{key!r}: {_python_value(setting)}}}" if setting else f"{name}[{key!r}]"
+    if value and (value in _VALUE_WORDS or re.fullmatch(r"[A-Z][A-Z_-]*", value) or re.search(r"[\d:=,|/\[]", value)):
+        return f"{name}={_python_value(value)}"
+    return name + (f" {value}" if value else "")
+
+
+def in_python_terms(message: str) -> str:
+    """A message of the shared code with its command-line options as OTClust's parameters:
+    `--clusters must be` -> `n_clusters must be`, `use --device cpu` -> `use device='cpu'`,
+    `--param rotation=false` -> `params={'rotation': False}`."""
+    return _OPTION.sub(_python_option, message)
+
+
+def _errors_in_python_terms(function):
+    """The UserErrors a public method raises, worded with OTClust's parameters (same type, same traceback)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            if error.args and isinstance(error.args[0], str):
+                error.args = (in_python_terms(error.args[0]), *error.args[1:])
+            raise
+
+    return wrapper
 
 
 def _plain_number(value):
@@ -217,8 +286,11 @@ class OTClust(ClusterMixin, BaseEstimator):
     the K range narrowed on a small set, K chosen at the floor of its range, `cluster_proportions`
     or `cpu_amp` not used, images resized or colour converted by predict to the model's input.
     With `verbose=True` both are printed on stderr as the command line prints them, warnings as
-    `note: ` lines. Other libraries' warnings (a k-means that found fewer clusters than asked, a
-    RuntimeWarning) come as those libraries issue them.
+    `note: ` lines. Errors and warnings name OTClust's parameters (`n_clusters`, `device='cpu'`,
+    `params={'rotation': False}`) where the command line's name its options (`in_python_terms`);
+    progress lines are printed as the command line words them. Other libraries' warnings (a
+    k-means that found fewer clusters than asked, a RuntimeWarning) come as those libraries
+    issue them.
 
     scikit-learn's `check_estimator` passes (tests/test_estimator.py) except for the checks that
     set n_clusters=1, which OTClust refuses: check_dont_overwrite_parameters,
@@ -245,6 +317,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         self.cpu_amp = cpu_amp  # bfloat16 on a CPU that computes it natively (otclust.precision)
         self.refit = refit  # n_clusters='auto': train again with the chosen K (otclust.k_search)
 
+    @_errors_in_python_terms
     def _config(self) -> FitConfig:
         for name in ("params", "augment"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), Mapping):
@@ -262,6 +335,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         with settings_errors_as_value_errors():
             return FitConfig(**values).validate()
 
+    @_errors_in_python_terms
     def fit(self, X, y=None):
         """Train on X; y is ignored (present for scikit-learn pipelines)."""
         is_auto = isinstance(self.n_clusters, str) and self.n_clusters.strip().startswith("auto")
@@ -299,11 +373,11 @@ class OTClust(ClusterMixin, BaseEstimator):
     def _warn(self, message: str) -> None:
         """A warning of the run (the engine's `warn`, not its progress `log`): a `note: ` line on
         stderr among the progress lines under verbose, as the command line prints it, else an
-        OTClustWarning, since silencing the progress must not hide it."""
+        OTClustWarning, since silencing the progress must not hide it; in OTClust's terms either way."""
         if self.verbose:
-            print(f"note: {message}", file=sys.stderr, flush=True)
+            print(f"note: {in_python_terms(message)}", file=sys.stderr, flush=True)
         else:
-            warnings.warn(message, OTClustWarning, stacklevel=2)
+            warnings.warn(in_python_terms(message), OTClustWarning, stacklevel=2)
 
     def _check_fitted(self):
         check_is_fitted(self, "model_", msg="This %(name)s instance is not fitted yet: call fit(X) or OTClust.load(path) first")
@@ -313,6 +387,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         tags.non_deterministic = False  # a fixed seed gives the same clustering on the same device
         return tags
 
+    @_errors_in_python_terms
     def predict_proba(self, X) -> np.ndarray:
         """N x K cluster probabilities of X (converted to what the model was trained on)."""
         self._check_fitted()
@@ -331,7 +406,10 @@ class OTClust(ClusterMixin, BaseEstimator):
             found = f"X has {dataset.data.shape[1]} features" if dataset.is_features else "X holds images"
             raise InputValueError(f"{found}, but OTClust is expecting {spec.feature_dim} features as input")
         device = next(self.model_.parameters(), torch.empty(0)).device
-        return predict_in_batches(self.model_, dataset.data, device)
+        # Not the command line's advice (its --batch-size of predict): batch_size is the training
+        # batch here, and predict takes 1024 samples at a time, fewer only when X holds fewer.
+        advice = "predict X in parts of fewer than 1024 samples"
+        return predict_in_batches(self.model_, dataset.data, device, batch_size=1024, memory_advice=advice)
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
@@ -351,6 +429,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         write_checkpoint(state, path)
 
     @classmethod
+    @_errors_in_python_terms
     def load(cls, path, device: str = "auto") -> "OTClust":
         """Read a checkpoint (without running any code it may hold) into a fitted estimator."""
         checkpoint = read_checkpoint(path)
