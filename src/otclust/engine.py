@@ -687,6 +687,16 @@ class Trainer:
             if saved.get(key) != getattr(self.config, key):
                 again = f": resume with the run's own settings, otclust fit --config {self.run_folder / 'config.yaml'} --out {self.run_folder} --resume" if self.run_folder is not None else ""
                 raise UserError(f"cannot resume: the checkpoint was trained with {key}={saved.get(key)!r}, not {getattr(self.config, key)!r}{again}")
+        # A pretrained backbone's weights are compared by content: another file is another
+        # network, whose embeddings the head trained so far has never seen (the run would go on
+        # as a mix of two); the same file moved or copied elsewhere is the same network.
+        saved_sha, sha = saved.get("weights_sha256"), self.config.weights_sha256
+        if saved_sha and sha and saved_sha != sha:
+            raise UserError(
+                f"cannot resume: the checkpoint was trained with weights sha256 {saved_sha[:12]}... ({saved.get('weights')}), "
+                f"not {sha[:12]}... ({self.config.weights}): pass the original file with --weights (a copy elsewhere will do), "
+                "or start a new run with --overwrite"
+            )
         return checkpoint
 
 
