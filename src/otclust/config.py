@@ -143,7 +143,33 @@ class FitConfig:
             raise UserError(f"unknown backbone '{self.backbone}': use one of {', '.join(BACKBONES)}, or a pretrained timm:NAME, torchvision:NAME, otclust:RUN/model.pt")
         if self.weights and not is_pretrained(self.backbone):
             raise UserError(f"--weights is for a pretrained backbone (timm:NAME, torchvision:NAME); --backbone is '{self.backbone}'")
+        check_otclust_weights(self.backbone, self.weights)
         return self
+
+
+def check_otclust_weights(backbone: str | None, weights: str | None) -> None:
+    """An otclust:RUN backbone is its own weights file, so --weights beside it is a second name
+    for that model: the extractor embeds with --weights while the run, the embedding cache and
+    FILE.json are labelled RUN. Two different models are refused; the same file or a copy of it
+    (a run's config.yaml records both) is accepted. For fit and embed only: predict's --weights
+    (a moved model) is checked against the sha256 the run recorded instead."""
+    if not (weights and isinstance(backbone, str) and backbone.startswith("otclust:")):
+        return
+    from otclust.models.pretrained import file_sha256
+
+    def model_file(path: Path) -> Path:  # a run folder stands for its model.pt, as for the extractor
+        return path / "model.pt" if path.is_dir() else path
+
+    named, given = model_file(Path(backbone.partition(":")[2]).expanduser()), model_file(Path(weights).expanduser())
+    if not given.is_file():
+        return  # the extractor says it is not found
+    if named.is_file() and (named.resolve() == given.resolve() or file_sha256(named) == file_sha256(given)):
+        return
+    missing = "" if named.is_file() else f" ({named} not found)"
+    raise UserError(
+        f"--backbone {backbone} and --weights {weights} are not the same model{missing}: an otclust backbone is its own "
+        "weights file, so name it once, as --backbone otclust:RUN/model.pt, without --weights"
+    )
 
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}

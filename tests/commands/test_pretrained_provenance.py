@@ -48,3 +48,41 @@ def test_resume_with_another_weights_file_is_refused_and_a_moved_copy_resumes(bl
     copy.parent.mkdir()
     copy.write_bytes(random_weights[TIMM].read_bytes())
     assert main(fit_args(data, copy, out, "--resume", epochs=2)) == 0
+
+
+@pytest.fixture
+def two_otclust_models(blob_images, tmp_path):
+    """Two small otclust models trained on images (seeds 0 and 1): two different frozen backbones."""
+    from otclust import OTClust
+
+    images, _ = blob_images
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"run{seed}" / "model.pt"
+        path.parent.mkdir()
+        OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu", seed=seed).fit(images).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_an_otclust_backbone_and_another_model_as_weights_are_refused(blob_image_folder, offline_caches, tmp_path, two_otclust_models, capsys):
+    """--weights won: the data were embedded by B while FILE.json, the cache and the run named A."""
+    from otclust import OTClust
+    from otclust.errors import UserError
+
+    a, b = two_otclust_models
+    data = f"folder:{blob_image_folder}"
+    embed = ["embed", "--data", data, "--backbone", f"otclust:{a.parent}", "--no-progress", "--device", "cpu"]
+    assert main([*embed, "--weights", str(b), "--out", str(tmp_path / "ab.npy")]) == 2
+    error = one_line_error(capsys)
+    assert f"--backbone otclust:{a.parent} and --weights {b} are not the same model" in error
+    assert not (tmp_path / "ab.npy").exists()
+    assert main(fit_args(data, b, tmp_path / "run", backbone=f"otclust:{a}")) == 2
+    assert "are not the same model" in one_line_error(capsys)
+    with pytest.raises(UserError, match="are not the same model"):
+        OTClust(n_clusters=3, epochs=1, device="cpu", backbone=f"otclust:{a}", weights=str(b)).fit(np.zeros((6, 8, 8), np.uint8))
+    # The same model named twice (a run's config.yaml records both), or a copy of it, is that model.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(a.read_bytes())
+    assert main([*embed, "--weights", str(copy)]) == 0
+    assert main(fit_args(data, a, tmp_path / "run", backbone=f"otclust:{a.parent}")) == 0

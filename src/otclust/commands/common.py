@@ -157,7 +157,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "extractor, timm:NAME, torchvision:NAME or otclust:RUN/model.pt: the data are embedded once (cached) and the method "
         "trains on the embeddings (docs/pretrained.md)",
     )
-    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file of a pretrained --backbone (default: the library's local cache; --download fetches them)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file of a pretrained --backbone (default: the library's local cache; --download fetches them); an otclust:RUN backbone is its own model file, and --weights may only name that same model")
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
     parser.add_argument(
         "--cpu-amp",

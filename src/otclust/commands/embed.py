@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_data_options
+from otclust.config import check_otclust_weights
 from otclust.data import load_dataset
 from otclust.data.embeddings import embed_dataset, features_file_paths, write_features_file
 from otclust.distributed import select_device
@@ -51,6 +52,7 @@ def run(args) -> int:
             raise UserError(f"--out must name a .npy file, got {out}")
         # The side files too: features:OUT.npy reads OUT.labels.npy beside it, so each is the user's to keep.
         check_output_files(list(features_file_paths(out).values()), args.overwrite, ".npy")
+    check_otclust_weights(args.backbone, args.weights)  # before any work, as fit's config does
     extractor = load_extractor(args.backbone, args.weights, download=bool(args.download))
     dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size)
     embeddings = embed_dataset(
