@@ -86,3 +86,36 @@ def test_an_otclust_backbone_and_another_model_as_weights_are_refused(blob_image
     copy.write_bytes(a.read_bytes())
     assert main([*embed, "--weights", str(copy)]) == 0
     assert main(fit_args(data, a, tmp_path / "run", backbone=f"otclust:{a.parent}")) == 0
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_moved_weights_file_is_asked_for_with_weights_by_predict_and_evaluate(command, blob_image_folder, random_weights, offline_caches, tmp_path, capsys):
+    """evaluate had no --weights (after the file moved it could not run at all), and predict's
+    'weights file not found' did not say that --weights passes it."""
+    data, weights = f"folder:{blob_image_folder}", tmp_path / "w.pt"
+    weights.write_bytes(random_weights[TIMM].read_bytes())
+    assert main(fit_args(data, weights, tmp_path / "run")) == 0
+    weights.rename(tmp_path / "moved.pt")
+    capsys.readouterr()
+    args = [command, "--checkpoint", str(tmp_path / "run"), "--data", data, "--out", str(tmp_path / f"{command}.out"), "--device", "cpu", "--no-progress"]
+    assert main(args) == 2
+    error = one_line_error(capsys)
+    assert f"weights file not found: {weights}" in error and "pass it with --weights PATH (sha256 " in error
+    assert main([*args, "--weights", str(tmp_path / "moved.pt")]) == 0
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_weights_for_a_model_without_a_pretrained_backbone_are_refused(command, tmp_path, capsys):
+    """predict took --weights and ignored it (fit refuses the combination)."""
+    features = tmp_path / "x.npy"
+    rng = np.random.default_rng(0)
+    np.save(features, np.concatenate([rng.normal(0, 1, (30, 4)), rng.normal(6, 1, (30, 4))]).astype(np.float32))
+    np.save(tmp_path / "x.labels.npy", np.repeat([0, 1], 30))
+    fit = ["fit", "--data", f"features:{features}", "--clusters", "2", "--epochs", "1", "--batch-size", "20", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
+    assert main(fit) == 0
+    capsys.readouterr()
+    args = [command, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / f"{command}.out"), "--device", "cpu", "--no-progress"]
+    assert main([*args, "--weights", str(tmp_path / "x.npy")]) == 2
+    assert "--weights is for a model fitted behind a pretrained backbone" in one_line_error(capsys)
+    assert not (tmp_path / f"{command}.out").exists()
+    assert main(args) == 0

@@ -112,6 +112,17 @@ def add_readout_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_weights_option(parser: argparse.ArgumentParser) -> None:
+    """predict and evaluate: the weights of the pretrained backbone a model was fitted behind,
+    for when the file is no longer where the model recorded it."""
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="a model fitted behind a pretrained backbone: its weights file, if no longer where the model recorded it (its sha256 must match)",
+    )
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of settings (see configs/); flags given on the command line win")
     parser.add_argument("--method", default=None, choices=list(METHOD_MODULES), help="clustering method (default: clot)")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from otclust.checkpoint import checkpoint_file
-from otclust.commands.common import add_data_options, add_readout_option
+from otclust.commands.common import add_data_options, add_readout_option, add_weights_option
 from otclust.commands.predict import load_data_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default=None, help="JSON file to write (default: evaluation.json beside the checkpoint, replaced at each evaluation)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_weights_option(parser)
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     add_readout_option(parser)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otclust.commands.common import add_data_options, add_readout_option
+from otclust.commands.common import add_data_options, add_readout_option, add_weights_option
 from otclust.data import conform, load_dataset, parse_spec
 from otclust.data.embeddings import features_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out, and otclust's cluster folders in --export, if they exist")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="a model fitted behind a pretrained backbone: its weights file, if no longer where the model recorded it (its sha256 must match)")
+    add_weights_option(parser)
     parser.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
     add_readout_option(parser)
@@ -69,6 +69,8 @@ def add_parser(subparsers) -> None:
 
 def load_data_for_model(args, method, config):
     """The data of --data (default: the model's training data), converted to what the model saw."""
+    if args.weights and not is_pretrained(config.backbone):  # it would be ignored, as fit refuses it
+        raise UserError(f"--weights is for a model fitted behind a pretrained backbone (timm:NAME, torchvision:NAME, otclust:RUN); this one was trained with --backbone {config.backbone}: drop --weights")
     spec = args.data or config.data
     image_size, size_from = args.image_size, "--image-size"
     if image_size is None and spec.startswith("folder:"):
@@ -79,7 +81,10 @@ def load_data_for_model(args, method, config):
         size_from = "the size the model was trained at"
     dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=image_size, size_from=size_from)
     if is_pretrained(config.backbone) and not dataset.is_features:  # through the same frozen backbone first
-        dataset = features_for_model(config, dataset, weights=getattr(args, "weights", None), device=args.device)
+        if not args.weights and config.weights and not Path(config.weights).is_file():
+            checksum = f" (sha256 {config.weights_sha256[:12]}...)" if config.weights_sha256 else ""
+            raise UserError(f"weights file not found: {config.weights}, where the model's {config.backbone} weights were when it was fitted: if the file moved, pass it with --weights PATH{checksum}")
+        dataset = features_for_model(config, dataset, weights=args.weights, device=args.device)
     model_spec = method.spec
     if model_spec.is_features != dataset.is_features:
         kind = "feature vectors" if model_spec.is_features else "images"
