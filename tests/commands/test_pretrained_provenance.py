@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from otclust.cli import main
+from otclust.models.pretrained import file_sha256
 
 TIMM = "timm:test_vit"
 
@@ -119,3 +120,27 @@ def test_weights_for_a_model_without_a_pretrained_backbone_are_refused(command, 
     assert "--weights is for a model fitted behind a pretrained backbone" in one_line_error(capsys)
     assert not (tmp_path / f"{command}.out").exists()
     assert main(args) == 0
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_features_embedded_by_another_network_are_refused_by_their_json(command, blob_image_folder, random_weights, offline_caches, tmp_path, other_weights, capsys):
+    """Embeddings of another network with the same dimension were clustered without a word
+    (ACC at chance, exit 0), although E.json beside them named that network."""
+    data = f"folder:{blob_image_folder}"
+    assert main(fit_args(data, random_weights[TIMM], tmp_path / "run")) == 0
+    embed = ["embed", "--data", data, "--backbone", TIMM, "--no-progress", "--device", "cpu", "--neighbors", "0"]
+    assert main([*embed, "--weights", str(other_weights), "--out", str(tmp_path / "other.npy")]) == 0
+    assert main([*embed, "--weights", str(random_weights[TIMM]), "--out", str(tmp_path / "same.npy")]) == 0
+    capsys.readouterr()
+    args = [command, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / f"{command}.out"), "--device", "cpu", "--no-progress", "--overwrite"]
+    assert main([*args, "--data", f"features:{tmp_path / 'other.npy'}"]) == 2
+    error = one_line_error(capsys)
+    found, expected = file_sha256(other_weights)[:12], file_sha256(random_weights[TIMM])[:12]
+    assert f"was embedded by {TIMM} (weights sha256 {found}..., per other.json), but the model was fitted behind {TIMM} (weights sha256 {expected}...)" in error
+    assert not (tmp_path / f"{command}.out").exists()
+    # The model's own network: taken. Without a JSON nothing can be checked: taken, with a note.
+    assert main([*args, "--data", f"features:{tmp_path / 'same.npy'}"]) == 0
+    assert "no same.json" not in capsys.readouterr().out
+    (tmp_path / "other.json").unlink()
+    assert main([*args, "--data", f"features:{tmp_path / 'other.npy'}"]) == 0
+    assert f"note: no other.json of otclust embed beside the features: nothing says which network made them; the model expects embeddings by {TIMM}" in capsys.readouterr().out

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="score a trained model (ACC/NMI/ARI) on labelled data",
-        description="Predict clusters with a trained model and score them against the data's labels (Hungarian-matched ACC, NMI, ARI). Prints the scores and writes them as JSON.",
+        description="Predict clusters with a trained model and score them against the data's labels (Hungarian-matched ACC, NMI, ARI). Prints the scores and writes them as JSON. "
+        "The data are read as predict reads them (a pretrained backbone's embeddings checked the same way).",
     )
     parser.add_argument("--checkpoint", required=True, help="a run folder of otclust fit, or its model.pt")
     add_data_options(parser)

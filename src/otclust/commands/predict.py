@@ -16,7 +16,7 @@ import numpy as np
 
 from otclust.commands.common import add_data_options, add_readout_option, add_weights_option
 from otclust.data import conform, load_dataset, parse_spec
-from otclust.data.embeddings import features_for_model
+from otclust.data.embeddings import features_file_paths, features_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.models.pretrained import is_pretrained
@@ -41,6 +41,8 @@ def add_parser(subparsers) -> None:
             "Assign each image of --data to a cluster of a trained model, in batches. Writes one CSV row per image: "
             "index, path (for image files), cluster, confidence (the model's probability of that cluster). Images of "
             "another size or colour mode than the training data are converted as the training data were, with a note. "
+            "A model fitted behind a pretrained backbone embeds images with that network first; features:E.npy given to it "
+            "are refused when the E.json beside them (written by otclust embed) names another backbone or weights. "
             "--export DIR also copies (or links) each image into DIR/cluster_XX/. See docs/reports.md for argmax vs balanced."
         ),
     )
@@ -85,6 +87,8 @@ def load_data_for_model(args, method, config):
             checksum = f" (sha256 {config.weights_sha256[:12]}...)" if config.weights_sha256 else ""
             raise UserError(f"weights file not found: {config.weights}, where the model's {config.backbone} weights were when it was fitted: if the file moved, pass it with --weights PATH{checksum}")
         dataset = features_for_model(config, dataset, weights=args.weights, device=args.device)
+    elif is_pretrained(config.backbone):
+        check_embedded_by_model_backbone(config, spec, dataset)
     model_spec = method.spec
     if model_spec.is_features != dataset.is_features:
         kind = "feature vectors" if model_spec.is_features else "images"
@@ -98,6 +102,30 @@ def load_data_for_model(args, method, config):
         if not note.endswith("evaluation skipped"):  # predict does not evaluate: nothing is skipped
             print(f"note: {note}")
     return dataset
+
+
+def check_embedded_by_model_backbone(config, spec: str, dataset) -> None:
+    """features:E.npy given to a model fitted behind a pretrained backbone: embeddings of another
+    network with the same dimension go through unnoticed and are clustered into nonsense, so the
+    E.json that otclust embed writes beside them must name the model's backbone and weights.
+    Without one (features made elsewhere) they are taken, with a note that nothing could be checked."""
+    meta_path = features_file_paths(parse_spec(spec)[1])["meta"]
+    expected = f"{config.backbone} (weights sha256 {(config.weights_sha256 or '?')[:12]}...)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not (isinstance(meta, dict) and str(meta.get("format", "")).startswith("otclust-embeddings")):
+        dataset.notes.append(f"no {meta_path.name} of otclust embed beside the features: nothing says which network made them; the model expects embeddings by {expected}")
+        return
+    found_backbone, found_sha = meta.get("backbone"), meta.get("weights_sha256")
+    # An otclust:RUN backbone is named by a path that may be spelled another way: its sha256 decides.
+    same_name = found_backbone == config.backbone or str(config.backbone).startswith("otclust:")
+    if found_sha != config.weights_sha256 or not same_name:
+        raise UserError(
+            f"{dataset.name} was embedded by {found_backbone} (weights sha256 {str(found_sha)[:12]}..., per {meta_path.name}), but the model was fitted behind {expected}: "
+            f"embed the images with that backbone (otclust embed --backbone {config.backbone} --weights {config.weights or 'PATH'}), or give the images themselves (--data folder:DIR)"
+        )
 
 
 def model_prior(method, proba: np.ndarray):
