@@ -158,3 +158,26 @@ def test_an_otclust_model_is_a_frozen_extractor_with_its_own_input_path(tmp_path
     assert extractor.weights_sha256 == file_sha256(path)
     # The run folder names the same model, as it does for predict.
     assert load_extractor(f"otclust:{tmp_path}").weights_sha256 == file_sha256(path)
+
+
+def test_a_checkpoint_fine_tuned_to_another_number_of_classes_fits_both_libraries(random_weights, offline_caches, tmp_path):
+    """torchvision refused it (a size mismatch of the classifier, which is discarded anyway) where
+    timm accepted it: both now drop the classifier's tensors before loading."""
+    timm = import_timm()
+    import_torchvision()
+    from torchvision.models import get_model
+
+    torch.manual_seed(1)
+    images = some_images()
+    full = get_model("mobilenet_v3_small", weights=None, num_classes=10).eval()
+    torch.save(full.state_dict(), tmp_path / "tv10.pt")
+    reference = timm.create_model("test_vit", pretrained=False, num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm10.pt")
+    with torch.no_grad():
+        tv = load_extractor("torchvision:mobilenet_v3_small", str(tmp_path / "tv10.pt"))
+        preset_input = tv.preprocess(images)
+        expected = full.classifier[:-1](full.avgpool(full.features(preset_input)).flatten(1))  # all but the 10-class layer
+        assert torch.allclose(tv(images), expected, atol=1e-5)
+        vit = load_extractor("timm:test_vit", str(tmp_path / "timm10.pt"))
+        expected = reference.forward_head(reference.forward_features(vit.preprocess(images.float() / 255)), pre_logits=True)
+        assert torch.allclose(vit(images), expected, atol=1e-5)

@@ -230,6 +230,12 @@ def _check_file(weights) -> Path:
     return path.resolve()
 
 
+def _without_classifier(state: dict, classifiers) -> dict:
+    """The state dict without the classifier's tensors: the embedding is the classifier's input, so
+    they are never used, and a checkpoint fine-tuned to another number of classes still fits."""
+    return {k: v for k, v in state.items() if not any(k == c or k.startswith(c + ".") for c in classifiers)}
+
+
 # --- the three libraries ---------------------------------------------------------------------
 
 
@@ -244,7 +250,7 @@ def _timm_extractor(backbone: str, name: str, weights, download: bool) -> Frozen
     # every other tensor must come from the file (timm's own pretrained loader would only warn).
     heads = network.pretrained_cfg.get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    state = {k: v for k, v in _read_state_dict(path).items() if not any(k == h or k.startswith(h + ".") for h in heads)}
+    state = _without_classifier(_read_state_dict(path), heads)
     network.reset_classifier(0)
     _load_exactly(network, state, path, backbone)
     config = timm.data.resolve_data_config(model=network)
@@ -287,11 +293,14 @@ def _torchvision_extractor(backbone: str, name: str, weights, download: bool) ->
         raise UserError(f"torchvision:{arch} has no weights '{tag}': one of {', '.join(w.name for w in enum)}") from None
     path = _check_file(weights) if weights else _torchvision_weights_file(name, weights_enum, download)
     network = get_model(arch, weights=None)
-    _load_exactly(network, _read_state_dict(path), path, backbone)
-    # The features are the classifier's input: its last linear layer becomes the identity.
+    # The features are the classifier's input: its last linear layer becomes the identity, before
+    # loading, and its tensors are dropped from the file as timm's are (a checkpoint fine-tuned to
+    # another number of classes fits).
     module_name, linear = _last_linear(network)
     parent = network.get_submodule(module_name.rpartition(".")[0]) if "." in module_name else network
     setattr(parent, module_name.rpartition(".")[2], nn.Identity())
+    state = _without_classifier(_read_state_dict(path), (module_name,))
+    _load_exactly(network, state, path, backbone)
     preset = weights_enum.transforms()
     crop = list(preset.crop_size) * (2 if len(preset.crop_size) == 1 else 1)
     return FrozenExtractor(backbone, network, preset, linear.in_features, path, takes_uint8=True, input_size=tuple(crop))
