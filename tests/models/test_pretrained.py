@@ -181,3 +181,29 @@ def test_a_checkpoint_fine_tuned_to_another_number_of_classes_fits_both_librarie
         vit = load_extractor("timm:test_vit", str(tmp_path / "timm10.pt"))
         expected = reference.forward_head(reference.forward_features(vit.preprocess(images.float() / 255)), pre_logits=True)
         assert torch.allclose(vit(images), expected, atol=1e-5)
+
+
+def test_a_damaged_download_in_the_librarys_cache_names_the_file_to_delete(random_weights, offline_caches):
+    """An interrupted download in torch hub's (or Hugging Face's) cache was used, --download or
+    not, and the message spoke of the state-dict format instead of the file to delete."""
+    import_torchvision()
+    from torchvision.models import MobileNet_V3_Small_Weights
+
+    cached = offline_caches / "torch" / "hub" / "checkpoints" / MobileNet_V3_Small_Weights.DEFAULT.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    whole = random_weights["torchvision:mobilenet_v3_small"].read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])
+    for download in (False, True):
+        with pytest.raises(UserError, match=f"the cached download of torchvision:mobilenet_v3_small, {cached}, cannot be read .*: delete it, then fetch it again with --download") as error:
+            load_extractor("torchvision:mobilenet_v3_small", download=download)
+        assert "\n" not in str(error.value)
+    snapshot = offline_caches / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    (snapshot / "pytorch_model.bin").write_bytes(b"\x80\x02 cut short")
+    with pytest.raises(UserError, match=f"the cached download of timm:test_vit, {snapshot / 'pytorch_model.bin'}, cannot be read .*delete it"):
+        load_extractor("timm:test_vit")
+    # A file given with --weights is the user's own: its message stays about its contents.
+    with pytest.raises(UserError, match="cannot read weights file"):
+        load_extractor("torchvision:mobilenet_v3_small", str(cached))

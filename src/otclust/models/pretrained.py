@@ -204,8 +204,11 @@ def _torchvision_weights_file(name: str, weights_enum, download: bool) -> Path:
     return _download(weights_enum.url, cached, f"torchvision:{name}")
 
 
-def _read_state_dict(path: Path) -> dict:
-    """A state dict from a .safetensors or torch file, never executing code from it."""
+def _read_state_dict(path: Path, cached: str | None = None) -> dict:
+    """A state dict from a .safetensors or torch file, never executing code from it.
+
+    cached: the backbone whose download this file is, when it comes from a library's cache
+    rather than --weights (a damaged one is then an interrupted download, to delete)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -214,6 +217,11 @@ def _read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - anything unreadable is the user's file, not a bug
+        if cached:
+            raise UserError(
+                f"the cached download of {cached}, {path.resolve()}, cannot be read ({type(error).__name__}): it is damaged or incomplete "
+                "(an interrupted download?): delete it, then fetch it again with --download, or pass --weights PATH"
+            ) from None
         raise UserError(f"cannot read weights file {path}: {type(error).__name__}; it must hold a state dict (torch.save(model.state_dict(), PATH)) or be .safetensors") from None
     for key in ("state_dict", "model"):  # training checkpoints often nest the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -250,7 +258,7 @@ def _timm_extractor(backbone: str, name: str, weights, download: bool) -> Frozen
     # every other tensor must come from the file (timm's own pretrained loader would only warn).
     heads = network.pretrained_cfg.get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    state = _without_classifier(_read_state_dict(path), heads)
+    state = _without_classifier(_read_state_dict(path, cached=None if weights else backbone), heads)
     network.reset_classifier(0)
     _load_exactly(network, state, path, backbone)
     config = timm.data.resolve_data_config(model=network)
@@ -299,7 +307,7 @@ def _torchvision_extractor(backbone: str, name: str, weights, download: bool) ->
     module_name, linear = _last_linear(network)
     parent = network.get_submodule(module_name.rpartition(".")[0]) if "." in module_name else network
     setattr(parent, module_name.rpartition(".")[2], nn.Identity())
-    state = _without_classifier(_read_state_dict(path), (module_name,))
+    state = _without_classifier(_read_state_dict(path, cached=None if weights else backbone), (module_name,))
     _load_exactly(network, state, path, backbone)
     preset = weights_enum.transforms()
     crop = list(preset.crop_size) * (2 if len(preset.crop_size) == 1 else 1)
