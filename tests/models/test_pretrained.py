@@ -207,3 +207,47 @@ def test_a_damaged_download_in_the_librarys_cache_names_the_file_to_delete(rando
     # A file given with --weights is the user's own: its message stays about its contents.
     with pytest.raises(UserError, match="cannot read weights file"):
         load_extractor("torchvision:mobilenet_v3_small", str(cached))
+
+
+def test_weights_files_are_read_by_their_contents_and_the_messages_name_what_is_wrong(random_weights, offline_caches, tmp_path):
+    from safetensors.torch import save_file
+
+    backbone, source = "timm:test_vit", random_weights["timm:test_vit"]
+    state = torch.load(source, weights_only=True)
+    images = some_images()
+    expected = load_extractor(backbone, str(source))(images)
+    # A folder, and an otclust: run that does not exist, were both 'weights file not found'.
+    (tmp_path / "adir.pth").mkdir()
+    with pytest.raises(UserError, match=f"weights file {tmp_path / 'adir.pth'} is a folder: give the weights file itself"):
+        load_extractor(backbone, str(tmp_path / "adir.pth"))
+    with pytest.raises(UserError, match=f"otclust:{tmp_path / 'nope'}: no run folder or model.pt at {tmp_path / 'nope'}"):
+        load_extractor(f"otclust:{tmp_path / 'nope'}")
+    # The format is told by the contents, not the name: safetensors saved as .pth, torch as .safetensors.
+    save_file(state, tmp_path / "st.pth")
+    (tmp_path / "torch.safetensors").write_bytes(source.read_bytes())
+    for name in ("st.pth", "torch.safetensors"):
+        assert torch.allclose(load_extractor(backbone, str(tmp_path / name))(images), expected), name
+    # The PyTorch tutorials' checkpoint layout is unwrapped as the other wrappers are.
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {"state": {}}}, tmp_path / "tutorial.pt")
+    assert torch.allclose(load_extractor(backbone, str(tmp_path / "tutorial.pt"))(images), expected)
+    # Other layouts: what was found, and where the weights are looked for.
+    torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"does not hold a state dict of tensors \(found a dict with keys 'epoch', 'weights'\); save model.state_dict\(\) alone, or under one of the keys 'state_dict', 'model_state_dict', 'model'"):
+        load_extractor(backbone, str(tmp_path / "other.pt"))
+    # Lightning's prefixed names: the unexpected example shows the prefix.
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(UserError, match=r"tensors missing \(e.g. 'cls_token'\), \d+ unexpected \(e.g. 'model.cls_token'\)"):
+        load_extractor(backbone, str(tmp_path / "lightning.ckpt"))
+
+
+def test_a_raw_pickle_as_weights_is_refused_without_torchs_pickle_protocol_warning(tmp_path, offline_caches):
+    import pickle
+    import warnings
+
+    path = tmp_path / "raw.pth"
+    path.write_bytes(pickle.dumps(RunsCodeWhenUnpickled(), protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="cannot read weights file"):
+            load_extractor("torchvision:mobilenet_v3_small", str(path))
+    assert [str(w.message) for w in caught] == [] and CALLS == []

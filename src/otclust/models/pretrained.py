@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -204,35 +205,69 @@ def _torchvision_weights_file(name: str, weights_enum, download: bool) -> Path:
     return _download(weights_enum.url, cached, f"torchvision:{name}")
 
 
+# Where training scripts put the weights inside a checkpoint: Lightning and timm's train.py
+# ("state_dict"), the PyTorch tutorials ({"model_state_dict": ..., "optimizer_state_dict": ...}),
+# others ("model").
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file holds safetensors, judged by its content and not its name: 8 bytes of
+    header length, then the JSON header (torch files start with a zip's 'PK' or a pickle's 0x80).
+    A safetensors file saved as .pth, or a torch file as .safetensors, is read as what it is."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(9)[8:9] == b"{"
+    except OSError:
+        return False
+
+
 def _read_state_dict(path: Path, cached: str | None = None) -> dict:
-    """A state dict from a .safetensors or torch file, never executing code from it.
+    """A state dict from a safetensors or torch file, never executing code from it.
 
     cached: the backbone whose download this file is, when it comes from a library's cache
     rather than --weights (a damaged one is then an interrupted download, to delete)."""
+    safetensors = _is_safetensors(path)
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch's notices about a file it then refuses (a pickle protocol it did not
+                # write): the file is judged below, in one line.
+                warnings.simplefilter("ignore")
+                with open(path, "rb") as handle:  # a file object: torch would read a '.safetensors' name as safetensors
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - anything unreadable is the user's file, not a bug
         if cached:
             raise UserError(
                 f"the cached download of {cached}, {path.resolve()}, cannot be read ({type(error).__name__}): it is damaged or incomplete "
                 "(an interrupted download?): delete it, then fetch it again with --download, or pass --weights PATH"
             ) from None
-        raise UserError(f"cannot read weights file {path}: {type(error).__name__}; it must hold a state dict (torch.save(model.state_dict(), PATH)) or be .safetensors") from None
-    for key in ("state_dict", "model"):  # training checkpoints often nest the weights
+        what = "a safetensors file" if safetensors else "a torch file"
+        raise UserError(
+            f"cannot read weights file {path} as {what} ({type(error).__name__}): it must hold a state dict, saved with "
+            "torch.save(model.state_dict(), PATH) or as safetensors, and be complete"
+        ) from None
+    for key in WRAPPER_KEYS:  # training checkpoints nest the weights beside other things
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+            break
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"weights file {path} does not hold a state dict of tensors")
+        found = f"a dict with keys {', '.join(repr(k) for k in list(state)[:6])}{', ...' if len(state) > 6 else ''}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise UserError(
+            f"weights file {path} does not hold a state dict of tensors (found {found}); "
+            f"save model.state_dict() alone, or under one of the keys {', '.join(map(repr, WRAPPER_KEYS))}"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _check_file(weights) -> Path:
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise UserError(f"weights file {path} is a folder: give the weights file itself (a state dict, .pth or .safetensors)")
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     return path.resolve()
@@ -272,11 +307,10 @@ def _load_exactly(network: nn.Module, state: dict, path: Path, backbone: str) ->
     except RuntimeError as error:  # a tensor of the wrong shape
         raise UserError(f"weights file {path} does not fit {backbone}: {str(error).splitlines()[-1].strip()[:200]}") from None
     if result.missing_keys or result.unexpected_keys:
-        example = (result.missing_keys or result.unexpected_keys)[0]
-        raise UserError(
-            f"weights file {path} does not fit {backbone}: {len(result.missing_keys)} tensors missing, "
-            f"{len(result.unexpected_keys)} unexpected (e.g. '{example}')"
-        )
+        # An example of each: side by side they show a prefix the file's names carry (Lightning's
+        # 'model.conv1.weight' where 'conv1.weight' is missing).
+        examples = [f"{len(keys)} {what}" + (f" (e.g. '{keys[0]}')" if keys else "") for keys, what in ((result.missing_keys, "tensors missing"), (result.unexpected_keys, "unexpected"))]
+        raise UserError(f"weights file {path} does not fit {backbone}: {', '.join(examples)}")
 
 
 def _last_linear(network: nn.Module) -> tuple[str, nn.Linear]:
@@ -348,7 +382,10 @@ def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
     from otclust.checkpoint import checkpoint_file
     from otclust.engine import load_trained
 
-    path = _check_file(checkpoint_file(Path(weights or name).expanduser()))  # a run folder stands for its model.pt
+    given = Path(weights or name).expanduser()
+    if not given.exists():  # a run folder or its model.pt, not a weights file of a library
+        raise UserError(f"{backbone}: no run folder or model.pt at {given}: name the --out folder of an otclust fit, or its model.pt")
+    path = _check_file(checkpoint_file(given))  # a run folder stands for its model.pt
     method, _ = load_trained(path, device="cpu")
     if method.spec.is_features:
         raise UserError(f"{path} was trained on feature vectors; an otclust backbone must be a model trained on images")
