@@ -12,6 +12,7 @@ import io
 import pickle
 import tarfile
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,22 @@ def test_features_errors(tmp_path, monkeypatch):
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(UserError, match="is not a .npy file"):
         load_dataset(f"features:{tmp_path / 'junk.npy'}")
+
+
+def test_finite_features_beyond_float32s_range_are_named_as_such(tmp_path):
+    """float64 features of about 1e39 (finite) were told they held NaN or infinite values to
+    impute, after numpy's 'overflow encountered in cast' warning: the cast to float32 made them inf."""
+    f = tmp_path / "big.npy"
+    big = np.ones((5, 3))
+    big[1:3] = -1e39
+    np.save(f, big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning either
+        with pytest.raises(UserError, match=r"holds values up to 1e\+39, beyond float32's range \(about 3.4e38\) in which otclust computes: rescale them") as e:
+            load_dataset(f"features:{f}")
+    one_line_error(e)
+    np.save(f, big / 1e10)  # within range: loads
+    assert load_dataset(f"features:{f}").data.shape == (5, 3)
 
 
 # --------------------------------------------------------------------------------------------

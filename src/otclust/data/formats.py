@@ -705,14 +705,21 @@ def read_features(path: Path, labels_path: Path | None, labels_explicit: bool) -
         raise UserError(f"{path} holds an array of shape {array.shape}: features must be a non-empty N x D matrix")
     if array.dtype.kind not in "biuf":
         raise UserError(f"{path} holds {array.dtype} values: features must be numbers")
+    if array.dtype.kind == "f":  # judged before the cast to float32, which turns values beyond its range into inf
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows = np.flatnonzero(bad.any(axis=1))
+            raise UserError(
+                f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}): "
+                "remove or impute them before clustering"
+            )
+        largest = max(abs(float(array.max())), abs(float(array.min())))  # no N x D copy as np.abs would make
+        if largest > float(np.finfo(np.float32).max):
+            raise UserError(
+                f"{path} holds values up to {largest:g}, beyond float32's range (about 3.4e38) in which otclust computes: "
+                "rescale them (e.g. standardise each feature) and save again"
+            )
     features = array.astype(np.float32)
-    bad = ~np.isfinite(features)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        raise UserError(
-            f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}): "
-            "remove or impute them before clustering"
-        )
     notes: list[str] = []
     labels = class_names = None
     if labels_path is not None and (labels_explicit or labels_path.is_file()):
