@@ -159,6 +159,26 @@ def test_bad_settings_are_value_errors_as_in_scikit_learn(settings):
         OTClust(**{"n_clusters": 3, "epochs": 1, **settings}).fit(x)
 
 
+@pytest.mark.parametrize("case", ["unknown-name", "garbage-file", "a-folder", "missing-otclust-run", "features-with-a-backbone", "not-in-the-cache"])
+def test_pretrained_backbone_settings_are_value_errors_too(case, blob_images, random_weights, offline_caches, tmp_path):
+    """They were plain UserErrors, which `except ValueError` missed, while `weights=` without a
+    pretrained backbone already was a ValueError."""
+    images = blob_images[0][:30]
+    (tmp_path / "garbage.pth").write_bytes(b"not a state dict")
+    (tmp_path / "adir.pth").mkdir()
+    settings, data, message = {
+        "unknown-name": ({"backbone": "timm:nope"}, images, "timm has no model 'nope'"),
+        "garbage-file": ({"backbone": "timm:test_vit", "weights": str(tmp_path / "garbage.pth")}, images, "cannot read weights file"),
+        "a-folder": ({"backbone": "timm:test_vit", "weights": str(tmp_path / "adir.pth")}, images, "is a folder"),
+        "missing-otclust-run": ({"backbone": f"otclust:{tmp_path / 'nope'}"}, images, "no run folder or model.pt"),
+        "features-with-a-backbone": ({"backbone": "timm:test_vit", "weights": str(random_weights["timm:test_vit"])}, images.reshape(30, -1).astype(np.float32), "holds feature vectors: drop backbone"),
+        # OTClust has no download parameter: the option is named as the command line's.
+        "not-in-the-cache": ({"backbone": "timm:test_vit"}, images, "pass weights=PATH, or the command line's --download to fetch them"),
+    }[case]
+    with pytest.raises(InputValueError, match=re.escape(message)):
+        OTClust(n_clusters=3, epochs=1, device="cpu", **settings).fit(data)
+
+
 def test_cluster_proportions_may_be_a_sequence_of_numbers():
     x = np.concatenate([np.random.default_rng(2).normal(c * 6, 1, size=(n, 4)) for c, n in enumerate((40, 20, 20))]).astype(np.float32)
     for sizes, text in (([0.5, 0.25, 0.25], "0.5,0.25,0.25"), ((2, 1, 1), "2.0,1.0,1.0"), (np.array([0.5, 0.25, 0.25]), "0.5,0.25,0.25")):

@@ -70,12 +70,14 @@ def settings_errors_as_value_errors():
 # estimator is where Python users meet those messages, and it already maps its parameters onto
 # those settings (`_config`), so it maps the option names back here: one table, instead of a
 # switch between two vocabularies threaded through every check of config, priors, methods and
-# engine. Options OTClust has no parameter for (--readout, --readout-param, --download) are left
-# as they are: they name what the command line offers.
+# engine. Options OTClust has no parameter for (--readout, --readout-param) are left as they are:
+# they name what the command line offers. --download is said to be the command line's: OTClust
+# never downloads, and a user told to pass it would look for it among OTClust's parameters.
 _PARAMETER_OF_OPTION = {
     "clusters": "n_clusters", "cluster-proportions": "cluster_proportions", "epochs": "epochs", "steps": "steps", "batch-size": "batch_size",
     "lr": "lr", "seed": "seed", "device": "device", "backbone": "backbone", "weights": "weights", "param": "params", "augment": "augment",
 }
+_DOWNLOAD = re.compile(r"(?<![\w-])--download(?![\w-])")
 _SWITCH_OF_OPTION = {"cpu-amp": "cpu_amp=True", "no-refit": "refit=False", "image-size": "image size of X"}  # options without a value
 _OPTION = re.compile(r"(?<![\w-])--(" + "|".join(sorted([*_PARAMETER_OF_OPTION, *_SWITCH_OF_OPTION], key=len, reverse=True)) + r")(?![\w-])(?: ([^\s'\"]+?)(?=[:;,.)]?(?:\s|$)))?")
 # Words that follow an option as its value (`--device cpu`), not as the next word of the sentence.
@@ -113,7 +115,7 @@ def in_python_terms(message: str) -> str:
     """A message of the shared code with its command-line options as OTClust's parameters:
     `--clusters must be` -> `n_clusters must be`, `use --device cpu` -> `use device='cpu'`,
     `--param rotation=false` -> `params={'rotation': False}`."""
-    return _OPTION.sub(_python_option, message)
+    return _OPTION.sub(_python_option, _DOWNLOAD.sub("the command line's --download", message))
 
 
 def _errors_in_python_terms(function):
@@ -353,7 +355,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         neighbors = None
         with kept_global_random_state():
             if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
-                dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+                with settings_errors_as_value_errors():  # backbone and weights are settings: a name, a file, a run not found or not fitting
+                    dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
             with settings_errors_as_value_errors():  # method parameters are checked when the method is built
                 trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors, warn=self._warn)
         self.model_ = result.method
@@ -393,7 +396,8 @@ class OTClust(ClusterMixin, BaseEstimator):
         self._check_fitted()
         dataset, _ = _dataset_and_range(X, getattr(self, "float_image_range_", None))
         if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
-            dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+            with settings_errors_as_value_errors():
+                dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:
