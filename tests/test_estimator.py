@@ -179,6 +179,32 @@ def test_pretrained_backbone_settings_are_value_errors_too(case, blob_images, ra
         OTClust(n_clusters=3, epochs=1, device="cpu", **settings).fit(data)
 
 
+def test_a_loaded_model_takes_its_moved_weights_file(blob_images, random_weights, offline_caches, tmp_path):
+    """After the weights file moved, OTClust.load(path).predict(X) could not be given the new
+    path (setting weights was ignored) and the error named --weights and --download."""
+    images = blob_images[0]
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["timm:test_vit"].read_bytes())
+    model = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu", backbone="timm:test_vit", weights=str(weights)).fit(images)
+    model.save(tmp_path / "m.pt")
+    moved = weights.rename(tmp_path / "moved.pt")
+    with pytest.raises(InputValueError, match=re.escape(f"the weights file of timm:test_vit this model was fitted with is not at {weights}: give its new path, OTClust.load(PATH, weights=NEW) or model.weights = NEW")):
+        OTClust.load(tmp_path / "m.pt", device="cpu").predict(images)
+    assert np.array_equal(OTClust.load(tmp_path / "m.pt", device="cpu", weights=moved).predict(images), model.labels_)
+    loaded = OTClust.load(tmp_path / "m.pt", device="cpu")
+    loaded.weights = str(moved)
+    assert np.array_equal(loaded.predict(images), model.labels_)
+    model.set_params(weights=str(moved))  # the fitted estimator itself too
+    assert np.array_equal(model.predict(images), model.labels_)
+    # Another file is still refused by its sha256, as a ValueError.
+    other = tmp_path / "other.pt"
+    state = torch.load(moved, weights_only=True)
+    state["cls_token"] = state["cls_token"] + 1.0
+    torch.save(state, other)
+    with pytest.raises(InputValueError, match="is not the one this model was trained with"):
+        OTClust.load(tmp_path / "m.pt", device="cpu", weights=other).predict(images)
+
+
 def test_cluster_proportions_may_be_a_sequence_of_numbers():
     x = np.concatenate([np.random.default_rng(2).normal(c * 6, 1, size=(n, 4)) for c, n in enumerate((40, 20, 20))]).astype(np.float32)
     for sizes, text in (([0.5, 0.25, 0.25], "0.5,0.25,0.25"), ((2, 1, 1), "2.0,1.0,1.0"), (np.array([0.5, 0.25, 0.25]), "0.5,0.25,0.25")):

@@ -24,6 +24,7 @@ import re
 import sys
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse
@@ -396,8 +397,9 @@ class OTClust(ClusterMixin, BaseEstimator):
         self._check_fitted()
         dataset, _ = _dataset_and_range(X, getattr(self, "float_image_range_", None))
         if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
+            weights = self._backbone_weights()
             with settings_errors_as_value_errors():
-                dataset = features_for_model(self.config_, dataset, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+                dataset = features_for_model(self.config_, dataset, weights=weights, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:
@@ -414,6 +416,24 @@ class OTClust(ClusterMixin, BaseEstimator):
         # batch here, and predict takes 1024 samples at a time, fewer only when X holds fewer.
         advice = "predict X in parts of fewer than 1024 samples"
         return predict_in_batches(self.model_, dataset.data, device, batch_size=1024, memory_advice=advice)
+
+    def _backbone_weights(self) -> str | None:
+        """The weights file predict embeds new images with: `weights` (set after fit, or given to
+        `load`) when it names an existing path, so that a file moved since fit can be given again;
+        else the file fit resolved and recorded (`config_.weights`: absolute, so a relative
+        `weights` still works from another directory). Either must have the sha256 fit recorded."""
+        recorded = self.config_.weights
+        for weights in (self.weights, recorded):
+            if weights is not None and Path(weights).expanduser().exists():
+                return str(weights)
+        if recorded is None:
+            return None  # the library's cache, looked up again
+        # The command line's advice (--weights) has no meaning here: say how OTClust takes the file.
+        given = "" if self.weights is None or Path(self.weights).expanduser().resolve() == Path(recorded) else f", nor at weights={str(self.weights)!r}"
+        raise InputValueError(
+            f"the weights file of {self.config_.backbone} this model was fitted with is not at {recorded}{given}: "
+            "give its new path, OTClust.load(PATH, weights=NEW) or model.weights = NEW (its sha256 must be the one fit recorded)"
+        )
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
@@ -434,8 +454,12 @@ class OTClust(ClusterMixin, BaseEstimator):
 
     @classmethod
     @_errors_in_python_terms
-    def load(cls, path, device: str = "auto") -> "OTClust":
-        """Read a checkpoint (without running any code it may hold) into a fitted estimator."""
+    def load(cls, path, device: str = "auto", weights=None) -> "OTClust":
+        """Read a checkpoint (without running any code it may hold) into a fitted estimator.
+
+        weights: for a model fitted behind a pretrained backbone, its weights file where it is now,
+        if it moved since fit (its sha256 must be the one fit recorded); the same as setting
+        `weights` on the loaded estimator."""
         checkpoint = read_checkpoint(path)
         method, config = load_trained(path, device=device)
         if "estimator_params" in checkpoint:
@@ -443,6 +467,8 @@ class OTClust(ClusterMixin, BaseEstimator):
             estimator = cls(**{**{k: v for k, v in checkpoint["estimator_params"].items() if k in known}, "device": device})
         else:
             estimator = cls(method=config.method, n_clusters=config.clusters, device=device)
+        if weights is not None:
+            estimator.weights = weights
         estimator.model_ = method
         estimator.config_ = config
         fitted = method.readout_fits.get(method.predictor)
