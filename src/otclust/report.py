@@ -12,8 +12,10 @@ page (every figure embedded as base64 PNG, each linking to its file beside the p
 * per cluster, its most and least confident images (image data only).
 
 The data are reloaded as the run loaded them and predicted again with model.pt, so the figures
-show the model as saved. Parts that need labels, images or the data themselves are left out
-with a note when these are missing, never broken. Figures use matplotlib's Agg canvas through
+show the model as saved; a run fitted behind a pretrained backbone gets its images embedded by
+the same frozen network first (from the embedding cache fit filled), and its grids show the
+images. Parts that need labels, images, the data themselves or a backbone's weights file are
+left out with a note when these are missing, never broken. Figures use matplotlib's Agg canvas through
 `matplotlib.figure.Figure` (no pyplot), so a report never opens a window or changes the
 backend of the caller.
 """
@@ -35,9 +37,11 @@ from otclust.checkpoint import CheckpointRefused
 from otclust.choose_k import K_CRITERION_TEXT, TOLERANCE
 from otclust.config import CONFIG_FIELDS, FitConfig
 from otclust.data import conform, load_dataset
+from otclust.data.embeddings import features_for_model
 from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.metrics import hungarian_mapping, matched_confusion_matrix
+from otclust.models.pretrained import is_pretrained
 from otclust.ot.priors import parse_cluster_proportions
 from otclust.runs import SEARCH_FOLDER, atomic_write_text
 
@@ -531,8 +535,9 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
             notes.append(f"model.pt could not be loaded ({error}): the map and the image grids are left out")
     else:
         notes.append("no model.pt: the map and the image grids are left out")
+    images = None  # the images of the grids, when the data are images
     if method is not None:
-        dataset = _load_run_data(config, method, notes)
+        dataset, images = _load_run_data(config, method, notes, device, lambda message: log(f"report: {message}"))
     if dataset is not None:
         trained_on = final.get("n_samples")
         if isinstance(trained_on, int) and trained_on != dataset.n_samples:
@@ -633,9 +638,9 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     section = Section("The clusters' most and least confident images", "For each cluster (largest first): top row, the images the model is surest belong to it; bottom row, "
                       "the members it is least sure of (the number under each image is its probability for the cluster, with its true class when labels exist). "
                       "The top row shows what the cluster means; the bottom row shows where it bleeds into others.", grid=True)
-    if proba is not None and not dataset.is_features:
-        section.figures += _cluster_grids(figures, dataset, proba, clusters, labels, class_names, images_per_row, max_cluster_grids, section.notes)
-    elif dataset is not None and dataset.is_features:
+    if proba is not None and images is not None:
+        section.figures += _cluster_grids(figures, images, proba, clusters, labels, class_names, images_per_row, max_cluster_grids, section.notes)
+    elif dataset is not None and images is None:
         section.notes.append("the data are feature vectors, not images: no image grids")
     else:
         section.notes.append("left out: it needs the model and the run's images")
@@ -677,20 +682,34 @@ def _map_section(section: Section, figures: Path, method, dataset, proba, cluste
         section.notes.append("no labels: only the colouring by cluster is shown")
 
 
-def _load_run_data(config, method, notes: list[str]):
-    """The run's data as it trained on them, or None with a note (moved, deleted, not downloaded)."""
+def _load_run_data(config, method, notes: list[str], device: str = "auto", log=None):
+    """(the model's input, the images to show or None) as the run trained on them, or (None, None)
+    with a note (data moved, deleted, not downloaded; a pretrained backbone's weights gone).
+
+    A run fitted behind a pretrained backbone trained on the images' embeddings: the images go
+    through the same frozen network (read from the embedding cache fit filled, as predict does),
+    and the grids show the images themselves."""
     try:
-        dataset = load_dataset(config.data, split=config.split, download=False, image_size=config.image_size)
+        dataset = load_dataset(config.data, split=config.split, download=False, image_size=config.image_size, backbone=config.backbone)
     except UserError as error:
         notes.append(f"the run's data could not be loaded again ({error}); the map and the image grids are left out")
-        return None
+        return None, None
+    images = None if dataset.is_features else dataset
+    if images is not None and is_pretrained(config.backbone):
+        try:
+            dataset = features_for_model(config, images, device=device, progress=False, log=log)
+        except CheckpointRefused:
+            raise  # an otclust: backbone whose model.pt could run code: refused outright, as the run's own
+        except UserError as error:
+            notes.append(f"the run's backbone {config.backbone} could not embed the images again ({error}); the map and the image grids are left out")
+            return None, None
     spec = method.spec
     if spec.is_features != dataset.is_features or (spec.is_features and dataset.data.shape[1] != spec.feature_dim):
         notes.append(f"{dataset.name} no longer matches the model's input: the map and the image grids are left out")
-        return None
+        return None, None
     if not spec.is_features and (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size)):
-        dataset = conform(dataset, spec.channels, tuple(spec.image_size))
-    return dataset
+        dataset = images = conform(dataset, spec.channels, tuple(spec.image_size))
+    return dataset, images
 
 
 def _cluster_grids(figures: Path, dataset, proba, clusters, labels, class_names, count: int, max_grids: int, notes: list[str]) -> list[tuple[str, str]]:

@@ -143,3 +143,31 @@ def test_the_size_figure_under_auto_shows_the_sizes_clot_trained_towards():
     sizes, label = _prior(method, None, 3)
     np.testing.assert_allclose(sizes, [0.1, 0.7, 0.2], atol=1e-6)  # the largest estimate on the fullest cluster
     assert label.startswith("prior: auto")
+
+
+def test_report_of_a_run_behind_a_pretrained_backbone_embeds_the_images_again(blob_image_folder, random_weights, offline_caches, tmp_path, monkeypatch, capsys):
+    """The report loaded the images but never ran them through the backbone, so it left out the
+    map and the grids of every such run, with a note that the data no longer matched the model."""
+    import otclust.data.embeddings as embeddings_module
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["timm:test_vit"].read_bytes())
+    run = tmp_path / "run"
+    assert main(["fit", "--data", f"folder:{blob_image_folder}", "--backbone", "timm:test_vit", "--weights", str(weights), "--clusters", "3", "--epochs", "1",
+                 "--batch-size", "40", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    embedded = []
+    real = embeddings_module.embed_images
+    monkeypatch.setattr(embeddings_module, "embed_images", lambda extractor, data, *a, **k: embedded.append(len(data)) or real(extractor, data, *a, **k))
+    capsys.readouterr()
+    assert main(["report", str(run), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note" not in err and embedded == [], "the embeddings fit cached are read, not computed again"
+    names = check_page(run)
+    clusters = np.loadtxt(run / "assignments.csv", delimiter=",", skiprows=1, usecols=2, dtype=int)
+    assert "tsne.png" in names and [n for n in names if n.startswith("cluster_")] == [f"cluster_{c:02d}.png" for c in sorted(set(clusters))]
+    # The weights file gone: the note says so (it said the data no longer matched the model).
+    weights.unlink()
+    assert main(["report", str(run), "--overwrite", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"report: note: the run's backbone timm:test_vit could not embed the images again (weights file not found: {weights})" in err
+    assert "no longer matches" not in err and "tsne.png" not in check_page(run)

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
             "RUN_DIR/figures/*.png): training curves per epoch; the Hungarian-matched confusion matrix; a t-SNE "
             "map of the model's features coloured by cluster and by true class; cluster sizes against the prior; "
             "and for each cluster its most and least confident images. The run's data are loaded again and "
-            "predicted with model.pt. Parts needing labels or images are left out with a note when the data "
+            "predicted with model.pt (through the run's pretrained --backbone first, if it had one: its embeddings "
+            "are read from the cache fit filled). Parts needing labels or images are left out with a note when the data "
             "have none. How to read it: docs/reports.md."
         ),
         formatter_class=HelpFormatter,
