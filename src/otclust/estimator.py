@@ -280,8 +280,13 @@ class OTClust(ClusterMixin, BaseEstimator):
     floats on that scale; `save` keeps it), else None.
     X is described in the module docstring: (N, D) feature vectors are used as given; images are
     uint8, 0..255, or floats in [0, 1]; anything else is refused with an `InputValueError` (a
-    ValueError and a UserError). Using an unfitted estimator raises scikit-learn's
-    `NotFittedError`.
+    ValueError and a UserError), as are bad settings (a pretrained `backbone` or its `weights`
+    file included). Using an unfitted estimator raises scikit-learn's `NotFittedError`.
+
+    With a pretrained `backbone` (`timm:NAME`, `torchvision:NAME`, `otclust:RUN`), `weights` is its
+    file; predict embeds new images with that network, from the file `weights` names when it
+    exists (set it, or `OTClust.load(path, weights=NEW)`, when the file moved since fit), else the
+    one fit recorded; a file with another sha256 is refused.
 
     What the run says: with `verbose=False` (the default) its progress (epoch lines, the default
     budget, the read-out's timing) is dropped, and each warning is issued as one
