@@ -501,8 +501,11 @@ def _clean_figures(folder: Path) -> None:
             path.unlink()
 
 
-def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_points: int = 3000, images_per_row: int = 8, max_cluster_grids: int = 100, batch_size: int = 512, log=None) -> Path:
+def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_points: int = 3000, images_per_row: int = 8, max_cluster_grids: int = 100, batch_size: int = 512, log=None, weights: str | None = None) -> Path:
     """Write RUN_DIR/figures/*.png and RUN_DIR/report.html; returns the page's path.
+
+    `weights`: a run fitted behind a pretrained backbone, its weights file where it is now, if it
+    moved since fit (checked against the sha256 the run recorded, as predict checks it).
 
     With overwrite=False an existing report.html is an error (`otclust report` without
     --overwrite); `otclust fit --report` rewrites it, since it just rewrote the whole run.
@@ -518,6 +521,8 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     page = run / "report.html"
     if page.exists() and not overwrite:
         raise UserError(f"{page} already exists: pass --overwrite to write it again")
+    if weights and not is_pretrained(config.backbone):  # it would be ignored, as predict refuses it
+        raise UserError(f"--weights is for a run fitted behind a pretrained backbone (timm:NAME, torchvision:NAME, otclust:RUN); this one was trained with --backbone {config.backbone}: drop --weights")
     device_obj = select_device(device)  # a device this machine lacks is the user's to fix: exit 2
     history = read_history(run)
     notes: list[str] = []
@@ -537,7 +542,7 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
         notes.append("no model.pt: the map and the image grids are left out")
     images = None  # the images of the grids, when the data are images
     if method is not None:
-        dataset, images = _load_run_data(config, method, notes, device, lambda message: log(f"report: {message}"))
+        dataset, images = _load_run_data(config, method, notes, device, lambda message: log(f"report: {message}"), weights)
     if dataset is not None:
         trained_on = final.get("n_samples")
         if isinstance(trained_on, int) and trained_on != dataset.n_samples:
@@ -682,7 +687,7 @@ def _map_section(section: Section, figures: Path, method, dataset, proba, cluste
         section.notes.append("no labels: only the colouring by cluster is shown")
 
 
-def _load_run_data(config, method, notes: list[str], device: str = "auto", log=None):
+def _load_run_data(config, method, notes: list[str], device: str = "auto", log=None, weights: str | None = None):
     """(the model's input, the images to show or None) as the run trained on them, or (None, None)
     with a note (data moved, deleted, not downloaded; a pretrained backbone's weights gone).
 
@@ -697,7 +702,7 @@ def _load_run_data(config, method, notes: list[str], device: str = "auto", log=N
     images = None if dataset.is_features else dataset
     if images is not None and is_pretrained(config.backbone):
         try:
-            dataset = features_for_model(config, images, device=device, progress=False, log=log)
+            dataset = features_for_model(config, images, weights=weights, device=device, progress=False, log=log)
         except CheckpointRefused:
             raise  # an otclust: backbone whose model.pt could run code: refused outright, as the run's own
         except UserError as error:

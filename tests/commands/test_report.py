@@ -171,3 +171,22 @@ def test_report_of_a_run_behind_a_pretrained_backbone_embeds_the_images_again(bl
     err = capsys.readouterr().err
     assert f"report: note: the run's backbone timm:test_vit could not embed the images again (weights file not found: {weights})" in err
     assert "no longer matches" not in err and "tsne.png" not in check_page(run)
+
+
+def test_report_takes_a_moved_weights_file_and_refuses_weights_for_a_run_without_a_backbone(blob_image_folder, random_weights, offline_caches, tmp_path, capsys):
+    """After the weights file moved, the report could only say so (predict and evaluate take
+    --weights); --weights for a run trained without a pretrained backbone would be ignored."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["timm:test_vit"].read_bytes())
+    run = tmp_path / "run"
+    assert main(["fit", "--data", f"folder:{blob_image_folder}", "--backbone", "timm:test_vit", "--weights", str(weights), "--clusters", "3", "--epochs", "1",
+                 "--batch-size", "40", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    moved = weights.rename(tmp_path / "moved.pt")
+    assert main(["report", str(run), "--device", "cpu", "--weights", str(moved)]) == 0
+    assert "tsne.png" in check_page(run) and "could not embed" not in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main(["fit", "--data", f"folder:{blob_image_folder}", "--clusters", "3", "--epochs", "1", "--batch-size", "40", "--out", str(plain), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(plain), "--device", "cpu", "--weights", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert "--weights is for a run fitted behind a pretrained backbone" in err and "drop --weights" in err and not (plain / "report.html").exists()

@@ -113,7 +113,7 @@ def add_readout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_weights_option(parser: argparse.ArgumentParser) -> None:
-    """predict and evaluate: the weights of the pretrained backbone a model was fitted behind,
+    """predict, evaluate and report: the weights of the pretrained backbone a model was fitted behind,
     for when the file is no longer where the model recorded it."""
     parser.add_argument(
         "--weights",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otclust.commands.common import HelpFormatter
+from otclust.commands.common import HelpFormatter, add_weights_option
 from otclust.errors import UserError
 from otclust.report import write_report
 
@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images", type=int, default=8, help="images per row in each cluster's grid")
     parser.add_argument("--max-clusters", type=int, default=100, help="image grids for at most this many clusters (the largest)")
     parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    add_weights_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -44,6 +45,7 @@ def run(args) -> int:
         images_per_row=args.images,
         max_cluster_grids=args.max_clusters,
         batch_size=args.batch_size,
+        weights=args.weights,
     )
     print(f"written: {page}")
     return 0
