@@ -13,7 +13,7 @@ from PIL import Image
 
 import otclust.data.embeddings as embeddings_module
 from otclust.cli import main
-from otclust.models.pretrained import file_sha256, load_extractor
+from otclust.models.pretrained import file_sha256, import_timm, load_extractor
 
 TIMM = "timm:test_vit"
 TV = "torchvision:mobilenet_v3_small"
@@ -182,3 +182,37 @@ def test_compare_clusters_the_embeddings_with_every_method_embedding_once(blob_i
     for method in ("kmeans", "clot"):
         config = yaml.safe_load((out / method / "seed0" / "config.yaml").read_text())
         assert config["backbone"] == TIMM and config["weights_sha256"] == file_sha256(random_weights[TIMM])
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """Six smooth colour 'photos' of 260x200 in two class folders: larger than any backbone's input."""
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        (tmp_path / "photos" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8))
+        coarse.resize((260, 200), Image.BICUBIC).save(tmp_path / "photos" / f"c{i % 2}" / f"{i}.png")
+    return tmp_path / "photos"
+
+
+def test_photos_are_decoded_at_the_backbones_own_resolution_by_embed_fit_and_predict(photo_folder, random_weights, offline_caches, tmp_path, count_embedding):
+    """Pretrained backbones had folders decoded at the small CNN's 64 px, scaled up to the network's
+    input by the library's preprocessing: cosine about 0.9 with the library's own pipeline on the
+    full-size photos. Now timm:test_vit's 168 px (160 / crop_pct 0.95), and embed,
+    fit and predict decode alike: one embedding, then the cache."""
+    timm = import_timm()
+    data, weights = f"folder:{photo_folder}", random_weights[TIMM]
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--data", data, "--backbone", TIMM, "--weights", str(weights), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["image_shape"] == [3, 168, 168]
+    extractor = load_extractor(TIMM, str(weights))
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=extractor.network))
+    files = sorted(photo_folder.glob("*/*.png"))
+    with torch.no_grad():
+        expected = extractor.network(torch.stack([transform(Image.open(f).convert("RGB")) for f in files])).numpy()
+    got = np.load(out)
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() > 0.99, cosine
+    assert main(fit_args(data, weights, tmp_path / "run")) == 0
+    assert main(["predict", "--checkpoint", str(tmp_path / "run"), "--data", data, "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 0
+    assert count_embedding == [6], "fit or predict decoded the photos otherwise than embed, and embedded them again"

@@ -251,3 +251,29 @@ def test_a_raw_pickle_as_weights_is_refused_without_torchs_pickle_protocol_warni
         with pytest.raises(UserError, match="cannot read weights file"):
             load_extractor("torchvision:mobilenet_v3_small", str(path))
     assert [str(w.message) for w in caught] == [] and CALLS == []
+
+def test_a_folder_is_decoded_at_the_side_the_librarys_preprocessing_resizes_to(random_weights, offline_caches, tmp_path, blob_images):
+    """A pretrained backbone's working resolution is read from its library's configuration (no
+    weights, no network): the side its eval pipeline scales a shorter side to before the centre
+    crop. It fell back to the small CNN's 64 px, and timm or torchvision then scaled that up."""
+    from otclust import OTClust
+    from otclust.data.decode import Probe, working_resolution
+    from otclust.models.pretrained import decode_side
+
+    timm = import_timm()
+    extractor = load_extractor("timm:test_vit", str(random_weights["timm:test_vit"]))
+    resize = next(step for step in extractor.preprocess.steps if type(step).__name__ == "Resize")
+    assert decode_side("timm:test_vit")[0] == resize.size == 168  # 160 px input / crop_pct 0.95
+    assert decode_side("timm:resnet18")[0] == timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg("resnet18").to_dict())).transforms[0].size
+    assert decode_side("torchvision:mobilenet_v3_small")[0] == 256 and decode_side("torchvision:vit_h_14.IMAGENET1K_SWAG_E2E_V1")[0] == 518
+    model = OTClust(n_clusters=3, epochs=1, batch_size=40, device="cpu").fit(blob_images[0])
+    model.save(tmp_path / "model.pt")
+    assert decode_side(f"otclust:{tmp_path}")[0] == 8  # the size it was trained at
+    photos = [Probe(300, 400, True)] * 3
+    size, note = working_resolution(photos, "timm:test_vit", None)
+    assert size == (168, 168)
+    assert note.startswith("working resolution 168x168: what timm:test_vit's preprocessing resizes to before its 160 px centre crop (168 px; median shorter side 300 px)")
+    assert working_resolution([Probe(30, 40, True)], "timm:test_vit", None)[0] == (30, 30)  # small images are not enlarged
+    assert working_resolution(photos, "timm:test_vit", (64, 64))[0] == (64, 64)  # --image-size still decides
+    with pytest.raises(UserError, match="timm has no model 'nope'"):
+        working_resolution(photos, "timm:nope", None)

@@ -48,7 +48,8 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = False) ->
         type=int,
         default=None,
         help="side of the square folder images are decoded to, each centre-cropped (default: their median shorter "
-        "side, at most 64 for the small CNN, 96 for the ResNets); other data sets are resized to it",
+        "side, at most 64 for the small CNN, 96 for the ResNets, and for a pretrained backbone the side its library's "
+        "preprocessing resizes to, e.g. 235 for timm:resnet18); other data sets are resized to it",
     )
     parser.add_argument("--workers", type=int, default=None, action=_DecodeSetting, help="processes that decode folder images (default: one per CPU core, at most 8)")
     parser.add_argument("--no-cache", dest="cache", nargs=0, default=None, action=_DecodeSetting, help="decode folder images again instead of reusing (and writing) the decoded-image cache")

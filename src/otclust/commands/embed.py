@@ -54,7 +54,9 @@ def run(args) -> int:
         check_output_files(list(features_file_paths(out).values()), args.overwrite, ".npy")
     check_otclust_weights(args.backbone, args.weights)  # before any work, as fit's config does
     extractor = load_extractor(args.backbone, args.weights, download=bool(args.download))
-    dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size)
+    # Decoded at the backbone's own working resolution, as fit --backbone decodes them: the same
+    # pixels, so the same cache entry.
+    dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size, backbone=args.backbone)
     embeddings = embed_dataset(
         dataset, extractor, select_device(args.device), batch_size=args.batch_size, neighbors=args.neighbors, progress=not args.no_progress, use_cache=not no_cache
     )

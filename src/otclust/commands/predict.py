@@ -81,7 +81,9 @@ def load_data_for_model(args, method, config):
         # gives slightly other pixels, and so other confidences than fit's assignments.csv.
         image_size = config.image_size or (None if method.spec.is_features else tuple(method.spec.image_size))
         size_from = "the size the model was trained at"
-    dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=image_size, size_from=size_from)
+    # A model behind a pretrained backbone has no image size of its own: the folder is decoded at
+    # that backbone's working resolution, as fit and embed decode it.
+    dataset = load_dataset(spec, split=args.split or "all", download=bool(args.download), image_size=image_size, backbone=config.backbone, size_from=size_from)
     if is_pretrained(config.backbone) and not dataset.is_features:  # through the same frozen backbone first
         if not args.weights and config.weights and not Path(config.weights).is_file():
             checksum = f" (sha256 {config.weights_sha256[:12]}...)" if config.weights_sha256 else ""

@@ -7,7 +7,9 @@ How a folder becomes ``N x C x S x S`` bytes (what ``formats.read_image_folder``
    set aside with the reason, not fatal.
 2. ``working_resolution``: the side S of the square the images are decoded to, from the data
    and the backbone: the median shorter side of the images, capped at what the backbone is
-   built for (``BACKBONE_SIDE``), unless ``--image-size`` gives it.
+   built for (``BACKBONE_SIDE``; for a pretrained backbone, the side its library's
+   preprocessing resizes to before its centre crop: ``backbone_cap``), unless ``--image-size``
+   gives it.
 3. ``decode_into``: every image is decoded, EXIF-rotated, its colours taken to sRGB when it
    embeds another colour profile (``to_srgb``: Display P3, Adobe RGB), converted to 8-bit grey or RGB
    (``to_uint8``), scaled so that its shorter side is S and centre-cropped to S x S
@@ -80,7 +82,8 @@ _EXIF_ORIENTATION = 0x0112
 # The largest square side each backbone is built for; the working resolution is the images'
 # median shorter side capped at this. The small CNN (three stride-2 convolutions, then a dense
 # layer) grows with the input area and runs on a CPU; the CIFAR-stem ResNets pool globally
-# and are meant for a GPU, where twice the side is affordable.
+# and are meant for a GPU, where twice the side is affordable. A pretrained backbone's cap comes
+# from its library (``backbone_cap``).
 BACKBONE_SIDE = {"small-cnn": 64, "pooled-cnn": 64, "mlp": 32, "resnet18": 96, "resnet34": 96}
 DEFAULT_BACKBONE = "small-cnn"  # what backbone 'auto' builds for images
 
@@ -444,6 +447,20 @@ def decode_into(
     return failed
 
 
+def backbone_cap(backbone: str | None) -> tuple[int, str]:
+    """The largest side worth decoding to for ``backbone``, and where it comes from (for the note).
+
+    otclust's own networks: ``BACKBONE_SIDE``. A pretrained one (timm:, torchvision:, otclust:):
+    the side its library's preprocessing resizes to (``pretrained.decode_side``), not the small
+    CNN's 64 px, which the library then scaled up to its 224 px input, most of the detail lost."""
+    from otclust.models.pretrained import decode_side, is_pretrained  # imports torch: only when asked
+
+    if is_pretrained(backbone):
+        return decode_side(backbone)
+    name = backbone if backbone in BACKBONE_SIDE else DEFAULT_BACKBONE
+    return BACKBONE_SIDE[name], f"the {name} backbone's cap"
+
+
 def working_resolution(
     probes: list[Probe], backbone: str | None, requested, size_from: str = "--image-size"
 ) -> tuple[tuple[int, int], str]:
@@ -453,15 +470,14 @@ def working_resolution(
         if all((p.height, p.width) == tuple(requested) for p in probes):
             return tuple(requested), f"images read at their own size, {requested[0]}x{requested[1]} ({size_from})"
         return tuple(requested), f"images centre-cropped and resized to {requested[0]}x{requested[1]} ({size_from})"
-    name = backbone if backbone in BACKBONE_SIDE else DEFAULT_BACKBONE
-    cap = BACKBONE_SIDE[name]
+    cap, cap_from = backbone_cap(backbone)
     shorter = sorted(min(p.height, p.width) for p in probes)
     median = shorter[len(shorter) // 2]
     side = max(1, min(cap, median))
     same = all(p.height == side and p.width == side for p in probes)
     if same:
         return (side, side), ""
-    why = f"the images' median shorter side, {median} px" if side == median else f"the {name} backbone's cap ({cap} px; median shorter side {median} px)"
+    why = f"the images' median shorter side, {median} px" if side == median else f"{cap_from} ({cap} px; median shorter side {median} px)"
     return (side, side), (
         f"working resolution {side}x{side}: {why}; each image scaled so its shorter side is {side} and "
         f"centre-cropped to a square (--image-size N overrides)"
@@ -544,6 +560,7 @@ __all__ = [
     "grey_content",
     "luma",
     "working_resolution",
+    "backbone_cap",
     "estimated_bytes",
     "memory_budget",
     "available_memory",

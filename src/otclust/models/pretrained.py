@@ -16,6 +16,7 @@ safetensors), so loading one never executes code. timm and torchvision are the o
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import warnings
@@ -320,9 +321,10 @@ def _last_linear(network: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _torchvision_extractor(backbone: str, name: str, weights, download: bool) -> FrozenExtractor:
+def _torchvision_weights_enum(name: str):
+    """torchvision's weights entry for NAME[.TAG] (its URL, its preprocessing preset), or a one-line error."""
     import_torchvision()
-    from torchvision.models import get_model, get_model_weights
+    from torchvision.models import get_model_weights
 
     arch, _, tag = name.partition(".")
     try:
@@ -330,9 +332,16 @@ def _torchvision_extractor(backbone: str, name: str, weights, download: bool) ->
     except (ValueError, KeyError):
         raise UserError(f"torchvision has no classification model '{arch}': e.g. resnet18, mobilenet_v3_small, vit_b_16") from None
     try:
-        weights_enum = enum[tag] if tag else enum.DEFAULT
+        return enum[tag] if tag else enum.DEFAULT
     except KeyError:
         raise UserError(f"torchvision:{arch} has no weights '{tag}': one of {', '.join(w.name for w in enum)}") from None
+
+
+def _torchvision_extractor(backbone: str, name: str, weights, download: bool) -> FrozenExtractor:
+    weights_enum = _torchvision_weights_enum(name)  # imports torchvision, or names the extra to install
+    from torchvision.models import get_model
+
+    arch = name.partition(".")[0]
     path = _check_file(weights) if weights else _torchvision_weights_file(name, weights_enum, download)
     network = get_model(arch, weights=None)
     # The features are the classifier's input: its last linear layer becomes the identity, before
@@ -393,6 +402,40 @@ def _otclust_extractor(backbone: str, name: str, weights) -> FrozenExtractor:
     if out_dim is None:
         raise UserError(f"{path} ({method.name}) has no backbone network to embed with")
     return FrozenExtractor(backbone, _OtclustBackbone(method), OtclustPreprocess(method), out_dim, path, in_channels=None, takes_uint8=True, input_size=tuple(method.spec.image_size))
+
+
+def decode_side(backbone: str) -> tuple[int, str]:
+    """The side in pixels a folder's images are worth decoding to for `backbone` (the working
+    resolution's cap, data/decode.py), and a few words saying where it comes from.
+
+    It is the side the library's own eval pipeline scales an image's shorter side to before its
+    centre crop: timm's input size / crop_pct, torchvision's preset resize_size, an otclust
+    model's training size. On an image decoded to that square the pipeline's resize changes
+    nothing and its crop takes the same centre as on the full photo, so the network sees what the
+    library would show it; the small CNN's 64 px cap, used for these backbones until 2026-12-07,
+    threw most of a photo's detail away before the resize up to 224 px. Read from the library's
+    configuration or the checkpoint: nothing is built or downloaded."""
+    library, name = parse_backbone(backbone)
+    if library == "timm":
+        timm = import_timm()
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None:
+            raise UserError(f"timm has no model '{name}'; list them with timm.list_models()")
+        config = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())
+        crop = max(config["input_size"][1:])
+        # timm's eval transform (create_transform): Resize(floor(size / crop_pct)), CenterCrop(size).
+        return math.floor(crop / (config.get("crop_pct") or timm.data.DEFAULT_CROP_PCT)), f"what {backbone}'s preprocessing resizes to before its {crop} px centre crop"
+    if library == "torchvision":
+        preset = _torchvision_weights_enum(name).transforms()
+        crop = max(preset.crop_size)
+        return max(getattr(preset, "resize_size", None) or [crop]), f"what {backbone}'s preprocessing resizes to before its {crop} px centre crop"
+    # Imported here: the checkpoint module imports the models, this module among them.
+    from otclust.checkpoint import read_checkpoint
+
+    size = read_checkpoint(Path(name).expanduser())["spec"].get("image_size")
+    if not size:
+        raise UserError(f"{name} was trained on feature vectors; an otclust backbone must be a model trained on images")
+    return max(size), f"the size {backbone} was trained at"
 
 
 def load_extractor(backbone: str, weights: str | None = None, download: bool = False) -> FrozenExtractor:
