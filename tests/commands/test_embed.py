@@ -216,3 +216,14 @@ def test_photos_are_decoded_at_the_backbones_own_resolution_by_embed_fit_and_pre
     assert main(fit_args(data, weights, tmp_path / "run")) == 0
     assert main(["predict", "--checkpoint", str(tmp_path / "run"), "--data", data, "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 0
     assert count_embedding == [6], "fit or predict decoded the photos otherwise than embed, and embedded them again"
+
+
+def test_embed_prints_the_data_loaders_notes(photo_folder, random_weights, offline_caches, tmp_path, capsys):
+    """embed said nothing of skipped or ignored files, nor of the working resolution; fit and predict print them."""
+    (photo_folder / "c0" / "bad.png").write_text("not an image")
+    (photo_folder / "readme.txt").write_text("notes")
+    assert main(["embed", "--data", f"folder:{photo_folder}", "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--no-progress", "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert any(line.startswith("note: skipped 1 of 7 image files that could not be decoded: bad.png") for line in notes), notes
+    assert any(line.startswith("note: ignored 1 file without an image extension (readme.txt)") for line in notes), notes
+    assert any(line.startswith("note: working resolution 168x168: what timm:test_vit's preprocessing resizes to before its 160 px centre crop") for line in notes), notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from otclust.commands.common import HelpFormatter, add_data_options
@@ -57,6 +58,9 @@ def run(args) -> int:
     # Decoded at the backbone's own working resolution, as fit --backbone decodes them: the same
     # pixels, so the same cache entry.
     dataset = load_dataset(args.data or "digits", split=args.split or "all", download=bool(args.download), image_size=args.image_size, backbone=args.backbone)
+    for note in dataset.notes:  # skipped and ignored files, the working resolution: as fit says them
+        if not note.endswith("evaluation skipped"):  # embed does not evaluate: nothing is skipped
+            print(f"note: {note}", file=sys.stderr, flush=True)
     embeddings = embed_dataset(
         dataset, extractor, select_device(args.device), batch_size=args.batch_size, neighbors=args.neighbors, progress=not args.no_progress, use_cache=not no_cache
     )
