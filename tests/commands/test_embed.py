@@ -227,3 +227,20 @@ def test_embed_prints_the_data_loaders_notes(photo_folder, random_weights, offli
     assert any(line.startswith("note: skipped 1 of 7 image files that could not be decoded: bad.png") for line in notes), notes
     assert any(line.startswith("note: ignored 1 file without an image extension (readme.txt)") for line in notes), notes
     assert any(line.startswith("note: working resolution 168x168: what timm:test_vit's preprocessing resizes to before its 160 px centre crop") for line in notes), notes
+
+
+def test_embed_out_after_a_cache_hit_names_the_data_asked_for(photo_folder, random_weights, offline_caches, tmp_path, count_embedding):
+    """The cache is keyed by the images' bytes: a copy of the folder reused the first folder's
+    record, and E.json named the first folder embedded, not the one asked for."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(photo_folder, copy)
+    args = ["--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--no-progress", "--device", "cpu", "--neighbors", "3"]
+    assert main(["embed", "--data", f"folder:{photo_folder}", *args]) == 0
+    assert main(["embed", "--data", f"folder:{copy}", "--out", str(tmp_path / "e.npy"), *args]) == 0
+    assert count_embedding == [6]  # the second one read the cache
+    assert json.loads((tmp_path / "e.json").read_text())["data"] == f"folder:{copy.resolve()}"
+    # the same when only the kNN graph is computed again (a wider one than cached)
+    assert main(["embed", "--data", f"folder:{copy}", "--out", str(tmp_path / "w.npy"), *args[:-2], "--neighbors", "4"]) == 0
+    assert count_embedding == [6] and json.loads((tmp_path / "w.json").read_text())["data"] == f"folder:{copy.resolve()}"

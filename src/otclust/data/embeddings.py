@@ -133,9 +133,12 @@ def embed_dataset(
     if cached is not None and (neighbors == 0 or (cached.neighbors is not None and cached.neighbors.shape[1] >= min(neighbors, dataset.n_samples - 1))):
         log(f"embeddings of {dataset.name} by {extractor.backbone} read from the cache ({_cache_paths(key)[0]})")
         cached.from_cache = True
+        # The key is the images' bytes: a copy of the folder elsewhere hits the entry of the first
+        # one embedded, and what is written from here (embed --out's JSON) names the data asked for.
+        cached.meta = {**cached.meta, "data": dataset.name}
         return cached
     if cached is not None:  # features cached, a wider graph wanted
-        features, meta = cached.features, cached.meta
+        features, meta = cached.features, {**cached.meta, "data": dataset.name}
     else:
         started = time.perf_counter()
         features = embed_images(extractor, dataset.data, device, batch_size, progress)
