@@ -244,3 +244,32 @@ def test_embed_out_after_a_cache_hit_names_the_data_asked_for(photo_folder, rand
     # the same when only the kNN graph is computed again (a wider one than cached)
     assert main(["embed", "--data", f"folder:{copy}", "--out", str(tmp_path / "w.npy"), *args[:-2], "--neighbors", "4"]) == 0
     assert count_embedding == [6] and json.loads((tmp_path / "w.json").read_text())["data"] == f"folder:{copy.resolve()}"
+
+
+def test_weights_holding_nan_are_refused_at_embedding_time_and_nothing_is_cached(photo_folder, random_weights, offline_caches, tmp_path, capsys):
+    """A NaN in one normalisation scale made every embedding NaN: embed exited 0, cached them with a
+    meaningless kNN graph, and fit then blamed divergence and a too large --lr."""
+    state = torch.load(random_weights[TIMM], weights_only=True)
+    state["norm.weight"][0] = float("nan")
+    damaged = tmp_path / "nan.pt"
+    torch.save(state, damaged)
+    data, out = f"folder:{photo_folder}", tmp_path / "e.npy"
+    assert main(["embed", "--data", data, "--backbone", TIMM, "--weights", str(damaged), "--out", str(out), "--no-progress", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"otclust: error: the embeddings of 6 of 6 images by {TIMM} are NaN or infinite: the weights file {damaged.resolve()} "
+        "is likely damaged or not for this network (nothing was cached)"
+    )
+    assert not list((offline_caches / "xdg" / "otclust" / "embeddings").glob("*")) and not list(tmp_path.glob("e.*"))
+    assert main(fit_args(data, damaged, tmp_path / "run")) == 2
+    assert "are NaN or infinite: the weights file" in capsys.readouterr().err
+    # an entry of NaN embeddings cached by an earlier otclust is not reused: embedded again, refused again
+    from otclust.data import load_dataset
+
+    extractor = load_extractor(TIMM, str(damaged))
+    key = embeddings_module.cache_key(load_dataset(data, backbone=TIMM).data, extractor)
+    features_path, _, meta_path = embeddings_module._cache_paths(key)
+    embeddings_module._save_npy(features_path, np.full((6, 64), np.nan, dtype=np.float32))
+    meta_path.write_text(json.dumps({"key": key, "data": data}))
+    assert main(["embed", "--data", data, "--backbone", TIMM, "--weights", str(damaged), "--neighbors", "0", "--no-progress", "--device", "cpu"]) == 2
+    assert "are NaN or infinite" in capsys.readouterr().err

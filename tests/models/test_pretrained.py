@@ -252,6 +252,7 @@ def test_a_raw_pickle_as_weights_is_refused_without_torchs_pickle_protocol_warni
             load_extractor("torchvision:mobilenet_v3_small", str(path))
     assert [str(w.message) for w in caught] == [] and CALLS == []
 
+
 def test_a_folder_is_decoded_at_the_side_the_librarys_preprocessing_resizes_to(random_weights, offline_caches, tmp_path, blob_images):
     """A pretrained backbone's working resolution is read from its library's configuration (no
     weights, no network): the side its eval pipeline scales a shorter side to before the centre

@@ -6,6 +6,7 @@ weights and its preprocessing. ``KEY.npy`` holds the N x D float32 features, ``K
 N x k indices of each one's nearest neighbours (cosine, itself excluded, nearest first) and
 ``KEY.json`` what made them. `otclust embed` fills the cache (and can copy it to a features file);
 `fit`, `predict` and the estimator read it, so a data set is embedded once per backbone.
+Embeddings holding NaN or infinity (damaged weights) are refused in one line, never cached.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def embed_images(extractor, data: torch.Tensor, device: torch.device, batch_size
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, extractor.out_dim), dtype=np.float32)
 
 
+def check_finite(features: np.ndarray, extractor, device: torch.device) -> None:
+    """Refuse embeddings holding NaN or infinity before anything is cached or written: a frozen
+    network gives them for damaged weights (a NaN in one batch-norm scale makes every embedding
+    NaN), and passed on they made a meaningless kNN graph and a fit that blamed the learning rate."""
+    bad = int((~np.isfinite(features).all(axis=1)).sum())
+    if bad:
+        overflow = "; on a GPU, float16 may also overflow: try --device cpu" if device.type == "cuda" else ""
+        raise UserError(
+            f"the embeddings of {bad} of {len(features)} images by {extractor.backbone} are NaN or infinite: the weights file "
+            f"{extractor.weights_path} is likely damaged or not for this network (nothing was cached){overflow}"
+        )
+
+
 def knn_graph(features: np.ndarray, k: int, device: torch.device) -> np.ndarray:
     return nearest_neighbors(torch.from_numpy(features).to(device), k).cpu().numpy()
 
@@ -110,6 +124,8 @@ def _read_cache(key: str, n: int) -> Embeddings | None:
         return None  # a damaged entry is recomputed
     if meta.get("key") != key or features.shape[0] != n or (neighbors is not None and neighbors.shape[0] != n):
         return None
+    if not np.isfinite(features).all():
+        return None  # cached before embeddings were checked: embedded again, and refused then
     return Embeddings(features.astype(np.float32, copy=False), neighbors, meta)
 
 
@@ -124,7 +140,8 @@ def embed_dataset(
     log=None,
 ) -> Embeddings:
     """The data set's features (and, with neighbors > 0, their kNN graph), from the cache when it
-    has them for these images, this backbone and these weights; else computed and cached."""
+    has them for these images, this backbone and these weights; else computed (refused when not
+    finite: ``check_finite``) and cached."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if dataset.is_features:
         raise UserError(f"a pretrained backbone embeds images, and {dataset.name} holds feature vectors: drop --backbone {extractor.backbone}")
@@ -143,6 +160,7 @@ def embed_dataset(
         started = time.perf_counter()
         features = embed_images(extractor, dataset.data, device, batch_size, progress)
         seconds = time.perf_counter() - started
+        check_finite(features, extractor, device)
         meta = {
             "key": key,
             "format": EMBEDDING_FORMAT,
