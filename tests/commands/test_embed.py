@@ -273,3 +273,22 @@ def test_weights_holding_nan_are_refused_at_embedding_time_and_nothing_is_cached
     meta_path.write_text(json.dumps({"key": key, "data": data}))
     assert main(["embed", "--data", data, "--backbone", TIMM, "--weights", str(damaged), "--neighbors", "0", "--no-progress", "--device", "cpu"]) == 2
     assert "are NaN or infinite" in capsys.readouterr().err
+
+
+def test_embed_recommends_the_fit_that_reads_its_cache_with_the_frozen_feature_settings(photo_folder, random_weights, offline_caches, tmp_path, count_embedding, capsys):
+    """embed recommended 'otclust fit --data features:E.npy', which reads E.npy as plain vectors:
+    no kNN graph, CLOT's ordinary settings and budget, unlike the --backbone run docs/pretrained.md
+    measured. The command it prints now is that run, and reads the cache."""
+    import shlex
+
+    args = ["--data", f"folder:{photo_folder}", "--split", "all", "--backbone", TIMM, "--weights", str(random_weights[TIMM]), "--device", "cpu", "--no-progress"]
+    assert main(["embed", *args, "--out", str(tmp_path / "e.npy")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    command = next(line for line in lines if line.startswith("cluster them with: ")).removeprefix("cluster them with: ").split("    (")[0]
+    assert command == shlex.join(["otclust", "fit", *args[:6], "--weights", str(random_weights[TIMM])]) + " --clusters K"
+    assert "clusters them as plain feature vectors: no kNN graph" in lines[-1]
+    words = shlex.split(command.replace("--clusters K", "--clusters 2"))[1:]
+    assert main([*words, "--epochs", "1", "--batch-size", "6", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 0
+    assert count_embedding == [6]  # read from the cache
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert {key: config["params"][key] for key in ("neighbors", "neighbor_source", "n_heads", "cluster_weight")} == {"neighbors": 20, "neighbor_source": "input", "n_heads": 5, "cluster_weight": 0.3}

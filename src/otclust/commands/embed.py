@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,8 +23,9 @@ def add_parser(subparsers) -> None:
         description=(
             "Run every image of --data through a frozen pretrained backbone (its own preprocessing, batched, with a "
             "progress bar in images/s) and store the embeddings and their nearest-neighbour graph in otclust's cache, "
-            "where 'otclust fit --backbone B' with the same data and weights finds them. --out also writes them as "
-            "FILE.npy (+ FILE.labels.npy, FILE.knn.npy, FILE.json), usable as --data features:FILE.npy. See docs/pretrained.md."
+            "where 'otclust fit --backbone B' with the same data and weights finds them (the command it prints). --out also "
+            "writes them as FILE.npy (+ FILE.labels.npy, FILE.knn.npy, FILE.json) for other tools; as --data features:FILE.npy "
+            "fit clusters them as plain feature vectors, without the kNN graph and the frozen-feature settings. See docs/pretrained.md."
         ),
         formatter_class=HelpFormatter,
     )
@@ -77,5 +79,27 @@ def run(args) -> int:
             if path not in written and path.exists():
                 path.unlink()
                 print(f"removed: {path} (of the replaced embeddings)")
-        print(f"cluster them with: otclust fit --data features:{out}")
+    # The --backbone form, not features:OUT.npy: fit reads a features file as plain vectors (no kNN
+    # graph, CLOT's ordinary settings and full budget), a different and slower run than the one
+    # docs/pretrained.md measured.
+    source = "embeds them again: --no-cache kept no copy" if no_cache else "reads them and their kNN graph from the cache"
+    print(f"cluster them with: {fit_command(args)}    ({source}; CLOT with the frozen-feature settings, docs/pretrained.md)")
+    if out is not None:
+        print(f"      (--data features:{out} clusters them as plain feature vectors: no kNN graph, no frozen-feature settings)")
     return 0
+
+
+def fit_command(args) -> str:
+    """The fit that clusters what embed just embedded as fit --backbone would: the same data,
+    split, image size, backbone and weights, so the same cache entry and kNN graph, and CLOT's
+    frozen-feature settings and short budget, which fit gives a pretrained --backbone only (a
+    features:FILE.npy is plain vectors to it)."""
+    words = ["otclust", "fit", "--data", args.data or "digits"]
+    if args.split:
+        words += ["--split", args.split]
+    if args.image_size:
+        words += ["--image-size", str(args.image_size)]
+    words += ["--backbone", args.backbone]
+    if args.weights:
+        words += ["--weights", args.weights]
+    return shlex.join(words) + " --clusters K"

@@ -213,7 +213,7 @@ def features_file_paths(out: Path) -> dict[str, Path]:
 
 
 def write_features_file(out: Path, embeddings: Embeddings, labels: np.ndarray | None) -> list[Path]:
-    """OUT.npy (features, usable as --data features:OUT.npy), OUT.labels.npy when labels exist,
+    """OUT.npy (features; --data features:OUT.npy reads them as plain vectors), OUT.labels.npy when labels exist,
     OUT.knn.npy (the kNN graph) and OUT.json (what made them); returns the paths written."""
     paths = features_file_paths(out)
     written = [paths["features"]]
