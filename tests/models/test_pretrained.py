@@ -276,5 +276,6 @@ def test_a_folder_is_decoded_at_the_side_the_librarys_preprocessing_resizes_to(r
     assert note.startswith("working resolution 168x168: what timm:test_vit's preprocessing resizes to before its 160 px centre crop (168 px; median shorter side 300 px)")
     assert working_resolution([Probe(30, 40, True)], "timm:test_vit", None)[0] == (30, 30)  # small images are not enlarged
     assert working_resolution(photos, "timm:test_vit", (64, 64))[0] == (64, 64)  # --image-size still decides
-    with pytest.raises(UserError, match="timm has no model 'nope'"):
-        working_resolution(photos, "timm:nope", None)
+    for unknown in ("timm:nope", "timm:resnet18.bogus"):
+        with pytest.raises(UserError, match=f"timm has no model '{unknown[5:]}'"):
+            working_resolution(photos, unknown, None)

@@ -418,7 +418,10 @@ def decode_side(backbone: str) -> tuple[int, str]:
     library, name = parse_backbone(backbone)
     if library == "timm":
         timm = import_timm()
-        cfg = timm.models.get_pretrained_cfg(name)
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except RuntimeError as error:  # an unknown tag (an unknown name gives None)
+            raise UserError(f"timm has no model '{name}' ({error}); list them with timm.list_models()") from None
         if cfg is None:
             raise UserError(f"timm has no model '{name}'; list them with timm.list_models()")
         config = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())
