@@ -141,6 +141,9 @@ def test_features_embedded_by_another_network_are_refused_by_their_json(command,
     # The model's own network: taken. Without a JSON nothing can be checked: taken, with a note.
     assert main([*args, "--data", f"features:{tmp_path / 'same.npy'}"]) == 0
     assert "no same.json" not in capsys.readouterr().out
+    # --weights beside embeddings: nothing is embedded, so it was silently unused.
+    assert main([*args, "--data", f"features:{tmp_path / 'same.npy'}", "--weights", str(random_weights[TIMM])]) == 2
+    assert "holds embeddings already: drop --weights" in one_line_error(capsys)
     (tmp_path / "other.json").unlink()
     assert main([*args, "--data", f"features:{tmp_path / 'other.npy'}"]) == 0
     assert f"note: no other.json of otclust embed beside the features: nothing says which network made them; the model expects embeddings by {TIMM}" in capsys.readouterr().out

@@ -90,6 +90,8 @@ def load_data_for_model(args, method, config):
             raise UserError(f"weights file not found: {config.weights}, where the model's {config.backbone} weights were when it was fitted: if the file moved, pass it with --weights PATH{checksum}")
         dataset = features_for_model(config, dataset, weights=args.weights, device=args.device)
     elif is_pretrained(config.backbone):
+        if args.weights:  # embeddings are not embedded again: the file would be silently unused
+            raise UserError(f"--weights embeds images, but {dataset.name} holds embeddings already: drop --weights, or give the images themselves (--data folder:DIR)")
         check_embedded_by_model_backbone(config, spec, dataset)
     model_spec = method.spec
     if model_spec.is_features != dataset.is_features:
