@@ -41,7 +41,7 @@ from otclust.data.embeddings import features_for_model
 from otclust.engine import embed_in_batches, load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
 from otclust.metrics import hungarian_mapping, matched_confusion_matrix
-from otclust.models.pretrained import is_pretrained
+from otclust.models.pretrained import is_pretrained, refuse_unused_weights
 from otclust.ot.priors import parse_cluster_proportions
 from otclust.runs import SEARCH_FOLDER, atomic_write_text
 
@@ -521,8 +521,7 @@ def write_report(run_dir, overwrite: bool = True, device: str = "auto", max_poin
     page = run / "report.html"
     if page.exists() and not overwrite:
         raise UserError(f"{page} already exists: pass --overwrite to write it again")
-    if weights and not is_pretrained(config.backbone):  # it would be ignored, as predict refuses it
-        raise UserError(f"--weights is for a run fitted behind a pretrained backbone (timm:NAME, torchvision:NAME, otclust:RUN); this one was trained with --backbone {config.backbone}: drop --weights")
+    refuse_unused_weights(weights, config.backbone, "run")
     device_obj = select_device(device)  # a device this machine lacks is the user's to fix: exit 2
     history = read_history(run)
     notes: list[str] = []

@@ -19,7 +19,7 @@ from otclust.data import conform, load_dataset, parse_spec
 from otclust.data.embeddings import features_file_paths, features_for_model
 from otclust.engine import load_trained, predict_in_batches, select_device
 from otclust.errors import UserError
-from otclust.models.pretrained import is_pretrained
+from otclust.models.pretrained import is_pretrained, refuse_unused_weights
 from otclust.ot import sinkhorn
 from otclust.ot.priors import match_prior_to_mass
 from otclust.runs import atomic_write_text, check_output_files
@@ -71,8 +71,7 @@ def add_parser(subparsers) -> None:
 
 def load_data_for_model(args, method, config):
     """The data of --data (default: the model's training data), converted to what the model saw."""
-    if args.weights and not is_pretrained(config.backbone):  # it would be ignored, as fit refuses it
-        raise UserError(f"--weights is for a model fitted behind a pretrained backbone (timm:NAME, torchvision:NAME, otclust:RUN); this one was trained with --backbone {config.backbone}: drop --weights")
+    refuse_unused_weights(args.weights, config.backbone)
     spec = args.data or config.data
     image_size, size_from = args.image_size, "--image-size"
     if image_size is None and spec.startswith("folder:"):

@@ -37,6 +37,16 @@ def is_pretrained(backbone: str | None) -> bool:
     return isinstance(backbone, str) and backbone.split(":", 1)[0] in LIBRARIES and ":" in backbone
 
 
+def refuse_unused_weights(weights, backbone: str | None, what: str = "model") -> None:
+    """predict, evaluate and report of a model not fitted behind a pretrained backbone: a
+    --weights given there would be silently unused (fit refuses the combination outright)."""
+    if weights and not is_pretrained(backbone):
+        raise UserError(
+            f"--weights is for a {what} fitted behind a pretrained backbone (timm:NAME, torchvision:NAME, otclust:RUN); "
+            f"this one was trained with --backbone {backbone}: drop --weights"
+        )
+
+
 def parse_backbone(backbone: str) -> tuple[str, str]:
     library, _, name = backbone.partition(":")
     if library not in LIBRARIES or not name:
