@@ -362,9 +362,9 @@ class OTClust(ClusterMixin, BaseEstimator):
         with kept_global_random_state():
             if is_pretrained(config.backbone):  # frozen stage: X is embedded once (cached), the method trains on that
                 with settings_errors_as_value_errors():  # backbone and weights are settings: a name, a file, a run not found or not fitting
-                    dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+                    dataset, _, neighbors = pretrained_training_data(config, dataset, progress=self.verbose, log=self._progress_log())
             with settings_errors_as_value_errors():  # method parameters are checked when the method is built
-                trainer, result = fit_model(config, dataset, progress=self.verbose, log=(None if self.verbose else lambda message: None), input_neighbors=neighbors, warn=self._warn)
+                trainer, result = fit_model(config, dataset, progress=self.verbose, log=self._progress_log(), input_neighbors=neighbors, warn=self._warn)
         self.model_ = result.method
         self.config_ = trainer.config
         self.labels_ = result.labels
@@ -378,6 +378,10 @@ class OTClust(ClusterMixin, BaseEstimator):
         elif hasattr(self, "n_features_in_"):
             del self.n_features_in_  # a refit on images: no fixed number of features any more
         return self
+
+    def _progress_log(self):
+        """The engine's progress channel: printed under verbose (its default, None), else dropped."""
+        return None if self.verbose else (lambda message: None)
 
     def _warn(self, message: str) -> None:
         """A warning of the run (the engine's `warn`, not its progress `log`): a `note: ` line on
@@ -404,7 +408,7 @@ class OTClust(ClusterMixin, BaseEstimator):
         if is_pretrained(self.config_.backbone) and not dataset.is_features:  # the same frozen backbone first
             weights = self._backbone_weights()
             with settings_errors_as_value_errors():
-                dataset = features_for_model(self.config_, dataset, weights=weights, device=self.device, progress=self.verbose, log=(None if self.verbose else lambda message: None))
+                dataset = features_for_model(self.config_, dataset, weights=weights, device=self.device, progress=self.verbose, log=self._progress_log())
         spec = self.model_.spec
         if not spec.is_features and (dataset.is_features or (dataset.channels, dataset.image_size) != (spec.channels, tuple(spec.image_size))):
             if dataset.is_features:
